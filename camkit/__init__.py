@@ -1,0 +1,36 @@
+"""camkit: class activation maps for any PyTorch model, by layer name.
+
+>>> import torch
+>>> from torch import nn
+>>> from camkit import GradCAM
+>>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
+>>> GradCAM(model, "1")(torch.randn(5, 1, 8, 8), target=3).shape
+torch.Size([5, 8, 8])
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from camkit.base import BaseCAM, CAMResult
+from camkit.errors import CamkitError, CamkitTypeError, CamkitValueError
+from camkit.layers import find_layer
+from camkit.methods import GradCAM
+from camkit.targets import ScoreFunction, Target, class_scores
+
+try:
+    __version__ = version("camkit")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = [
+    "BaseCAM",
+    "CAMResult",
+    "CamkitError",
+    "CamkitTypeError",
+    "CamkitValueError",
+    "GradCAM",
+    "ScoreFunction",
+    "Target",
+    "__version__",
+    "class_scores",
+    "find_layer",
+]

@@ -1,0 +1,30 @@
+"""The exceptions camkit raises.
+
+Every error camkit raises on purpose is a :class:`CamkitError`. Bad values are
+also :class:`ValueError`, bad types also :class:`TypeError`, so callers may
+catch either the camkit family or the builtin they already expect.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CamkitError", "CamkitTypeError", "CamkitValueError"]
+
+
+class CamkitError(Exception):
+    """Base class of every exception camkit raises on purpose."""
+
+
+class CamkitValueError(CamkitError, ValueError):
+    """An argument has the right type but a value camkit cannot use.
+
+    Raised, for instance, for a layer name the model does not have, a class
+    index outside the model's output, or a layer the forward pass never reaches.
+    """
+
+
+class CamkitTypeError(CamkitError, TypeError):
+    """An argument has a type camkit does not accept.
+
+    Raised, for instance, for a float class index, an integer input tensor, or
+    a layer whose output is a tuple rather than a tensor.
+    """

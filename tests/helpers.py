@@ -1,0 +1,114 @@
+"""Test helpers: an independent plain-autograd Grad-CAM and a model snapshot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def reference_gradcam(
+    model: nn.Module, layer: nn.Module, x: Tensor, classes: Tensor | None = None,
+    score: Any = None,
+) -> Tensor:
+    """Raw signed Grad-CAM at the layer's resolution, by plain autograd.
+
+    The whole forward pass records a graph; the gradient is taken with respect
+    to the layer's own output tensor (its last call). The hook hands a clone
+    downstream so in-place operations after the layer cannot alter the stored
+    activation. ``model`` must already be in eval mode.
+    """
+    store: dict[str, Tensor] = {}
+
+    def hook(module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
+        store["A"] = output
+        return output.clone()
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            out = model(x)
+            if score is None:
+                y = out[torch.arange(len(x)), classes]
+            else:
+                y = score(out)
+            (grad,) = torch.autograd.grad(y.sum(), store["A"])
+    finally:
+        handle.remove()
+    A = store["A"].detach().double()
+    spatial = tuple(range(2, A.dim()))
+    alpha = grad.double().mean(dim=spatial)
+    return torch.einsum("nk,nk...->n...", alpha, A)
+
+
+def finish(raw: Tensor, size: tuple[int, ...]) -> Tensor:
+    """ReLU, upsample with align_corners=False, then min-max normalize per map."""
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+    m = F.interpolate(raw.clamp(min=0)[:, None], size=size, mode=mode, align_corners=False)[:, 0]
+    flat = m.flatten(1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    out = torch.where(hi > lo, (flat - lo) / (hi - lo).clamp(min=1e-300), torch.zeros_like(flat))
+    return out.view_as(m)
+
+
+@dataclass
+class Snapshot:
+    hooks: list[tuple[str, int]]
+    grads: dict[str, Tensor | None]
+    requires_grad: dict[str, bool]
+    buffers: dict[str, Tensor]
+    training: dict[str, bool]
+    output: Tensor | None
+
+
+_HOOK_DICTS = (
+    "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_state_dict_hooks",
+)
+
+
+def snapshot(model: nn.Module, x: Tensor | None = None) -> Snapshot:
+    """Everything about a model that a CAM call must leave as it was."""
+    hooks = [
+        (f"{name}.{attr}", len(getattr(m, attr)))
+        for name, m in model.named_modules()
+        for attr in _HOOK_DICTS
+        if hasattr(m, attr)
+    ]
+    training = {n: m.training for n, m in model.named_modules()}
+    output = None
+    if x is not None:
+        with torch.no_grad():
+            model.eval()
+            output = model(x).clone()
+        for name, module in model.named_modules():
+            module.training = training[name]
+    return Snapshot(
+        hooks=hooks,
+        grads={n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+        requires_grad={n: p.requires_grad for n, p in model.named_parameters()},
+        buffers={n: b.clone() for n, b in model.named_buffers()},
+        training=training,
+        output=output,
+    )
+
+
+def assert_untouched(before: Snapshot, after: Snapshot) -> None:
+    assert after.hooks == before.hooks
+    assert after.requires_grad == before.requires_grad
+    assert after.training == before.training
+    assert before.grads.keys() == after.grads.keys()
+    for name, grad in before.grads.items():
+        other = after.grads[name]
+        if grad is None:
+            assert other is None, name
+        else:
+            assert other is not None and torch.equal(grad, other), name
+    assert before.buffers.keys() == after.buffers.keys()
+    for name, buf in before.buffers.items():
+        assert torch.equal(buf, after.buffers[name]), name
+    if before.output is not None:
+        assert after.output is not None and torch.equal(before.output, after.output)
