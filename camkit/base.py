@@ -157,7 +157,7 @@ class BaseCAM(ABC):
             activation = self._reached(capture, batch_size, x, upsample)
             with torch.enable_grad():
                 scores, classes = resolve_scores(checked, output, batch_size)
-            gradients = self._gradients(scores, activation) if self.needs_gradients else None
+                gradients = self._gradients(scores, activation) if self.needs_gradients else None
         activations = activation.detach().float()
         weights = self.weights(activations, gradients)
         maps = _maps.weighted_sum(activations, weights)

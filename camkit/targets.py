@@ -5,7 +5,7 @@ forms users know from pytorch-grad-cam, TorchCAM and Captum:
 
 * ``None``: each sample's predicted class (argmax of the model output);
 * an ``int``: that class for every sample;
-* a sequence of ints or a 1-D integer tensor: one class per sample;
+* a sequence of ints, or a 1-D integer tensor or array: one class per sample;
 * a callable ``f(output) -> Tensor`` returning one score per sample, for
   segmentation, regression, multi-head models, or outputs that are tuples or
   dicts.
@@ -20,6 +20,7 @@ import numbers
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -30,7 +31,7 @@ __all__ = ["ScoreFunction", "Target", "class_scores"]
 ScoreFunction = Callable[[Any], Tensor]
 """A callable mapping the model output to a ``(N,)`` tensor of scores."""
 
-Target = None | int | Sequence[int] | Tensor | ScoreFunction
+Target = None | int | Sequence[int] | Tensor | np.ndarray | ScoreFunction
 """Every form the ``target`` argument of a CAM may take."""
 
 
@@ -60,11 +61,12 @@ def check_target(target: Target, batch_size: int) -> Tensor | ScoreFunction | No
     """
     if target is None or callable(target):
         return target
+    if isinstance(target, np.ndarray):
+        target = torch.from_numpy(target)
     if isinstance(target, Tensor):
         return _check_class_tensor(target, batch_size)
-    if _is_int(target):
-        classes = torch.full((batch_size,), _as_class(target, "target"))
-        return classes
+    if isinstance(target, numbers.Number):
+        return torch.full((batch_size,), _as_class(target, "target"))
     if isinstance(target, Sequence) and not isinstance(target, (str, bytes)):
         if len(target) != batch_size:
             raise CamkitValueError(
@@ -103,10 +105,6 @@ def resolve_scores(
             )
         classes = checked.to(logits.device)
     return class_scores(logits, classes), classes
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _as_class(value: object, where: str) -> int:

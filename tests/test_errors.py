@@ -1,0 +1,127 @@
+"""Bad input gets an error that names the argument, what it got and what is allowed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from camkit import CamkitError, CamkitTypeError, CamkitValueError, GradCAM, find_layer
+from examples.mnist.model import MnistNet
+
+
+@pytest.fixture
+def net() -> MnistNet:
+    return MnistNet().eval()
+
+
+def test_error_family() -> None:
+    assert issubclass(CamkitValueError, CamkitError) and issubclass(CamkitValueError, ValueError)
+    assert issubclass(CamkitTypeError, CamkitError) and issubclass(CamkitTypeError, TypeError)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "suggested"),
+    [
+        ("features.rlu", "'features.relu'"),
+        ("relu", "'features.relu'"),
+        ("features.conv", "'features.conv1'"),
+        ("Linear", "'classifier.1' (Linear)"),
+    ],
+)
+def test_unknown_layer_lists_closest_names(net: MnistNet, wrong: str, suggested: str) -> None:
+    with pytest.raises(CamkitValueError, match="layer") as info:
+        GradCAM(net, wrong)
+    assert repr(wrong) in str(info.value)
+    assert suggested in str(info.value)
+
+
+def test_layer_by_module_and_bad_layer_types(net: MnistNet) -> None:
+    assert GradCAM(net, net.features.relu).layer_name == "features.relu"
+    with pytest.raises(CamkitValueError, match="not a submodule"):
+        GradCAM(net, nn.ReLU())
+    with pytest.raises(CamkitTypeError, match="layer: expected .* got int"):
+        GradCAM(net, 3)  # type: ignore[arg-type]
+    with pytest.raises(CamkitValueError, match="empty name"):
+        GradCAM(net, "")
+    with pytest.raises(CamkitTypeError, match="model: expected a torch.nn.Module, got str"):
+        find_layer("net", "x")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("target", "error", "message"),
+    [
+        (10, CamkitValueError, r"target: class 10 .* 10 classes, so allowed: 0 to 9"),
+        ([1, 2, 12], CamkitValueError, r"class 12 \(sample 2\) is out of range"),
+        (-1, CamkitValueError, r"target: got -1; class indices must be non-negative"),
+        ([0, -3, 1], CamkitValueError, r"target\[1\]: got -3"),
+        (torch.tensor([0, -3, 1]), CamkitValueError, r"got class -3"),
+        (2.0, CamkitTypeError, r"target: class indices must be ints, got 2.0 \(float\)"),
+        ({1: 2}, CamkitTypeError, r"target: got dict; allowed: None, an int"),
+        ([0, 1.5, 2], CamkitTypeError, r"target\[1\]: class indices must be ints, got 1.5"),
+        (True, CamkitTypeError, r"class indices must be ints, got True"),
+        ([1, 2], CamkitValueError, r"target: got 2 classes for a batch of 3"),
+        (torch.tensor([1.0, 2.0, 3.0]), CamkitTypeError, r"integer dtype, got torch.float32"),
+        (torch.tensor([1, 2]), CamkitValueError, r"must have shape \(3,\).* got \(2,\)"),
+        (torch.zeros(3, 1, dtype=torch.int64), CamkitValueError, r"got \(3, 1\)"),
+        ("3", CamkitTypeError, r"target: got str"),
+        (lambda out: out, CamkitValueError, r"callable must return .* shape \(3,\).* \(3, 10\)"),
+        (lambda out: out.argmax(1), CamkitTypeError, r"callable must return float scores"),
+        (lambda out: 1.0, CamkitValueError, r"returned float"),
+    ],
+)
+def test_bad_targets(net: MnistNet, target: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        GradCAM(net, "features.relu")(torch.randn(3, 1, 28, 28), target)
+
+
+def test_integer_like_targets_are_accepted(net: MnistNet) -> None:
+    x = torch.randn(3, 1, 28, 28)
+    cam = GradCAM(net, "features.relu")
+    expected = cam(x, [4, 4, 4])
+    for target in (4, np.int64(4), torch.tensor(4), np.array([4, 4, 4]), (4, 4, 4),
+                   torch.tensor([4, 4, 4], dtype=torch.int32)):
+        torch.testing.assert_close(cam(x, target), expected)
+
+
+@pytest.mark.parametrize(
+    ("x", "error", "message"),
+    [
+        ([[1.0]], CamkitTypeError, r"x: expected a torch.Tensor, got list"),
+        (torch.ones(2, 1, 28, 28, dtype=torch.uint8), CamkitTypeError, r"x: .*floating.*uint8"),
+        (torch.ones(2, 1, 28, 28, dtype=torch.bool), CamkitTypeError, r"dtype torch.bool"),
+        (torch.ones(0, 1, 28, 28), CamkitValueError, r"x: expected a non-empty batch"),
+        (torch.ones(5), CamkitValueError, r"got shape \(5,\)"),
+    ],
+)
+def test_bad_inputs(net: MnistNet, x: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        GradCAM(net, "features.relu")(x, 0)
+
+
+def test_layer_problems_found_in_the_forward_pass(net: MnistNet) -> None:
+    x = torch.randn(2, 1, 28, 28)
+    with pytest.raises(CamkitValueError, match=r"'classifier.1' returned shape \(2, 10\)"):
+        GradCAM(net, "classifier.1")(x, 0)
+    model = Skipping().eval()
+    with pytest.raises(CamkitValueError, match="'spare' was not reached"):
+        GradCAM(model, "spare")(x, 0)
+
+
+class Skipping(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.spare = nn.ReLU()
+        self.fc = nn.Linear(2 * 26 * 26, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).flatten(1))
+
+
+def test_unrelated_score_is_refused(net: MnistNet) -> None:
+    with pytest.raises(CamkitValueError, match="score does not depend on layer 'features.relu'"):
+        GradCAM(net, "features.relu")(torch.randn(2, 1, 28, 28), lambda out: torch.ones(2))

@@ -1,0 +1,90 @@
+"""Properties of Grad-CAM maps over shapes, batch sizes, dimensions and targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from camkit import GradCAM
+from tests.models import conv_net
+
+CLASSES = 5
+
+
+@st.composite
+def problems(draw: st.DrawFn) -> tuple[torch.nn.Module, str, torch.Tensor, Any]:
+    """A random conv net in 1-D, 2-D or 3-D, an input of odd sizes, a layer and a target."""
+    dims = draw(st.sampled_from([1, 2, 3]))
+    batch = draw(st.integers(1, 4))
+    channels = draw(st.integers(1, 3))
+    top = {1: 24, 2: 14, 3: 8}[dims]
+    spatial = draw(st.lists(st.integers(6, top), min_size=dims, max_size=dims))
+    torch.manual_seed(draw(st.integers(0, 2**16)))
+    model = conv_net(dims, in_channels=channels, classes=CLASSES)
+    x = torch.randn(batch, channels, *spatial) * draw(st.sampled_from([0.1, 1.0, 10.0]))
+    layer = draw(st.sampled_from(["0", "2", "3", "4", "5", "6"]))
+    kind = draw(st.sampled_from(["none", "int", "list", "tensor", "callable"]))
+    target: Any = {
+        "none": None,
+        "int": draw(st.integers(0, CLASSES - 1)),
+        "list": draw(st.lists(st.integers(0, CLASSES - 1), min_size=batch, max_size=batch)),
+        "tensor": torch.randint(0, CLASSES, (batch,)),
+        "callable": lambda out: out.log_softmax(1)[:, 0],
+    }[kind]
+    return model, layer, x, target
+
+
+@given(problems())
+def test_maps_are_well_formed(problem: tuple[torch.nn.Module, str, torch.Tensor, Any]) -> None:
+    model, layer, x, target = problem
+    maps = GradCAM(model, layer)(x, target)
+    assert maps.shape == (x.shape[0], *x.shape[2:])
+    assert maps.dtype == torch.float32
+    assert maps.device == x.device
+    assert torch.isfinite(maps).all()
+    flat = maps.flatten(1)
+    lo, hi = flat.min(1).values, flat.max(1).values
+    assert (lo == 0).all()
+    # every map is either constant (all zeros) or spans [0, 1] exactly
+    assert ((hi == 1) | (hi == 0)).all()
+    raw = GradCAM(model, layer)(x, target, normalize=False)
+    assert ((hi == 0) == (raw.flatten(1).max(1).values == raw.flatten(1).min(1).values)).all()
+
+
+@given(problems(), st.floats(0.01, 100.0))
+def test_positive_score_scaling_leaves_maps_unchanged(
+    problem: tuple[torch.nn.Module, str, torch.Tensor, Any], factor: float
+) -> None:
+    model, layer, x, _ = problem
+    cam = GradCAM(model, layer)
+    plain = cam(x, lambda out: out[:, 2])
+    scaled = cam(x, lambda out: factor * out[:, 2])
+    torch.testing.assert_close(scaled, plain, atol=2e-4, rtol=1e-3)
+
+
+@given(problems(), st.data())
+def test_sample_map_does_not_depend_on_the_batch(
+    problem: tuple[torch.nn.Module, str, torch.Tensor, Any], data: st.DataObject
+) -> None:
+    model, layer, x, _ = problem
+    cam = GradCAM(model, layer)
+    classes = torch.randint(0, CLASSES, (len(x),))
+    together = cam(x, classes, normalize=False)
+    i = data.draw(st.integers(0, len(x) - 1))
+    alone = cam(x[i : i + 1], classes[i : i + 1], normalize=False)
+    scale = together[i].abs().max().clamp(min=1e-6)
+    torch.testing.assert_close(alone[0] / scale, together[i] / scale, atol=2e-4, rtol=1e-3)
+
+
+@given(problems())
+def test_predicted_class_equals_explicit_argmax(
+    problem: tuple[torch.nn.Module, str, torch.Tensor, Any],
+) -> None:
+    model, layer, x, _ = problem
+    result = GradCAM(model, layer).explain(x)
+    assert result.classes is not None
+    assert torch.equal(result.classes, result.output.argmax(1))
+    torch.testing.assert_close(result.maps, GradCAM(model, layer)(x, result.classes))
