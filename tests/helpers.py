@@ -11,7 +11,10 @@ from torch import Tensor, nn
 
 
 def reference_gradcam(
-    model: nn.Module, layer: nn.Module, x: Tensor, classes: Tensor | None = None,
+    model: nn.Module,
+    layer: nn.Module,
+    x: Tensor,
+    classes: Tensor | None = None,
     score: Any = None,
 ) -> Tensor:
     """Raw signed Grad-CAM at the layer's resolution, by plain autograd.
@@ -31,10 +34,7 @@ def reference_gradcam(
     try:
         with torch.enable_grad():
             out = model(x)
-            if score is None:
-                y = out[torch.arange(len(x)), classes]
-            else:
-                y = score(out)
+            y = out[torch.arange(len(x)), classes] if score is None else score(out)
             (grad,) = torch.autograd.grad(y.sum(), store["A"])
     finally:
         handle.remove()
@@ -65,8 +65,13 @@ class Snapshot:
 
 
 _HOOK_DICTS = (
-    "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-    "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_state_dict_hooks",
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_state_dict_hooks",
 )
 
 
@@ -111,4 +116,5 @@ def assert_untouched(before: Snapshot, after: Snapshot) -> None:
     for name, buf in before.buffers.items():
         assert torch.equal(buf, after.buffers[name]), name
     if before.output is not None:
-        assert after.output is not None and torch.equal(before.output, after.output)
+        assert after.output is not None
+        assert torch.equal(before.output, after.output)

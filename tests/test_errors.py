@@ -19,8 +19,10 @@ def net() -> MnistNet:
 
 
 def test_error_family() -> None:
-    assert issubclass(CamkitValueError, CamkitError) and issubclass(CamkitValueError, ValueError)
-    assert issubclass(CamkitTypeError, CamkitError) and issubclass(CamkitTypeError, TypeError)
+    assert issubclass(CamkitValueError, CamkitError)
+    assert issubclass(CamkitValueError, ValueError)
+    assert issubclass(CamkitTypeError, CamkitError)
+    assert issubclass(CamkitTypeError, TypeError)
 
 
 @pytest.mark.parametrize(
@@ -41,13 +43,13 @@ def test_unknown_layer_lists_closest_names(net: MnistNet, wrong: str, suggested:
 
 def test_layer_by_module_and_bad_layer_types(net: MnistNet) -> None:
     assert GradCAM(net, net.features.relu).layer_name == "features.relu"
-    with pytest.raises(CamkitValueError, match="not a submodule"):
+    with pytest.raises(CamkitValueError, match=r"not a submodule"):
         GradCAM(net, nn.ReLU())
-    with pytest.raises(CamkitTypeError, match="layer: expected .* got int"):
+    with pytest.raises(CamkitTypeError, match=r"layer: expected .* got int"):
         GradCAM(net, 3)  # type: ignore[arg-type]
     with pytest.raises(CamkitValueError, match="empty name"):
         GradCAM(net, "")
-    with pytest.raises(CamkitTypeError, match="model: expected a torch.nn.Module, got str"):
+    with pytest.raises(CamkitTypeError, match=r"model: expected a torch\.nn\.Module, got str"):
         find_layer("net", "x")  # type: ignore[arg-type]
 
 
@@ -82,8 +84,14 @@ def test_integer_like_targets_are_accepted(net: MnistNet) -> None:
     x = torch.randn(3, 1, 28, 28)
     cam = GradCAM(net, "features.relu")
     expected = cam(x, [4, 4, 4])
-    for target in (4, np.int64(4), torch.tensor(4), np.array([4, 4, 4]), (4, 4, 4),
-                   torch.tensor([4, 4, 4], dtype=torch.int32)):
+    for target in (
+        4,
+        np.int64(4),
+        torch.tensor(4),
+        np.array([4, 4, 4]),
+        (4, 4, 4),
+        torch.tensor([4, 4, 4], dtype=torch.int32),
+    ):
         torch.testing.assert_close(cam(x, target), expected)
 
 
@@ -123,5 +131,5 @@ class Skipping(nn.Module):
 
 
 def test_unrelated_score_is_refused(net: MnistNet) -> None:
-    with pytest.raises(CamkitValueError, match="score does not depend on layer 'features.relu'"):
+    with pytest.raises(CamkitValueError, match=r"score does not depend on layer 'features\.relu'"):
         GradCAM(net, "features.relu")(torch.randn(2, 1, 28, 28), lambda out: torch.ones(2))

@@ -85,5 +85,6 @@ def test_gradcam_generalizes_cam(dims: int) -> None:
         raw = GradCAM(model, "1")(x, c, relu=False, upsample=False, normalize=False)
         torch.testing.assert_close(raw, cam_map / z, rtol=1e-4, atol=1e-6)
         maps = GradCAM(model, "1")(x, c)
-        torch.testing.assert_close(maps.double(), finish(cam_map.double(), x.shape[2:]),
-                                   rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(
+            maps.double(), finish(cam_map.double(), x.shape[2:]), rtol=1e-3, atol=1e-4
+        )

@@ -48,9 +48,11 @@ def test_matches_plain_autograd(architecture: tuple[nn.Module, int, list[str]]) 
         scale = expected.abs().max()
         torch.testing.assert_close(raw.double() / scale, expected / scale, rtol=1e-4, atol=1e-5)
         maps = cam(x, classes)
-        assert maps.shape == (2, size, size) and torch.isfinite(maps).all()
-        torch.testing.assert_close(maps.double(), finish(expected, (size, size)),
-                                   rtol=1e-3, atol=1e-3)
+        assert maps.shape == (2, size, size)
+        assert torch.isfinite(maps).all()
+        torch.testing.assert_close(
+            maps.double(), finish(expected, (size, size)), rtol=1e-3, atol=1e-3
+        )
     assert_untouched(before, snapshot(model))
 
 

@@ -57,23 +57,40 @@ CASES: list[tuple[str, str, Callable[[], Any], Any, type[CamkitError]]] = [
     ("bool-target", "body.4", lambda: torch.randn(3, 2, 8, 8), True, CamkitTypeError),
     ("negative-target", "body.4", lambda: torch.randn(3, 2, 8, 8), -1, CamkitValueError),
     ("wrong-count", "body.4", lambda: torch.randn(3, 2, 8, 8), [1, 2], CamkitValueError),
-    ("bad-callable", "body.4", lambda: torch.randn(3, 2, 8, 8), lambda o: o["main"],
-     CamkitValueError),
+    (
+        "bad-callable",
+        "body.4",
+        lambda: torch.randn(3, 2, 8, 8),
+        lambda o: o["main"],
+        CamkitValueError,
+    ),
     ("not-reached", "unused", lambda: torch.randn(3, 2, 8, 8), _main, CamkitValueError),
-    ("not-connected", "body.4", lambda: torch.randn(3, 2, 8, 8), lambda o: o["other"][:, 0],
-     CamkitValueError),
+    (
+        "not-connected",
+        "body.4",
+        lambda: torch.randn(3, 2, 8, 8),
+        lambda o: o["other"][:, 0],
+        CamkitValueError,
+    ),
     ("tuple-layer", "pair", lambda: torch.randn(3, 2, 8, 8), _main, CamkitTypeError),
-    ("int-input", "body.4", lambda: torch.ones(3, 2, 8, 8, dtype=torch.int64), _main,
-     CamkitTypeError),
+    (
+        "int-input",
+        "body.4",
+        lambda: torch.ones(3, 2, 8, 8, dtype=torch.int64),
+        _main,
+        CamkitTypeError,
+    ),
     ("empty-batch", "body.4", lambda: torch.randn(0, 2, 8, 8), _main, CamkitValueError),
     ("model-error", "body.4", lambda: torch.randn(3, 5, 8, 8), _main, RuntimeError),  # type: ignore[list-item]
 ]
 
 
-@pytest.mark.parametrize(("case", "layer", "make_x", "target", "error"), CASES,
-                         ids=[c[0] for c in CASES])
-def test_model_untouched(case: str, layer: str, make_x: Callable[[], Tensor], target: Any,
-                         error: type[Exception]) -> None:
+@pytest.mark.parametrize(
+    ("case", "layer", "make_x", "target", "error"), CASES, ids=[c[0] for c in CASES]
+)
+def test_model_untouched(
+    case: str, layer: str, make_x: Callable[[], Tensor], target: Any, error: type[Exception]
+) -> None:
     model = _dirty(Branchy())
     probe = torch.randn(2, 2, 8, 8)
     before = snapshot(model.body, probe)
@@ -114,7 +131,8 @@ def test_train_mode_frozen_and_no_grad_give_the_eval_map() -> None:
     before = snapshot(model)
     torch.testing.assert_close(_maps(model, x), expected)
     assert_untouched(before, snapshot(model))
-    assert model.training and all(m.training for m in model.modules())
+    assert model.training
+    assert all(m.training for m in model.modules())
 
     model.eval().requires_grad_(False)
     torch.testing.assert_close(_maps(model, x), expected)

@@ -1,0 +1,32 @@
+"""Every Python snippet in the README and the Sphinx pages runs as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.rst"))]
+
+
+def snippets(page: Path) -> list[str]:
+    text = page.read_text()
+    if page.suffix == ".md":
+        return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    blocks = re.findall(r"\.\. code-block:: python\n\n((?:   .*\n|\n)+)", text)
+    return [re.sub(r"^   ", "", b, flags=re.M) for b in blocks]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_snippets_run(page: Path) -> None:
+    code = snippets(page)
+    namespace: dict[str, object] = {"__name__": "__snippet__"}
+    for block in code:
+        exec(compile(block, str(page), "exec"), namespace)
+
+
+def test_pages_have_snippets() -> None:
+    assert snippets(ROOT / "README.md")
+    assert snippets(ROOT / "docs" / "getting-started.rst")
