@@ -10,6 +10,7 @@ torch.Size([5, 8, 8])
 
 from importlib.metadata import PackageNotFoundError, version
 
+from camkit import plot
 from camkit.base import BaseCAM, CAMResult
 from camkit.errors import CamkitError, CamkitTypeError, CamkitValueError
 from camkit.layers import find_layer
@@ -33,4 +34,5 @@ __all__ = [
     "__version__",
     "class_scores",
     "find_layer",
+    "plot",
 ]

@@ -1,27 +1,16 @@
-"""Shared pytest configuration: hypothesis profiles and deterministic torch."""
+"""Fixtures for the tests: deterministic seeds, figures closed after each test."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
-
-settings.register_profile(
-    "ci",
-    max_examples=25,
-    deadline=None,
-    derandomize=True,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.register_profile("dev", max_examples=40, deadline=None)
-settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
-
-torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)
-def _seed() -> None:
+def _seed_and_close_figures() -> Iterator[None]:
     torch.manual_seed(0)
+    yield
+    plt.close("all")
