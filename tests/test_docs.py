@@ -30,3 +30,13 @@ def test_snippets_run(page: Path) -> None:
 def test_pages_have_snippets() -> None:
     assert snippets(ROOT / "README.md")
     assert snippets(ROOT / "docs" / "getting-started.rst")
+
+
+def test_tutorial_report_and_its_figures_are_in_the_docs() -> None:
+    report = ROOT / "docs" / "tutorial" / "mnist" / "report.md"
+    text = report.read_text()
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(linked) == 16
+    for path in linked:
+        assert (report.parent / path).stat().st_size > 1000, path
+    assert "## Results and discussion" in text

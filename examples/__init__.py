@@ -1,0 +1,1 @@
+"""Worked examples of camkit; the library never imports them."""

@@ -1,0 +1,190 @@
+"""Run the MNIST worked example end to end: ``python -m examples.mnist --out DIR``.
+
+Trains the network (or, with ``--no-train``, loads the shipped weights), measures it,
+explains it with Grad-CAM and writes ``report.md`` with its figures into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from camkit import GradCAM
+from examples.mnist import figures
+from examples.mnist.data import DEFAULT_ROOT, Split, load_split
+from examples.mnist.evaluate import (
+    CLASSES,
+    centre_gaussian_maps,
+    classification_scores,
+    localize,
+    stroke_mask,
+    summarize,
+    uniform_random_maps,
+)
+from examples.mnist.report import Setup, write_report
+from examples.mnist.train import (
+    DEFAULT_WEIGHTS,
+    Checkpoint,
+    count_parameters,
+    load,
+    predict,
+    save,
+    train,
+)
+
+BATCH_SIZE = 128
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m examples.mnist", description=__doc__)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("mnist-report"),
+        help="folder for report.md, the figures and the weights",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_ROOT,
+        help="folder holding the four MNIST .gz files and SHA256SUMS",
+    )
+    parser.add_argument(
+        "--no-train",
+        action="store_true",
+        help="skip training and use the shipped weights (or --weights)",
+    )
+    parser.add_argument(
+        "--weights", type=Path, default=DEFAULT_WEIGHTS, help="checkpoint to load with --no-train"
+    )
+    parser.add_argument("--epochs", type=int, default=18)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--limit-train",
+        type=int,
+        default=None,
+        help="train on the first N training images only (smoke runs)",
+    )
+    parser.add_argument(
+        "--limit-test",
+        type=int,
+        default=None,
+        help="measure and explain the first N test images only",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def _limit(split: Split, n: int | None) -> Split:
+    return split if n is None else Split(split.images[:n], split.labels[:n])
+
+
+def explain_all(
+    checkpoint: Checkpoint,
+    images: torch.Tensor,
+    predicted: torch.Tensor,
+    layer: str,
+    progress: bool,
+    batch_size: int = 1000,
+) -> torch.Tensor:
+    """Grad-CAM maps of the predicted class for every image, in batches."""
+    cam = GradCAM(checkpoint.model, layer)
+    chunks = []
+    for start in tqdm(
+        range(0, len(images), batch_size),
+        desc=f"Grad-CAM {layer}",
+        unit="batch",
+        disable=not progress,
+    ):
+        stop = start + batch_size
+        chunks.append(cam(checkpoint.prepare(images[start:stop]), predicted[start:stop]))
+    return torch.cat(chunks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    progress = not args.quiet
+    out = args.out
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    test_set = _limit(load_split("test", args.data), args.limit_test)
+
+    if args.no_train:
+        checkpoint, history = load(args.weights)
+        train_images = 60_000
+    else:
+        train_set = _limit(load_split("train", args.data), args.limit_train)
+        checkpoint, history = train(
+            train_set,
+            test_set,
+            epochs=args.epochs,
+            batch_size=BATCH_SIZE,
+            seed=args.seed,
+            progress=progress,
+        )
+        save(checkpoint, history, out / "weights.pt")
+        train_images = len(train_set.labels)
+    model = checkpoint.model
+
+    predicted = predict(checkpoint, test_set.images).argmax(1)
+    scores = classification_scores(predicted, test_set.labels)
+    print(f"test accuracy: {100 * scores.accuracy:.2f} % on {len(predicted):,} images")
+    if history.seconds:
+        print(f"training time: {history.seconds:.1f} s for {len(history.loss)} epochs")
+
+    strokes = stroke_mask(test_set.images)
+    size = tuple(test_set.images.shape[2:])
+    maps = {
+        figures.LAYER: explain_all(checkpoint, test_set.images, predicted, figures.LAYER, progress),
+        figures.FIRST_LAYER: explain_all(
+            checkpoint, test_set.images, predicted, figures.FIRST_LAYER, progress
+        ),
+        "uniform random": uniform_random_maps(len(predicted), size, seed=args.seed),
+        "centre Gaussian": centre_gaussian_maps(len(predicted), size),
+    }
+    results = {name: summarize(localize(m, strokes), test_set.labels) for name, m in maps.items()}
+    main_mass, area = results[figures.LAYER]["mass"][-1], results[figures.LAYER]["area"][-1]
+    print(f"Grad-CAM mass on strokes: {main_mass:.1f} % (strokes cover {area:.1f} %)")
+
+    fig_dir = out / "figures"
+    images, labels = test_set.images, test_set.labels
+    made = {
+        "curves": figures.training_curves(history, fig_dir / "training_curves.png"),
+        "confusion": figures.confusion_matrix(scores, fig_dir / "confusion_matrix.png"),
+        "discrimination": figures.class_discrimination(
+            checkpoint, images[0], fig_dir / "class_discrimination.png"
+        ),
+        "mistakes": figures.mistakes(
+            checkpoint, images, labels, predicted, fig_dir / "mistakes.png"
+        ),
+        "counterfactual": figures.counterfactual(
+            checkpoint, images, predicted, fig_dir / "counterfactual.png"
+        ),
+        "layers": figures.layers(checkpoint, images, fig_dir / "layers.png"),
+    }
+    for digit in range(CLASSES):
+        made[f"class_{digit}"] = figures.class_grid(
+            checkpoint, images, labels, digit, fig_dir / f"class_{digit}.png"
+        )
+    setup = Setup(
+        parameters=count_parameters(model),
+        trained_here=not args.no_train,
+        epochs=len(history.loss),
+        batch_size=BATCH_SIZE,
+        train_seconds=history.seconds,
+        threads=torch.get_num_threads(),
+        torch_version=torch.__version__,
+        train_images=train_images,
+        test_images=len(labels),
+    )
+    report = write_report(out, scores, setup, results, made, figures.LAYER, figures.FIRST_LAYER)
+    print(f"report: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The worked example's figures, drawn with camkit.plot and saved as PNG files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import torch
+from torch import Tensor
+
+from camkit import GradCAM
+from camkit.plot import grid
+from examples.mnist.evaluate import CLASSES, Scores
+from examples.mnist.train import Checkpoint, History, predict
+
+LAYER = "features.relu"
+FIRST_LAYER = "features.relu1"
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _cam(checkpoint: Checkpoint, layer: str = LAYER) -> Callable[..., Tensor]:
+    cam = GradCAM(checkpoint.model, layer)
+    return lambda images, target=None: cam(checkpoint.prepare(images), target)
+
+
+def training_curves(history: History, path: Path) -> Path:
+    """Loss and accuracy per epoch."""
+    epochs = range(1, len(history.loss) + 1)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+    left.plot(epochs, history.loss, marker="o")
+    left.set(xlabel="epoch", ylabel="training loss", yscale="log", title="Loss")
+    right.plot(epochs, [100 * a for a in history.train_accuracy], marker="o", label="train")
+    if history.test_accuracy:
+        right.plot(epochs, [100 * a for a in history.test_accuracy], marker="o", label="test")
+    right.axhline(99.0, color="grey", linestyle="--", linewidth=1, label="99 % goal")
+    right.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy", ylim=(95, 100))
+    right.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def confusion_matrix(scores: Scores, path: Path) -> Path:
+    """The test set's confusion matrix, counts in each cell."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    counts = scores.confusion.numpy()
+    ax.imshow(counts, cmap="Blues", norm=matplotlib.colors.LogNorm(vmin=1, vmax=counts.max()))
+    for i in range(CLASSES):
+        for j in range(CLASSES):
+            if counts[i, j]:
+                colour = "white" if i == j else "black"
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7, color=colour)
+    ax.set(xticks=range(CLASSES), yticks=range(CLASSES), xlabel="predicted", ylabel="true")
+    ax.set_title(f"Confusion matrix (accuracy {100 * scores.accuracy:.2f} %)")
+    return _save(fig, path)
+
+
+def class_grid(
+    checkpoint: Checkpoint, images: Tensor, labels: Tensor, digit: int, path: Path, count: int = 12
+) -> Path:
+    """Test images of one digit with the Grad-CAM map of the predicted class."""
+    chosen = images[labels == digit][:count]
+    logits = predict(checkpoint, chosen)
+    probs, predicted = logits.softmax(1).max(1)
+    maps = _cam(checkpoint)(chosen)
+    titles = [
+        f"pred {p} ({100 * q:.0f}%)"
+        for p, q in zip(predicted.tolist(), probs.tolist(), strict=False)
+    ]
+    fig = grid(
+        chosen,
+        maps,
+        titles=titles,
+        ncols=6,
+        suptitle=f"Digit {digit}: Grad-CAM at {LAYER}, predicted class",
+    )
+    return _save(fig, path)
+
+
+def class_discrimination(checkpoint: Checkpoint, image: Tensor, path: Path) -> Path:
+    """One image and its maps for all ten classes."""
+    batch = image[None].expand(CLASSES, *image.shape)
+    logits = predict(checkpoint, image[None])[0]
+    maps = _cam(checkpoint)(batch, torch.arange(CLASSES))
+    probs = logits.softmax(0)
+    titles = ["input", *(f"class {c}: {100 * probs[c]:.1f}%" for c in range(CLASSES))]
+    fig = grid(
+        [image, *batch],
+        [None, *maps],
+        titles=titles,
+        ncols=6,
+        suptitle="One image, Grad-CAM for every class (softmax probability in title)",
+    )
+    return _save(fig, path)
+
+
+def mistakes(
+    checkpoint: Checkpoint,
+    images: Tensor,
+    labels: Tensor,
+    predicted: Tensor,
+    path: Path,
+    count: int = 8,
+) -> Path:
+    """Misclassified images with the maps of the predicted and of the true class."""
+    wrong = (predicted != labels).nonzero()[:count, 0]
+    cam = _cam(checkpoint)
+    pred_maps = cam(images[wrong], predicted[wrong])
+    true_maps = cam(images[wrong], labels[wrong])
+    panels, maps, titles = [], [], []
+    for k, i in enumerate(wrong.tolist()):
+        panels += [images[i]] * 3
+        maps += [None, pred_maps[k], true_maps[k]]
+        titles += [
+            f"true {labels[i]}, pred {predicted[i]}",
+            f"map: {predicted[i]} (pred)",
+            f"map: {labels[i]} (true)",
+        ]
+    fig = grid(
+        panels,
+        maps,
+        titles=titles,
+        ncols=6,
+        suptitle="Mistakes: evidence for the predicted and for the true class",
+    )
+    return _save(fig, path)
+
+
+def counterfactual(
+    checkpoint: Checkpoint, images: Tensor, predicted: Tensor, path: Path, count: int = 6
+) -> Path:
+    """Grad-CAM next to the counterfactual map (negated gradients, Selvaraju et al. Sec. 3.3)."""
+    chosen, classes = images[:count], predicted[:count]
+    cam = _cam(checkpoint)
+    support = cam(chosen, classes)
+    against = cam(chosen, lambda out: -out.gather(1, classes[:, None])[:, 0])
+    panels, maps, titles = [], [], []
+    for k in range(len(chosen)):
+        panels += [chosen[k]] * 3
+        maps += [None, support[k], against[k]]
+        titles += [f"pred {classes[k]}", "for (Grad-CAM)", "against (counterfactual)"]
+    fig = grid(
+        panels,
+        maps,
+        titles=titles,
+        ncols=6,
+        suptitle="What speaks for and against the predicted class",
+    )
+    return _save(fig, path)
+
+
+def layers(checkpoint: Checkpoint, images: Tensor, path: Path, count: int = 6) -> Path:
+    """Maps at the first conv ReLU (24x24) and the last (8x8) for the same images."""
+    chosen = images[:count]
+    first = _cam(checkpoint, FIRST_LAYER)(chosen)
+    last = _cam(checkpoint, LAYER)(chosen)
+    panels, maps, titles = [], [], []
+    for k in range(len(chosen)):
+        panels += [chosen[k]] * 3
+        maps += [None, first[k], last[k]]
+        titles += ["input", f"{FIRST_LAYER} (24x24)", f"{LAYER} (8x8)"]
+    fig = grid(
+        panels,
+        maps,
+        titles=titles,
+        ncols=6,
+        suptitle="Resolution against semantics: the two conv layers",
+    )
+    return _save(fig, path)

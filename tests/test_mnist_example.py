@@ -1,0 +1,165 @@
+"""The MNIST worked example: its data checks, its shipped weights, and a smoke run."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pytest
+import torch
+
+from camkit import GradCAM
+from examples.mnist.__main__ import main
+from examples.mnist.data import DEFAULT_ROOT, FILES, MnistDataError, load_split
+from examples.mnist.evaluate import (
+    localize,
+    stroke_mask,
+    uniform_random_maps,
+)
+from examples.mnist.model import MnistNet
+from examples.mnist.train import accuracy, load
+
+LABELS = FILES["test"][1]
+
+
+def _copy_data(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    shutil.copytree(DEFAULT_ROOT, root)
+    for f in root.iterdir():
+        f.chmod(0o644)
+    return root
+
+
+def _replace(root: Path, name: str, payload: bytes, fix_sum: bool = True) -> None:
+    (root / name).write_bytes(payload)
+    if fix_sum:
+        sums = (root / "SHA256SUMS").read_text().splitlines()
+        digest = hashlib.sha256(payload).hexdigest()
+        sums = [f"{digest}  {name}" if line.endswith(name) else line for line in sums]
+        (root / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+
+
+def _labels(root: Path) -> bytes:
+    return gzip.decompress((root / LABELS).read_bytes())
+
+
+def test_the_model_has_4010_parameters_and_the_named_layer() -> None:
+    model = MnistNet()
+    assert sum(p.numel() for p in model.parameters()) == 4010
+    assert isinstance(model.get_submodule("features.relu"), torch.nn.ReLU)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_loader_reads_and_scales(tmp_path: Path) -> None:
+    split = load_split("test")
+    assert split.images.shape == (10_000, 1, 28, 28)
+    assert split.images.dtype == torch.float32
+    assert float(split.images.min()) == 0.0
+    assert float(split.images.max()) == 1.0
+    assert split.labels.tolist()[:5] == [7, 2, 1, 0, 4]
+    assert torch.bincount(split.labels).tolist()[0] == 980
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    root = _copy_data(tmp_path)
+    (root / LABELS).unlink()
+    with pytest.raises(MnistDataError, match=rf"{LABELS}: missing"):
+        load_split("test", root)
+
+
+def test_bad_checksum(tmp_path: Path) -> None:
+    root = _copy_data(tmp_path)
+    data = bytearray(_labels(root))
+    data[100] = (data[100] + 1) % 10
+    _replace(root, LABELS, gzip.compress(bytes(data)), fix_sum=False)
+    with pytest.raises(MnistDataError, match=rf"{LABELS}: SHA-256 is .* \(corrupt file\)"):
+        load_split("test", root)
+
+
+def test_bad_magic(tmp_path: Path) -> None:
+    root = _copy_data(tmp_path)
+    data = (2051).to_bytes(4, "big") + _labels(root)[4:]
+    _replace(root, LABELS, gzip.compress(data))
+    with pytest.raises(MnistDataError, match=rf"{LABELS}: magic number 2051, expected 2049"):
+        load_split("test", root)
+
+
+def test_short_file(tmp_path: Path) -> None:
+    root = _copy_data(tmp_path)
+    _replace(root, LABELS, gzip.compress(_labels(root)[:-10]))
+    with pytest.raises(MnistDataError, match=r"9990 data bytes, expected 10000 \(truncated\)"):
+        load_split("test", root)
+
+
+def test_truncated_gzip(tmp_path: Path) -> None:
+    root = _copy_data(tmp_path)
+    _replace(root, LABELS, (root / LABELS).read_bytes()[:-100])
+    with pytest.raises(MnistDataError, match=r"not a complete gzip file"):
+        load_split("test", root)
+
+
+def test_shipped_weights_reach_99_percent() -> None:
+    checkpoint, history = load()
+    score = accuracy(checkpoint, load_split("test"))
+    assert score >= 0.99
+    assert history.seconds <= 90
+    assert history.test_accuracy[-1] == pytest.approx(score, abs=1e-6)
+
+
+def test_trained_maps_concentrate_on_strokes() -> None:
+    checkpoint, _ = load()
+    test = load_split("test")
+    images = checkpoint.prepare(test.images[:500])
+    strokes = stroke_mask(test.images[:500])
+    random_mass = localize(uniform_random_maps(500, (28, 28)), strokes).mass.nanmean()
+    # The design card's line, verbatim: class 3 for every image.
+    maps = GradCAM(checkpoint.model, "features.relu")(images, target=3)
+    assert maps.shape == (500, 28, 28)
+    assert localize(maps, strokes).mass.nanmean() > random_mass + 0.03
+    # The predicted class: about twice the strokes' share of the image.
+    predicted = GradCAM(checkpoint.model, "features.relu")(images)
+    assert localize(predicted, strokes).mass.nanmean() > 1.6 * random_mass
+
+
+def test_localize_by_hand() -> None:
+    strokes = torch.tensor([[[True, False], [False, False]]] * 3)
+    maps = torch.tensor([[[3.0, 1.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 2.0]], [[0.0] * 2] * 2])
+    result = localize(maps, strokes)
+    assert result.mass[:2].tolist() == [0.75, 0.0]
+    assert result.mass[2].isnan()
+    assert result.hit.tolist() == [True, False, False]
+    assert result.area.tolist() == [0.25] * 3
+
+
+def test_smoke_run_writes_every_figure_and_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    code = main(
+        [
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--limit-train",
+            "512",
+            "--limit-test",
+            "300",
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    report = (out / "report.md").read_text()
+    figures = sorted((out / "figures").glob("*.png"))
+    assert len(figures) == 16
+    for path in figures:
+        pixels = mpimg.imread(path)
+        assert pixels.ndim == 3
+        assert min(pixels.shape[:2]) > 100
+        assert pixels.std() > 0.01  # not a blank image
+        assert f"figures/{path.name}" in report
+    for section in ("## Accuracy", "## Localization on strokes", "## Results and discussion"):
+        assert section in report
+    _, history = load(out / "weights.pt")
+    assert len(history.loss) == 1
