@@ -65,5 +65,7 @@ class LayerCapture:
             )
         torch.set_grad_enabled(True)
         self.calls += 1
+        if output.is_inference():
+            output = output.clone()
         self.activation = output.detach().requires_grad_(True)
         return self.activation.clone()

@@ -149,6 +149,12 @@ class BaseCAM(ABC):
                 number of targets, a layer the forward pass never reaches, or a
                 score that does not depend on the layer.
         """
+        with torch.inference_mode(False):
+            return self._explain(x, target, relu=relu, upsample=upsample, normalize=normalize)
+
+    def _explain(
+        self, x: Tensor, target: Target, *, relu: bool, upsample: bool, normalize: bool
+    ) -> CAMResult:
         batch_size = _check_input(x)
         checked = check_target(target, batch_size)
         with _eval_mode(self.model), LayerCapture(self.layer_name, self.layer) as capture:

@@ -16,15 +16,16 @@ CLASSES = 5
 
 @st.composite
 def problems(draw: st.DrawFn) -> tuple[torch.nn.Module, str, torch.Tensor, Any]:
-    """A random conv net in 1-D, 2-D or 3-D, an input of odd sizes, a layer and a target."""
+    """A random 1-D, 2-D or 3-D conv net (float32 or 64), odd input sizes, a layer, a target."""
     dims = draw(st.sampled_from([1, 2, 3]))
     batch = draw(st.integers(1, 4))
     channels = draw(st.integers(1, 3))
     top = {1: 24, 2: 14, 3: 8}[dims]
     spatial = draw(st.lists(st.integers(6, top), min_size=dims, max_size=dims))
     torch.manual_seed(draw(st.integers(0, 2**16)))
-    model = conv_net(dims, in_channels=channels, classes=CLASSES)
-    x = torch.randn(batch, channels, *spatial) * draw(st.sampled_from([0.1, 1.0, 10.0]))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    model = conv_net(dims, in_channels=channels, classes=CLASSES).to(dtype)
+    x = torch.randn(batch, channels, *spatial, dtype=dtype) * draw(st.sampled_from([0.1, 1, 10]))
     layer = draw(st.sampled_from(["0", "2", "3", "4", "5", "6"]))
     kind = draw(st.sampled_from(["none", "int", "list", "tensor", "callable"]))
     target: Any = {

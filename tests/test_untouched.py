@@ -144,6 +144,20 @@ def test_train_mode_frozen_and_no_grad_give_the_eval_map() -> None:
         assert not torch.is_grad_enabled()
     assert torch.is_grad_enabled()
 
+    with torch.inference_mode():
+        torch.testing.assert_close(_maps(model, x), expected)
+        torch.testing.assert_close(_maps(model, x.clone()), expected)  # an inference tensor
+        assert torch.is_inference_mode_enabled()
+
+
+def test_layer_on_an_inference_tensor() -> None:
+    model = nn.Sequential(nn.Identity(), conv_net(2))
+    x = torch.randn(2, 2, 8, 8)
+    expected = GradCAM(model, "0")(x, 1)
+    with torch.inference_mode():
+        x_inference = x.clone()
+    torch.testing.assert_close(GradCAM(model, "0")(x_inference, 1), expected)
+
 
 def test_input_that_requires_grad_is_left_alone() -> None:
     model = conv_net(2)
