@@ -20,7 +20,7 @@ from examples.mnist.evaluate import (
     uniform_random_maps,
 )
 from examples.mnist.model import MnistNet
-from examples.mnist.train import accuracy, load
+from examples.mnist.train import accuracy, load, train
 
 LABELS = FILES["test"][1]
 
@@ -163,3 +163,14 @@ def test_smoke_run_writes_every_figure_and_the_report(tmp_path: Path) -> None:
         assert section in report
     _, history = load(out / "weights.pt")
     assert len(history.loss) == 1
+
+
+def test_training_is_reproducible() -> None:
+    data = load_split("train")
+    subset = type(data)(data.images[:256], data.labels[:256])
+    first, _ = train(subset, epochs=1, batch_size=64, progress=False)
+    second, _ = train(subset, epochs=1, batch_size=64, progress=False)
+    third, _ = train(subset, epochs=1, batch_size=64, progress=False, seed=1)
+    a, b, c = (ck.model.state_dict() for ck in (first, second, third))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
