@@ -1,10 +1,11 @@
-"""The one place camkit touches a model: a forward hook that lives for one call."""
+"""The one place camkit touches a model: forward hooks that live for one call."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -12,32 +13,29 @@ from torch.utils.hooks import RemovableHandle
 
 from camkit.errors import CamkitTypeError
 
+_H = TypeVar("_H", bound="_Hooks")
 
-class LayerCapture:
-    """Capture a layer's output and start autograd there.
 
-    Meant to wrap a forward pass run under :func:`torch.no_grad`: when the
-    layer runs, the hook turns gradient recording on and replaces the layer's
-    output by a clone of a fresh leaf tensor. Autograd then records only the
-    part of the network after the layer, gradients with respect to the leaf
-    are exactly ``d score / d activation``, and in-place operations after the
-    layer change the clone, never the captured activation. If the layer runs
-    several times in one forward pass, its last call is the one captured.
+class _Hooks:
+    """Forward hooks on some modules, removed when the ``with`` block ends.
 
-    The hook ignores forward passes run by other threads, and it is removed
-    when the ``with`` block ends, whatever happens inside it.
+    Hooks ignore forward passes run by other threads, so concurrent calls on
+    one model never see each other's activations.
     """
 
-    def __init__(self, name: str, module: nn.Module) -> None:
-        self.name = name
-        self.module = module
-        self.activation: Tensor | None = None
-        self.calls = 0
+    def __init__(self, modules: Sequence[tuple[str, nn.Module]]) -> None:
+        self.modules = list(modules)
+        self.calls = [0] * len(self.modules)
         self._thread = threading.get_ident()
-        self._handle: RemovableHandle | None = None
+        self._handles: list[RemovableHandle] = []
 
-    def __enter__(self) -> LayerCapture:
-        self._handle = self.module.register_forward_hook(self._hook)
+    def __enter__(self: _H) -> _H:
+        try:
+            for i, (_, module) in enumerate(self.modules):
+                self._handles.append(module.register_forward_hook(self._hook_for(i)))
+        except BaseException:
+            self._remove()
+            raise
         return self
 
     def __exit__(
@@ -46,26 +44,73 @@ class LayerCapture:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        self._remove()
 
-    def _hook(self, module: nn.Module, inputs: Any, output: Any) -> Tensor | None:
-        if threading.get_ident() != self._thread:
-            return None
-        if not isinstance(output, Tensor):
-            raise CamkitTypeError(
-                f"layer: {self.name!r} returned {type(output).__name__}, not a tensor; "
-                f"choose a layer whose output is a single tensor"
-            )
-        if not output.is_floating_point():
-            raise CamkitTypeError(
-                f"layer: {self.name!r} returned a {output.dtype} tensor; a CAM needs "
-                f"a layer with floating-point activations"
-            )
-        torch.set_grad_enabled(True)
-        self.calls += 1
-        if output.is_inference():
-            output = output.clone()
-        self.activation = output.detach().requires_grad_(True)
-        return self.activation.clone()
+    def _remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook_for(self, index: int) -> Callable[[nn.Module, Any, Any], Any]:
+        def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
+            if threading.get_ident() != self._thread:
+                return None
+            self.calls[index] += 1
+            return self.on_output(index, _checked(self.modules[index][0], output))
+
+        return hook
+
+    def on_output(self, index: int, output: Tensor) -> Tensor | None:
+        raise NotImplementedError
+
+
+class LayerCapture(_Hooks):
+    """Capture layer outputs and start autograd at the first one reached.
+
+    Meant to wrap a forward pass run under :func:`torch.no_grad`: when the
+    first hooked layer runs, the hook turns gradient recording on and makes
+    its output a fresh leaf tensor, so autograd records only the part of the
+    network after it. Every hooked layer's output is handed on as a clone, so
+    in-place operations after the layer change the clone, never the captured
+    activation. If a layer runs several times in one pass, its last call is
+    the one captured.
+    """
+
+    def __init__(self, modules: Sequence[tuple[str, nn.Module]]) -> None:
+        super().__init__(modules)
+        self.activations: list[Tensor | None] = [None] * len(self.modules)
+
+    def on_output(self, index: int, output: Tensor) -> Tensor:
+        if not torch.is_grad_enabled():
+            torch.set_grad_enabled(True)
+            if output.is_inference():
+                output = output.clone()
+            output = output.detach().requires_grad_(True)
+        self.activations[index] = output
+        return output.clone()
+
+
+class ReplaceOutput(_Hooks):
+    """Replace one layer's output, at its ``call``-th call, by a given tensor."""
+
+    def __init__(self, name: str, module: nn.Module, call: int, replacement: Tensor) -> None:
+        super().__init__([(name, module)])
+        self.call = call
+        self.replacement = replacement
+
+    def on_output(self, index: int, output: Tensor) -> Tensor | None:
+        return self.replacement if self.calls[index] == self.call else None
+
+
+def _checked(name: str, output: Any) -> Tensor:
+    if not isinstance(output, Tensor):
+        raise CamkitTypeError(
+            f"layer: {name!r} returned {type(output).__name__}, not a tensor; "
+            f"choose a layer whose output is a single tensor"
+        )
+    if not output.is_floating_point():
+        raise CamkitTypeError(
+            f"layer: {name!r} returned a {output.dtype} tensor; a CAM needs "
+            f"a layer with floating-point activations"
+        )
+    return output

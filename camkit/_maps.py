@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -32,3 +33,16 @@ def min_max_normalize(maps: Tensor) -> Tensor:
     span = flat.amax(dim=1, keepdim=True) - low
     scaled = (flat - low) / span.where(span > 0, 1.0)
     return scaled.view_as(maps)
+
+
+def first_component(weighted: Tensor) -> Tensor:
+    """Project ``(B, C, *spatial)`` on its first principal direction over channels.
+
+    The SVD is of the uncentred ``pixels x channels`` matrix (as in Eigen-CAM);
+    the sign is chosen so that the projection's sum is non-negative.
+    """
+    flat = weighted.flatten(2).transpose(1, 2)  # (B, pixels, C)
+    _, _, vh = torch.linalg.svd(flat, full_matrices=False)
+    projection: Tensor = flat @ vh[:, 0, :, None]  # (B, pixels, 1)
+    sign = torch.where(projection.sum(dim=(1, 2), keepdim=True) < 0, -1.0, 1.0)
+    return (projection * sign).view(weighted.shape[0], *weighted.shape[2:])

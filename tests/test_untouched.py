@@ -61,7 +61,7 @@ CASES: list[tuple[str, str, Callable[[], Any], Any, type[CamkitError]]] = [
         "bad-callable",
         "body.4",
         lambda: torch.randn(3, 2, 8, 8),
-        lambda o: o["main"],
+        lambda o: o["main"][:, None],
         CamkitValueError,
     ),
     ("not-reached", "unused", lambda: torch.randn(3, 2, 8, 8), _main, CamkitValueError),
