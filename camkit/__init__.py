@@ -11,10 +11,22 @@ torch.Size([5, 8, 8])
 from importlib.metadata import PackageNotFoundError, version
 
 from camkit import plot
-from camkit.base import BaseCAM, CAMResult
+from camkit.base import BaseCAM, CAMResult, LayerContext
 from camkit.errors import CamkitError, CamkitTypeError, CamkitValueError
 from camkit.layers import find_layer
-from camkit.methods import GradCAM
+from camkit.methods import (
+    CAM,
+    AblationCAM,
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    GuidedBackprop,
+    GuidedGradCAM,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
 from camkit.targets import ScoreFunction, Target, class_scores
 
 try:
@@ -23,14 +35,25 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
+    "CAM",
+    "AblationCAM",
     "BaseCAM",
     "CAMResult",
     "CamkitError",
     "CamkitTypeError",
     "CamkitValueError",
+    "EigenCAM",
     "GradCAM",
+    "GradCAMPlusPlus",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "HiResCAM",
+    "LayerCAM",
+    "LayerContext",
+    "ScoreCAM",
     "ScoreFunction",
     "Target",
+    "XGradCAM",
     "__version__",
     "class_scores",
     "find_layer",

@@ -2,8 +2,28 @@
 
 * :mod:`camkit.methods.gradient`: channels or pixels weighted by gradients
   (Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM).
+* :mod:`camkit.methods.activation`: no gradients (CAM, Eigen-CAM).
+* :mod:`camkit.methods.perturbation`: weights from re-running the model
+  (Score-CAM, Ablation-CAM).
+* :mod:`camkit.methods.guided`: input-resolution maps (Guided Backprop,
+  Guided Grad-CAM).
 """
 
+from camkit.methods.activation import CAM, EigenCAM
 from camkit.methods.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
+from camkit.methods.guided import GuidedBackprop, GuidedGradCAM
+from camkit.methods.perturbation import AblationCAM, ScoreCAM
 
-__all__ = ["GradCAM", "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "XGradCAM"]
+__all__ = [
+    "CAM",
+    "AblationCAM",
+    "EigenCAM",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "GuidedBackprop",
+    "GuidedGradCAM",
+    "HiResCAM",
+    "LayerCAM",
+    "ScoreCAM",
+    "XGradCAM",
+]

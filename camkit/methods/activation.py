@@ -1,0 +1,118 @@
+"""CAM methods that need no gradients: weights read from the activations or the model."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from camkit.base import BaseCAM, LayerContext, LayerSpec
+from camkit.errors import CamkitTypeError, CamkitValueError
+from camkit.layers import find_layer
+
+__all__ = ["CAM", "EigenCAM"]
+
+
+class CAM(BaseCAM):
+    r"""CAM: the classifier's own weights on globally pooled channels.
+
+    Zhou et al., *Learning Deep Features for Discriminative Localization*,
+    CVPR 2016, https://arxiv.org/abs/1512.04150.
+
+    For a network that ends in ``conv → global average pool → linear``, with
+    :math:`w_k^c` the linear layer's weight from channel :math:`k` to class
+    :math:`c`,
+
+    .. math::
+
+        L^c = \mathrm{ReLU}\Big(\sum_k w_k^c A^k\Big).
+
+    Needs class targets (not a callable) and no gradients.
+
+    Args:
+        model: As for :class:`~camkit.BaseCAM`.
+        layer: The last conv layer (before the global pooling).
+        fc: The linear classifier: its dotted name or the module.
+        **options: ``layout``, ``prefix_tokens``, ``grid`` as for :class:`~camkit.BaseCAM`.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(
+        ...     nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+        ...     nn.Flatten(), nn.Linear(4, 10))
+        >>> CAM(model, "1", fc="4")(torch.randn(2, 1, 8, 8), target=3).shape
+        torch.Size([2, 8, 8])
+    """
+
+    needs_gradients = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec | list[LayerSpec],
+        *,
+        fc: LayerSpec,
+        **options: object,
+    ) -> None:
+        super().__init__(model, layer, **options)  # type: ignore[arg-type]
+        self.fc_name, fc_module = find_layer(model, fc)
+        if not isinstance(fc_module, nn.Linear):
+            raise CamkitTypeError(
+                f"fc: {self.fc_name!r} is a {type(fc_module).__name__}; CAM needs the "
+                f"nn.Linear classifier that follows the global pooling"
+            )
+        self.fc = fc_module
+
+    def weights(self, context: LayerContext) -> Tensor:
+        """Return the classifier weights :math:`w_k^c` of each target class."""
+        if context.classes is None:
+            raise CamkitValueError(
+                "target: CAM reads class weights from the classifier, so it needs class "
+                "targets (None, ints), not a callable"
+            )
+        weight = self.fc.weight.detach().float()
+        channels = context.activations.shape[2]
+        if weight.shape[1] != channels:
+            raise CamkitValueError(
+                f"fc: {self.fc_name!r} has {weight.shape[1]} input features but layer "
+                f"{context.layer!r} has {channels} channels; CAM needs conv → global pool → fc"
+            )
+        return weight[context.classes.to(weight.device)].to(context.activations.device)
+
+
+class EigenCAM(BaseCAM):
+    r"""Eigen-CAM: the activations projected on their first principal direction.
+
+    Muhammad & Yeasin, *Eigen-CAM: Class Activation Map using Principal
+    Components*, IJCNN 2020, https://arxiv.org/abs/2008.00299.
+
+    With the layer's activations arranged as a (pixels x channels) matrix
+    :math:`A = U \Sigma V^\top` (not centred, as in the paper),
+
+    .. math::
+
+        L = \mathrm{ReLU}(A\, v_1),
+
+    where :math:`v_1` is the first right singular vector. Its sign, arbitrary
+    in an SVD, is fixed so that :math:`A v_1` sums to a non-negative value
+    (pointing to the positive mass). The map does not depend on the target.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+        >>> EigenCAM(model, "1")(torch.randn(3, 1, 8, 8)).shape
+        torch.Size([3, 8, 8])
+    """
+
+    needs_gradients = False
+
+    def weights(self, context: LayerContext) -> Tensor:
+        """Return :math:`v_1` for each sample, repeated for every target."""
+        a = context.activations[:, 0]
+        pixels = a.flatten(2).transpose(1, 2)  # (N, pixels, C)
+        _, _, vh = torch.linalg.svd(pixels, full_matrices=False)
+        first = vh[:, 0, :]  # (N, C)
+        total = (pixels @ first[:, :, None]).sum(dim=(1, 2))
+        first = torch.where(total[:, None] < 0, -first, first)
+        return first[:, None, :].expand(-1, context.scores.shape[1], -1)
