@@ -118,3 +118,30 @@ def assert_untouched(before: Snapshot, after: Snapshot) -> None:
     if before.output is not None:
         assert after.output is not None
         assert torch.equal(before.output, after.output)
+
+
+def reference_activations_and_gradients(
+    model: nn.Module, layer: nn.Module, x: Tensor, classes: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The layer's output A ``(N, C, *s)`` and ``dy^c/dA`` ``(N, k, C, *s)`` by plain autograd.
+
+    ``classes`` is ``(N, k)``; one full backward pass per target column.
+    """
+    store: dict[str, Tensor] = {}
+
+    def hook(module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
+        store["A"] = output
+        return output.clone()
+
+    handle = layer.register_forward_hook(hook)
+    grads = []
+    try:
+        with torch.enable_grad():
+            out = model(x)
+            for j in range(classes.shape[1]):
+                y = out[torch.arange(len(x)), classes[:, j]].sum()
+                (g,) = torch.autograd.grad(y, store["A"], retain_graph=True)
+                grads.append(g.double())
+    finally:
+        handle.remove()
+    return store["A"].detach().double(), torch.stack(grads, dim=1)
