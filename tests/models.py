@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -40,3 +41,43 @@ def cam_net(dims: int, in_channels: int = 2, classes: int = 5) -> nn.Sequential:
         nn.Flatten(),
         nn.Linear(6, classes),
     ).eval()
+
+
+class Permute(nn.Module):
+    def __init__(self, *order: int) -> None:
+        super().__init__()
+        self.order = order
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(*self.order)
+
+
+def channels_last_net(classes: int = 5) -> nn.Sequential:
+    """conv -> to (N, H, W, C) -> Linear over channels ("2") -> back ("3") -> GAP -> linear."""
+    return nn.Sequential(
+        nn.Conv2d(2, 6, 3),
+        Permute(0, 2, 3, 1),
+        nn.Linear(6, 6),
+        Permute(0, 3, 1, 2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, classes),
+    ).eval()
+
+
+class TokenNet(nn.Module):
+    """Patchify to a 3x3 grid of tokens after a learned CLS token, mix, pool, classify."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(2, 6, 3, stride=3)
+        self.cls = nn.Parameter(torch.randn(1, 1, 6))
+        self.mix = nn.Linear(6, 6)
+        self.head = nn.Linear(6, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2)  # (N, 9, C)
+        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], dim=1)
+        mixed = torch.relu(self.mix(tokens))
+        return self.head(mixed[:, 0] + mixed[:, 1:].mean(1))
