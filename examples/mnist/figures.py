@@ -30,7 +30,7 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 def _cam(checkpoint: Checkpoint, layer: str = LAYER) -> Callable[..., Tensor]:
     cam = GradCAM(checkpoint.model, layer)
-    return lambda images, target=None: cam(checkpoint.prepare(images), target)
+    return lambda images, target=None, **options: cam(checkpoint.prepare(images), target, **options)
 
 
 def training_curves(history: History, path: Path) -> Path:
@@ -142,7 +142,7 @@ def counterfactual(
     chosen, classes = images[:count], predicted[:count]
     cam = _cam(checkpoint)
     support = cam(chosen, classes)
-    against = cam(chosen, lambda out: -out.gather(1, classes[:, None])[:, 0])
+    against = cam(chosen, classes, counterfactual=True)
     panels, maps, titles = [], [], []
     for k in range(len(chosen)):
         panels += [chosen[k]] * 3
