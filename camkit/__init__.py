@@ -10,7 +10,7 @@ torch.Size([5, 8, 8])
 
 from importlib.metadata import PackageNotFoundError, version
 
-from camkit import plot
+from camkit import metrics, plot
 from camkit.base import BaseCAM, CAMResult, LayerContext
 from camkit.errors import CamkitError, CamkitTypeError, CamkitValueError
 from camkit.layers import find_layer
@@ -57,5 +57,6 @@ __all__ = [
     "__version__",
     "class_scores",
     "find_layer",
+    "metrics",
     "plot",
 ]

@@ -1,0 +1,44 @@
+"""Evaluating explanations: faithfulness, localization and sanity metrics.
+
+* Faithfulness: :func:`average_drop`, :func:`increase_in_confidence`,
+  :func:`deletion`, :func:`insertion`, :func:`road`.
+* Localization: :func:`pointing_game`, :func:`energy_pointing_game`.
+* Sanity: :func:`randomization_test` with :func:`spearman` and :func:`ssim`.
+* Datasets: :func:`evaluate` runs metrics over a DataLoader.
+
+Every metric takes the model, the inputs, the maps (or a CAM to compute them)
+and the target classes; returns per-sample values and their summary as a
+:class:`MetricResult`; scores softmax probabilities; runs the model without
+gradients in eval mode; and leaves the model as it was.
+"""
+
+from camkit.metrics._common import MetricResult
+from camkit.metrics.evaluate import evaluate
+from camkit.metrics.faithfulness import (
+    average_drop,
+    blur,
+    deletion,
+    increase_in_confidence,
+    insertion,
+)
+from camkit.metrics.localization import energy_pointing_game, pointing_game
+from camkit.metrics.road import impute, road
+from camkit.metrics.sanity import RandomizationResult, randomization_test, spearman, ssim
+
+__all__ = [
+    "MetricResult",
+    "RandomizationResult",
+    "average_drop",
+    "blur",
+    "deletion",
+    "energy_pointing_game",
+    "evaluate",
+    "impute",
+    "increase_in_confidence",
+    "insertion",
+    "pointing_game",
+    "randomization_test",
+    "road",
+    "spearman",
+    "ssim",
+]

@@ -1,0 +1,106 @@
+"""What the metrics share: results, class probabilities in batches, maps from CAMs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from camkit import _maps
+from camkit.base import BaseCAM, _check_input, _eval_mode
+from camkit.errors import CamkitTypeError, CamkitValueError
+from camkit.targets import Target, check_target
+
+Maps = Tensor | BaseCAM | Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """Per-sample values of a metric and their summary.
+
+    Attributes:
+        name: The metric's name.
+        values: One value per sample, ``(N,)`` (``(N, P)`` for metrics measured
+            at several points, such as ROAD's percentages).
+        summary: The dataset-level number: the mean over samples (``NaN``
+            samples, such as pointing-game images with an empty mask, left out).
+        curves: Per-sample curves where the metric has them (deletion and
+            insertion: ``(N, steps + 1)`` probabilities), else ``None``.
+        fractions: The x-axis of ``curves`` or the columns of ``values``.
+    """
+
+    name: str
+    values: Tensor
+    summary: float | list[float]
+    curves: Tensor | None = None
+    fractions: Tensor | None = field(default=None)
+
+
+def summarize(name: str, values: Tensor, **extra: Any) -> MetricResult:
+    """Build a :class:`MetricResult` whose summary is the NaN-ignoring mean over samples."""
+    mean = values.double().nanmean(dim=0)
+    summary: float | list[float] = float(mean) if mean.dim() == 0 else mean.tolist()
+    return MetricResult(name, values, summary, **extra)
+
+
+def classes_of(model: nn.Module, x: Tensor, target: Target, batch_size: int) -> Tensor:
+    """Class indices ``(N,)`` for ``target`` (``None``: the predicted class)."""
+    checked = check_target(target, len(x))
+    if checked.multi or checked.function is not None:
+        raise CamkitValueError(
+            "target: metrics score softmax probabilities of one class per sample; give None, "
+            "an int, or one class per sample"
+        )
+    if checked.classes is not None:
+        return checked.classes[:, 0]
+    output = logits(model, x, batch_size)
+    return output.argmax(dim=1).cpu()
+
+
+@torch.no_grad()
+def logits(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+    """The model's output on ``x`` in eval mode, ``batch_size`` rows at a time."""
+    with _eval_mode(model):
+        parts = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    out = torch.cat(parts)
+    if out.dim() != 2:
+        raise CamkitTypeError(
+            f"model: metrics need (N, classes) logits, got shape {tuple(out.shape)}"
+        )
+    return out
+
+
+def probabilities(model: nn.Module, x: Tensor, classes: Tensor, batch_size: int) -> Tensor:
+    """Softmax probability of ``classes[i]`` for each row ``x[i]``, float64 on the CPU."""
+    probs = logits(model, x, batch_size).double().softmax(dim=1)
+    return probs[torch.arange(len(x)), classes.to(probs.device)].cpu()
+
+
+def maps_for(maps: Maps, x: Tensor, classes: Tensor) -> Tensor:
+    """Maps ``(N, *x spatial)`` in [0, 1], computed by a CAM or given (and checked)."""
+    if isinstance(maps, Tensor):
+        result = maps.detach()
+    elif callable(maps):
+        result = maps(x, classes)
+    else:  # pragma: no cover - mypy's view of the union
+        raise CamkitTypeError(f"maps: got {type(maps).__name__}")
+    if result.shape[0] != len(x) or tuple(result.shape[1:]) != tuple(x.shape[2:]):
+        if result.dim() == x.dim() - 1 and result.shape[0] == len(x):
+            result = _maps.upsample(result.float(), tuple(x.shape[2:]))
+        else:
+            raise CamkitValueError(
+                f"maps: got shape {tuple(result.shape)}; expected one map per sample, "
+                f"({len(x)}, *spatial) with the input's {x.dim() - 2} spatial dims"
+            )
+    return result.to(x.device, torch.float32)
+
+
+def check_batch(x: object, batch_size: int) -> int:
+    """Validate the input batch and the batch size; return N."""
+    n = _check_input(x)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise CamkitValueError(f"batch_size: got {batch_size!r}; allowed: a positive int")
+    return n

@@ -1,0 +1,91 @@
+"""Dataset-level evaluation: every metric over a DataLoader, maps computed once per batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from camkit.errors import CamkitValueError
+from camkit.metrics._common import MetricResult, classes_of, summarize
+
+__all__ = ["evaluate"]
+
+Metric = Callable[..., MetricResult]
+
+
+def evaluate(
+    model: nn.Module,
+    explainer: Callable[[Tensor, Tensor], Tensor],
+    loader: Iterable[Any],
+    metrics: Mapping[str, Metric],
+    *,
+    target: str = "predicted",
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> dict[str, MetricResult]:
+    """Score an explainer with several metrics over a dataset.
+
+    For each batch ``(x, labels, ...)`` of ``loader``: the classes to explain
+    (the model's prediction, or the label), the maps (once), then every metric
+    as ``metric(model, x, maps, classes)``. Per-sample values are concatenated
+    and summarized over the whole dataset.
+
+    Args:
+        model: The classifier; left unchanged.
+        explainer: Computes maps as ``explainer(x, classes)``, e.g. a CAM.
+        loader: Yields ``x`` or tuples whose first two items are ``x`` and labels.
+        metrics: Name to metric function, e.g.
+            ``{"deletion": camkit.metrics.deletion}``; use
+            :func:`functools.partial` to set a metric's options.
+        target: ``"predicted"`` or ``"label"``.
+        device: Where to move each batch; by default where it is.
+        progress: Show a progress bar over the batches.
+
+    Returns:
+        One :class:`MetricResult` per metric, over the whole dataset.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from camkit import GradCAM
+        >>> from camkit.metrics import average_drop
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
+        >>> data = [(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0]))] * 2
+        >>> results = evaluate(model, GradCAM(model, "1"), data, {"drop": average_drop},
+        ...                    progress=False)
+        >>> results["drop"].values.shape
+        torch.Size([8])
+    """
+    if target not in ("predicted", "label"):
+        raise CamkitValueError(f"target: got {target!r}; allowed: 'predicted', 'label'")
+    if not metrics:
+        raise CamkitValueError("metrics: give at least one metric")
+    collected: dict[str, list[MetricResult]] = {name: [] for name in metrics}
+    for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not progress):
+        x, labels = (batch, None) if isinstance(batch, Tensor) else (batch[0], batch[1])
+        if device is not None:
+            x = x.to(device)
+        if target == "label":
+            if labels is None:
+                raise CamkitValueError("target: 'label' needs a loader that yields (x, labels)")
+            classes = torch.as_tensor(labels).cpu()
+        else:
+            classes = classes_of(model, x, None, len(x))
+        maps = explainer(x, classes)
+        for name, metric in metrics.items():
+            collected[name].append(metric(model, x, maps, classes))
+    return {name: _concatenate(name, parts) for name, parts in collected.items()}
+
+
+def _concatenate(name: str, parts: list[MetricResult]) -> MetricResult:
+    if not parts:
+        raise CamkitValueError("loader: yielded no batches")
+    values = torch.cat([p.values for p in parts])
+    curves = None
+    if all(p.curves is not None for p in parts):
+        curves = torch.cat([p.curves for p in parts if p.curves is not None])
+    return summarize(name, values, curves=curves, fractions=parts[0].fractions)

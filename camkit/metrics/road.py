@@ -1,0 +1,183 @@
+"""ROAD: RemOve And Debias (Rong et al., ICML 2022), with noisy linear imputation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from camkit.errors import CamkitValueError
+from camkit.metrics._common import (
+    Maps,
+    MetricResult,
+    check_batch,
+    classes_of,
+    maps_for,
+    probabilities,
+    summarize,
+)
+from camkit.targets import Target
+
+__all__ = ["impute", "road"]
+
+# Neighbour weights of the imputation: 1/6 for the 4 direct neighbours, 1/12 diagonally.
+_STENCIL = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]])
+
+
+def _neighbours(v: Tensor) -> Tensor:
+    """Weighted sum of each pixel's 8 neighbours (zero outside the image), ``(B, H, W)``."""
+    kernel = _STENCIL.to(v.dtype).to(v.device).view(1, 1, 3, 3)
+    return F.conv2d(v[:, None], kernel, padding=1)[:, 0]
+
+
+def impute(
+    images: Tensor,
+    removed: Tensor,
+    *,
+    noise: float | Tensor = 0.01,
+    iterations: int = 500,
+    tolerance: float = 1e-6,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""Noisy linear imputation of removed pixels (ROAD's debiased removal).
+
+    Each removed pixel takes the weighted mean of its 8 neighbours (weights
+    1/6 direct, 1/12 diagonal, renormalized at the border), which gives one
+    sparse symmetric linear system per image and channel,
+
+    .. math:: d_i v_i - \sum_{j \in \mathcal N(i)} w_{ij} v_j = 0
+        \quad (i \text{ removed}), \qquad v_j = x_j \quad (j \text{ kept}),
+
+    solved here by batched conjugate gradients; Gaussian noise of std
+    ``noise`` is then added to the imputed pixels.
+
+    Args:
+        images: ``(N, C, H, W)`` images.
+        removed: ``(N, H, W)`` boolean mask of the pixels to impute.
+        noise: Std of the noise added to imputed pixels, or the noise itself as a
+            tensor shaped like ``images``.
+        iterations: Conjugate-gradient iterations at most.
+        tolerance: Stop when every residual norm is below this.
+        generator: Random generator for the noise.
+
+    Returns:
+        The images with removed pixels imputed.
+
+    Example:
+        >>> import torch
+        >>> x = torch.ones(1, 1, 5, 5)
+        >>> hole = torch.zeros(1, 5, 5, dtype=torch.bool)
+        >>> hole[0, 2, 2] = True
+        >>> impute(x, hole, noise=0.0)[0, 0, 2, 2].item()
+        1.0
+    """
+    if images.dim() != 4 or removed.shape != (images.shape[0], *images.shape[2:]):
+        raise CamkitValueError(
+            f"removed: ROAD imputes 2-D images; got images {tuple(images.shape)} and mask "
+            f"{tuple(removed.shape)}, expected (N, C, H, W) and (N, H, W)"
+        )
+    n, c, h, w = images.shape
+    x = images.double().reshape(n * c, h, w)
+    hole = removed.to(images.device).repeat_interleave(c, dim=0)
+    degree = _neighbours(torch.ones(1, h, w, dtype=torch.float64, device=x.device))[0]
+    known = torch.where(hole, 0.0, x)
+    rhs = torch.where(hole, _neighbours(known), 0.0)
+
+    def apply(v: Tensor) -> Tensor:
+        v = torch.where(hole, v, 0.0)
+        return torch.where(hole, degree * v - _neighbours(v), 0.0)
+
+    v = torch.zeros_like(x)
+    r = rhs - apply(v)
+    p = r.clone()
+    rs = (r * r).sum(dim=(1, 2))
+    for _ in range(iterations):
+        active = rs > tolerance**2  # converged images stop, so batches do not interact
+        if not bool(active.any()):
+            break
+        ap = apply(p)
+        denom = (p * ap).sum(dim=(1, 2))
+        usable = active & (denom > 0)
+        alpha = torch.where(usable, rs / torch.where(usable, denom, 1.0), 0.0)
+        v = v + alpha[:, None, None] * p
+        r = r - alpha[:, None, None] * ap
+        rs_new = (r * r).sum(dim=(1, 2))
+        beta = torch.where(usable, rs_new / torch.where(usable, rs, 1.0), 0.0)
+        p = torch.where(usable[:, None, None], r + beta[:, None, None] * p, p)
+        rs = rs_new
+    if isinstance(noise, Tensor):
+        v = v + noise.reshape(v.shape).to(v)
+    elif noise:
+        v = v + noise * torch.randn(v.shape, generator=generator, dtype=v.dtype).to(v.device)
+    filled = torch.where(hole, v, x)
+    return filled.view(n, c, h, w).to(images.dtype)
+
+
+def road(
+    model: nn.Module,
+    x: Tensor,
+    maps: Maps,
+    target: Target = None,
+    *,
+    percentages: Sequence[float] = (10, 20, 30, 40, 50, 60, 70, 80, 90),
+    order: str = "morf",
+    noise: float = 0.01,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> MetricResult:
+    r"""ROAD: class probability after removing the most (or least) relevant pixels.
+
+    Rong et al., *A Consistent and Efficient Evaluation Strategy for Attribution
+    Methods*, ICML 2022, https://arxiv.org/abs/2202.00449. For each percentage
+    :math:`p`, the :math:`p\%` most relevant pixels (``order="morf"``: lower
+    probability is better) or least relevant pixels (``order="lerf"``: higher is
+    better) by the map are removed and filled by :func:`impute`, and the softmax
+    probability of the target class is recorded.
+
+    Args:
+        model: A classifier returning ``(N, classes)`` logits; left unchanged.
+        x: Images ``(N, C, H, W)``.
+        maps: Maps ``(N, H, W)`` or a CAM to compute them.
+        target: ``None`` (predicted class), an int, or one class per sample.
+        percentages: Percentages of pixels to remove, each in (0, 100).
+        order: ``"morf"`` (most relevant first) or ``"lerf"`` (least relevant first).
+        noise: Std of the imputation noise.
+        seed: Seed of the imputation noise, so results repeat.
+        batch_size: Images per forward pass.
+
+    Returns:
+        ``values`` of shape ``(N, len(percentages))`` and the mean per percentage.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+        >>> road(model, torch.rand(2, 1, 4, 4), torch.rand(2, 4, 4), percentages=[25, 50]
+        ...      ).values.shape
+        torch.Size([2, 2])
+    """
+    n = check_batch(x, batch_size)
+    if order not in ("morf", "lerf"):
+        raise CamkitValueError(f"order: got {order!r}; allowed: 'morf', 'lerf'")
+    if not percentages or any(not 0 < float(p) < 100 for p in percentages):
+        raise CamkitValueError(f"percentages: got {list(percentages)}; each must be in (0, 100)")
+    classes = classes_of(model, x, target, batch_size)
+    m = maps_for(maps, x, classes).flatten(1)
+    pixels = m.shape[1]
+    order_index = m.argsort(dim=1, descending=order == "morf", stable=True)
+    rank = torch.empty_like(order_index)
+    rank.scatter_(1, order_index, torch.arange(pixels, device=m.device).expand(n, -1))
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.empty(n, len(percentages), dtype=torch.float64)
+    for j, p in enumerate(percentages):
+        count = round(pixels * float(p) / 100)
+        removed = (rank < count).view(n, *x.shape[2:])
+        jitter = noise * torch.randn(x.shape, generator=generator, dtype=torch.float64)
+        for start in range(0, n, batch_size):
+            part = slice(start, start + batch_size)
+            filled = impute(x[part], removed[part], noise=jitter[part])
+            values[part, j] = probabilities(model, filled, classes[part], batch_size)
+    fractions = torch.tensor([float(p) / 100 for p in percentages], dtype=torch.float64)
+    return summarize(f"road_{order}", values, fractions=fractions)

@@ -1,0 +1,242 @@
+"""Sanity checks for saliency maps (Adebayo et al., NeurIPS 2018): do maps depend on the weights?"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from camkit.base import _eval_mode
+from camkit.errors import CamkitValueError
+from camkit.metrics._common import check_batch, classes_of
+from camkit.targets import Target
+
+__all__ = ["RandomizationResult", "randomization_test", "spearman", "ssim"]
+
+
+def _ranks(x: Tensor) -> Tensor:
+    """Average ranks (ties share their mean rank) along the last axis."""
+    order = x.argsort(dim=-1, stable=True)
+    sorted_x = x.gather(-1, order)
+    n = x.shape[-1]
+    positions = torch.arange(n, dtype=torch.float64, device=x.device).expand_as(sorted_x)
+    new_group = torch.ones_like(sorted_x, dtype=torch.bool)
+    new_group[..., 1:] = sorted_x[..., 1:] != sorted_x[..., :-1]
+    group = new_group.cumsum(dim=-1) - 1
+    sums = torch.zeros_like(positions).scatter_add_(-1, group, positions)
+    counts = torch.zeros_like(positions).scatter_add_(-1, group, torch.ones_like(positions))
+    mean_rank = (sums / counts.clamp_min(1)).gather(-1, group)
+    return torch.empty_like(mean_rank).scatter_(-1, order, mean_rank)
+
+
+def spearman(a: Tensor, b: Tensor) -> Tensor:
+    """Spearman rank correlation of each pair of maps ``(N, *spatial)``; ``(N,)``, float64.
+
+    The Pearson correlation of average ranks; ``NaN`` where a map is constant.
+
+    Example:
+        >>> import torch
+        >>> spearman(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[10.0, 30.0, 20.0]]))
+        tensor([0.5000], dtype=torch.float64)
+    """
+    if a.shape != b.shape:
+        raise CamkitValueError(f"b: shape {tuple(b.shape)} differs from a's {tuple(a.shape)}")
+    ra, rb = _ranks(a.flatten(1).double()), _ranks(b.flatten(1).double())
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    return (ra * rb).sum(1) / ((ra * ra).sum(1) * (rb * rb).sum(1)).sqrt()
+
+
+def ssim(
+    a: Tensor, b: Tensor, *, data_range: float = 1.0, window: int = 11, sigma: float = 1.5
+) -> Tensor:
+    """Structural similarity of each pair of 2-D maps ``(N, H, W)``; ``(N,)``, float64.
+
+    Wang et al., *Image Quality Assessment: From Error Visibility to Structural
+    Similarity*, IEEE TIP 2004: Gaussian window (11, sigma 1.5, shrunk to fit
+    small maps), ``K1 = 0.01``, ``K2 = 0.03``, mean over valid positions.
+
+    Example:
+        >>> import torch
+        >>> m = torch.rand(2, 16, 16)
+        >>> ssim(m, m)
+        tensor([1., 1.], dtype=torch.float64)
+    """
+    if a.shape != b.shape or a.dim() != 3:
+        raise CamkitValueError(
+            f"a, b: SSIM compares 2-D maps of equal shape (N, H, W), got {tuple(a.shape)} "
+            f"and {tuple(b.shape)}"
+        )
+    size = min(window, a.shape[1], a.shape[2])
+    size -= 1 - size % 2
+    half = size // 2
+    taps = torch.exp(-(torch.arange(-half, half + 1, dtype=torch.float64) ** 2) / (2 * sigma**2))
+    taps = taps / taps.sum()
+    kernel = (taps[:, None] * taps[None, :]).view(1, 1, size, size).to(a.device)
+
+    def mean(t: Tensor) -> Tensor:
+        return F.conv2d(t[:, None], kernel)[:, 0]
+
+    x, y = a.double(), b.double()
+    mx, my = mean(x), mean(y)
+    vx, vy = mean(x * x) - mx**2, mean(y * y) - my**2
+    cov = mean(x * y) - mx * my
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    index = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return index.flatten(1).mean(1)
+
+
+@dataclass(frozen=True)
+class RandomizationResult:
+    """Similarities between the original maps and the maps after each randomization step.
+
+    Attributes:
+        mode: ``"cascading"`` or ``"independent"``.
+        layers: The layers randomized, in the order of the steps.
+        spearman: ``(steps, N)`` rank correlation of the signed maps.
+        spearman_abs: ``(steps, N)`` rank correlation of the absolute maps.
+        ssim: ``(steps, N)`` SSIM of the maps scaled to [0, 1] (2-D maps; else NaN).
+        maps: ``(steps + 1, N, *spatial)`` the original maps, then each step's.
+    """
+
+    mode: str
+    layers: list[str]
+    spearman: Tensor
+    spearman_abs: Tensor
+    ssim: Tensor
+    maps: Tensor
+
+    def passes(self, threshold: float = 0.5) -> bool:
+        """Whether the maps changed: mean absolute rank correlation at the last step below it.
+
+        For the cascading test the last step has every layer randomized; for the
+        independent test the mean is over all layers.
+        """
+        final = self.spearman_abs[-1] if self.mode == "cascading" else self.spearman_abs
+        return bool(final.nanmean() < threshold)
+
+
+def _parameterized_layers(model: nn.Module, x: Tensor) -> list[str]:
+    """Modules that own parameters, in the order the forward pass runs them."""
+    owners = {
+        name: module
+        for name, module in model.named_modules()
+        if any(True for _ in module.parameters(recurse=False))
+    }
+    seen: list[str] = []
+    handles = [
+        module.register_forward_hook(lambda m, i, o, name=name: seen.append(name))
+        for name, module in owners.items()
+    ]
+    try:
+        with torch.no_grad(), _eval_mode(model):
+            model(x[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(dict.fromkeys(seen))
+
+
+def _randomize(module: nn.Module, seed: int) -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+        else:
+            with torch.no_grad():
+                for p in module.parameters(recurse=False):
+                    p.normal_(0.0, 0.02)
+
+
+def _reduce(maps: Tensor, x: Tensor) -> Tensor:
+    """Guided-backprop style maps ``(N, C, *spatial)`` are summed over channels."""
+    return maps.sum(dim=1) if maps.dim() == x.dim() else maps
+
+
+def _scaled(m: Tensor) -> Tensor:
+    flat = m.flatten(1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return torch.where(hi > lo, (flat - lo) / torch.where(hi > lo, hi - lo, 1.0), 0.0).view_as(m)
+
+
+def randomization_test(
+    model: nn.Module,
+    method: Callable[[nn.Module], Callable[[Tensor, Tensor], Tensor]],
+    x: Tensor,
+    target: Target = None,
+    *,
+    mode: str = "cascading",
+    layers: list[str] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> RandomizationResult:
+    """Model-parameter randomization test (Adebayo et al., *Sanity Checks for Saliency Maps*).
+
+    Adebayo et al., NeurIPS 2018, https://arxiv.org/abs/1810.03292. The maps of
+    ``method`` on ``model`` are compared with its maps on copies of the model
+    whose layers are re-initialized: in ``"cascading"`` mode from the logits
+    down, one more layer at each step; in ``"independent"`` mode one layer at a
+    time. A method whose maps stay similar does not explain the model.
+    Similarity: Spearman rank correlation (of the maps and of their absolute
+    values) and SSIM of the maps scaled to [0, 1]. The model itself is never
+    changed: only deep copies are randomized.
+
+    Args:
+        model: The model.
+        method: Builds the explainer for a model, e.g. ``lambda m: GradCAM(m, "layer4")``;
+            the explainer is called as ``explainer(x, classes)``.
+        x: Inputs ``(N, C, *spatial)``.
+        target: ``None`` (the original model's predicted class), an int, or one
+            class per sample; the same classes are explained at every step.
+        mode: ``"cascading"`` or ``"independent"``.
+        layers: Names of the layers to randomize; by default every module that
+            owns parameters, in forward order.
+        seed: Seed of the re-initialization.
+        progress: Show a progress bar over the steps.
+
+    Returns:
+        The similarities per step and sample, and all maps.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from camkit import GradCAM
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
+        >>> result = randomization_test(model, lambda m: GradCAM(m, "1"), torch.randn(2, 1, 8, 8))
+        >>> result.layers, result.spearman.shape
+        (['3', '0'], torch.Size([2, 2]))
+    """
+    if mode not in ("cascading", "independent"):
+        raise CamkitValueError(f"mode: got {mode!r}; allowed: 'cascading', 'independent'")
+    check_batch(x, 1)
+    classes = classes_of(model, x, target, 256)
+    order = _parameterized_layers(model, x)
+    chosen = order if layers is None else list(layers)
+    unknown = [name for name in chosen if name not in order]
+    if unknown:
+        raise CamkitValueError(
+            f"layers: {unknown} own no parameters the forward pass uses; choose from {order}"
+        )
+    steps = list(reversed(chosen)) if mode == "cascading" else chosen
+    original = _reduce(method(model)(x, classes).detach(), x)
+    all_maps = [original]
+    twin = copy.deepcopy(model)
+    for i, name in enumerate(tqdm(steps, desc=f"{mode} randomization", disable=not progress)):
+        if mode == "independent":
+            twin = copy.deepcopy(model)
+        _randomize(twin.get_submodule(name), seed + i)
+        all_maps.append(_reduce(method(twin)(x, classes).detach(), x))
+    stacked = torch.stack(all_maps)
+    after = stacked[1:]
+    rho = torch.stack([spearman(original, m) for m in after])
+    rho_abs = torch.stack([spearman(original.abs(), m.abs()) for m in after])
+    if original.dim() == 3:
+        structure = torch.stack([ssim(_scaled(original), _scaled(m)) for m in after])
+    else:
+        structure = torch.full_like(rho, float("nan"))
+    return RandomizationResult(mode, steps, rho, rho_abs, structure, stacked)

@@ -1,0 +1,263 @@
+"""Metrics on constructed cases with known values, batch-size invariance, a clean model."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from camkit import CamkitValueError, GradCAM
+from camkit.metrics import (
+    average_drop,
+    blur,
+    deletion,
+    energy_pointing_game,
+    evaluate,
+    impute,
+    increase_in_confidence,
+    insertion,
+    pointing_game,
+    randomization_test,
+    road,
+    spearman,
+    ssim,
+)
+from tests.helpers import assert_untouched, snapshot
+from tests.models import conv_net
+
+TOTAL = 100.0
+
+
+class SumOfPixels(nn.Module):
+    """Two classes with probabilities s / T and 1 - s / T, where s is the pixel sum."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = x.flatten(1).sum(1).double()
+        return torch.stack([s.log(), (TOTAL - s).log()], dim=1).float()
+
+
+class Constant(nn.Module):
+    """Probabilities that do not depend on the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor([0.3, -0.2, 1.0]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bias.expand(len(x), 3) + 0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def _positive_images(n: int = 3, side: int = 4) -> Tensor:
+    return torch.rand(n, 1, side, side) * 0.9 + 0.1  # sums well below TOTAL
+
+
+def _trapezoid(ys: list[float], xs: list[float]) -> float:
+    return sum((ys[i] + ys[i + 1]) / 2 * (xs[i + 1] - xs[i]) for i in range(len(xs) - 1))
+
+
+@pytest.mark.parametrize("step", [1, 3, 16])
+def test_deletion_and_insertion_of_a_pixel_sum_in_closed_form(step: int) -> None:
+    x = _positive_images()
+    maps = torch.rand(3, 4, 4)
+    dele = deletion(SumOfPixels(), x, maps, 0, step=step, batch_size=7)
+    ins = insertion(SumOfPixels(), x, maps, 0, step=step, baseline=0.0, batch_size=5)
+    counts = sorted({min(c, 16) for c in range(0, 16 + step, step)})
+    xs = [c / 16 for c in counts]
+    for i in range(3):
+        values = x[i].flatten().double()
+        ranked = values[maps[i].flatten().argsort(descending=True)]
+        removed = [float(ranked[:c].sum()) for c in counts]
+        expected_del = [(float(values.sum()) - r) / TOTAL for r in removed]
+        expected_ins = [r / TOTAL for r in removed]
+        np.testing.assert_allclose(dele.curves[i].numpy(), expected_del, rtol=1e-5)
+        np.testing.assert_allclose(ins.curves[i].numpy(), expected_ins, rtol=1e-5, atol=1e-9)
+        assert dele.values[i].item() == pytest.approx(_trapezoid(expected_del, xs), rel=1e-5)
+        assert ins.values[i].item() == pytest.approx(_trapezoid(expected_ins, xs), rel=1e-5)
+    assert dele.summary == pytest.approx(float(dele.values.mean()))
+
+
+def test_average_drop_and_increase_of_a_pixel_sum_by_hand() -> None:
+    x = _positive_images()
+    maps = torch.rand(3, 4, 4)
+    y = x.flatten(1).sum(1).double() / TOTAL
+    o = (x[:, 0] * maps).flatten(1).sum(1).double() / TOTAL
+    drop = average_drop(SumOfPixels(), x, maps, 0)
+    torch.testing.assert_close(drop.values, 100 * (y - o) / y, rtol=1e-5, atol=1e-6)
+    assert increase_in_confidence(SumOfPixels(), x, maps, 0).summary == 0.0
+    # A map above 1 can only come from a user; showing "more" than the image raises confidence.
+    assert increase_in_confidence(SumOfPixels(), x, torch.full((3, 4, 4), 1.5), 0).summary == 100
+
+
+def test_a_model_that_ignores_its_input_gives_neutral_values() -> None:
+    model = Constant()
+    x = torch.randn(4, 1, 6, 6)
+    maps = torch.rand(4, 6, 6)
+    p = float(torch.softmax(model.bias.detach().double(), 0)[2])
+    assert average_drop(model, x, maps).summary == pytest.approx(0.0, abs=1e-12)
+    assert increase_in_confidence(model, x, maps).summary == 0.0
+    assert deletion(model, x, maps).summary == pytest.approx(p, rel=1e-6)
+    assert insertion(model, x, maps).summary == pytest.approx(p, rel=1e-6)
+    for order in ("morf", "lerf"):
+        result = road(model, x, maps, order=order, percentages=[20, 60])
+        torch.testing.assert_close(result.values, torch.full((4, 2), p, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(
+    "metric",
+    [
+        average_drop,
+        increase_in_confidence,
+        partial(deletion, step=5),
+        partial(insertion, step=7),
+        partial(road, percentages=[30, 70]),
+        partial(road, percentages=[50], order="lerf"),
+    ],
+    ids=["avgdrop", "increase", "deletion", "insertion", "road-morf", "road-lerf"],
+)
+def test_batch_size_never_changes_a_result(metric: Any) -> None:
+    model = conv_net(2, in_channels=1).double()  # float64: batching cannot change rounding
+    x = torch.randn(5, 1, 10, 10, dtype=torch.float64)
+    maps = GradCAM(model, "4")(x)
+    before = snapshot(model)
+    results = [metric(model, x, maps, batch_size=b).values for b in (1, 3, 64)]
+    for other in results[1:]:
+        torch.testing.assert_close(other, results[0])
+    assert_untouched(before, snapshot(model))
+    from_cam = metric(model, x, GradCAM(model, "4"), batch_size=4).values
+    torch.testing.assert_close(from_cam, results[0])
+
+
+def test_pointing_game_by_hand() -> None:
+    maps = torch.zeros(4, 10, 10)
+    masks = torch.zeros(4, 10, 10, dtype=torch.bool)
+    maps[0, 2, 2] = 1
+    masks[0, 2, 2] = True  # hit on the mask
+    maps[1, 0, 0] = 1
+    masks[1, 3, 4] = True  # distance 5 from the peak
+    maps[2, 9, 9] = 1  # empty mask: left out
+    maps[3, 5, 5] = 1
+    masks[3, 5, 6:] = True  # distance 1
+    strict = pointing_game(maps, masks, tolerance=0)
+    assert strict.values[[0, 1, 3]].tolist() == [1.0, 0.0, 0.0]
+    assert math.isnan(strict.values[2])
+    assert strict.summary == pytest.approx(1 / 3)
+    assert pointing_game(maps, masks, tolerance=5).summary == 1.0
+    assert pointing_game(maps, masks, tolerance=4.99).values[1] == 0.0
+
+
+def test_energy_pointing_game_by_hand() -> None:
+    maps = torch.tensor([[[2.0, 2.0], [0.0, 4.0]], [[0.0, 0.0], [0.0, 0.0]]])
+    masks = torch.tensor([[[True, False], [False, True]], [[True, True], [True, True]]])
+    result = energy_pointing_game(maps, masks)
+    assert result.values[0] == pytest.approx(0.75)
+    assert math.isnan(result.values[1])
+    with pytest.raises(CamkitValueError, match="non-negative"):
+        energy_pointing_game(-maps, masks)
+    with pytest.raises(CamkitValueError, match="masks: shape"):
+        pointing_game(maps, masks[:, :1])
+
+
+def test_imputation_solves_the_neighbour_equations() -> None:
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, 12, 9, dtype=torch.float64)
+    hole = torch.rand(2, 12, 9) < 0.7
+    filled = impute(x, hole, noise=0.0)
+    stencil = torch.tensor(
+        [[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]], dtype=torch.float64
+    )
+    for n in range(2):
+        for c in range(3):
+            img = filled[n, c]
+            padded = torch.nn.functional.pad(img, (1, 1, 1, 1))
+            weights = torch.nn.functional.pad(torch.ones_like(img), (1, 1, 1, 1))
+            for i, j in hole[n].nonzero().tolist():
+                window = padded[i : i + 3, j : j + 3]
+                present = weights[i : i + 3, j : j + 3] * stencil
+                mean = (window * present).sum() / present.sum()
+                assert img[i, j].item() == pytest.approx(mean.item(), abs=1e-5)
+            assert torch.equal(img[~hole[n]], x[n, c][~hole[n]])
+    noisy = impute(x, hole, noise=0.5, generator=torch.Generator().manual_seed(0))
+    added = (noisy - filled).permute(0, 2, 3, 1)  # (N, H, W, C)
+    assert 0.45 < float(added[hole].std()) < 0.55
+    assert torch.equal(added[~hole], torch.zeros_like(added[~hole]))
+
+
+def test_road_morf_hurts_more_than_lerf_for_a_pixel_sum() -> None:
+    x = _positive_images(4, 8)
+    maps = x[:, 0]  # the brightest pixels carry the score
+    morf = road(SumOfPixels(), x, maps, 0, percentages=[50], noise=0.0).summary
+    lerf = road(SumOfPixels(), x, maps, 0, percentages=[50], order="lerf", noise=0.0).summary
+    assert isinstance(morf, list)
+    assert isinstance(lerf, list)
+    assert morf[0] < lerf[0]
+
+
+def test_blur_keeps_constants_and_smooths() -> None:
+    x = torch.zeros(1, 1, 9, 9)
+    x[0, 0, 4, 4] = 1.0
+    blurred = blur(x, sigma=1.0, kernel_size=5)
+    assert blurred.sum().item() == pytest.approx(1.0, abs=1e-6)
+    assert blurred[0, 0, 4, 4] < 1.0
+    assert blurred[0, 0, 4, 5] > 0.0
+    torch.testing.assert_close(blur(torch.full((2, 3, 6, 7), 0.5)), torch.full((2, 3, 6, 7), 0.5))
+
+
+def test_spearman_and_ssim_by_hand() -> None:
+    # ranks of [1, 2, 2, 3] are [1, 2.5, 2.5, 4]; of [4, 3, 2, 1] reversed
+    rho = spearman(torch.tensor([[1.0, 2.0, 2.0, 3.0]]), torch.tensor([[4.0, 3.0, 2.0, 1.0]]))
+    a = np.array([1, 2.5, 2.5, 4]) - 2.5
+    b = np.array([4, 3, 2, 1]) - 2.5
+    assert rho.item() == pytest.approx(float(a @ b / np.sqrt((a @ a) * (b @ b))))
+    assert spearman(torch.rand(3, 5, 5), torch.rand(3, 5, 5)).abs().max() <= 1
+    # constant images: SSIM = (2 mu_a mu_b + C1) / (mu_a^2 + mu_b^2 + C1)
+    value = ssim(torch.full((1, 12, 12), 0.2), torch.full((1, 12, 12), 0.6)).item()
+    c1 = 0.01**2
+    assert value == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.04 + 0.36 + c1))
+    m = torch.rand(2, 16, 16)
+    torch.testing.assert_close(ssim(m, m), torch.ones(2, dtype=torch.float64))
+    assert ssim(m, 1 - m).max() < 0.5
+
+
+def test_randomization_separates_gradcam_from_a_model_blind_method() -> None:
+    torch.manual_seed(3)
+    model = conv_net(2, in_channels=1)
+    x = torch.randn(6, 1, 12, 12)
+    before = snapshot(model, x)
+    cascade = randomization_test(model, lambda m: GradCAM(m, "4"), x)
+    assert cascade.layers == ["9", "6", "4", "1", "0"]  # from the logits down
+    assert cascade.spearman.shape == (5, 6)
+    assert cascade.maps.shape == (6, 6, 12, 12)
+    assert cascade.passes()
+    assert_untouched(before, snapshot(model, x))
+
+    def blind(m: nn.Module) -> Any:
+        return lambda inputs, classes: inputs[:, 0].abs()
+
+    independent = randomization_test(model, blind, x, mode="independent", layers=["0", "9"])
+    assert independent.layers == ["0", "9"]
+    torch.testing.assert_close(independent.spearman, torch.ones(2, 6, dtype=torch.float64))
+    assert not independent.passes()
+    with pytest.raises(CamkitValueError, match="own no parameters"):
+        randomization_test(model, blind, x, layers=["2"])
+
+
+def test_evaluate_over_a_loader_equals_one_big_batch() -> None:
+    model = conv_net(2, in_channels=1).double()
+    x = torch.randn(10, 1, 10, 10, dtype=torch.float64)
+    labels = torch.randint(0, 5, (10,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, labels), batch_size=4)
+    cam = GradCAM(model, "4")
+    metrics = {"drop": average_drop, "del": partial(deletion, step=10)}
+    results = evaluate(model, cam, loader, metrics, target="label", progress=False)
+    whole_drop = average_drop(model, x, cam(x, labels), labels)
+    torch.testing.assert_close(results["drop"].values, whole_drop.values)
+    whole_del = deletion(model, x, cam, labels, step=10)
+    torch.testing.assert_close(results["del"].curves, whole_del.curves)
+    assert results["del"].summary == pytest.approx(whole_del.summary)
+    predicted = evaluate(model, cam, loader, metrics, progress=False)
+    torch.testing.assert_close(predicted["drop"].values, average_drop(model, x, cam).values)
