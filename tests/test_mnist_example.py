@@ -152,14 +152,20 @@ def test_smoke_run_writes_every_figure_and_the_report(tmp_path: Path) -> None:
     assert code == 0
     report = (out / "report.md").read_text()
     figures = sorted((out / "figures").glob("*.png"))
-    assert len(figures) == 16
+    assert len(figures) == 18
     for path in figures:
         pixels = mpimg.imread(path)
         assert pixels.ndim == 3
         assert min(pixels.shape[:2]) > 100
         assert pixels.std() > 0.01  # not a blank image
         assert f"figures/{path.name}" in report
-    for section in ("## Accuracy", "## Localization on strokes", "## Results and discussion"):
+    for section in (
+        "## Accuracy",
+        "## Localization on strokes",
+        "## Evaluating the explanations",
+        "## Sanity checks",
+        "## Results and discussion",
+    ):
         assert section in report
     _, history = load(out / "weights.pt")
     assert len(history.loss) == 1

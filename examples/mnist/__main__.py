@@ -25,6 +25,7 @@ from examples.mnist.evaluate import (
     summarize,
     uniform_random_maps,
 )
+from examples.mnist.evaluation import sanity_checks, score_all
 from examples.mnist.report import Setup, write_report
 from examples.mnist.train import (
     DEFAULT_WEIGHTS,
@@ -74,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help="measure and explain the first N test images only",
+    )
+    parser.add_argument(
+        "--eval-images",
+        type=int,
+        default=1000,
+        help="test images scored by every method and metric",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
@@ -166,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "layers": figures.layers(checkpoint, images, fig_dir / "layers.png"),
     }
+    evaluated = min(args.eval_images, len(labels))
+    table = score_all(checkpoint, images[:evaluated], progress=progress)
+    sanity = sanity_checks(checkpoint, images[: min(100, len(labels))])
+    made["sanity_curves"] = figures.sanity_curves(sanity, fig_dir / "sanity_curves.png")
+    made["sanity_maps"] = figures.sanity_maps(sanity, images, fig_dir / "sanity_maps.png")
     for digit in range(CLASSES):
         made[f"class_{digit}"] = figures.class_grid(
             checkpoint, images, labels, digit, fig_dir / f"class_{digit}.png"
@@ -181,7 +193,18 @@ def main(argv: list[str] | None = None) -> int:
         train_images=train_images,
         test_images=len(labels),
     )
-    report = write_report(out, scores, setup, results, made, figures.LAYER, figures.FIRST_LAYER)
+    report = write_report(
+        out,
+        scores,
+        setup,
+        results,
+        made,
+        figures.LAYER,
+        figures.FIRST_LAYER,
+        table,
+        sanity,
+        evaluated,
+    )
     print(f"report: {report}")
     return 0
 

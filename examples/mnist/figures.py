@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from camkit import GradCAM
+from camkit.metrics import RandomizationResult
 from camkit.plot import grid
 from examples.mnist.evaluate import CLASSES, Scores
 from examples.mnist.train import Checkpoint, History, predict
@@ -174,5 +175,48 @@ def layers(checkpoint: Checkpoint, images: Tensor, path: Path, count: int = 6) -
         titles=titles,
         ncols=6,
         suptitle="Resolution against semantics: the two conv layers",
+    )
+    return _save(fig, path)
+
+
+def sanity_curves(results: dict[str, RandomizationResult], path: Path) -> Path:
+    """Similarity to the original maps as layers are randomized from the logits down."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.3), sharey=True)
+    for name, result in results.items():
+        steps = ["none", *[layer.split(".", 1)[1] for layer in result.layers]]
+        for ax, values, label in (
+            (axes[0], result.spearman_abs, "Spearman rank correlation (|maps|)"),
+            (axes[1], result.ssim, "SSIM"),
+        ):
+            ax.plot(steps, [1.0, *values.nanmean(dim=1).tolist()], marker="o", label=name)
+            ax.set(title=label, xlabel="randomized down to", ylim=(-0.1, 1.05))
+    axes[0].set_ylabel("similarity to the trained model's maps")
+    axes[0].legend()
+    fig.suptitle("Cascading randomization (Adebayo et al., 2018)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def sanity_maps(
+    results: dict[str, RandomizationResult], images: Tensor, path: Path, count: int = 2
+) -> Path:
+    """Maps of a few images as the layers are randomized, one row per method and image."""
+    panels, maps, titles = [], [], []
+    for name, result in results.items():
+        steps = ["trained", *[f"random to {layer.split('.', 1)[1]}" for layer in result.layers]]
+        for i in range(count):
+            panels += [images[i]] * len(steps)
+            for s, step in enumerate(steps):
+                m = result.maps[s, i]
+                lo, hi = m.min(), m.max()
+                maps.append((m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m))
+                titles.append(f"{name}: {step}" if s == 0 else step)
+    fig = grid(
+        panels,
+        maps,
+        titles=titles,
+        ncols=len(steps),
+        size=2.0,
+        suptitle="Maps as the network's layers are randomized, from the logits down",
     )
     return _save(fig, path)

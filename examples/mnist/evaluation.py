@@ -1,0 +1,154 @@
+"""Scoring every camkit method with every camkit metric on MNIST, and the sanity checks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from camkit import (
+    AblationCAM,
+    EigenCAM,
+    GradCAM,
+    GradCAMPlusPlus,
+    GuidedBackprop,
+    GuidedGradCAM,
+    HiResCAM,
+    LayerCAM,
+    ScoreCAM,
+    XGradCAM,
+)
+from camkit.metrics import (
+    RandomizationResult,
+    average_drop,
+    deletion,
+    energy_pointing_game,
+    increase_in_confidence,
+    insertion,
+    pointing_game,
+    randomization_test,
+    road,
+)
+from examples.mnist.evaluate import centre_gaussian_maps, stroke_mask, uniform_random_maps
+from examples.mnist.train import Checkpoint
+
+LAYER = "1.features.relu"  # inside the raw-pixel wrapper below
+Explainer = Callable[[Tensor, Tensor], Tensor]
+
+
+class Standardize(nn.Module):
+    """The input scaling as a module, so metrics can work on raw [0, 1] pixels."""
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        self.mean, self.std = mean, std
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
+def raw_pixel_model(checkpoint: Checkpoint) -> nn.Sequential:
+    """The trained network behind its standardization: takes [0, 1] images."""
+    return nn.Sequential(Standardize(checkpoint.mean, checkpoint.std), checkpoint.model).eval()
+
+
+def _unit(maps: Tensor) -> Tensor:
+    flat = maps.flatten(1)
+    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    return torch.where(hi > lo, (flat - lo) / torch.where(hi > lo, hi - lo, 1), 0).view_as(maps)
+
+
+def _magnitude(method: Callable[[Tensor, Tensor], Tensor]) -> Explainer:
+    """Input-gradient maps (N, 1, H, W) as [0, 1] magnitude maps (N, H, W)."""
+    return lambda x, classes: _unit(method(x, classes).abs().sum(dim=1))
+
+
+def explainers(model: nn.Module) -> dict[str, Explainer]:
+    """Every camkit method applicable to the MNIST net, plus two baselines."""
+    cams: dict[str, Explainer] = {
+        "Grad-CAM": GradCAM(model, LAYER),
+        "Grad-CAM++": GradCAMPlusPlus(model, LAYER),
+        "XGrad-CAM": XGradCAM(model, LAYER),
+        "HiResCAM": HiResCAM(model, LAYER),
+        "LayerCAM": LayerCAM(model, LAYER),
+        "Eigen-CAM": EigenCAM(model, LAYER),
+        "Score-CAM": ScoreCAM(model, LAYER, batch_size=512),
+        "Ablation-CAM": AblationCAM(model, LAYER, batch_size=512),
+        "Guided Backprop": _magnitude(GuidedBackprop(model)),
+        "Guided Grad-CAM": _magnitude(GuidedGradCAM(model, LAYER)),
+    }
+    cams["uniform random"] = lambda x, c: uniform_random_maps(len(x), (28, 28), seed=1)
+    cams["centre Gaussian"] = lambda x, c: centre_gaussian_maps(len(x), (28, 28)).clone()
+    return cams
+
+
+METRICS = {
+    "Avg Drop % ↓": average_drop,
+    "Increase % ↑": increase_in_confidence,
+    "Deletion AUC ↓": partial(deletion, step=16),
+    "Insertion AUC ↑": partial(insertion, step=16),
+    "ROAD MoRF ↓": partial(road, percentages=[20, 40, 60, 80]),
+    "ROAD LeRF ↑": partial(road, percentages=[20, 40, 60, 80], order="lerf"),
+}
+
+
+@dataclass(frozen=True)
+class Table:
+    """Metric summaries per explainer, and how long each explainer's maps took."""
+
+    rows: dict[str, dict[str, float]]
+    seconds: dict[str, float]
+
+
+def score_all(checkpoint: Checkpoint, images: Tensor, progress: bool = True) -> Table:
+    """Every explainer scored by every metric on ``images`` (raw [0, 1] pixels)."""
+    model = raw_pixel_model(checkpoint)
+    with torch.no_grad():
+        classes = model(images).argmax(1)
+    strokes = stroke_mask(images)
+    rows: dict[str, dict[str, float]] = {}
+    seconds: dict[str, float] = {}
+    for name, explain in tqdm(
+        explainers(model).items(), desc="scoring methods", disable=not progress
+    ):
+        started = time.perf_counter()
+        maps = torch.cat(
+            [explain(images[i : i + 500], classes[i : i + 500]) for i in range(0, len(images), 500)]
+        )
+        seconds[name] = time.perf_counter() - started
+        row = {}
+        for metric_name, metric in METRICS.items():
+            summary = metric(model, images, maps, classes).summary
+            row[metric_name] = sum(summary) / len(summary) if isinstance(summary, list) else summary
+        row["Pointing game % ↑"] = 100 * float(pointing_game(maps, strokes, tolerance=1).summary)
+        row["Energy on strokes % ↑"] = 100 * float(energy_pointing_game(maps, strokes).summary)
+        rows[name] = row
+    return Table(rows, seconds)
+
+
+def sanity_checks(checkpoint: Checkpoint, images: Tensor) -> dict[str, RandomizationResult]:
+    """Cascading randomization for Grad-CAM and Guided Backprop (Adebayo et al., 2018)."""
+    model = raw_pixel_model(checkpoint)
+    methods: dict[str, Callable[[nn.Module], Explainer]] = {
+        "Grad-CAM": lambda m: GradCAM(m, LAYER),
+        "Guided Backprop": lambda m: _magnitude(GuidedBackprop(m)),
+    }
+    return {name: randomization_test(model, build, images) for name, build in methods.items()}
+
+
+def table_markdown(table: Table) -> str:
+    """The scores as a Markdown table, one row per explainer."""
+    metrics = list(next(iter(table.rows.values())))
+    lines = [
+        "| method | " + " | ".join(metrics) + " | maps (s) |",
+        "| --- | " + " | ".join("---:" for _ in metrics) + " | ---: |",
+    ]
+    for name, row in table.rows.items():
+        cells = [f"{row[m]:.3f}" if "AUC" in m or "ROAD" in m else f"{row[m]:.1f}" for m in metrics]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {table.seconds[name]:.2f} |")
+    return "\n".join(lines)
