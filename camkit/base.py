@@ -8,8 +8,7 @@ Everything else lives here, once.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
 
@@ -19,7 +18,8 @@ from torch import Tensor, nn
 from camkit import _maps
 from camkit._hooks import LayerCapture, ReplaceOutput
 from camkit._layout import Layout
-from camkit.errors import CamkitTypeError, CamkitValueError
+from camkit._model import check_input, detached, eval_mode, forward, select_rows
+from camkit.errors import CamkitValueError
 from camkit.layers import find_layer
 from camkit.targets import BoundTarget, Target, bind_target, check_target
 
@@ -75,6 +75,14 @@ class LayerContext:
     _target: BoundTarget
     _native: Tensor
     _call: int
+    _forward_args: tuple[Any, ...] = ()
+    _forward_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def _run(self, inputs: Tensor, samples: Tensor) -> Any:
+        args, kwargs = select_rows(
+            self._forward_args, self._forward_kwargs, samples, len(self.inputs)
+        )
+        return forward(self._cam.model, inputs, args, kwargs)
 
     @property
     def gradients(self) -> Tensor:
@@ -98,7 +106,7 @@ class LayerContext:
         Returns:
             The target scores ``(M, k)`` of each row, for its sample's targets.
         """
-        return self._target.scores(self._cam.model(inputs), samples).float()
+        return self._target.scores(self._run(inputs, samples), samples).float()
 
     @torch.no_grad()
     def score_activations(self, activations: Tensor, samples: Tensor) -> Tensor:
@@ -116,7 +124,7 @@ class LayerContext:
         replacement = self._cam.layout.from_channels_first(activations, native)
         name, module = self._cam.layers[self._cam.layer_names.index(self.layer)]
         with ReplaceOutput(name, module, self._call, replacement.to(native.dtype)):
-            output = self._cam.model(self.inputs[samples])
+            output = self._run(self.inputs[samples], samples)
         return self._target.scores(output, samples).float()
 
 
@@ -223,6 +231,8 @@ class BaseCAM(ABC):
         counterfactual: bool = False,
         eigen_smooth: bool = False,
         aug_smooth: bool = False,
+        forward_args: Sequence[Any] = (),
+        forward_kwargs: Mapping[str, Any] | None = None,
     ) -> Tensor:
         """Compute one map per sample (and target); see :meth:`explain` for the arguments.
 
@@ -240,6 +250,8 @@ class BaseCAM(ABC):
             counterfactual=counterfactual,
             eigen_smooth=eigen_smooth,
             aug_smooth=aug_smooth,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
         ).maps
 
     def explain(
@@ -253,6 +265,8 @@ class BaseCAM(ABC):
         counterfactual: bool = False,
         eigen_smooth: bool = False,
         aug_smooth: bool = False,
+        forward_args: Sequence[Any] = (),
+        forward_kwargs: Mapping[str, Any] | None = None,
     ) -> CAMResult:
         """Run the model on ``x`` and explain ``target`` at the layer(s).
 
@@ -278,6 +292,10 @@ class BaseCAM(ABC):
                 direction over channels, which removes much of the noise.
             aug_smooth: Average the maps of ``x`` and of ``x`` flipped along its
                 last axis (flipped back), a test-time augmentation.
+            forward_args: Further positional inputs: the model runs as
+                ``model(x, *forward_args, **forward_kwargs)``. Tensors whose first
+                axis has the batch size are treated as per-sample inputs.
+            forward_kwargs: Keyword inputs of the model, as ``forward_args``.
 
         Returns:
             The maps with the model output, scores and classes of the same pass.
@@ -301,11 +319,17 @@ class BaseCAM(ABC):
                 "have different resolutions"
             )
         with torch.inference_mode(False):
-            raw = self._explain(x, target, relu, upsample, counterfactual, eigen_smooth)
+            options = _Options(
+                relu,
+                upsample,
+                counterfactual,
+                eigen_smooth,
+                tuple(forward_args),
+                dict(forward_kwargs or {}),
+            )
+            raw = self._explain(x, target, options)
             if aug_smooth:
-                flipped = self._explain(
-                    x.flip(-1), target, relu, upsample, counterfactual, eigen_smooth
-                )
+                flipped = self._explain(x.flip(-1), target, options)
                 raw = _Raw(
                     maps=(raw.maps + flipped.maps.flip(-1)) / 2,
                     layer_maps={
@@ -318,25 +342,18 @@ class BaseCAM(ABC):
                 )
         return raw.result(normalize)
 
-    def _explain(
-        self,
-        x: Tensor,
-        target: Target,
-        relu: bool,
-        upsample: bool,
-        counterfactual: bool,
-        eigen_smooth: bool,
-    ) -> _Raw:
-        batch_size = _check_input(x)
+    def _explain(self, x: Tensor, target: Target, options: _Options) -> _Raw:
+        batch_size = check_input(x)
         checked = check_target(target, batch_size)
-        with _eval_mode(self.model):
+        with eval_mode(self.model):
             with LayerCapture(self.layers) as capture:
                 with torch.no_grad():
-                    output = self.model(x)
+                    output = forward(self.model, x, options.forward_args, options.forward_kwargs)
                 natives = self._reached(capture)
                 with torch.enable_grad():
                     bound = bind_target(checked, output, batch_size)
                     scores = bound.scores(output)
+                    _check_finite(scores, "target: the score")
                     gradients = (
                         self._gradients(scores, natives)
                         if self.needs_gradients
@@ -344,11 +361,13 @@ class BaseCAM(ABC):
                     )
             layer_maps: dict[str, Tensor] = {}
             for i, (name, native) in enumerate(zip(self.layer_names, natives, strict=True)):
-                activations = self._channels_first(native.detach(), name, batch_size, x, upsample)
+                activations = self._channels_first(
+                    native.detach(), name, batch_size, x, options.upsample
+                )
                 grads = gradients[i]
                 if grads is not None:
                     grads = self._gradients_channels_first(grads, name)
-                    if counterfactual:
+                    if options.counterfactual:
                         grads = -grads
                 context = LayerContext(
                     layer=name,
@@ -361,11 +380,14 @@ class BaseCAM(ABC):
                     _target=bound,
                     _native=native.detach(),
                     _call=capture.calls[i],
+                    _forward_args=options.forward_args,
+                    _forward_kwargs=options.forward_kwargs,
                 )
-                maps = self._layer_map(context, eigen_smooth)
-                if relu:
+                maps = self._layer_map(context, options.eigen_smooth)
+                _check_finite(maps, f"layer: the map of {name!r}")
+                if options.relu:
                     maps = maps.clamp_min(0)
-                if upsample:
+                if options.upsample:
                     resized = _maps.upsample(maps.flatten(0, 1), tuple(x.shape[2:]))
                     maps = resized.view(batch_size, bound.k, *resized.shape[1:])
                 layer_maps[name] = maps.to(x.device)
@@ -374,7 +396,7 @@ class BaseCAM(ABC):
             if len(layer_maps) == 1
             else torch.stack([_scaled(m) for m in layer_maps.values()]).mean(0)
         )
-        return _Raw(fused, layer_maps, _detached(output), bound, scores.detach())
+        return _Raw(fused, layer_maps, detached(output), bound, scores.detach())
 
     def _layer_map(self, context: LayerContext, eigen_smooth: bool) -> Tensor:
         weights = self.weights(context)
@@ -475,6 +497,26 @@ def _batched_gradients(scores: Tensor, activations: list[Tensor]) -> list[Tensor
         ]
 
 
+@dataclass(frozen=True)
+class _Options:
+    relu: bool
+    upsample: bool
+    counterfactual: bool
+    eigen_smooth: bool
+    forward_args: tuple[Any, ...]
+    forward_kwargs: dict[str, Any]
+
+
+def _check_finite(values: Tensor, what: str) -> None:
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        samples = sorted({int(i) for i in bad.nonzero()[:, 0]})[:5]
+        raise CamkitValueError(
+            f"{what} is NaN or infinite for sample(s) {samples}; the model overflows or "
+            f"produces NaN on this input (in float16, try float32)"
+        )
+
+
 def _scaled(maps: Tensor) -> Tensor:
     """Min-max scale each map of ``(N, k, *spatial)`` maps."""
     return _maps.min_max_normalize(maps.flatten(0, 1)).view_as(maps)
@@ -506,40 +548,3 @@ class _Raw:
             classes=classes,
             layer_maps={name: finish(m) for name, m in self.layer_maps.items()},
         )
-
-
-def _check_input(x: object) -> int:
-    if not isinstance(x, Tensor):
-        raise CamkitTypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise CamkitTypeError(
-            f"x: expected a floating-point tensor, got dtype {x.dtype}; convert it with x.float()"
-        )
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise CamkitValueError(
-            f"x: expected a non-empty batch (N, C, *spatial), got shape {tuple(x.shape)}"
-        )
-    return int(x.shape[0])
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags:
-            module.training = training
-
-
-def _detached(output: Any) -> Any:
-    if isinstance(output, Tensor):
-        return output.detach()
-    if isinstance(output, tuple) and hasattr(output, "_fields"):
-        return type(output)(*(_detached(o) for o in output))
-    if isinstance(output, (tuple, list)):
-        return type(output)(_detached(o) for o in output)
-    if isinstance(output, dict):
-        return {k: _detached(v) for k, v in output.items()}
-    return output

@@ -7,7 +7,7 @@ catch either the camkit family or the builtin they already expect.
 
 from __future__ import annotations
 
-__all__ = ["CamkitError", "CamkitTypeError", "CamkitValueError"]
+__all__ = ["CamkitError", "CamkitModelError", "CamkitTypeError", "CamkitValueError"]
 
 
 class CamkitError(Exception):
@@ -27,4 +27,13 @@ class CamkitTypeError(CamkitError, TypeError):
 
     Raised, for instance, for a float class index, an integer input tensor, or
     a layer whose output is a tuple rather than a tensor.
+    """
+
+
+class CamkitModelError(CamkitError, RuntimeError):
+    """The model's own forward pass failed on the input camkit was given.
+
+    The message names the input's shape and dtype and repeats the model's
+    error, which is chained as ``__cause__``. Typical causes: a wrong number of
+    channels, a wrong input size, inputs on another device than the model.
     """

@@ -8,14 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from camkit._hooks import _Hooks
-from camkit.base import (
-    CAMResult,
-    LayerSpec,
-    _batched_gradients,
-    _check_input,
-    _detached,
-    _eval_mode,
-)
+from camkit._model import check_input, detached, eval_mode, forward
+from camkit.base import CAMResult, LayerSpec, _batched_gradients
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.methods.gradient import GradCAM
 from camkit.targets import Target, bind_target, check_target
@@ -104,12 +98,12 @@ class GuidedBackprop:
         Returns:
             The guided gradients as ``maps``, with the output, scores and classes.
         """
-        batch_size = _check_input(x)
+        batch_size = check_input(x)
         checked = check_target(target, batch_size)
-        with torch.inference_mode(False), _eval_mode(self.model), _GuidedReLUs(self.relus):
+        with torch.inference_mode(False), eval_mode(self.model), _GuidedReLUs(self.relus):
             leaf = x.detach().clone().requires_grad_(True)
             with torch.enable_grad():
-                output = self.model(leaf)
+                output = forward(self.model, leaf)
                 bound = bind_target(checked, output, batch_size)
                 scores = bound.scores(output)
                 (grads,) = (
@@ -124,7 +118,7 @@ class GuidedBackprop:
         if not bound.multi:
             maps, scores = maps[:, 0], scores[:, 0]
             classes = None if classes is None else classes[:, 0]
-        return CAMResult(maps, _detached(output), scores, classes, {})
+        return CAMResult(maps, detached(output), scores, classes, {})
 
 
 class GuidedGradCAM:

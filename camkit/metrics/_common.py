@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from camkit import _maps
-from camkit.base import BaseCAM, _check_input, _eval_mode
+from camkit._model import check_input, eval_mode, forward
+from camkit.base import BaseCAM
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.targets import Target, check_target
 
@@ -63,8 +64,8 @@ def classes_of(model: nn.Module, x: Tensor, target: Target, batch_size: int) -> 
 @torch.no_grad()
 def logits(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
     """The model's output on ``x`` in eval mode, ``batch_size`` rows at a time."""
-    with _eval_mode(model):
-        parts = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    with eval_mode(model):
+        parts = [forward(model, x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     out = torch.cat(parts)
     if out.dim() != 2:
         raise CamkitTypeError(
@@ -100,7 +101,7 @@ def maps_for(maps: Maps, x: Tensor, classes: Tensor) -> Tensor:
 
 def check_batch(x: object, batch_size: int) -> int:
     """Validate the input batch and the batch size; return N."""
-    n = _check_input(x)
+    n = check_input(x)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise CamkitValueError(f"batch_size: got {batch_size!r}; allowed: a positive int")
     return n

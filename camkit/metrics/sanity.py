@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from camkit.base import _eval_mode
+from camkit._model import eval_mode
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import check_batch, classes_of
 from camkit.targets import Target
@@ -133,7 +133,7 @@ def _parameterized_layers(model: nn.Module, x: Tensor) -> list[str]:
         for name, module in owners.items()
     ]
     try:
-        with torch.no_grad(), _eval_mode(model):
+        with torch.no_grad(), eval_mode(model):
             model(x[:1])
     finally:
         for handle in handles:

@@ -1,0 +1,58 @@
+"""One figure per camkit method on the trained MNIST net, for the docs' method pages.
+
+    python -m examples.mnist.gallery --out docs/methods
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import torch
+
+from camkit.plot import grid
+from examples.mnist.data import DEFAULT_ROOT, load_split
+from examples.mnist.evaluation import explainers, raw_pixel_model
+from examples.mnist.train import DEFAULT_WEIGHTS, load
+
+SAMPLES = [3, 2, 1, 18, 4, 8, 11, 0, 61, 7]  # one test image of each digit 0-9
+
+
+def slug(name: str) -> str:
+    """A file name for a method name."""
+    return name.lower().replace("+", "p").replace(" ", "-")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("docs/methods"))
+    parser.add_argument("--data", type=Path, default=DEFAULT_ROOT)
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    checkpoint, _ = load(args.weights)
+    test = load_split("test", args.data)
+    images = test.images[SAMPLES]
+    model = raw_pixel_model(checkpoint)
+    with torch.no_grad():
+        classes = model(images).argmax(1)
+    for name, explain in explainers(model).items():
+        maps = explain(images, classes)
+        titles = [f"pred {int(c)}" for c in classes]
+        fig = grid(images, maps, titles=titles, ncols=10, size=1.3,
+                   suptitle=f"{name} on the MNIST example, predicted class")
+        path = args.out / f"{slug(name)}.png"
+        fig.savefig(path, dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
