@@ -69,6 +69,12 @@ def camkit_calls(case: Case) -> dict[str, Call]:
         "camkit GradCAM raw": lambda: camkit.GradCAM(m, layer, **opts)(
             x, c, upsample=False, normalize=False
         ),
+        "camkit GradCAM, layer resolution (as TorchCAM)": lambda: camkit.GradCAM(m, layer, **opts)(
+            x, c, upsample=False
+        ),
+        "camkit GradCAM, not scaled (as Captum)": lambda: camkit.GradCAM(m, layer, **opts)(
+            x, c, normalize=False
+        ),
         "camkit GradCAM++": lambda: camkit.GradCAMPlusPlus(m, layer, **opts)(x, c),
         "camkit XGradCAM": lambda: camkit.XGradCAM(m, layer, **opts)(x, c),
         "camkit HiResCAM": lambda: camkit.HiResCAM(m, layer, **opts)(x, c),

@@ -15,6 +15,7 @@ Everything is printed as a Markdown table and written to ``--out``.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import platform
@@ -55,6 +56,7 @@ def memory_worker(case_name: str, explainer: str, device: str) -> None:
     calls = {FORWARD: case.forward, **camkit_calls(case), **peer_calls(case)}
     call = calls[explainer]
     gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed memory back, so the call's shows
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     before = _rss_kib()
     call()
@@ -94,6 +96,44 @@ def measure_time(
             if name in after:
                 after[name]()  # type: ignore[operator]
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def scaling_lines(repeats: int) -> list[str]:
+    """Score-CAM and Ablation-CAM cost against channels and batch size (forward passes batched)."""
+    import camkit
+
+    lines = [
+        "### Score-CAM / Ablation-CAM scaling: 8 inputs 32x32, a conv layer of C channels",
+        "",
+        "| method | C | batch_size | forward passes | ms per call | ms per (C / batch_size) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    x = torch.randn(8, 3, 32, 32)
+    for channels in (16, 64, 256):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Conv2d(3, channels, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(4),
+            torch.nn.Flatten(),
+            torch.nn.Linear(16 * channels, 10),
+        ).eval()
+        for method in (camkit.ScoreCAM, camkit.AblationCAM):
+            for batch_size in (16, 128):
+                cam = method(model, "1", batch_size=batch_size)
+                cam(x, 0)
+                times = []
+                for _ in range(max(3, repeats // 3)):
+                    started = time.perf_counter()
+                    cam(x, 0)
+                    times.append(time.perf_counter() - started)
+                passes = -(-len(x) * channels // batch_size)
+                ms = 1000 * statistics.median(times)
+                lines.append(
+                    f"| {method.__name__} | {channels} | {batch_size} | {passes} | {ms:.1f} | "
+                    f"{ms / (channels / batch_size):.2f} |"
+                )
+    return [*lines, ""]
 
 
 def check_cuda(case_name: str) -> float:
@@ -164,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.device == "cuda":
             lines += ["", f"CUDA maps vs CPU maps, max difference: {check_cuda(case_name):.2e}"]
         lines.append("")
+    if "mnist" in args.cases and args.device == "cpu":
+        lines += scaling_lines(args.repeats)
     text = "\n".join(lines)
     print(text)
     args.out.write_text("# Benchmark results\n\n" + text + "\n")

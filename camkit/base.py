@@ -408,11 +408,15 @@ class BaseCAM(ABC):
                 f"weights: {type(self).__name__}.weights returned shape {tuple(weights.shape)}; "
                 f"expected ({n}, {k}, {channels}) or ({n}, {k}, {channels}, *spatial)"
             )
+        spatial = activations.shape[3:]
+        if weights.dim() == 3 and not eigen_smooth:  # one batched matrix product
+            maps = (weights @ activations[:, 0].flatten(2)).view(n, k, *spatial)
+            return self.refine(maps, context)
         if weights.dim() == 3:
-            weights = weights.view(*weights.shape, *([1] * len(context.spatial_dims)))
+            weights = weights.view(*weights.shape, *([1] * len(spatial)))
         weighted = weights * activations  # (N, k, C, *spatial)
         if eigen_smooth:
-            maps = _maps.first_component(weighted.flatten(0, 1)).view(n, k, *activations.shape[3:])
+            maps = _maps.first_component(weighted.flatten(0, 1)).view(n, k, *spatial)
         else:
             maps = weighted.sum(dim=2)
         return self.refine(maps, context)
@@ -541,10 +545,8 @@ class _Raw:
         if not self.bound.multi:
             scores = scores[:, 0]
             classes = None if classes is None else classes[:, 0]
-        return CAMResult(
-            maps=finish(self.maps),
-            output=self.output,
-            scores=scores,
-            classes=classes,
-            layer_maps={name: finish(m) for name, m in self.layer_maps.items()},
-        )
+        maps = finish(self.maps)
+        layer_maps = {  # a single layer's map is the result itself: finish it once
+            name: maps if m is self.maps else finish(m) for name, m in self.layer_maps.items()
+        }
+        return CAMResult(maps, self.output, scores, classes, layer_maps)
