@@ -12,7 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from camkit import metrics, plot
 from camkit.base import BaseCAM, CAMResult, LayerContext
-from camkit.errors import CamkitError, CamkitTypeError, CamkitValueError
+from camkit.errors import CamkitError, CamkitModelError, CamkitTypeError, CamkitValueError
 from camkit.layers import find_layer
 from camkit.methods import (
     CAM,
@@ -40,6 +40,7 @@ __all__ = [
     "BaseCAM",
     "CAMResult",
     "CamkitError",
+    "CamkitModelError",
     "CamkitTypeError",
     "CamkitValueError",
     "EigenCAM",

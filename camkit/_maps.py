@@ -15,7 +15,7 @@ def _linear_weights(size_in: int, size_out: int, dtype: torch.dtype, device: str
     Same source positions as ``torch.nn.functional.interpolate``: ``(i + 0.5) *
     in / out - 0.5``, clamped at 0, between pixels ``floor`` and ``floor + 1``.
     """
-    source = ((torch.arange(size_out, dtype=torch.float64) + 0.5) * size_in / size_out - 0.5)
+    source = (torch.arange(size_out, dtype=torch.float64) + 0.5) * size_in / size_out - 0.5
     source = source.clamp(min=0)
     low = source.floor().long().clamp(max=size_in - 1)
     high = (low + 1).clamp(max=size_in - 1)

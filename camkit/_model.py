@@ -55,12 +55,16 @@ def check_input(x: object) -> int:
         raise CamkitValueError(
             f"x: expected a non-empty batch (N, C, *spatial), got shape {tuple(x.shape)}"
         )
+    return int(x.shape[0])
+
+
+def check_finite_input(x: Tensor) -> None:
+    """Raise if ``x`` holds NaN or infinite values (run on the error path only: it costs a pass)."""
     bad = int((~torch.isfinite(x)).sum())
     if bad:
         raise CamkitValueError(
             f"x: contains {bad} NaN or infinite value(s); camkit explains finite inputs only"
         )
-    return int(x.shape[0])
 
 
 def forward(

@@ -18,7 +18,14 @@ from torch import Tensor, nn
 from camkit import _maps
 from camkit._hooks import LayerCapture, ReplaceOutput
 from camkit._layout import Layout
-from camkit._model import check_input, detached, eval_mode, forward, select_rows
+from camkit._model import (
+    check_finite_input,
+    check_input,
+    detached,
+    eval_mode,
+    forward,
+    select_rows,
+)
 from camkit.errors import CamkitValueError
 from camkit.layers import find_layer
 from camkit.targets import BoundTarget, Target, bind_target, check_target
@@ -353,7 +360,7 @@ class BaseCAM(ABC):
                 with torch.enable_grad():
                     bound = bind_target(checked, output, batch_size)
                     scores = bound.scores(output)
-                    _check_finite(scores, "target: the score")
+                    _check_finite(scores, "target: the score", x)
                     gradients = (
                         self._gradients(scores, natives)
                         if self.needs_gradients
@@ -511,9 +518,11 @@ class _Options:
     forward_kwargs: dict[str, Any]
 
 
-def _check_finite(values: Tensor, what: str) -> None:
+def _check_finite(values: Tensor, what: str, x: Tensor | None = None) -> None:
     bad = ~torch.isfinite(values)
     if bool(bad.any()):
+        if x is not None:
+            check_finite_input(x)
         samples = sorted({int(i) for i in bad.nonzero()[:, 0]})[:5]
         raise CamkitValueError(
             f"{what} is NaN or infinite for sample(s) {samples}; the model overflows or "

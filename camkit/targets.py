@@ -165,18 +165,24 @@ def _check_class_tensor(target: Tensor, batch_size: int) -> CheckedTarget:
         raise CamkitTypeError(
             f"target: a tensor of classes must have an integer dtype, got {target.dtype}"
         )
-    if target.dim() == 0:
-        return check_target(int(target), batch_size)
+    try:
+        classes = target.detach().to("cpu", torch.int64)
+    except (RuntimeError, NotImplementedError) as error:
+        raise CamkitValueError(
+            f"target: cannot read the class tensor on device {target.device} ({error}); "
+            f"give classes on the CPU or the model's device"
+        ) from error
+    if classes.dim() == 0:
+        return check_target(int(classes), batch_size)
     if target.dim() > 2 or len(target) != batch_size or (target.dim() == 2 and not target.shape[1]):
         raise CamkitValueError(
             f"target: a tensor of classes must have shape ({batch_size},), one per sample, "
             f"or ({batch_size}, k), k per sample; got {tuple(target.shape)}"
         )
-    if target.numel() and int(target.min()) < 0:
+    if classes.numel() and int(classes.min()) < 0:
         raise CamkitValueError(
-            f"target: got class {int(target.min())}; class indices must be non-negative"
+            f"target: got class {int(classes.min())}; class indices must be non-negative"
         )
-    classes = target.detach().to("cpu", torch.int64)
     return CheckedTarget(classes.view(batch_size, -1), None, multi=target.dim() == 2)
 
 
