@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["blend", "grid", "overlay"]
+__all__ = ["blend", "compare", "grid", "overlay"]
 
 ArrayLike = Tensor | np.ndarray
 
@@ -200,6 +200,69 @@ def grid(
     if suptitle:
         fig.suptitle(suptitle, y=1 - 0.1 / height, va="top")
     return fig
+
+
+def compare(
+    image: ArrayLike,
+    cams: dict[str, ArrayLike] | Sequence[ArrayLike] | Tensor,
+    *,
+    scores: Sequence[float] | Tensor | None = None,
+    ncols: int = 6,
+    cmap: str = "jet",
+    alpha: float = 0.6,
+    mean: Sequence[float] | float | None = None,
+    std: Sequence[float] | float | None = None,
+    suptitle: str | None = None,
+) -> Figure:
+    """One image with many maps: one per class (a ``(k, H, W)`` tensor) or per method (a dict).
+
+    The first panel shows the plain image. Titles are the dict's keys, or
+    ``class i`` for a sequence, followed by the score when ``scores`` is given.
+
+    Args:
+        image: The image, as for :func:`blend`.
+        cams: ``{title: map}`` (for instance one map per method), or ``k`` maps
+            (for instance ``cam(x, torch.arange(10).expand(n, 10))[i]``).
+        scores: One score per map (a probability, a logit), shown in the titles.
+        ncols: Panels per row.
+        cmap: A matplotlib colormap name.
+        alpha: Opacity where a map is 1.
+        mean: Standardization mean to undo.
+        std: Standardization std to undo.
+        suptitle: Figure title.
+
+    Returns:
+        The figure.
+
+    Example:
+        >>> import torch
+        >>> fig = compare(torch.rand(1, 8, 8), torch.rand(10, 8, 8), scores=torch.rand(10))
+        >>> fig.axes[3].get_title()[:8]
+        'class 2:'
+    """
+    if isinstance(cams, dict):
+        titles, maps = list(cams), list(cams.values())
+    else:
+        maps = list(cams)
+        titles = [f"class {i}" for i in range(len(maps))]
+    if scores is not None:
+        values = [float(v) for v in scores]
+        if len(values) != len(maps):
+            raise CamkitValueError(
+                f"scores: got {len(values)} scores for {len(maps)} maps; give one per map"
+            )
+        titles = [f"{t}: {v:.3g}" for t, v in zip(titles, values, strict=True)]
+    return grid(
+        [image] * (len(maps) + 1),
+        [None, *maps],
+        titles=["input", *titles],
+        ncols=ncols,
+        cmap=cmap,
+        alpha=alpha,
+        mean=mean,
+        std=std,
+        suptitle=suptitle,
+    )
 
 
 def _as_array(value: Any, name: str) -> np.ndarray:

@@ -11,7 +11,7 @@ import torch
 from matplotlib.figure import Figure
 
 from camkit import CamkitTypeError, CamkitValueError
-from camkit.plot import blend, grid, overlay
+from camkit.plot import blend, compare, grid, overlay
 
 
 def _corner_map(h: int = 6, w: int = 5) -> torch.Tensor:
@@ -104,3 +104,17 @@ def test_grid_layout_and_errors() -> None:
     assert [a.get_title() for a in fig.axes[:5]] == list("abcde")
     with pytest.raises(CamkitValueError, match="one of each per panel"):
         grid(torch.rand(2, 1, 4, 4), torch.rand(3, 4, 4))
+
+
+def test_compare_classes_and_methods() -> None:
+    image = torch.rand(1, 6, 5)
+    by_class = compare(image, torch.rand(4, 6, 5), scores=[0.5, 0.25, 0.125, 0.0625], ncols=3)
+    titles = [a.get_title() for a in by_class.axes if a.get_title()]
+    assert titles == ["input", "class 0: 0.5", "class 1: 0.25", "class 2: 0.125", "class 3: 0.0625"]
+    maps = {"Grad-CAM": torch.rand(6, 5), "HiResCAM": _corner_map()}
+    by_method = compare(image, maps)
+    assert [a.get_title() for a in by_method.axes] == ["input", "Grad-CAM", "HiResCAM"]
+    drawn = by_method.axes[2].get_images()[0].get_array()
+    np.testing.assert_allclose(np.asarray(drawn), blend(image, _corner_map()))
+    with pytest.raises(CamkitValueError, match="scores: got 1 scores for 2 maps"):
+        compare(image, maps, scores=[1.0])

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from camkit import GradCAM
 from camkit.metrics import RandomizationResult
-from camkit.plot import grid
+from camkit.plot import compare, grid
 from examples.mnist.evaluate import CLASSES, Scores
 from examples.mnist.train import Checkpoint, History, predict
 
@@ -88,17 +88,13 @@ def class_grid(
 
 
 def class_discrimination(checkpoint: Checkpoint, image: Tensor, path: Path) -> Path:
-    """One image and its maps for all ten classes."""
-    batch = image[None].expand(CLASSES, *image.shape)
-    logits = predict(checkpoint, image[None])[0]
-    maps = _cam(checkpoint)(batch, torch.arange(CLASSES))
-    probs = logits.softmax(0)
-    titles = ["input", *(f"class {c}: {100 * probs[c]:.1f}%" for c in range(CLASSES))]
-    fig = grid(
-        [image, *batch],
-        [None, *maps],
-        titles=titles,
-        ncols=6,
+    """One image and its maps for all ten classes, from one call with ten targets."""
+    maps = _cam(checkpoint)(image[None], torch.arange(CLASSES)[None])[0]  # (10, H, W)
+    probs = predict(checkpoint, image[None])[0].softmax(0)
+    fig = compare(
+        image,
+        maps,
+        scores=probs,
         suptitle="One image, Grad-CAM for every class (softmax probability in title)",
     )
     return _save(fig, path)
