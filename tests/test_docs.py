@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,18 @@ def snippets(page: Path) -> list[str]:
     text = page.read_text()
     if page.suffix == ".md":
         return re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    blocks = re.findall(r"\.\. code-block:: python\n\n((?:   .*\n|\n)+)", text)
-    return [re.sub(r"^   ", "", b, flags=re.M) for b in blocks]
+    blocks, lines = [], text.splitlines()
+    for i, line in enumerate(lines):
+        found = re.match(r"^( *)\.\. code-block:: python$", line)
+        if not found:
+            continue
+        indent, body = len(found.group(1)), []
+        for following in lines[i + 1 :]:
+            if following.strip() and len(following) - len(following.lstrip()) <= indent:
+                break
+            body.append(following)
+        blocks.append(textwrap.dedent("\n".join(body)))
+    return blocks
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
