@@ -26,9 +26,10 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     key = id(model)
     with _LOCK:
         count, flags = _ACTIVE.get(key, (0, []))
-        if count == 0:
-            flags = [(module, module.training) for module in model.modules()]
-            model.eval()
+        if count == 0:  # only modules in train mode need switching (none, usually)
+            flags = [(module, True) for module in model.modules() if module.training]
+            for module, _ in flags:
+                module.training = False
         _ACTIVE[key] = (count + 1, flags)
     try:
         yield
