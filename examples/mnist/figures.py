@@ -100,6 +100,21 @@ def class_discrimination(checkpoint: Checkpoint, image: Tensor, path: Path) -> P
     return _save(fig, path)
 
 
+def _triptychs(
+    images: Tensor,
+    first: Tensor,
+    second: Tensor,
+    titles: list[tuple[str, str, str]],
+    suptitle: str,
+    path: Path,
+) -> Path:
+    """Each image next to two of its maps, two images to a row."""
+    panels = [image for image in images for _ in range(3)]
+    maps = [m for pair in zip(first, second, strict=True) for m in (None, *pair)]
+    fig = grid(panels, maps, titles=[t for row in titles for t in row], ncols=6, suptitle=suptitle)
+    return _save(fig, path)
+
+
 def mistakes(
     checkpoint: Checkpoint,
     images: Tensor,
@@ -111,25 +126,22 @@ def mistakes(
     """Misclassified images with the maps of the predicted and of the true class."""
     wrong = (predicted != labels).nonzero()[:count, 0]
     cam = _cam(checkpoint)
-    pred_maps = cam(images[wrong], predicted[wrong])
-    true_maps = cam(images[wrong], labels[wrong])
-    panels, maps, titles = [], [], []
-    for k, i in enumerate(wrong.tolist()):
-        panels += [images[i]] * 3
-        maps += [None, pred_maps[k], true_maps[k]]
-        titles += [
+    titles = [
+        (
             f"true {labels[i]}, pred {predicted[i]}",
             f"map: {predicted[i]} (pred)",
             f"map: {labels[i]} (true)",
-        ]
-    fig = grid(
-        panels,
-        maps,
-        titles=titles,
-        ncols=6,
-        suptitle="Mistakes: evidence for the predicted and for the true class",
+        )
+        for i in wrong.tolist()
+    ]
+    return _triptychs(
+        images[wrong],
+        cam(images[wrong], predicted[wrong]),
+        cam(images[wrong], labels[wrong]),
+        titles,
+        "Mistakes: evidence for the predicted and for the true class",
+        path,
     )
-    return _save(fig, path)
 
 
 def counterfactual(
@@ -138,41 +150,29 @@ def counterfactual(
     """Grad-CAM next to the counterfactual map (negated gradients, Selvaraju et al. Sec. 3.3)."""
     chosen, classes = images[:count], predicted[:count]
     cam = _cam(checkpoint)
-    support = cam(chosen, classes)
-    against = cam(chosen, classes, counterfactual=True)
-    panels, maps, titles = [], [], []
-    for k in range(len(chosen)):
-        panels += [chosen[k]] * 3
-        maps += [None, support[k], against[k]]
-        titles += [f"pred {classes[k]}", "for (Grad-CAM)", "against (counterfactual)"]
-    fig = grid(
-        panels,
-        maps,
-        titles=titles,
-        ncols=6,
-        suptitle="What speaks for and against the predicted class",
+    titles = [(f"pred {c}", "for (Grad-CAM)", "against (counterfactual)") for c in classes]
+    return _triptychs(
+        chosen,
+        cam(chosen, classes),
+        cam(chosen, classes, counterfactual=True),
+        titles,
+        "What speaks for and against the predicted class",
+        path,
     )
-    return _save(fig, path)
 
 
 def layers(checkpoint: Checkpoint, images: Tensor, path: Path, count: int = 6) -> Path:
     """Maps at the first conv ReLU (24x24) and the last (8x8) for the same images."""
     chosen = images[:count]
-    first = _cam(checkpoint, FIRST_LAYER)(chosen)
-    last = _cam(checkpoint, LAYER)(chosen)
-    panels, maps, titles = [], [], []
-    for k in range(len(chosen)):
-        panels += [chosen[k]] * 3
-        maps += [None, first[k], last[k]]
-        titles += ["input", f"{FIRST_LAYER} (24x24)", f"{LAYER} (8x8)"]
-    fig = grid(
-        panels,
-        maps,
-        titles=titles,
-        ncols=6,
-        suptitle="Resolution against semantics: the two conv layers",
+    titles = [("input", f"{FIRST_LAYER} (24x24)", f"{LAYER} (8x8)")] * len(chosen)
+    return _triptychs(
+        chosen,
+        _cam(checkpoint, FIRST_LAYER)(chosen),
+        _cam(checkpoint, LAYER)(chosen),
+        titles,
+        "Resolution against semantics: the two conv layers",
+        path,
     )
-    return _save(fig, path)
 
 
 def sanity_curves(results: dict[str, RandomizationResult], path: Path) -> Path:

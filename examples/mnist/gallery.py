@@ -1,6 +1,6 @@
 """One figure per camkit method on the trained MNIST net, for the docs' method pages.
 
-    python -m examples.mnist.gallery --out docs/methods
+python -m examples.mnist.gallery --out docs/methods
 """
 
 from __future__ import annotations
@@ -45,8 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, explain in explainers(model).items():
         maps = explain(images, classes)
         titles = [f"pred {int(c)}" for c in classes]
-        fig = grid(images, maps, titles=titles, ncols=10, size=1.3,
-                   suptitle=f"{name} on the MNIST example, predicted class")
+        fig = grid(
+            images,
+            maps,
+            titles=titles,
+            ncols=10,
+            size=1.3,
+            suptitle=f"{name} on the MNIST example, predicted class",
+        )
         path = args.out / f"{slug(name)}.png"
         fig.savefig(path, dpi=90, bbox_inches="tight")
         plt.close(fig)
