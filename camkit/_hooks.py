@@ -70,15 +70,23 @@ class LayerCapture(_Hooks):
     Meant to wrap a forward pass run under :func:`torch.no_grad`: when the
     first hooked layer runs, the hook turns gradient recording on and makes
     its output a fresh leaf tensor, so autograd records only the part of the
-    network after it. Every hooked layer's output is handed on as a clone, so
-    in-place operations after the layer change the clone, never the captured
-    activation. If a layer runs several times in one pass, its last call is
-    the one captured.
+    network after it. If a layer runs several times in one pass, its last
+    call is the one captured.
+
+    In-place operations after a layer (``ReLU(inplace=True)``, ``out +=
+    identity``) would overwrite the captured activation. For layers marked in
+    ``clone`` the output is handed on as a copy, and :attr:`modified_after`
+    tells whether the network did modify that copy in place; for the others
+    the output itself is handed on, and :meth:`overwritten` tells whether its
+    values changed, so the caller can run again with a copy.
     """
 
-    def __init__(self, modules: Sequence[tuple[str, nn.Module]]) -> None:
+    def __init__(self, modules: Sequence[tuple[str, nn.Module]], clone: Sequence[bool]) -> None:
         super().__init__(modules)
+        self.clone = list(clone)
         self.activations: list[Tensor | None] = [None] * len(self.modules)
+        self._versions: list[int] = [0] * len(self.modules)
+        self._handed: list[Tensor | None] = [None] * len(self.modules)
 
     def on_output(self, index: int, output: Tensor) -> Tensor:
         if not torch.is_grad_enabled():
@@ -87,7 +95,24 @@ class LayerCapture(_Hooks):
                 output = output.clone()
             output = output.detach().requires_grad_(True)
         self.activations[index] = output
-        return output.clone()
+        handed = output.clone() if self.clone[index] else output
+        self._handed[index] = handed
+        self._versions[index] = handed._version
+        return handed
+
+    def modified_after(self) -> list[bool]:
+        """Per layer: whether the tensor handed downstream was modified in place."""
+        return [
+            handed is not None and handed._version != version
+            for handed, version in zip(self._handed, self._versions, strict=True)
+        ]
+
+    def overwritten(self) -> bool:
+        """Whether an activation that was handed on uncopied has been modified in place."""
+        return any(
+            changed and not cloned
+            for changed, cloned in zip(self.modified_after(), self.clone, strict=True)
+        )
 
 
 class ReplaceOutput(_Hooks):

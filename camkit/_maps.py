@@ -45,13 +45,13 @@ def upsample(maps: Tensor, size: tuple[int, ...]) -> Tensor:
     return out.contiguous()
 
 
-def min_max_normalize(maps: Tensor) -> Tensor:
-    """Scale each map to min 0 and max 1; a constant map becomes all zeros."""
-    flat = maps.flatten(1)
+def min_max_normalize_(maps: Tensor) -> Tensor:
+    """Scale each map to min 0 and max 1, in place; a constant map becomes all zeros."""
+    flat = maps.view(len(maps), -1)
     low, high = torch.aminmax(flat, dim=1, keepdim=True)
     span = high - low
-    scaled = (flat - low).div_(span.where(span > 0, 1.0))
-    return scaled.view_as(maps)
+    flat.sub_(low).div_(span.where(span > 0, 1.0))
+    return maps
 
 
 def first_component(weighted: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ Everything else lives here, once.
 
 from __future__ import annotations
 
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from camkit._model import (
     forward,
     select_rows,
 )
-from camkit.errors import CamkitValueError
+from camkit.errors import CamkitModelError, CamkitValueError
 from camkit.layers import find_layer
 from camkit.targets import BoundTarget, Target, bind_target, check_target
 
@@ -153,6 +154,12 @@ class BaseCAM(ABC):
     If a layer runs several times in one forward pass (torchvision's ResNet
     blocks call one ``ReLU`` two or three times), its *last* call, the one
     nearest the output, is explained.
+
+    A layer's output is copied before it flows on only where the network
+    modifies it in place. Every call checks the activation's version counter:
+    if the network overwrote an uncopied activation, the call runs the model
+    once more with a copy (and remembers to copy that layer's output from then
+    on), so the map is always that of the intact activation.
 
     Args:
         model: Any :class:`torch.nn.Module`. It is not modified.
@@ -353,19 +360,17 @@ class BaseCAM(ABC):
         batch_size = check_input(x)
         checked = check_target(target, batch_size)
         with eval_mode(self.model):
-            with LayerCapture(self.layers) as capture:
-                with torch.no_grad():
-                    output = forward(self.model, x, options.forward_args, options.forward_kwargs)
-                natives = self._reached(capture)
-                with torch.enable_grad():
-                    bound = bind_target(checked, output, batch_size)
-                    scores = bound.scores(output)
-                    _check_finite(scores, "target: the score", x)
-                    gradients = (
-                        self._gradients(scores, natives)
-                        if self.needs_gradients
-                        else [None] * len(natives)
-                    )
+            capture, output = self._capture(x, options)
+            natives = self._reached(capture)
+            with torch.enable_grad():
+                bound = bind_target(checked, output, batch_size)
+                scores = bound.scores(output)
+                _check_finite(scores, "target: the score", x)
+                gradients = (
+                    self._gradients(scores, natives)
+                    if self.needs_gradients
+                    else [None] * len(natives)
+                )
             layer_maps: dict[str, Tensor] = {}
             for i, (name, native) in enumerate(zip(self.layer_names, natives, strict=True)):
                 activations = self._channels_first(
@@ -393,7 +398,7 @@ class BaseCAM(ABC):
                 maps = self._layer_map(context, options.eigen_smooth)
                 _check_finite(maps, f"layer: the map of {name!r}")
                 if options.relu:
-                    maps = maps.clamp_min(0)
+                    maps = maps.clamp_min_(0)
                 if options.upsample:
                     resized = _maps.upsample(maps.flatten(0, 1), tuple(x.shape[2:]))
                     maps = resized.view(batch_size, bound.k, *resized.shape[1:])
@@ -404,6 +409,38 @@ class BaseCAM(ABC):
             else torch.stack([_scaled(m) for m in layer_maps.values()]).mean(0)
         )
         return _Raw(fused, layer_maps, detached(output), bound, scores.detach())
+
+    def _capture(self, x: Tensor, options: _Options) -> tuple[LayerCapture, Any]:
+        """Run the model with the layers hooked, copying their outputs only where needed.
+
+        A layer's output is copied before it flows on only if the network is
+        known to modify it in place. Every call checks: if an uncopied
+        activation was overwritten, the model runs again with copies, and the
+        layer is remembered (per module, for every CAM on it) as one to copy.
+        """
+        clone = [_WRITES_IN_PLACE.get(module, False) for _, module in self.layers]
+        try:
+            capture, output = self._run_hooked(x, options, clone)
+            if capture.overwritten():
+                raise _OverwrittenError
+        except (CamkitModelError, _OverwrittenError):
+            if all(clone):
+                raise
+            clone = [True] * len(clone)
+            capture, output = self._run_hooked(x, options, clone)
+        for (_, module), copied, modified in zip(
+            self.layers, clone, capture.modified_after(), strict=True
+        ):
+            if copied:
+                _WRITES_IN_PLACE[module] = modified
+        return capture, output
+
+    def _run_hooked(
+        self, x: Tensor, options: _Options, clone: list[bool]
+    ) -> tuple[LayerCapture, Any]:
+        with LayerCapture(self.layers, clone) as capture, torch.no_grad():
+            output = forward(self.model, x, options.forward_args, options.forward_kwargs)
+        return capture, output
 
     def _layer_map(self, context: LayerContext, eigen_smooth: bool) -> Tensor:
         weights = self.weights(context)
@@ -508,6 +545,14 @@ def _batched_gradients(scores: Tensor, activations: list[Tensor]) -> list[Tensor
         ]
 
 
+_WRITES_IN_PLACE: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+"""Layers whose output the network modifies in place, so camkit must copy it."""
+
+
+class _OverwrittenError(Exception):
+    """An activation handed on uncopied was modified in place by the network."""
+
+
 @dataclass(frozen=True)
 class _Options:
     relu: bool
@@ -531,8 +576,9 @@ def _check_finite(values: Tensor, what: str, x: Tensor | None = None) -> None:
 
 
 def _scaled(maps: Tensor) -> Tensor:
-    """Min-max scale each map of ``(N, k, *spatial)`` maps."""
-    return _maps.min_max_normalize(maps.flatten(0, 1)).view_as(maps)
+    """Min-max scale each map of ``(N, k, *spatial)`` maps, in place (camkit's own tensors)."""
+    _maps.min_max_normalize_(maps.view(-1, *maps.shape[2:]))
+    return maps
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,7 @@ class ScoreCAM(_Batched):
 
 def _masks(channels: Tensor, size: tuple[int, ...]) -> Tensor:
     """Upsample ``(M, *spatial)`` channels to ``size`` and scale each to [0, 1]."""
-    return _maps.min_max_normalize(_maps.upsample(channels, size))
+    return _maps.min_max_normalize_(_maps.upsample(channels, size).contiguous())
 
 
 class AblationCAM(_Batched):
