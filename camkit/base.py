@@ -406,7 +406,7 @@ class BaseCAM(ABC):
         fused = (
             next(iter(layer_maps.values()))
             if len(layer_maps) == 1
-            else torch.stack([_scaled(m) for m in layer_maps.values()]).mean(0)
+            else torch.stack([_scaled(m.clone()) for m in layer_maps.values()]).mean(0)
         )
         return _Raw(fused, layer_maps, detached(output), bound, scores.detach())
 

@@ -103,6 +103,11 @@ def test_several_layers_fuse_the_mean_of_scaled_maps(name: str) -> None:
         torch.testing.assert_close(fused.layer_maps[layer], single, atol=1e-5, rtol=1e-4)
     expected = _scaled(torch.stack([_scaled(s) for s in singles]).mean(0))
     torch.testing.assert_close(fused.maps, expected, atol=1e-5, rtol=1e-4)
+    unscaled = factory(model, ["1", "2"]).explain(x, [1, 3], normalize=False)
+    for layer in ("1", "2"):
+        torch.testing.assert_close(
+            unscaled.layer_maps[layer], factory(model, layer)(x, [1, 3], normalize=False)
+        )
 
 
 def test_fusing_layers_needs_upsampling_and_distinct_layers() -> None:
