@@ -18,6 +18,7 @@ from examples.mnist import figures
 from examples.mnist.data import DEFAULT_ROOT, Split, load_split
 from examples.mnist.evaluate import (
     CLASSES,
+    Scores,
     centre_gaussian_maps,
     classification_scores,
     localize,
@@ -30,6 +31,7 @@ from examples.mnist.report import Setup, write_report
 from examples.mnist.train import (
     DEFAULT_WEIGHTS,
     Checkpoint,
+    History,
     count_parameters,
     load,
     predict,
@@ -112,6 +114,53 @@ def explain_all(
     return torch.cat(chunks)
 
 
+def localization(
+    checkpoint: Checkpoint, test_set: Split, predicted: torch.Tensor, seed: int, progress: bool
+) -> dict[str, dict[str, list[float]]]:
+    """Stroke localization of both conv layers' maps and of the two baseline maps."""
+    images = test_set.images
+    size = tuple(images.shape[2:])
+    maps = {
+        layer: explain_all(checkpoint, images, predicted, layer, progress)
+        for layer in (figures.LAYER, figures.FIRST_LAYER)
+    }
+    maps["uniform random"] = uniform_random_maps(len(predicted), size, seed=seed)
+    maps["centre Gaussian"] = centre_gaussian_maps(len(predicted), size)
+    strokes = stroke_mask(images)
+    return {name: summarize(localize(m, strokes), test_set.labels) for name, m in maps.items()}
+
+
+def make_figures(
+    checkpoint: Checkpoint,
+    history: History,
+    scores: Scores,
+    test_set: Split,
+    predicted: torch.Tensor,
+    fig_dir: Path,
+) -> dict[str, Path]:
+    """Every figure of the report but the sanity checks', keyed as the report links them."""
+    images, labels = test_set.images, test_set.labels
+    made = {
+        "curves": figures.training_curves(history, fig_dir / "training_curves.png"),
+        "confusion": figures.confusion_matrix(scores, fig_dir / "confusion_matrix.png"),
+        "discrimination": figures.class_discrimination(
+            checkpoint, images[0], fig_dir / "class_discrimination.png"
+        ),
+        "mistakes": figures.mistakes(
+            checkpoint, images, labels, predicted, fig_dir / "mistakes.png"
+        ),
+        "counterfactual": figures.counterfactual(
+            checkpoint, images, predicted, fig_dir / "counterfactual.png"
+        ),
+        "layers": figures.layers(checkpoint, images, fig_dir / "layers.png"),
+    }
+    for digit in range(CLASSES):
+        made[f"class_{digit}"] = figures.class_grid(
+            checkpoint, images, labels, digit, fig_dir / f"class_{digit}.png"
+        )
+    return made
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     progress = not args.quiet
@@ -143,45 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     if history.seconds:
         print(f"training time: {history.seconds:.1f} s for {len(history.loss)} epochs")
 
-    strokes = stroke_mask(test_set.images)
-    size = tuple(test_set.images.shape[2:])
-    maps = {
-        figures.LAYER: explain_all(checkpoint, test_set.images, predicted, figures.LAYER, progress),
-        figures.FIRST_LAYER: explain_all(
-            checkpoint, test_set.images, predicted, figures.FIRST_LAYER, progress
-        ),
-        "uniform random": uniform_random_maps(len(predicted), size, seed=args.seed),
-        "centre Gaussian": centre_gaussian_maps(len(predicted), size),
-    }
-    results = {name: summarize(localize(m, strokes), test_set.labels) for name, m in maps.items()}
+    results = localization(checkpoint, test_set, predicted, args.seed, progress)
     main_mass, area = results[figures.LAYER]["mass"][-1], results[figures.LAYER]["area"][-1]
     print(f"Grad-CAM mass on strokes: {main_mass:.1f} % (strokes cover {area:.1f} %)")
-
-    fig_dir = out / "figures"
     images, labels = test_set.images, test_set.labels
-    made = {
-        "curves": figures.training_curves(history, fig_dir / "training_curves.png"),
-        "confusion": figures.confusion_matrix(scores, fig_dir / "confusion_matrix.png"),
-        "discrimination": figures.class_discrimination(
-            checkpoint, images[0], fig_dir / "class_discrimination.png"
-        ),
-        "mistakes": figures.mistakes(
-            checkpoint, images, labels, predicted, fig_dir / "mistakes.png"
-        ),
-        "counterfactual": figures.counterfactual(
-            checkpoint, images, predicted, fig_dir / "counterfactual.png"
-        ),
-        "layers": figures.layers(checkpoint, images, fig_dir / "layers.png"),
-    }
+    made = make_figures(checkpoint, history, scores, test_set, predicted, out / "figures")
     evaluated = min(args.eval_images, len(labels))
     table = score_all(checkpoint, images[:evaluated], progress=progress)
     sanity = sanity_checks(checkpoint, images[: min(100, len(labels))])
-    made["sanity_curves"] = figures.sanity_curves(sanity, fig_dir / "sanity_curves.png")
-    made["sanity_maps"] = figures.sanity_maps(sanity, images, fig_dir / "sanity_maps.png")
-    for digit in range(CLASSES):
-        made[f"class_{digit}"] = figures.class_grid(
-            checkpoint, images, labels, digit, fig_dir / f"class_{digit}.png"
-        )
+    made["sanity_curves"] = figures.sanity_curves(sanity, out / "figures" / "sanity_curves.png")
+    made["sanity_maps"] = figures.sanity_maps(sanity, images, out / "figures" / "sanity_maps.png")
     setup = Setup(
         parameters=count_parameters(model),
         trained_here=not args.no_train,
