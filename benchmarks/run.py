@@ -63,15 +63,19 @@ def memory_worker(case_name: str, explainer: str, device: str) -> None:
     print(json.dumps({"increase_kib": _hwm_kib() - before}))
 
 
-def measure_memory(case_name: str, explainer: str, device: str) -> float:
-    out = subprocess.run(
-        [sys.executable, __file__, "--memory-worker", case_name, explainer, "--device", device],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    )
-    return float(json.loads(out.stdout.strip().splitlines()[-1])["increase_kib"]) / 1024
+def measure_memory(case_name: str, explainer: str, device: str, runs: int = 3) -> float:
+    """Median over ``runs`` fresh processes of one call's peak RSS increase, in MiB."""
+    values = []
+    for _ in range(runs):
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-worker", case_name, explainer, "--device", device],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        )
+        values.append(float(json.loads(out.stdout.strip().splitlines()[-1])["increase_kib"]))
+    return statistics.median(values) / 1024
 
 
 def _sync(device: str) -> None:
@@ -170,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
         f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"median of {args.repeats} interleaved rounds after a warm-up; memory: peak RSS "
-        f"increase of one call in a fresh process. Command: `python benchmarks/run.py "
-        f"{' '.join(argv if argv is not None else sys.argv[1:])}`.",
+        f"increase of one call in a fresh process (median of 3). Command: "
+        f"`python benchmarks/run.py {' '.join(argv if argv is not None else sys.argv[1:])}`.",
         "",
     ]
     for case_name in args.cases:
