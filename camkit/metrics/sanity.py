@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from camkit import _maps
 from camkit._model import eval_mode
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import check_batch, classes_of
@@ -159,9 +160,7 @@ def _reduce(maps: Tensor, x: Tensor) -> Tensor:
 
 
 def _scaled(m: Tensor) -> Tensor:
-    flat = m.flatten(1)
-    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-    return torch.where(hi > lo, (flat - lo) / torch.where(hi > lo, hi - lo, 1.0), 0.0).view_as(m)
+    return _maps.min_max_normalize_(m.double().clone())
 
 
 def randomization_test(
