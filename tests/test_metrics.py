@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from camkit import CamkitValueError, GradCAM
+from camkit import CamkitTypeError, CamkitValueError, GradCAM
 from camkit.metrics import (
     average_drop,
     blur,
@@ -130,6 +130,15 @@ def test_batch_size_never_changes_a_result(metric: Any) -> None:
     assert_untouched(before, snapshot(model))
     from_cam = metric(model, x, GradCAM(model, "4"), batch_size=4).values
     torch.testing.assert_close(from_cam, results[0])
+
+
+def test_maps_of_the_wrong_kind_are_refused() -> None:
+    model = conv_net(2, in_channels=1)
+    x = torch.randn(2, 1, 8, 8)
+    with pytest.raises(CamkitTypeError, match="maps: got ndarray"):
+        average_drop(model, x, np.zeros((2, 8, 8)))  # type: ignore[arg-type]
+    with pytest.raises(CamkitValueError, match=r"maps: got shape \(3, 8, 8\)"):
+        deletion(model, x, torch.rand(3, 8, 8))
 
 
 def test_pointing_game_by_hand() -> None:

@@ -86,8 +86,11 @@ def maps_for(maps: Maps, x: Tensor, classes: Tensor) -> Tensor:
         result = maps.detach()
     elif callable(maps):
         result = maps(x, classes)
-    else:  # pragma: no cover - mypy's view of the union
-        raise CamkitTypeError(f"maps: got {type(maps).__name__}")
+    else:
+        raise CamkitTypeError(
+            f"maps: got {type(maps).__name__}; allowed: a tensor of maps (N, *spatial) or a "
+            f"CAM (any callable explainer(x, classes))"
+        )
     if result.shape[0] != len(x) or tuple(result.shape[1:]) != tuple(x.shape[2:]):
         if result.dim() == x.dim() - 1 and result.shape[0] == len(x):
             result = _maps.upsample(result.float(), tuple(x.shape[2:]))
