@@ -31,8 +31,10 @@ class _Batched(BaseCAM):
             raise CamkitValueError(f"batch_size: got {batch_size!r}; allowed: a positive int")
         self.batch_size = batch_size
 
-    def _rows(self, n: int, channels: int) -> list[tuple[Tensor, Tensor]]:
-        rows = torch.arange(n * channels)
+    def _rows(self, n: int, channels: int, device: torch.device) -> list[tuple[Tensor, Tensor]]:
+        """(sample, channel) index pairs, ``batch_size`` per forward pass, on ``device``
+        (indices already on the activations' device spare a host-to-device copy per pass)."""
+        rows = torch.arange(n * channels, device=device)
         chunks = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
         return [(r // channels, r % channels) for r in chunks]
 
@@ -82,10 +84,10 @@ class ScoreCAM(_Batched):
                 f"layer: Score-CAM masks the input with {context.layer!r}'s channels, which "
                 f"have {a.dim() - 2} spatial dims while the input has {x.dim() - 2}"
             )
-        samples = torch.arange(n)
+        samples = torch.arange(n, device=a.device)
         baseline = context.score_inputs(torch.zeros_like(x), samples)  # (N, k)
         scores = []
-        for sample, channel in self._rows(n, channels):
+        for sample, channel in self._rows(n, channels, a.device):
             masks = _masks(a[sample, channel], size)
             masked = x[sample] * masks[:, None].to(x.dtype)
             scores.append(context.score_inputs(masked, sample))
@@ -138,9 +140,9 @@ class AblationCAM(_Batched):
         a = context.activations[:, 0]
         n, channels = a.shape[:2]
         scores = []
-        for sample, channel in self._rows(n, channels):
+        for sample, channel in self._rows(n, channels, a.device):
             ablated = a[sample].clone()
-            ablated[torch.arange(len(sample)), channel] = 0
+            ablated[torch.arange(len(sample), device=a.device), channel] = 0
             scores.append(context.score_activations(ablated, sample))
         ablated_scores = torch.cat(scores).view(n, channels, -1).transpose(1, 2)  # (N, k, C)
         y = context.scores[:, :, None]

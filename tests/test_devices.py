@@ -1,0 +1,119 @@
+"""Every method and metric on every device this machine has, against the CPU.
+
+The CPU case always runs. Where CUDA (or Apple's MPS) is available the same
+tests run there too, so the accelerator path is checked on any machine that
+has one, and CI, which has none, still runs the CPU case instead of skipping.
+TF32 is switched off, so the devices compare in float32.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import camkit
+from camkit import metrics
+from examples.mnist.model import MnistNet
+from tests.helpers import assert_untouched, reference_gradcam, snapshot
+from tests.models import cam_net
+
+DEVICES = ["cpu"]
+if torch.cuda.is_available():
+    DEVICES.append("cuda")
+if torch.backends.mps.is_available():
+    DEVICES.append("mps")
+
+LAYER = "features.relu"
+METHODS: dict[str, Callable[[nn.Module], Any]] = {
+    "GradCAM": lambda m: camkit.GradCAM(m, LAYER),
+    "GradCAMPlusPlus": lambda m: camkit.GradCAMPlusPlus(m, LAYER),
+    "XGradCAM": lambda m: camkit.XGradCAM(m, LAYER),
+    "HiResCAM": lambda m: camkit.HiResCAM(m, LAYER),
+    "LayerCAM": lambda m: camkit.LayerCAM(m, LAYER),
+    "EigenCAM": lambda m: camkit.EigenCAM(m, LAYER),
+    "ScoreCAM": lambda m: camkit.ScoreCAM(m, LAYER, batch_size=16),
+    "AblationCAM": lambda m: camkit.AblationCAM(m, LAYER, batch_size=16),
+    "GuidedBackprop": lambda m: camkit.GuidedBackprop(m),
+    "GuidedGradCAM": lambda m: camkit.GuidedGradCAM(m, LAYER),
+    "two layers": lambda m: camkit.GradCAM(m, ["features.conv1", LAYER]),
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32() -> Iterator[None]:
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _models(device: str) -> tuple[nn.Module, nn.Module]:
+    cpu = MnistNet().eval()
+    return cpu, copy.deepcopy(cpu).to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcam_on_device_equals_plain_autograd_on_the_cpu(device: str) -> None:
+    cpu_model, model = _models(device)
+    x = torch.randn(6, 1, 28, 28)
+    classes = torch.tensor([3, 1, 4, 1, 5, 9])
+    expected = reference_gradcam(cpu_model, cpu_model.get_submodule(LAYER), x, classes)
+    raw = camkit.GradCAM(model, LAYER)(
+        x.to(device), classes, relu=False, upsample=False, normalize=False
+    )
+    assert raw.device.type == device and raw.dtype == torch.float32
+    torch.testing.assert_close(raw.cpu().double(), expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(METHODS))
+def test_method_on_device_equals_the_cpu(device: str, name: str) -> None:
+    cpu_model, model = _models(device)
+    x = torch.randn(4, 1, 28, 28)
+    classes = torch.tensor([[2, 7], [0, 0], [9, 1], [5, 3]])  # on the CPU, for either device
+    expected = METHODS[name](cpu_model)(x, classes)
+    before = snapshot(model, x.to(device))
+    maps = METHODS[name](model)(x.to(device), classes)
+    assert_untouched(before, snapshot(model, x.to(device)))
+    assert maps.device.type == device and maps.dtype == torch.float32
+    assert maps.shape == expected.shape  # guided methods keep the channel axis
+    assert expected.shape[:2] == (4, 2) and expected.shape[-2:] == (28, 28)
+    torch.testing.assert_close(maps.cpu(), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cam_and_reduced_precision_on_device(device: str) -> None:
+    cpu_model = cam_net(2, classes=4)
+    model = copy.deepcopy(cpu_model).to(device)
+    x = torch.randn(3, 2, 10, 10)
+    expected = camkit.CAM(cpu_model, "1", fc="4")(x, 2)
+    torch.testing.assert_close(camkit.CAM(model, "1", fc="4")(x.to(device), 2).cpu(), expected)
+    half = copy.deepcopy(cpu_model).to(device, torch.bfloat16)
+    maps = camkit.GradCAM(half, "1")(x.to(device, torch.bfloat16), 2)
+    assert maps.dtype == torch.float32 and bool(maps.isfinite().all())
+    reference = camkit.GradCAM(cpu_model, "1")(x, 2)
+    assert float((maps.cpu() - reference).abs().mean()) < 0.05
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_metrics_on_device_equal_the_cpu(device: str) -> None:
+    cpu_model, model = _models(device)
+    x = torch.rand(3, 1, 28, 28)
+    maps = camkit.GradCAM(cpu_model, LAYER)(x, 4)
+    results: dict[str, list[Tensor]] = {}
+    for m, xs, ms in ((cpu_model, x, maps), (model, x.to(device), maps.to(device))):
+        for metric, result in (
+            ("deletion", metrics.deletion(m, xs, ms, 4, step=98)),
+            ("insertion", metrics.insertion(m, xs, ms, 4, step=98)),
+            ("road", metrics.road(m, xs, ms, 4, percentages=[20, 60])),
+            ("average_drop", metrics.average_drop(m, xs, ms, 4)),
+        ):
+            assert result.values.device.type == "cpu", metric
+            results.setdefault(metric, []).append(result.values)
+    for metric, (on_cpu, on_device) in results.items():
+        torch.testing.assert_close(on_device, on_cpu, rtol=1e-4, atol=1e-5, msg=metric)
