@@ -52,7 +52,8 @@ def upsample(maps: Tensor, size: tuple[int, ...]) -> Tensor:
 def min_max_normalize_(maps: Tensor) -> Tensor:
     """Scale each map to min 0 and max 1, in place; a constant map becomes all zeros."""
     flat = maps.view(len(maps), -1)
-    low, high = torch.aminmax(flat, dim=1, keepdim=True)
+    # amin and amax are two passes, yet several times faster than aminmax on the CPU
+    low, high = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
     span = high - low
     flat.sub_(low).div_(span.where(span > 0, 1.0))
     return maps

@@ -564,7 +564,9 @@ class _Options:
 
 
 def _check_finite(values: Tensor, what: str, x: Tensor | None = None) -> None:
-    bad = ~torch.isfinite(values)
+    if bool(values.sum().isfinite()):  # one NaN or infinity makes the sum non-finite too
+        return
+    bad = ~torch.isfinite(values)  # the sum may also have overflowed: look closer
     if bool(bad.any()):
         if x is not None:
             check_finite_input(x)

@@ -213,6 +213,18 @@ def test_model_errors_are_reported_with_the_input() -> None:
         )
 
 
+def test_finite_check_tells_overflowing_sums_from_nan_scores() -> None:
+    x = torch.randn(3, 2, 8, 8)
+    huge = GradCAM(conv_net(2), "4")(x, lambda out: out[:, 0] + 3e38)  # finite; the sum is inf
+    assert huge.shape == (3, 8, 8) and torch.isfinite(huge).all()
+
+    def nan_for_sample_1(out: Tensor) -> Tensor:
+        return torch.where(torch.arange(len(out)) == 1, float("nan"), out[:, 0])
+
+    with pytest.raises(CamkitValueError, match=r"target: the score .* sample\(s\) \[1\]"):
+        GradCAM(conv_net(2), "4")(x, nan_for_sample_1)
+
+
 # --- precisions ---
 
 
