@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Measured {time.strftime('%Y-%m-%d')} on {_machine(args.device)}, torch "
         f"{torch.__version__}, {torch.get_num_threads()} CPU threads, median of {args.repeats} "
         f"interleaved rounds after a warm-up; {memory_note}. Command: "
-        f"`python benchmarks/run.py {' '.join(argv if argv is not None else sys.argv[1:])}`.",
+        f"`{' '.join(['python benchmarks/run.py', *(sys.argv[1:] if argv is None else argv)])}`.",
         "",
     ]
     for case_name in args.cases:

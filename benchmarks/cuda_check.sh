@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The CUDA check of issues 7 and 8, for a machine with a GPU; run from the repository root:
+#
+#     bash benchmarks/cuda_check.sh [OUT_DIR]      # OUT_DIR defaults to benchmarks/
+#
+# 1. tests/test_devices.py: every method and metric on CUDA against the CPU;
+# 2. the benchmark on CUDA (time and peak CUDA memory as ratios to a no-grad
+#    forward, peers where installed), ending with each method's CUDA-vs-CPU maps.
+# It needs torch, torchvision, numpy, matplotlib, tqdm, pytest and hypothesis; camkit
+# is imported from the checkout, so nothing is installed.
+set -euo pipefail
+out=${1:-benchmarks}
+mkdir -p "$out"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; \
+print('torch', torch.__version__, 'on', torch.cuda.get_device_name())"
+python3 -m pytest -q -p no:cacheprovider tests/test_devices.py 2>&1 | tee "$out/cuda-tests.log"
+python3 benchmarks/run.py --device cuda --repeats 10 --out "$out/results-cuda.md"
