@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -58,7 +58,9 @@ class _Hooks:
             self.calls[index] += 1
             return self.on_output(index, _checked(self.modules[index][0], output))
 
-        return hook
+        # Under torch.compile the hook runs eagerly (a graph break) instead of being traced.
+        eager = torch.compiler.disable(hook)  # type: ignore[no-untyped-call]
+        return cast(Callable[[nn.Module, Any, Any], Any], eager)
 
     def on_output(self, index: int, output: Tensor) -> Tensor | None:
         raise NotImplementedError
