@@ -1,0 +1,112 @@
+"""What a call computes with: torch only, on the input's device, no host copies.
+
+Every torch function a call runs is recorded through a TorchFunctionMode; the
+maps must come about without ``.cpu()``, ``.numpy()``, ``.tolist()``, ``.item()``
+or a move to another device, and without numpy anywhere in the computation.
+(A class-index tensor given as target is checked on the host: N integers, read
+once before the forward pass; the targets here are a list.) On a CPU-only
+machine a move "to the CPU" cannot be told from staying put; that part is
+covered where CUDA is present by ``tests/test_devices.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+import camkit
+from examples.mnist.model import MnistNet
+
+LAYER = "features.relu"
+METHODS: dict[str, Callable[[torch.nn.Module], Any]] = {
+    "GradCAM": lambda m: camkit.GradCAM(m, LAYER),
+    "GradCAMPlusPlus": lambda m: camkit.GradCAMPlusPlus(m, LAYER),
+    "XGradCAM": lambda m: camkit.XGradCAM(m, LAYER),
+    "HiResCAM": lambda m: camkit.HiResCAM(m, LAYER),
+    "LayerCAM": lambda m: camkit.LayerCAM(m, LAYER),
+    "EigenCAM": lambda m: camkit.EigenCAM(m, LAYER),
+    "ScoreCAM": lambda m: camkit.ScoreCAM(m, LAYER, batch_size=16),
+    "AblationCAM": lambda m: camkit.AblationCAM(m, LAYER, batch_size=16),
+    "GuidedGradCAM": lambda m: camkit.GuidedGradCAM(m, LAYER),
+}
+HOST = {"Tensor.cpu", "TensorBase.cpu", "Tensor.numpy", "TensorBase.numpy"}
+HOST |= {"Tensor.tolist", "TensorBase.tolist", "Tensor.item", "TensorBase.item"}
+
+
+class Recorder(TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        self.calls.append((getattr(func, "__qualname__", repr(func)), args, kwargs))
+        return func(*args, **kwargs)
+
+
+def _devices_named(args: tuple[Any, ...], kwargs: dict[str, Any]) -> set[str]:
+    named = set()
+    for value in (*args[1:], *kwargs.values()):
+        if isinstance(value, torch.device):
+            named.add(value.type)
+        elif isinstance(value, str):
+            named.add(torch.device(value).type)
+        elif isinstance(value, torch.Tensor):
+            named.add(value.device.type)
+    return named
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_a_call_makes_no_host_copies(name: str) -> None:
+    model = MnistNet().eval()
+    x = torch.randn(3, 1, 28, 28)
+    recorder = Recorder()
+    with recorder:
+        maps = METHODS[name](model)(x, [[1, 2]] * 3)
+    assert maps.device == x.device
+    names = [called for called, _, _ in recorder.calls]
+    assert len(names) > 20  # the recorder saw the call's work
+    assert not HOST & set(names), sorted(HOST & set(names))
+    for called, args, kwargs in recorder.calls:
+        if called.endswith(".to"):
+            assert _devices_named(args, kwargs) <= {x.device.type}, (called, args, kwargs)
+
+
+def test_recorder_would_see_a_host_copy() -> None:
+    recorder = Recorder()
+    with recorder:
+        torch.ones(2).cpu().tolist()
+    assert {"TensorBase.cpu", "TensorBase.tolist"} <= {name for name, _, _ in recorder.calls}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_no_numpy_in_the_computation() -> None:
+    package = Path(camkit.__file__).parent
+    users = {
+        p.relative_to(package).as_posix() for p in package.rglob("*.py") if "numpy" in _imports(p)
+    }
+    # plot draws with matplotlib; targets accepts numpy arrays as targets and converts them
+    assert users == {"plot.py", "targets.py"}
+    assert "numpy" in _imports(package / "plot.py")  # the scan does find imports
