@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -58,12 +59,23 @@ class _Hooks:
             self.calls[index] += 1
             return self.on_output(index, _checked(self.modules[index][0], output))
 
-        # Under torch.compile the hook runs eagerly (a graph break) instead of being traced.
-        eager = torch.compiler.disable(hook)  # type: ignore[no-untyped-call]
-        return cast(Callable[[nn.Module, Any, Any], Any], eager)
+        return _eager(hook)
 
     def on_output(self, index: int, output: Tensor) -> Tensor | None:
         raise NotImplementedError
+
+
+def _eager(hook: Callable[[nn.Module, Any, Any], Any]) -> Callable[[nn.Module, Any, Any], Any]:
+    """Under torch.compile, run ``hook`` eagerly (at a graph break) instead of tracing it.
+
+    Only torch.compile traces hooks, and it imports ``torch._dynamo``; while that
+    module is not loaded the hook is returned as it is, which spares the first
+    call the (slow) import.
+    """
+    if "torch._dynamo" not in sys.modules:
+        return hook
+    eager = torch.compiler.disable(hook)  # type: ignore[no-untyped-call]
+    return cast(Callable[[nn.Module, Any, Any], Any], eager)
 
 
 class LayerCapture(_Hooks):

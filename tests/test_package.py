@@ -1,4 +1,4 @@
-"""The installed package: version, typing marker, lazy matplotlib, public names."""
+"""The installed package: version, typing marker, lazy imports, public names."""
 
 from __future__ import annotations
 
@@ -22,6 +22,19 @@ def test_ships_py_typed() -> None:
 
 def test_import_does_not_import_matplotlib() -> None:
     code = "import sys, camkit; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_call_does_not_import_dynamo() -> None:
+    """Only torch.compile needs the hooks kept out of tracing; importing Dynamo takes seconds."""
+    code = (
+        "import sys, torch, camkit\n"
+        "m = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), "
+        "torch.nn.Linear(72, 3))\n"
+        "camkit.GradCAM(m, '0')(torch.randn(2, 1, 8, 8), 1)\n"
+        "print('torch._dynamo' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
