@@ -107,6 +107,20 @@ def test_gradient_methods_match_their_formulas(method: type, dims: int, layer: s
     torch.testing.assert_close(raw, expected, rtol=1e-4, atol=1e-6)
 
 
+def test_gradcam_pp_with_gradients_whose_cube_overflows_float32() -> None:
+    model = conv_net(2)
+    with torch.no_grad():
+        model[-1].weight.mul_(1e16)  # gradients at the layer near 1e14: g**3 > float32 max
+    x = torch.randn(SHAPES[2])
+    a, g = reference_activations_and_gradients(model, model.get_submodule("6"), x, CLASSES)
+    assert float(g.abs().max()) ** 3 > torch.finfo(torch.float32).max
+    a = a[:, None]
+    expected = _map(a, ref_gradcam_pp(a, g))
+    raw = _raw(GradCAMPlusPlus(model, "6"), x)
+    assert raw.abs().max() > 0
+    torch.testing.assert_close(raw, expected, rtol=1e-4, atol=0)
+
+
 def test_layercam_tanh_scaling_by_formula() -> None:
     model = conv_net(2)
     x = torch.randn(SHAPES[2])

@@ -79,13 +79,16 @@ class GradCAMPlusPlus(BaseCAM):
     """
 
     def weights(self, context: LayerContext) -> Tensor:
-        """Return :math:`w_k^c`, the alpha-weighted sum of positive gradients."""
+        """Return :math:`w_k^c`, the alpha-weighted sum of positive gradients.
+
+        Only positive gradients count, and there :math:`\\alpha\\,g = g / (2 + g \\sum A)`:
+        the same value with fewer operations, and no :math:`g^3` to overflow.
+        """
         g, dims = context.gradients, context.spatial_dims
         total = context.activations.sum(dim=dims, keepdim=True)
-        denominator = 2 * g**2 + total * g**3
-        usable = (g != 0) & (denominator != 0)
-        alpha = torch.where(usable, g**2 / torch.where(usable, denominator, 1.0), 0.0)
-        return (alpha * g.clamp_min(0)).sum(dim=dims)
+        denominator = total * g + 2
+        usable = (g > 0) & (denominator != 0)
+        return torch.where(usable, g / torch.where(usable, denominator, 1.0), 0.0).sum(dim=dims)
 
 
 class XGradCAM(BaseCAM):
