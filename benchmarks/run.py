@@ -146,7 +146,7 @@ def scaling_lines(repeats: int) -> list[str]:
         torch.nn.Linear(16 * channels, 10),
     ).eval()
     lines = [
-        f"### Score-CAM / Ablation-CAM scaling: 32x32 inputs, a layer of C = {channels} channels",
+        f"## Score-CAM / Ablation-CAM scaling: 32x32 inputs, a layer of C = {channels} channels",
         "",
         "Forward passes are batched: N x C masked (or ablated) copies, `batch_size` per pass.",
         "",
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         clear = {name: (lambda m=case.model: m.zero_grad(set_to_none=True)) for name in peers}
         times = measure_time(case, {**calls, **peers}, args.repeats, args.device, clear)
         lines += [
-            f"### {case_name}: batch {len(case.x)}, input {tuple(case.x.shape[1:])}, "
+            f"## {case_name}: batch {len(case.x)}, input {tuple(case.x.shape[1:])}, "
             f"layer `{case.layer}`",
             "",
             *_table_head(args.device, with_memory=not args.no_memory),
