@@ -1,13 +1,32 @@
-"""Test helpers: an independent plain-autograd Grad-CAM and a model snapshot."""
+"""Test helpers: an independent plain-autograd Grad-CAM, a model snapshot, explainers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+import camkit
+
+MNIST_LAYER = "features.relu"
+# Every explainer on the MNIST net's last conv ReLU, by name: model -> explainer.
+MNIST_EXPLAINERS: dict[str, Callable[[nn.Module], Any]] = {
+    "GradCAM": lambda m: camkit.GradCAM(m, MNIST_LAYER),
+    "GradCAMPlusPlus": lambda m: camkit.GradCAMPlusPlus(m, MNIST_LAYER),
+    "XGradCAM": lambda m: camkit.XGradCAM(m, MNIST_LAYER),
+    "HiResCAM": lambda m: camkit.HiResCAM(m, MNIST_LAYER),
+    "LayerCAM": lambda m: camkit.LayerCAM(m, MNIST_LAYER),
+    "EigenCAM": lambda m: camkit.EigenCAM(m, MNIST_LAYER),
+    "ScoreCAM": lambda m: camkit.ScoreCAM(m, MNIST_LAYER, batch_size=16),
+    "AblationCAM": lambda m: camkit.AblationCAM(m, MNIST_LAYER, batch_size=16),
+    "GuidedBackprop": lambda m: camkit.GuidedBackprop(m),
+    "GuidedGradCAM": lambda m: camkit.GuidedGradCAM(m, MNIST_LAYER),
+    "two layers": lambda m: camkit.GradCAM(m, ["features.conv1", MNIST_LAYER]),
+}
 
 
 def reference_gradcam(

@@ -10,8 +10,7 @@ float64, which the ROAD and curve metrics use.)
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,27 +19,18 @@ from torch import Tensor, nn
 import camkit
 from camkit import metrics
 from examples.mnist.model import MnistNet
-from tests.helpers import assert_untouched, reference_gradcam, snapshot
+from tests.helpers import (
+    MNIST_EXPLAINERS,
+    MNIST_LAYER,
+    assert_untouched,
+    reference_gradcam,
+    snapshot,
+)
 from tests.models import cam_net
 
 DEVICES = ["cpu"]
 if torch.cuda.is_available():
     DEVICES.append("cuda")
-
-LAYER = "features.relu"
-METHODS: dict[str, Callable[[nn.Module], Any]] = {
-    "GradCAM": lambda m: camkit.GradCAM(m, LAYER),
-    "GradCAMPlusPlus": lambda m: camkit.GradCAMPlusPlus(m, LAYER),
-    "XGradCAM": lambda m: camkit.XGradCAM(m, LAYER),
-    "HiResCAM": lambda m: camkit.HiResCAM(m, LAYER),
-    "LayerCAM": lambda m: camkit.LayerCAM(m, LAYER),
-    "EigenCAM": lambda m: camkit.EigenCAM(m, LAYER),
-    "ScoreCAM": lambda m: camkit.ScoreCAM(m, LAYER, batch_size=16),
-    "AblationCAM": lambda m: camkit.AblationCAM(m, LAYER, batch_size=16),
-    "GuidedBackprop": lambda m: camkit.GuidedBackprop(m),
-    "GuidedGradCAM": lambda m: camkit.GuidedGradCAM(m, LAYER),
-    "two layers": lambda m: camkit.GradCAM(m, ["features.conv1", LAYER]),
-}
 
 
 @pytest.fixture(autouse=True)
@@ -61,8 +51,8 @@ def test_gradcam_on_device_equals_plain_autograd_on_the_cpu(device: str) -> None
     cpu_model, model = _models(device)
     x = torch.randn(6, 1, 28, 28)
     classes = torch.tensor([3, 1, 4, 1, 5, 9])
-    expected = reference_gradcam(cpu_model, cpu_model.get_submodule(LAYER), x, classes)
-    raw = camkit.GradCAM(model, LAYER)(
+    expected = reference_gradcam(cpu_model, cpu_model.get_submodule(MNIST_LAYER), x, classes)
+    raw = camkit.GradCAM(model, MNIST_LAYER)(
         x.to(device), classes, relu=False, upsample=False, normalize=False
     )
     assert raw.device.type == device and raw.dtype == torch.float32
@@ -70,14 +60,14 @@ def test_gradcam_on_device_equals_plain_autograd_on_the_cpu(device: str) -> None
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list(MNIST_EXPLAINERS))
 def test_method_on_device_equals_the_cpu(device: str, name: str) -> None:
     cpu_model, model = _models(device)
     x = torch.randn(4, 1, 28, 28)
     classes = torch.tensor([[2, 7], [0, 0], [9, 1], [5, 3]])  # on the CPU, for either device
-    expected = METHODS[name](cpu_model)(x, classes)
+    expected = MNIST_EXPLAINERS[name](cpu_model)(x, classes)
     before = snapshot(model, x.to(device))
-    maps = METHODS[name](model)(x.to(device), classes)
+    maps = MNIST_EXPLAINERS[name](model)(x.to(device), classes)
     assert_untouched(before, snapshot(model, x.to(device)))
     assert maps.device.type == device and maps.dtype == torch.float32
     assert maps.shape == expected.shape  # guided methods keep the channel axis
@@ -103,7 +93,7 @@ def test_cam_and_reduced_precision_on_device(device: str) -> None:
 def test_metrics_on_device_equal_the_cpu(device: str) -> None:
     cpu_model, model = _models(device)
     x = torch.rand(3, 1, 28, 28)
-    maps = camkit.GradCAM(cpu_model, LAYER)(x, 4)
+    maps = camkit.GradCAM(cpu_model, MNIST_LAYER)(x, 4)
     results: dict[str, list[Tensor]] = {}
     for m, xs, ms in ((cpu_model, x, maps), (model, x.to(device), maps.to(device))):
         for metric, result in (

@@ -12,7 +12,6 @@ covered where CUDA is present by ``tests/test_devices.py``.
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +21,8 @@ from torch.overrides import TorchFunctionMode
 
 import camkit
 from examples.mnist.model import MnistNet
+from tests.helpers import MNIST_EXPLAINERS
 
-LAYER = "features.relu"
-METHODS: dict[str, Callable[[torch.nn.Module], Any]] = {
-    "GradCAM": lambda m: camkit.GradCAM(m, LAYER),
-    "GradCAMPlusPlus": lambda m: camkit.GradCAMPlusPlus(m, LAYER),
-    "XGradCAM": lambda m: camkit.XGradCAM(m, LAYER),
-    "HiResCAM": lambda m: camkit.HiResCAM(m, LAYER),
-    "LayerCAM": lambda m: camkit.LayerCAM(m, LAYER),
-    "EigenCAM": lambda m: camkit.EigenCAM(m, LAYER),
-    "ScoreCAM": lambda m: camkit.ScoreCAM(m, LAYER, batch_size=16),
-    "AblationCAM": lambda m: camkit.AblationCAM(m, LAYER, batch_size=16),
-    "GuidedGradCAM": lambda m: camkit.GuidedGradCAM(m, LAYER),
-}
 HOST = {"Tensor.cpu", "TensorBase.cpu", "Tensor.numpy", "TensorBase.numpy"}
 HOST |= {"Tensor.tolist", "TensorBase.tolist", "Tensor.item", "TensorBase.item"}
 
@@ -68,13 +56,13 @@ def _devices_named(args: tuple[Any, ...], kwargs: dict[str, Any]) -> set[str]:
     return named
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list(MNIST_EXPLAINERS))
 def test_a_call_makes_no_host_copies(name: str) -> None:
     model = MnistNet().eval()
     x = torch.randn(3, 1, 28, 28)
     recorder = Recorder()
     with recorder:
-        maps = METHODS[name](model)(x, [[1, 2]] * 3)
+        maps = MNIST_EXPLAINERS[name](model)(x, [[1, 2]] * 3)
     assert maps.device == x.device
     names = [called for called, _, _ in recorder.calls]
     assert len(names) > 20  # the recorder saw the call's work
