@@ -14,5 +14,8 @@ mkdir -p "$out"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; \
 print('torch', torch.__version__, 'on', torch.cuda.get_device_name())"
-python3 -m pytest -q -p no:cacheprovider tests/test_devices.py 2>&1 | tee "$out/cuda-tests.log"
-python3 benchmarks/run.py --device cuda --repeats 10 --out "$out/results-cuda.md"
+status=0  # a failing test does not stop the benchmark: one run on the GPU gives both
+python3 -m pytest -q -p no:cacheprovider tests/test_devices.py 2>&1 | tee "$out/cuda-tests.log" \
+    || status=1
+python3 benchmarks/run.py --device cuda --repeats 10 --out "$out/results-cuda.md" || status=1
+exit "$status"
