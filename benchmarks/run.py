@@ -7,14 +7,14 @@
 For each case (model, input, layer, targets) the script times, interleaved in
 rounds so that machine drift hits everything equally, a plain ``torch.no_grad()``
 forward and every explainer; it reports the median time per call as a ratio to
-the forward's. Peak memory, also as a ratio, is on the CPU the peak resident-set
-increase during one call in a fresh process, after one warm-up call of the
-same explainer in that process (the forward measured the same way); the
-first, cold call's increase is reported beside it, because it also counts
-library code paged in on first use (a one-time cost of the process, not
-memory the call holds). On CUDA it is the peak of allocated device memory
-during one warm call. Everything is printed as a Markdown table and written
-to ``--out``.
+the forward's, with the quartiles of the per-round ratios as a measure of noise.
+Peak memory, also as a ratio, is on the CPU the peak resident-set increase
+during one call in a fresh process, after one warm-up call of the same
+explainer in that process (the forward measured the same way); the first, cold
+call's increase is reported beside it, because it also counts library code
+paged in on first use (a one-time cost of the process, not memory the call
+holds). On CUDA it is the peak of allocated device memory during one warm
+call. Everything is printed as a Markdown table and written to ``--out``.
 """
 
 from __future__ import annotations
@@ -115,8 +115,8 @@ def _sync(device: str) -> None:
 
 def measure_time(
     case: Case, calls: dict[str, object], repeats: int, device: str, after: dict[str, object]
-) -> dict[str, float]:
-    """Median seconds per call, interleaved rounds after one warm-up round."""
+) -> dict[str, list[float]]:
+    """Seconds per call in each of ``repeats`` interleaved rounds, after one warm-up round."""
     everything = {FORWARD: case.forward, **calls}
     samples: dict[str, list[float]] = {name: [] for name in everything}
     for round_index in range(repeats + 1):
@@ -129,7 +129,14 @@ def measure_time(
                 samples[name].append(time.perf_counter() - started)
             if name in after:
                 after[name]()  # type: ignore[operator]
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
+
+
+def ratio_quartiles(samples: list[float], forward: list[float]) -> tuple[float, float]:
+    """First and third quartile of the per-round time ratios: the spread behind the median."""
+    ratios = [t / f for t, f in zip(samples, forward, strict=True)]
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return q1, q3
 
 
 def scaling_lines(repeats: int) -> list[str]:
@@ -224,7 +231,7 @@ def _table_head(device: str, with_memory: bool) -> list[str]:
         if device == "cpu"
         else ["peak CUDA MiB", "memory / forward"]
     )
-    head = ["explainer", "ms per call", "time / forward", *memory]
+    head = ["explainer", "ms per call", "time / forward", "quartiles of rounds", *memory]
     return ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
 
 
@@ -254,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {_machine(args.device)}, torch "
         f"{torch.__version__}, {torch.get_num_threads()} CPU threads, median of {args.repeats} "
-        f"interleaved rounds after a warm-up; {memory_note}. Command: "
+        f"interleaved rounds after a warm-up (the quartiles of the per-round time ratios show "
+        f"the spread); {memory_note}. Command: "
         f"`{' '.join(['python benchmarks/run.py', *(sys.argv[1:] if argv is None else argv)])}`.",
         "",
     ]
@@ -263,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         calls = camkit_calls(case)
         peers = {} if args.no_peers else peer_calls(case)
         clear = {name: (lambda m=case.model: m.zero_grad(set_to_none=True)) for name in peers}
-        times = measure_time(case, {**calls, **peers}, args.repeats, args.device, clear)
+        rounds = measure_time(case, {**calls, **peers}, args.repeats, args.device, clear)
+        times = {name: statistics.median(values) for name, values in rounds.items()}
         lines += [
             f"## {case_name}: batch {len(case.x)}, input {tuple(case.x.shape[1:])}, "
             f"layer `{case.layer}`",
@@ -280,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 memory[name] = (measure_cuda_memory(everything[name]),)
                 case.model.zero_grad(set_to_none=True)
+            q1, q3 = ratio_quartiles(rounds[name], rounds[FORWARD])
             cells = [f"{1000 * seconds:.1f}", f"{seconds / times[FORWARD]:.2f}x"]
+            cells.append(f"{q1:.2f}x to {q3:.2f}x")
             for column, mib in enumerate(memory[name]):
                 cells += [f"{mib:.1f}", f"{mib / memory[FORWARD][column]:.2f}x"]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
