@@ -11,7 +11,7 @@
 set -euo pipefail
 out=${1:-benchmarks}
 mkdir -p "$out"
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; \
 print('torch', torch.__version__, 'on', torch.cuda.get_device_name())"
 status=0  # a failing test does not stop the benchmark: one run on the GPU gives both
