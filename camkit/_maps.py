@@ -59,14 +59,34 @@ def min_max_normalize_(maps: Tensor) -> Tensor:
     return maps
 
 
+def first_direction(pixels: Tensor) -> Tensor:
+    """The first right singular vector ``v_1`` of each ``(B, pixels, C)`` matrix, ``(B, C)``.
+
+    Its sign, arbitrary in an SVD, is chosen so that ``pixels @ v_1`` sums to a
+    non-negative value. ``v_1`` is the top eigenvector of the smaller of the
+    two Gram matrices, computed in float64: a batch of small symmetric
+    eigenproblems, which CUDA solves in one batched kernel where a batched SVD
+    of tall matrices runs one solver call per matrix (over 200x a forward pass
+    for the MNIST net on an H200).
+    """
+    wide = pixels.double()
+    if pixels.shape[2] <= pixels.shape[1]:
+        first = torch.linalg.eigh(wide.mT @ wide).eigenvectors[..., -1]
+    else:  # v_1 = A^T u_1 / sigma_1, from the (pixels x pixels) Gram matrix
+        values, vectors = torch.linalg.eigh(wide @ wide.mT)
+        sigma = values[..., -1:].clamp_min(torch.finfo(torch.float64).tiny).sqrt()
+        first = (wide.mT @ vectors[..., -1:])[..., 0] / sigma
+    total = (wide @ first[..., None]).sum(dim=(1, 2))
+    first = torch.where(total[:, None] < 0, -first, first)
+    return first.to(pixels.dtype)
+
+
 def first_component(weighted: Tensor) -> Tensor:
     """Project ``(B, C, *spatial)`` on its first principal direction over channels.
 
-    The SVD is of the uncentred ``pixels x channels`` matrix (as in Eigen-CAM);
-    the sign is chosen so that the projection's sum is non-negative.
+    The direction is that of the uncentred ``pixels x channels`` matrix (as in
+    Eigen-CAM), signed by :func:`first_direction`.
     """
     flat = weighted.flatten(2).transpose(1, 2)  # (B, pixels, C)
-    _, _, vh = torch.linalg.svd(flat, full_matrices=False)
-    projection: Tensor = flat @ vh[:, 0, :, None]  # (B, pixels, 1)
-    sign = torch.where(projection.sum(dim=(1, 2), keepdim=True) < 0, -1.0, 1.0)
-    return (projection * sign).view(weighted.shape[0], *weighted.shape[2:])
+    projection = flat @ first_direction(flat)[:, :, None]  # (B, pixels, 1)
+    return projection.view(weighted.shape[0], *weighted.shape[2:])

@@ -149,6 +149,25 @@ def test_eigencam_is_the_first_singular_vector_projection(dims: int) -> None:
             torch.testing.assert_close(raw[i, t], expected, rtol=1e-4, atol=1e-5)
 
 
+def test_eigencam_with_more_channels_than_pixels_is_the_svd_projection() -> None:
+    # 16 channels on a 3x3 grid: the direction comes from the (pixels x pixels) Gram matrix
+    model = nn.Sequential(nn.Conv2d(2, 16, 3), nn.Flatten(), nn.Linear(16 * 9, 3)).eval()
+    x = torch.randn(4, 2, 5, 5)
+    a = model[0](x).detach().double()
+    for cam, options in ((EigenCAM(model, "0"), {}), (GradCAM(model, "0"), {"eigen_smooth": True})):
+        raw = cam(x, 1, relu=False, upsample=False, normalize=False, **options).double()
+        weights = 1.0
+        if options:  # Grad-CAM weights: the gradient of the linear score, averaged per channel
+            weights = model[2].weight[1].detach().double().view(16, 9).mean(1)[:, None]
+        for i in range(len(x)):
+            matrix = (weights * a[i].flatten(1)).T.numpy()  # 9 pixels x 16 channels
+            _, _, vt = np.linalg.svd(matrix, full_matrices=False)
+            projection = matrix @ vt[0]
+            projection *= 1 if projection.sum() >= 0 else -1
+            expected = torch.from_numpy(projection).view(3, 3)
+            torch.testing.assert_close(raw[i], expected, rtol=1e-4, atol=1e-5)
+
+
 def test_eigencam_gives_the_same_map_for_every_target() -> None:
     model = conv_net(2)
     x = torch.randn(3, 2, 10, 10)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
+from camkit import _maps
 from camkit.base import BaseCAM, LayerContext, LayerSpec
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.layers import find_layer
@@ -109,10 +109,6 @@ class EigenCAM(BaseCAM):
 
     def weights(self, context: LayerContext) -> Tensor:
         """Return :math:`v_1` for each sample, repeated for every target."""
-        a = context.activations[:, 0]
-        pixels = a.flatten(2).transpose(1, 2)  # (N, pixels, C)
-        _, _, vh = torch.linalg.svd(pixels, full_matrices=False)
-        first = vh[:, 0, :]  # (N, C)
-        total = (pixels @ first[:, :, None]).sum(dim=(1, 2))
-        first = torch.where(total[:, None] < 0, -first, first)
+        pixels = context.activations[:, 0].flatten(2).transpose(1, 2)  # (N, pixels, C)
+        first = _maps.first_direction(pixels)
         return first[:, None, :].expand(-1, context.scores.shape[1], -1)
