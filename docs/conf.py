@@ -18,6 +18,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax bundled with the site: math renders offline
     "sphinx.ext.viewcode",
     "myst_parser",
 ]

@@ -1,10 +1,14 @@
-"""Every Python snippet in the README and the Sphinx pages runs as written."""
+"""The docs: every Python snippet runs as written; the built site works offline."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import textwrap
+from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -51,3 +55,70 @@ def test_tutorial_report_and_its_figures_are_in_the_docs() -> None:
     for path in linked:
         assert (report.parent / path).stat().st_size > 1000, path
     assert "## Results and discussion" in text
+
+
+class _Resources(HTMLParser):
+    """The addresses a page loads by itself: scripts, stylesheets, images, frames."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loaded: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag in {"script", "img", "iframe", "audio", "video", "source"} and values.get("src"):
+            self.loaded.append(str(values["src"]))
+        if tag == "link" and values.get("href") and values.get("rel") != "canonical":
+            rel = set(str(values.get("rel", "")).split())
+            if rel & {"stylesheet", "preload", "modulepreload", "icon", "prefetch"}:
+                self.loaded.append(str(values["href"]))
+
+
+def _external(address: str) -> bool:
+    return address.startswith("//") or urlsplit(address).scheme in {"http", "https"}
+
+
+@pytest.fixture(scope="module")
+def built_docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Sphinx site, built as CI builds it (warnings are errors)."""
+    out = tmp_path_factory.mktemp("html")
+    command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
+    result = subprocess.run(
+        [*command, str(ROOT / "docs"), str(out)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_built_pages_load_nothing_from_another_host(built_docs: Path) -> None:
+    pages = sorted(built_docs.rglob("*.html"))
+    assert len(pages) > 15
+    math_pages = 0
+    for page in pages:
+        parser = _Resources()
+        parser.feed(page.read_text())
+        assert parser.loaded, page  # the parser does see the theme's own scripts
+        external = [a for a in parser.loaded if _external(a)]
+        assert not external, (page.relative_to(built_docs), external)
+        for address in parser.loaded:  # and every local one is in the site
+            if not address.startswith("data:"):
+                target = (page.parent / urlsplit(address).path).resolve()
+                assert target.is_file(), (page.relative_to(built_docs), address)
+        math_pages += any("mathjax" in a for a in parser.loaded)
+    assert math_pages >= 3  # concepts, methods and the API reference have formulas
+    for sheet in built_docs.rglob("*.css"):
+        imported = re.findall(r"@import\s+(?:url\()?['\"]?([^'\")\s;]+)", sheet.read_text())
+        urls = re.findall(r"url\(\s*['\"]?([^'\")]+)", sheet.read_text())
+        assert not [a for a in imported + urls if _external(a)], sheet
+
+
+def test_the_external_check_would_catch_a_cdn_script() -> None:
+    parser = _Resources()
+    parser.feed(
+        '<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script>'
+        '<link rel="stylesheet" href="//fonts.example.org/x.css"><a href="https://arxiv.org">'
+    )
+    assert [a for a in parser.loaded if _external(a)] == [
+        "https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js",
+        "//fonts.example.org/x.css",
+    ]
