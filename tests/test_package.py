@@ -9,6 +9,8 @@ import types
 from importlib.metadata import version
 from pathlib import Path
 
+import pytest
+
 import camkit
 
 
@@ -56,3 +58,28 @@ def test_public_names_in_api_reference() -> None:
                 assert f"{name}.{member}" in documented, f"{name}.{member} missing"
         else:
             assert name in documented, f"{name} missing from docs/api.rst"
+
+
+def _test_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if "python -m pytest" in line]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_ci_runs_the_readme_test_command_and_it_installs_what_tests_need() -> None:
+    root = Path(__file__).parents[1]
+    line = _test_line((root / "README.md").read_text())
+    assert line == _test_line((root / ".ci" / "run").read_text())
+    assert re.fullmatch(r'pip install "\.\[test\]" && python -m pytest', line)
+
+
+def test_dependencies_set_no_upper_bound() -> None:
+    """A library must not stop its users from upgrading; versions are pinned in .ci/run only."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"]]
+    for extra in project["optional-dependencies"].values():
+        requirements += extra
+    assert len(requirements) > 10
+    capped = [r for r in requirements if re.search(r"<|==|~=", r)]
+    assert not capped, capped
