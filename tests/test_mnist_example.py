@@ -180,3 +180,15 @@ def test_training_is_reproducible() -> None:
     a, b, c = (ck.model.state_dict() for ck in (first, second, third))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_training_progress_refreshes_a_few_times_a_second(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data = load_split("train")
+    subset = type(data)(data.images[:3000], data.labels[:3000])
+    _, history = train(subset, epochs=1, batch_size=4, progress=True)  # 750 batches
+    written = capsys.readouterr().err
+    assert "loss=" in written  # the postfix is still shown
+    refreshes = written.count("\r")
+    assert refreshes <= 3 * history.seconds + 5, (refreshes, history.seconds)

@@ -65,7 +65,9 @@ def evaluate(
     if not metrics:
         raise CamkitValueError("metrics: give at least one metric")
     collected: dict[str, list[MetricResult]] = {name: [] for name in metrics}
-    for batch in tqdm(loader, desc="evaluating", unit="batch", disable=not progress):
+    for batch in tqdm(
+        loader, desc="evaluating", unit="batch", disable=not progress, mininterval=0.5
+    ):
         x, labels = (batch, None) if isinstance(batch, Tensor) else (batch[0], batch[1])
         if device is not None:
             x = x.to(device)

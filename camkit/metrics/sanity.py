@@ -225,7 +225,9 @@ def randomization_test(
     original = _reduce(method(model)(x, classes).detach(), x)
     all_maps = [original]
     twin = copy.deepcopy(model)
-    for i, name in enumerate(tqdm(steps, desc=f"{mode} randomization", disable=not progress)):
+    for i, name in enumerate(
+        tqdm(steps, desc=f"{mode} randomization", disable=not progress, mininterval=0.5)
+    ):
         if mode == "independent":
             twin = copy.deepcopy(model)
         _randomize(twin.get_submodule(name), seed + i)

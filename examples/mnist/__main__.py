@@ -108,6 +108,7 @@ def explain_all(
         desc=f"Grad-CAM {layer}",
         unit="batch",
         disable=not progress,
+        mininterval=0.5,
     ):
         stop = start + batch_size
         chunks.append(cam(checkpoint.prepare(images[start:stop]), predicted[start:stop]))

@@ -114,7 +114,7 @@ def score_all(checkpoint: Checkpoint, images: Tensor, progress: bool = True) -> 
     rows: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
     for name, explain in tqdm(
-        explainers(model).items(), desc="scoring methods", disable=not progress
+        explainers(model).items(), desc="scoring methods", disable=not progress, mininterval=0.5
     ):
         started = time.perf_counter()
         maps = torch.cat(

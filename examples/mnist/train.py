@@ -81,6 +81,7 @@ def train(
             unit="batch",
             disable=not progress,
             leave=True,
+            mininterval=0.5,  # a log (not a terminal) gets a line per refresh
         )
         for start in bar:
             index = order[start : start + batch_size]
@@ -94,7 +95,8 @@ def train(
             total_loss += loss.item() * len(index)
             correct += int((logits.argmax(1) == y[index]).sum())
             seen = start + len(index)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.4f}")
+            postfix = {"loss": f"{total_loss / seen:.4f}", "acc": f"{correct / seen:.4f}"}
+            bar.set_postfix(postfix, refresh=False)  # shown at the bar's own next refresh
         history.loss.append(total_loss / len(x))
         history.train_accuracy.append(correct / len(x))
         if test_set is not None:
