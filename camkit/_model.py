@@ -13,35 +13,36 @@ from torch import Tensor, nn
 from camkit.errors import CamkitError, CamkitModelError, CamkitTypeError, CamkitValueError
 
 _LOCK = threading.Lock()
-_ACTIVE: dict[int, tuple[int, list[tuple[nn.Module, bool]]]] = {}
+_HELD: dict[nn.Module, tuple[int, bool]] = {}
+"""Modules that calls in progress hold in eval mode: how many calls, and the flag to restore."""
 
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
     """Put the model in eval mode for the block; restore every module's flag afterwards.
 
-    Calls that overlap on one model (from several threads) share the eval
-    state: the first one in saves the flags, the last one out restores them.
+    The bookkeeping is per module, so calls that overlap (from several threads)
+    on one model, or on two models that share modules, share the eval state of
+    each module: the first call to hold a module saves its flag, the last one
+    to let it go restores it. Modules already in eval mode that no call holds
+    are left alone (the usual case costs one pass over the modules).
     """
-    key = id(model)
     with _LOCK:
-        count, flags = _ACTIVE.get(key, (0, []))
-        if count == 0:  # only modules in train mode need switching (none, usually)
-            flags = [(module, True) for module in model.modules() if module.training]
-            for module, _ in flags:
-                module.training = False
-        _ACTIVE[key] = (count + 1, flags)
+        held = [m for m in model.modules() if m.training or m in _HELD]
+        for module in held:
+            count, training = _HELD.get(module, (0, module.training))
+            _HELD[module] = (count + 1, training)
+            module.training = False
     try:
         yield
     finally:
         with _LOCK:
-            count, flags = _ACTIVE[key]
-            if count == 1:
-                del _ACTIVE[key]
-                for module, training in flags:
+            for module in held:
+                count, training = _HELD.pop(module)
+                if count == 1:
                     module.training = training
-            else:
-                _ACTIVE[key] = (count - 1, flags)
+                else:
+                    _HELD[module] = (count - 1, training)
 
 
 def check_input(x: object) -> int:
