@@ -6,6 +6,7 @@ import gc
 import re
 import threading
 import weakref
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,54 @@ def test_threads_on_one_model_equal_serial_results() -> None:
             torch.testing.assert_close(maps, expected)
     assert_untouched(before, snapshot(model))
     assert model.training
+
+
+def test_two_models_sharing_a_backbone_keep_it_in_eval_mode_across_threads() -> None:
+    """Thread 1's call on model A ends while thread 2's call on model B (same backbone) runs."""
+    backbone = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    a = nn.Sequential(backbone, nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).train()
+    b = nn.Sequential(backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).train()
+    x = torch.randn(2, 2, 10, 10)
+    a_done, b_inside = threading.Event(), threading.Event()
+    seen_in_b: list[bool] = []
+
+    def score_a(output: Tensor) -> Tensor:
+        b_inside.wait(timeout=10)  # A's call ends only once B's call is under way
+        return output[:, 0]
+
+    def score_b(output: Tensor) -> Tensor:
+        b_inside.set()
+        a_done.wait(timeout=10)
+        seen_in_b.append(backbone[1].training)  # A has restored its flags by now
+        return output[:, 1]
+
+    def run_a() -> Tensor:
+        try:
+            return GradCAM(a, "0.2")(x, score_a)
+        finally:
+            a_done.set()
+
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.submit(run_a), pool.submit(lambda: GradCAM(b, "0.2")(x, score_b))
+        first.result(timeout=30), second.result(timeout=30)
+    assert seen_in_b and not any(seen_in_b), seen_in_b  # BatchNorm stayed in eval mode
+    assert all(m.training for m in (*a.modules(), *b.modules()))
+
+
+def test_nested_eval_mode_on_models_sharing_modules_restores_at_the_last_exit() -> None:
+    from camkit._model import eval_mode
+
+    shared = nn.BatchNorm1d(3)
+    a, b = nn.Sequential(shared, nn.ReLU()).train(), nn.Sequential(nn.Tanh(), shared).train()
+    b[0].eval()  # a flag that differs from the rest comes back as it was
+    outer = eval_mode(a)
+    outer.__enter__()
+    with eval_mode(b):
+        assert not shared.training and not b.training
+        outer.__exit__(None, None, None)
+        assert not shared.training  # still held by b's call
+        assert a.training and not a[0].training
+    assert shared.training and b.training and not b[0].training
 
 
 def _rss_kib() -> int:
@@ -306,7 +355,9 @@ def test_tuple_outputs_through_a_callable_target() -> None:
 
 
 def test_every_checkpoint_load_is_weights_only() -> None:
-    sources = [p for p in ROOT.rglob("*.py") if ".git" not in p.parts and "build" not in p.parts]
+    # the project's own code only: a virtual environment inside the checkout is not ours
+    folders = ("camkit", "examples", "benchmarks", "tests", "docs")
+    sources = [p for folder in folders for p in (ROOT / folder).rglob("*.py")]
     calls = 0
     for path in sources:
         text = path.read_text()
@@ -314,3 +365,63 @@ def test_every_checkpoint_load_is_weights_only() -> None:
             calls += 1
             assert "weights_only=True" in match.group(1), f"{path}: {match.group(0)}"
     assert calls >= 1
+
+
+class _BackwardCalls(torch.autograd.Function):
+    """Identity whose backward may fail once, or read a number (which vmap cannot batch)."""
+
+    fail_first = False
+    read_a_number = False
+    calls = 0
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        _BackwardCalls.calls += 1
+        if _BackwardCalls.fail_first and _BackwardCalls.calls == 1:
+            raise RuntimeError("boom: a genuine failure in the model's backward")
+        if _BackwardCalls.read_a_number:
+            grad = grad * (1.0 + 0.0 * float(grad.sum()))
+        return grad
+
+
+class _WithBackward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(2, 3, 3), nn.Linear(3 * 6 * 6, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(_BackwardCalls.apply(self.conv(x)).flatten(1))
+
+
+@pytest.fixture
+def backward_calls() -> Iterator[type[_BackwardCalls]]:
+    _BackwardCalls.fail_first = _BackwardCalls.read_a_number = False
+    _BackwardCalls.calls = 0
+    yield _BackwardCalls
+    _BackwardCalls.fail_first = _BackwardCalls.read_a_number = False
+
+
+def test_k_targets_fall_back_to_one_backward_per_target_only_where_vmap_cannot(
+    backward_calls: type[_BackwardCalls],
+) -> None:
+    model, x = _WithBackward().eval(), torch.randn(3, 2, 8, 8)
+    backward_calls.read_a_number = True
+    targets = [[0, 2], [1, 3], [3, 0]]
+    maps = GradCAM(model, "conv")(x, targets)
+    assert backward_calls.calls > 2  # the batched pass failed and each target got its own
+    for j in range(2):
+        torch.testing.assert_close(maps[:, j], GradCAM(model, "conv")(x, [t[j] for t in targets]))
+
+
+def test_a_genuine_error_in_a_batched_backward_is_not_swallowed(
+    backward_calls: type[_BackwardCalls],
+) -> None:
+    model, x = _WithBackward().eval(), torch.randn(3, 2, 8, 8)
+    backward_calls.fail_first = True
+    with pytest.raises(RuntimeError, match="boom"):
+        GradCAM(model, "conv")(x, torch.tensor([[0, 1]] * 3))
+    assert backward_calls.calls == 1  # no silent second try
