@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from camkit import _maps
+from camkit._gradients import score_gradients
 from camkit._hooks import LayerCapture, ReplaceOutput
 from camkit._layout import Layout
 from camkit._model import (
@@ -501,48 +502,14 @@ class BaseCAM(ABC):
         return flat.reshape(n, k, *flat.shape[1:]).float()
 
     def _gradients(self, scores: Tensor, activations: list[Tensor]) -> list[Tensor | None]:
-        k = scores.shape[1]
-        grads: Sequence[Tensor | None] = [None] * len(activations)
-        if scores.requires_grad:
-            if k == 1:
-                grads = torch.autograd.grad(scores.sum(), activations, allow_unused=True)
-                grads = [None if g is None else g[:, None] for g in grads]
-            else:
-                grads = _batched_gradients(scores, activations)
+        grads = score_gradients(scores, activations)
         for name, grad in zip(self.layer_names, grads, strict=True):
             if grad is None:
                 raise CamkitValueError(
                     f"target: the score does not depend on layer {name!r}; "
                     f"choose a layer the score is computed from"
                 )
-        return list(grads)
-
-
-def _batched_gradients(scores: Tensor, activations: list[Tensor]) -> list[Tensor | None]:
-    """Gradients of each of the k score columns, ``(N, k, *activation)`` per activation."""
-    n, k = scores.shape
-    eye = torch.eye(k, dtype=scores.dtype, device=scores.device)
-    try:
-        grad_outputs = eye[:, None, :].expand(k, n, k)
-        grads = torch.autograd.grad(
-            scores,
-            activations,
-            grad_outputs=grad_outputs,
-            is_grads_batched=True,
-            allow_unused=True,
-        )
-        return [None if g is None else g.movedim(0, 1) for g in grads]
-    except RuntimeError:
-        columns = [
-            torch.autograd.grad(
-                scores[:, j].sum(), activations, retain_graph=j < k - 1, allow_unused=True
-            )
-            for j in range(k)
-        ]
-        return [
-            None if columns[0][i] is None else torch.stack([c[i] for c in columns], dim=1)
-            for i in range(len(activations))
-        ]
+        return grads
 
 
 _WRITES_IN_PLACE: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()

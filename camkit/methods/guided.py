@@ -7,9 +7,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from camkit._gradients import score_gradients
 from camkit._hooks import _Hooks
 from camkit._model import check_input, detached, eval_mode, forward
-from camkit.base import CAMResult, LayerSpec, _batched_gradients
+from camkit.base import CAMResult, LayerSpec
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.methods.gradient import GradCAM
 from camkit.targets import Target, bind_target, check_target
@@ -106,11 +107,7 @@ class GuidedBackprop:
                 output = forward(self.model, leaf)
                 bound = bind_target(checked, output, batch_size)
                 scores = bound.scores(output)
-                (grads,) = (
-                    [g[:, None] for g in torch.autograd.grad(scores.sum(), [leaf])]
-                    if bound.k == 1
-                    else _batched_gradients(scores, [leaf])
-                )
+                (grads,) = score_gradients(scores, [leaf])
         if grads is None:
             raise CamkitValueError("target: the score does not depend on the input")
         maps = grads.float()
