@@ -1,9 +1,14 @@
-"""The one place camkit touches a model: forward hooks that live for one call."""
+"""The one place camkit touches a model: forward hooks that live for one call.
+
+Also the copy policy: a layer's output is handed on uncopied unless the
+network is known to modify it in place (see :func:`capture`).
+"""
 
 from __future__ import annotations
 
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -12,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from camkit.errors import CamkitTypeError
+from camkit.errors import CamkitModelError, CamkitTypeError
 
 _H = TypeVar("_H", bound="_Hooks")
 
@@ -127,6 +132,59 @@ class LayerCapture(_Hooks):
             changed and not cloned
             for changed, cloned in zip(self.modified_after(), self.clone, strict=True)
         )
+
+
+_WRITES_IN_PLACE: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
+"""Layers whose output the network modifies in place, so camkit must copy it."""
+
+_IN_PLACE_ON_LEAF = "leaf Variable that requires grad is being used in an in-place operation"
+"""Autograd's error when the network writes in place to an activation camkit made a leaf."""
+
+
+class _OverwrittenError(Exception):
+    """An activation handed on uncopied was modified in place by the network."""
+
+
+def capture(
+    layers: Sequence[tuple[str, nn.Module]], run: Callable[[], Any]
+) -> tuple[LayerCapture, Any]:
+    """Run ``run()`` (the forward pass) with the layers hooked; copy outputs only where needed.
+
+    A layer's output is copied before it flows on only if the network is known
+    to modify it in place. Every call checks: if an uncopied activation was
+    overwritten (its version counter moved, or autograd refused the in-place
+    write to it), the forward pass runs once more with copies, and the layer
+    is remembered (per module, for every CAM on it) as one to copy. Any other
+    failure of the model is raised at once: the model runs once.
+    """
+    clone = [_WRITES_IN_PLACE.get(module, False) for _, module in layers]
+    try:
+        hooked, output = _run_hooked(layers, clone, run)
+        if hooked.overwritten():
+            raise _OverwrittenError
+    except (CamkitModelError, _OverwrittenError) as error:
+        if all(clone) or not _was_overwritten(error):
+            raise
+        clone = [True] * len(clone)
+        hooked, output = _run_hooked(layers, clone, run)
+    for (_, module), copied, modified in zip(layers, clone, hooked.modified_after(), strict=True):
+        if copied:
+            _WRITES_IN_PLACE[module] = modified
+    return hooked, output
+
+
+def _run_hooked(
+    layers: Sequence[tuple[str, nn.Module]], clone: list[bool], run: Callable[[], Any]
+) -> tuple[LayerCapture, Any]:
+    with LayerCapture(layers, clone) as hooked, torch.no_grad():
+        output = run()
+    return hooked, output
+
+
+def _was_overwritten(error: Exception) -> bool:
+    if isinstance(error, _OverwrittenError):
+        return True
+    return _IN_PLACE_ON_LEAF in str(error.__cause__)
 
 
 class ReplaceOutput(_Hooks):

@@ -7,7 +7,6 @@ Everything else lives here, once.
 
 from __future__ import annotations
 
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 
 from camkit import _maps
 from camkit._gradients import score_gradients
-from camkit._hooks import LayerCapture, ReplaceOutput
+from camkit._hooks import LayerCapture, ReplaceOutput, capture
 from camkit._layout import Layout
 from camkit._model import (
     check_finite_input,
@@ -28,7 +27,7 @@ from camkit._model import (
     forward,
     select_rows,
 )
-from camkit.errors import CamkitModelError, CamkitValueError
+from camkit.errors import CamkitValueError
 from camkit.layers import find_layer
 from camkit.targets import BoundTarget, Target, bind_target, check_target
 
@@ -412,36 +411,10 @@ class BaseCAM(ABC):
         return _Raw(fused, layer_maps, detached(output), bound, scores.detach())
 
     def _capture(self, x: Tensor, options: _Options) -> tuple[LayerCapture, Any]:
-        """Run the model with the layers hooked, copying their outputs only where needed.
+        def run() -> Any:
+            return forward(self.model, x, options.forward_args, options.forward_kwargs)
 
-        A layer's output is copied before it flows on only if the network is
-        known to modify it in place. Every call checks: if an uncopied
-        activation was overwritten, the model runs again with copies, and the
-        layer is remembered (per module, for every CAM on it) as one to copy.
-        """
-        clone = [_WRITES_IN_PLACE.get(module, False) for _, module in self.layers]
-        try:
-            capture, output = self._run_hooked(x, options, clone)
-            if capture.overwritten():
-                raise _OverwrittenError
-        except (CamkitModelError, _OverwrittenError):
-            if all(clone):
-                raise
-            clone = [True] * len(clone)
-            capture, output = self._run_hooked(x, options, clone)
-        for (_, module), copied, modified in zip(
-            self.layers, clone, capture.modified_after(), strict=True
-        ):
-            if copied:
-                _WRITES_IN_PLACE[module] = modified
-        return capture, output
-
-    def _run_hooked(
-        self, x: Tensor, options: _Options, clone: list[bool]
-    ) -> tuple[LayerCapture, Any]:
-        with LayerCapture(self.layers, clone) as capture, torch.no_grad():
-            output = forward(self.model, x, options.forward_args, options.forward_kwargs)
-        return capture, output
+        return capture(self.layers, run)
 
     def _layer_map(self, context: LayerContext, eigen_smooth: bool) -> Tensor:
         weights = self.weights(context)
@@ -510,14 +483,6 @@ class BaseCAM(ABC):
                     f"choose a layer the score is computed from"
                 )
         return grads
-
-
-_WRITES_IN_PLACE: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
-"""Layers whose output the network modifies in place, so camkit must copy it."""
-
-
-class _OverwrittenError(Exception):
-    """An activation handed on uncopied was modified in place by the network."""
 
 
 @dataclass(frozen=True)

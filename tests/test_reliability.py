@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import re
 import threading
@@ -246,6 +247,38 @@ def test_hostile_targets(target: Any) -> None:
 @given(BAD_LAYERS, st.sampled_from([None, 1, lambda out: out[:, 0]]))
 def test_hostile_layers(layer: str, target: Any) -> None:
     _call_and_check(Hostile().eval(), layer, torch.randn(2, 2, 8, 8), target)
+
+
+class _FailsAfterTheLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.calls = nn.Conv2d(2, 3, 3), 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        self.conv(x)
+        raise KeyError("a genuine bug in the user's model")
+
+
+def test_a_failing_model_runs_once_and_reports_one_error() -> None:
+    model = _FailsAfterTheLayer().eval()
+    with pytest.raises(CamkitModelError, match="genuine bug") as info:
+        GradCAM(model, "conv")(torch.randn(2, 2, 8, 8), 1)
+    assert model.calls == 1
+    assert isinstance(info.value.__cause__, KeyError)
+    assert info.value.__context__ is info.value.__cause__  # not a second try's chain
+
+
+def test_an_in_place_write_to_the_first_layer_is_rerun_with_a_copy() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(3 * 6 * 6, 4)
+    ).eval()
+    x = torch.randn(2, 2, 8, 8)
+    fresh = copy.deepcopy(model)  # a module camkit has not seen yet
+    maps = GradCAM(fresh, "0")(x, 1, relu=False, upsample=False, normalize=False)
+    reference = nn.Sequential(model[0], nn.ReLU(), *model[2:]).eval()
+    expected = GradCAM(reference, "0")(x, 1, relu=False, upsample=False, normalize=False)
+    torch.testing.assert_close(maps, expected)
 
 
 def test_model_errors_are_reported_with_the_input() -> None:
