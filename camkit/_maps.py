@@ -2,15 +2,53 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+import threading
+from collections import OrderedDict
 
 import torch
 from torch import Tensor
 
+_CACHE_BYTES = 16 * 2**20
+"""The most memory the interpolation matrices kept between calls may take, all devices together."""
 
-@lru_cache(maxsize=64)
-def _linear_weights(size_in: int, size_out: int, dtype: torch.dtype, device: str) -> Tensor:
-    """The ``(size_out, size_in)`` matrix of 1-D linear interpolation, align_corners=False.
+
+class _MatrixCache:
+    """Least-recently-used interpolation matrices, bounded by their total size in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[tuple[int, int, torch.dtype, str], Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, size_in: int, size_out: int, dtype: torch.dtype, device: str) -> Tensor:
+        key = (size_in, size_out, dtype, device)
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key]
+        matrix = _linear_weights(size_in, size_out).to(dtype=dtype, device=device)
+        size = matrix.numel() * matrix.element_size()
+        with self._lock:
+            if size <= self.max_bytes and key not in self._entries:
+                self._entries[key] = matrix
+                self.bytes += size
+                while self.bytes > self.max_bytes:
+                    _, evicted = self._entries.popitem(last=False)
+                    self.bytes -= evicted.numel() * evicted.element_size()
+        return matrix
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.bytes = 0
+
+
+_MATRICES = _MatrixCache(_CACHE_BYTES)
+
+
+def _linear_weights(size_in: int, size_out: int) -> Tensor:
+    """The ``(size_out, size_in)`` float64 matrix of 1-D linear interpolation, align_corners=False.
 
     Same source positions as ``torch.nn.functional.interpolate``: ``(i + 0.5) *
     in / out - 0.5``, clamped at 0, between pixels ``floor`` and ``floor + 1``.
@@ -24,7 +62,7 @@ def _linear_weights(size_in: int, size_out: int, dtype: torch.dtype, device: str
     rows = torch.arange(size_out)
     weights.index_put_((rows, low), 1 - frac, accumulate=True)
     weights.index_put_((rows, high), frac, accumulate=True)
-    return weights.to(dtype=dtype, device=device)
+    return weights
 
 
 def upsample(maps: Tensor, size: tuple[int, ...]) -> Tensor:
@@ -32,19 +70,21 @@ def upsample(maps: Tensor, size: tuple[int, ...]) -> Tensor:
 
     Interpolation with ``align_corners=False`` is separable, so it runs as one
     small matrix product per axis, which is much faster on the CPU than
-    ``torch.nn.functional.interpolate`` and gives the same values.
+    ``torch.nn.functional.interpolate`` and gives the same values. The matrices
+    are kept for later calls, at most 16 MiB of them (least recently used
+    dropped first).
     """
     if tuple(maps.shape[1:]) == tuple(size):
         return maps
     if len(size) == 2:  # the common case: two products, no transposes, contiguous result
-        rows = _linear_weights(maps.shape[1], size[0], maps.dtype, str(maps.device))
-        cols = _linear_weights(maps.shape[2], size[1], maps.dtype, str(maps.device))
+        rows = _MATRICES.get(maps.shape[1], size[0], maps.dtype, str(maps.device))
+        cols = _MATRICES.get(maps.shape[2], size[1], maps.dtype, str(maps.device))
         return torch.matmul(torch.matmul(rows, maps), cols.T)
     out = maps
     for axis, target in enumerate(size, start=1):
         if out.shape[axis] == target:
             continue
-        weights = _linear_weights(out.shape[axis], target, out.dtype, str(out.device))
+        weights = _MATRICES.get(out.shape[axis], target, out.dtype, str(out.device))
         out = (out.movedim(axis, -1) @ weights.T).movedim(-1, axis)
     return out.contiguous()
 

@@ -89,3 +89,21 @@ def test_predicted_class_equals_explicit_argmax(
     assert result.classes is not None
     assert torch.equal(result.classes, result.output.argmax(1))
     torch.testing.assert_close(result.maps, GradCAM(model, layer)(x, result.classes))
+
+
+def test_interpolation_matrices_kept_between_calls_stay_within_their_bound() -> None:
+    from camkit import _maps
+
+    cache = _maps._MatrixCache(max_bytes=64 * 1024)
+    first = cache.get(7, 224, torch.float32, "cpu")
+    assert cache.get(7, 224, torch.float32, "cpu") is first  # kept
+    for size_out in range(100, 400, 10):  # 30 matrices of 7 x ~1 KiB ... 11 KiB each
+        matrix = cache.get(7, size_out, torch.float32, "cpu")
+        assert matrix.shape == (size_out, 7)
+        assert cache.bytes <= cache.max_bytes
+    assert cache.get(7, 224, torch.float32, "cpu") is not first  # the oldest went first
+    assert cache.get(3, 10**5, torch.float64, "cpu").shape == (10**5, 3)  # too big to keep
+    assert cache.bytes <= cache.max_bytes
+    cache.clear()
+    assert cache.bytes == 0
+    assert _maps._MATRICES.max_bytes == 16 * 2**20  # the bound the docs state
