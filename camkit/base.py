@@ -50,7 +50,8 @@ class CAMResult:
         classes: The class explained for each sample, ``(N,)`` (or ``(N, k)``),
             or ``None`` when the target was a callable.
         layer_maps: Each layer's own map, after ReLU, upsampling and scaling as
-            requested, keyed by layer name (one entry for a single layer).
+            requested, keyed by layer name (one entry for a single layer, a
+            copy of ``maps``: editing one in place leaves the other alone).
     """
 
     maps: Tensor
@@ -535,7 +536,8 @@ class _Raw:
             scores = scores[:, 0]
             classes = None if classes is None else classes[:, 0]
         maps = finish(self.maps)
-        layer_maps = {  # a single layer's map is the result itself: finish it once
-            name: maps if m is self.maps else finish(m) for name, m in self.layer_maps.items()
+        layer_maps = {  # a single layer's map is the result itself: finish it once, copy it
+            name: maps.clone() if m is self.maps else finish(m)
+            for name, m in self.layer_maps.items()
         }
         return CAMResult(maps, self.output, scores, classes, layer_maps)

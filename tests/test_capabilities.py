@@ -108,6 +108,18 @@ def test_several_layers_fuse_the_mean_of_scaled_maps(name: str) -> None:
         )
 
 
+@pytest.mark.parametrize("layers", [["2"], ["2", "4"]])
+def test_result_maps_and_layer_maps_are_separate_tensors(layers: list[str]) -> None:
+    result = GradCAM(conv_net(2), layers).explain(torch.randn(2, 2, 8, 8), 1)
+    before = {name: m.clone() for name, m in result.layer_maps.items()}
+    result.maps.add_(5.0)  # a user's in-place edit of the maps
+    for name, m in result.layer_maps.items():
+        torch.testing.assert_close(m, before[name])
+    torch.testing.assert_close(result.layer_maps[layers[-1]], before[layers[-1]])
+    if len(layers) == 1:
+        torch.testing.assert_close(result.maps - 5.0, result.layer_maps["2"])
+
+
 def test_fusing_layers_needs_upsampling_and_distinct_layers() -> None:
     model = conv_net(2)
     with pytest.raises(CamkitValueError, match="upsample"):
