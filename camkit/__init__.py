@@ -11,7 +11,8 @@ torch.Size([5, 8, 8])
 from importlib.metadata import PackageNotFoundError, version
 
 from camkit import metrics, plot
-from camkit.base import BaseCAM, CAMResult, LayerContext
+from camkit.base import BaseCAM
+from camkit.context import LayerContext
 from camkit.errors import CamkitError, CamkitModelError, CamkitTypeError, CamkitValueError
 from camkit.layers import find_layer
 from camkit.methods import (
@@ -27,6 +28,7 @@ from camkit.methods import (
     ScoreCAM,
     XGradCAM,
 )
+from camkit.result import CAMResult
 from camkit.targets import ScoreFunction, Target, class_scores
 
 try:

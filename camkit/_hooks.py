@@ -19,10 +19,10 @@ from torch.utils.hooks import RemovableHandle
 
 from camkit.errors import CamkitModelError, CamkitTypeError
 
-_H = TypeVar("_H", bound="_Hooks")
+_H = TypeVar("_H", bound="Hooks")
 
 
-class _Hooks:
+class Hooks:
     """Forward hooks on some modules, removed when the ``with`` block ends.
 
     Hooks ignore forward passes run by other threads, so concurrent calls on
@@ -83,7 +83,7 @@ def _eager(hook: Callable[[nn.Module, Any, Any], Any]) -> Callable[[nn.Module, A
     return cast(Callable[[nn.Module, Any, Any], Any], eager)
 
 
-class LayerCapture(_Hooks):
+class LayerCapture(Hooks):
     """Capture layer outputs and start autograd at the first one reached.
 
     Meant to wrap a forward pass run under :func:`torch.no_grad`: when the
@@ -187,7 +187,7 @@ def _was_overwritten(error: Exception) -> bool:
     return _IN_PLACE_ON_LEAF in str(error.__cause__)
 
 
-class ReplaceOutput(_Hooks):
+class ReplaceOutput(Hooks):
     """Replace one layer's output, at its ``call``-th call, by a given tensor."""
 
     def __init__(self, name: str, module: nn.Module, call: int, replacement: Tensor) -> None:

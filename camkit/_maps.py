@@ -99,6 +99,12 @@ def min_max_normalize_(maps: Tensor) -> Tensor:
     return maps
 
 
+def scale_maps_(maps: Tensor) -> Tensor:
+    """Min-max scale each map of ``(N, k, *spatial)`` maps in place (camkit's own tensors)."""
+    min_max_normalize_(maps.view(-1, *maps.shape[2:]))
+    return maps
+
+
 def first_direction(pixels: Tensor) -> Tensor:
     """The first right singular vector ``v_1`` of each ``(B, pixels, C)`` matrix, ``(B, C)``.
 

@@ -1,140 +1,45 @@
-"""The CAM base class: hooks, targets, gradients, ReLU, upsampling, scaling, fusion.
+"""The CAM base class: a method says how weights come from a layer; the base does the rest.
 
-A method is a subclass that says how channel (or pixel) weights come from the
-layer's activations and gradients, by overriding :meth:`BaseCAM.weights`.
-Everything else lives here, once.
+:meth:`BaseCAM.explain` reads as the pipeline of :mod:`camkit._pipeline`:
+validate the request, run the model with the layers hooked, score the
+target, take the gradients at the layers, turn each layer's weights into a
+map, check the numbers once, finish.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
 
 from camkit import _maps
-from camkit._gradients import score_gradients
 from camkit._hooks import LayerCapture, ReplaceOutput, capture
 from camkit._layout import Layout
-from camkit._model import (
-    check_finite_input,
-    check_input,
-    detached,
-    eval_mode,
-    forward,
-    select_rows,
+from camkit._model import eval_mode
+from camkit._pipeline import (
+    Request,
+    check_finite,
+    check_scores_finite,
+    explained_by,
+    maps_only,
+    result,
+    scored,
 )
+from camkit._targets import BoundTarget
+from camkit.context import LayerContext
 from camkit.errors import CamkitValueError
 from camkit.layers import find_layer
-from camkit.targets import BoundTarget, Target, bind_target, check_target
+from camkit.result import CAMResult
+from camkit.targets import Target
 
-__all__ = ["BaseCAM", "CAMResult", "LayerContext"]
+__all__ = ["BaseCAM", "LayerSpec"]
 
 LayerSpec = str | nn.Module
-
-
-@dataclass(frozen=True)
-class CAMResult:
-    """Everything one call of :meth:`BaseCAM.explain` produced.
-
-    Attributes:
-        maps: The maps, float32 on the input's device: ``(N, *input spatial)``
-            by default, ``(N, *layer spatial)`` with ``upsample=False``, and
-            ``(N, k, ...)`` for ``k`` targets per sample.
-        output: The model output of the same forward pass (detached), so the
-            predictions need no second forward pass.
-        scores: The explained score of each sample, ``(N,)`` (or ``(N, k)``), detached.
-        classes: The class explained for each sample, ``(N,)`` (or ``(N, k)``),
-            or ``None`` when the target was a callable.
-        layer_maps: Each layer's own map, after ReLU, upsampling and scaling as
-            requested, keyed by layer name (one entry for a single layer, a
-            copy of ``maps``: editing one in place leaves the other alone).
-    """
-
-    maps: Tensor
-    output: Any
-    scores: Tensor
-    classes: Tensor | None
-    layer_maps: dict[str, Tensor] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class LayerContext:
-    """What a method sees of one layer when it computes its weights.
-
-    Attributes:
-        layer: The layer's name.
-        activations: The layer's output ``A`` as float32 ``(N, 1, C, *spatial)``;
-            the singleton axis broadcasts against the ``k`` targets.
-        scores: The target scores of the forward pass, ``(N, k)``.
-        classes: The target classes ``(N, k)``, or ``None`` for a callable target.
-        inputs: The input batch ``x``.
-    """
-
-    layer: str
-    activations: Tensor
-    scores: Tensor
-    classes: Tensor | None
-    inputs: Tensor
-    _gradients: Tensor | None
-    _cam: BaseCAM
-    _target: BoundTarget
-    _native: Tensor
-    _call: int
-    _forward_args: tuple[Any, ...] = ()
-    _forward_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def _run(self, inputs: Tensor, samples: Tensor) -> Any:
-        args, kwargs = select_rows(
-            self._forward_args, self._forward_kwargs, samples, len(self.inputs)
-        )
-        return forward(self._cam.model, inputs, args, kwargs)
-
-    @property
-    def gradients(self) -> Tensor:
-        """``d score / d A`` as float32 ``(N, k, C, *spatial)``, one slice per target."""
-        if self._gradients is None:
-            raise CamkitValueError(
-                f"gradients: {type(self._cam).__name__} sets needs_gradients = False, "
-                f"so no gradients were computed"
-            )
-        return self._gradients
-
-    @property
-    def spatial_dims(self) -> tuple[int, ...]:
-        """The axes of :attr:`activations` and :attr:`gradients` that are spatial."""
-        return tuple(range(3, self.activations.dim()))
-
-    @torch.no_grad()
-    def score_inputs(self, inputs: Tensor, samples: Tensor) -> Tensor:
-        """Run the model on other inputs; row ``i`` belongs to sample ``samples[i]``.
-
-        Returns:
-            The target scores ``(M, k)`` of each row, for its sample's targets.
-        """
-        return self._target.scores(self._run(inputs, samples), samples).float()
-
-    @torch.no_grad()
-    def score_activations(self, activations: Tensor, samples: Tensor) -> Tensor:
-        """Run the model with the layer's output replaced.
-
-        Args:
-            activations: Replacement activations ``(M, C, *spatial)``, one row per
-                run, in the channels-first layout of :attr:`activations`.
-            samples: ``(M,)`` the sample each row belongs to; its input is used.
-
-        Returns:
-            The target scores ``(M, k)`` of each row.
-        """
-        native = self._native[samples]
-        replacement = self._cam.layout.from_channels_first(activations, native)
-        name, module = self._cam.layers[self._cam.layer_names.index(self.layer)]
-        with ReplaceOutput(name, module, self._call, replacement.to(native.dtype)):
-            output = self._run(self.inputs[samples], samples)
-        return self._target.scores(output, samples).float()
+"""A layer: its dotted name in the model, or the module itself."""
 
 
 class BaseCAM(ABC):
@@ -235,40 +140,6 @@ class BaseCAM(ABC):
         """
         return maps
 
-    def __call__(
-        self,
-        x: Tensor,
-        target: Target = None,
-        *,
-        relu: bool = True,
-        upsample: bool = True,
-        normalize: bool = True,
-        counterfactual: bool = False,
-        eigen_smooth: bool = False,
-        aug_smooth: bool = False,
-        forward_args: Sequence[Any] = (),
-        forward_kwargs: Mapping[str, Any] | None = None,
-    ) -> Tensor:
-        """Compute one map per sample (and target); see :meth:`explain` for the arguments.
-
-        Returns:
-            The maps, float32 on ``x``'s device, shape ``(N, *x.shape[2:])``
-            (``(N, *layer spatial)`` with ``upsample=False``; ``(N, k, ...)``
-            for ``k`` targets per sample).
-        """
-        return self.explain(
-            x,
-            target,
-            relu=relu,
-            upsample=upsample,
-            normalize=normalize,
-            counterfactual=counterfactual,
-            eigen_smooth=eigen_smooth,
-            aug_smooth=aug_smooth,
-            forward_args=forward_args,
-            forward_kwargs=forward_kwargs,
-        ).maps
-
     def explain(
         self,
         x: Tensor,
@@ -333,89 +204,112 @@ class BaseCAM(ABC):
                 "upsample: fusing several layers needs upsample=True, since their maps "
                 "have different resolutions"
             )
-        with torch.inference_mode(False):
-            options = _Options(
-                relu,
-                upsample,
-                counterfactual,
-                eigen_smooth,
-                tuple(forward_args),
-                dict(forward_kwargs or {}),
-            )
-            raw = self._explain(x, target, options)
+        with torch.inference_mode(False):  # a target made here must not be an inference tensor
+            request = Request.check(x, target, forward_args, forward_kwargs)
+            run = self._layer_maps(request, relu, upsample, counterfactual, eigen_smooth)
+            layer_maps = run.layer_maps
             if aug_smooth:
-                flipped = self._explain(x.flip(-1), target, options)
-                raw = _Raw(
-                    maps=(raw.maps + flipped.maps.flip(-1)) / 2,
-                    layer_maps={
-                        name: (m + flipped.layer_maps[name].flip(-1)) / 2
-                        for name, m in raw.layer_maps.items()
-                    },
-                    output=raw.output,
-                    bound=raw.bound,
-                    scores=raw.scores,
-                )
-        return raw.result(normalize)
+                flipped = self._layer_maps(
+                    request.flipped(), relu, upsample, counterfactual, eigen_smooth
+                ).layer_maps
+                layer_maps = {n: (m + flipped[n].flip(-1)) / 2 for n, m in layer_maps.items()}
+        maps, layer_maps = _finished(layer_maps, normalize)
+        return result(maps, layer_maps, run.output, run.target, run.scores)
 
-    def _explain(self, x: Tensor, target: Target, options: _Options) -> _Raw:
-        batch_size = check_input(x)
-        checked = check_target(target, batch_size)
+    __call__ = maps_only(explain)
+
+    def _layer_maps(
+        self,
+        request: Request,
+        relu: bool,
+        upsample: bool,
+        counterfactual: bool,
+        eigen_smooth: bool,
+    ) -> _Run:
+        """One forward (and backward) pass: each layer's map ``(N, k, *spatial)``, unscaled."""
         with eval_mode(self.model):
-            capture, output = self._capture(x, options)
-            natives = self._reached(capture)
+            hooked, output = capture(self.layers, lambda: request.run(self.model))
+            natives = self._reached(hooked)
             with torch.enable_grad():
-                bound = bind_target(checked, output, batch_size)
-                scores = bound.scores(output)
-                _check_finite(scores, "target: the score", x)
-                gradients = (
-                    self._gradients(scores, natives)
+                target, scores = scored(request, output)
+                gradients: Sequence[Tensor | None] = (
+                    explained_by(scores, natives, [f"layer {n!r}" for n in self.layer_names])
                     if self.needs_gradients
                     else [None] * len(natives)
                 )
-            layer_maps: dict[str, Tensor] = {}
-            for i, (name, native) in enumerate(zip(self.layer_names, natives, strict=True)):
-                activations = self._channels_first(
-                    native.detach(), name, batch_size, x, options.upsample
+            signed: dict[str, Tensor] = {}
+            for index, (native, grads) in enumerate(zip(natives, gradients, strict=True)):
+                context = self._context(
+                    request,
+                    index,
+                    native,
+                    hooked.calls[index],
+                    target,
+                    scores,
+                    grads,
+                    counterfactual,
+                    upsample,
                 )
-                grads = gradients[i]
-                if grads is not None:
-                    grads = self._gradients_channels_first(grads, name)
-                    if options.counterfactual:
-                        grads = -grads
-                context = LayerContext(
-                    layer=name,
-                    activations=activations.float()[:, None],
-                    scores=scores.detach().float(),
-                    classes=bound.classes,
-                    inputs=x,
-                    _gradients=grads,
-                    _cam=self,
-                    _target=bound,
-                    _native=native.detach(),
-                    _call=capture.calls[i],
-                    _forward_args=options.forward_args,
-                    _forward_kwargs=options.forward_kwargs,
-                )
-                maps = self._layer_map(context, options.eigen_smooth)
-                _check_finite(maps, f"layer: the map of {name!r}")
-                if options.relu:
-                    maps = maps.clamp_min_(0)
-                if options.upsample:
-                    resized = _maps.upsample(maps.flatten(0, 1), tuple(x.shape[2:]))
-                    maps = resized.view(batch_size, bound.k, *resized.shape[1:])
-                layer_maps[name] = maps.to(x.device)
-        fused = (
-            next(iter(layer_maps.values()))
-            if len(layer_maps) == 1
-            else torch.stack([_scaled(m.clone()) for m in layer_maps.values()]).mean(0)
+                try:
+                    signed[context.layer] = self._layer_map(context, eigen_smooth)
+                except Exception:
+                    check_scores_finite(request.x, scores)  # a NaN input explains it better
+                    raise
+        check_finite(request.x, scores, signed)
+        layer_maps = {}
+        for name, maps in signed.items():
+            if relu:
+                maps = maps.clamp_min_(0)
+            if upsample:
+                resized = _maps.upsample(maps.flatten(0, 1), tuple(request.x.shape[2:]))
+                maps = resized.view(*maps.shape[:2], *resized.shape[1:])
+            layer_maps[name] = maps.to(request.x.device)
+        return _Run(layer_maps, output, target, scores)
+
+    def _context(
+        self,
+        request: Request,
+        index: int,
+        native: Tensor,
+        call: int,
+        target: BoundTarget,
+        scores: Tensor,
+        gradients: Tensor | None,
+        counterfactual: bool,
+        upsample: bool,
+    ) -> LayerContext:
+        """The layer's tensors in the channels-first layout, and closures that re-run the model
+        (``native`` is the layer's output at its ``call``-th call, the one explained)."""
+        name, module = self.layers[index]
+        native = native.detach()
+        activations = self._channels_first(native, name, request, upsample)
+        if gradients is not None:
+            gradients = self._gradients_channels_first(gradients, name)
+            if counterfactual:
+                gradients = -gradients
+
+        @torch.no_grad()
+        def score_inputs(inputs: Tensor, samples: Tensor) -> Tensor:
+            return target.scores(request.run(self.model, inputs, samples), samples).float()
+
+        @torch.no_grad()
+        def score_activations(replacement: Tensor, samples: Tensor) -> Tensor:
+            rows = native[samples]
+            swapped = self.layout.from_channels_first(replacement, rows).to(rows.dtype)
+            with ReplaceOutput(name, module, call, swapped):
+                output = request.run(self.model, request.x[samples], samples)
+            return target.scores(output, samples).float()
+
+        return LayerContext(
+            layer=name,
+            activations=activations.float()[:, None],
+            scores=scores.detach().float(),
+            inputs=request.x,
+            classes=target.classes,
+            gradients=gradients,
+            score_inputs=score_inputs,
+            score_activations=score_activations,
         )
-        return _Raw(fused, layer_maps, detached(output), bound, scores.detach())
-
-    def _capture(self, x: Tensor, options: _Options) -> tuple[LayerCapture, Any]:
-        def run() -> Any:
-            return forward(self.model, x, options.forward_args, options.forward_kwargs)
-
-        return capture(self.layers, run)
 
     def _layer_map(self, context: LayerContext, eigen_smooth: bool) -> Tensor:
         weights = self.weights(context)
@@ -452,8 +346,9 @@ class BaseCAM(ABC):
         return natives
 
     def _channels_first(
-        self, native: Tensor, name: str, batch_size: int, x: Tensor, upsample: bool
+        self, native: Tensor, name: str, request: Request, upsample: bool
     ) -> Tensor:
+        batch_size, x = request.batch_size, request.x
         activation = self.layout.to_channels_first(native, name)
         shape = tuple(activation.shape)
         if activation.dim() not in (3, 4, 5) or shape[0] != batch_size:
@@ -475,69 +370,29 @@ class BaseCAM(ABC):
         flat = self.layout.to_channels_first(gradients.flatten(0, 1), name)
         return flat.reshape(n, k, *flat.shape[1:]).float()
 
-    def _gradients(self, scores: Tensor, activations: list[Tensor]) -> list[Tensor | None]:
-        grads = score_gradients(scores, activations)
-        for name, grad in zip(self.layer_names, grads, strict=True):
-            if grad is None:
-                raise CamkitValueError(
-                    f"target: the score does not depend on layer {name!r}; "
-                    f"choose a layer the score is computed from"
-                )
-        return grads
-
 
 @dataclass(frozen=True)
-class _Options:
-    relu: bool
-    upsample: bool
-    counterfactual: bool
-    eigen_smooth: bool
-    forward_args: tuple[Any, ...]
-    forward_kwargs: dict[str, Any]
+class _Run:
+    """What one pass produced: each layer's map ``(N, k, *spatial)``, unscaled, and the
+    output, target and scores of its forward pass."""
 
-
-def _check_finite(values: Tensor, what: str, x: Tensor | None = None) -> None:
-    if bool(values.sum().isfinite()):  # one NaN or infinity makes the sum non-finite too
-        return
-    bad = ~torch.isfinite(values)  # the sum may also have overflowed: look closer
-    if bool(bad.any()):
-        if x is not None:
-            check_finite_input(x)
-        samples = sorted({int(i) for i in bad.nonzero()[:, 0]})[:5]
-        raise CamkitValueError(
-            f"{what} is NaN or infinite for sample(s) {samples}; the model overflows or "
-            f"produces NaN on this input (in float16, try float32)"
-        )
-
-
-def _scaled(maps: Tensor) -> Tensor:
-    """Min-max scale each map of ``(N, k, *spatial)`` maps, in place (camkit's own tensors)."""
-    _maps.min_max_normalize_(maps.view(-1, *maps.shape[2:]))
-    return maps
-
-
-@dataclass(frozen=True)
-class _Raw:
-    """Maps with their ``k`` axis, before scaling."""
-
-    maps: Tensor
     layer_maps: dict[str, Tensor]
     output: Any
-    bound: BoundTarget
+    target: BoundTarget
     scores: Tensor
 
-    def result(self, normalize: bool) -> CAMResult:
-        def finish(maps: Tensor) -> Tensor:
-            maps = _scaled(maps) if normalize else maps
-            return maps if self.bound.multi else maps[:, 0]
 
-        classes, scores = self.bound.classes, self.scores
-        if not self.bound.multi:
-            scores = scores[:, 0]
-            classes = None if classes is None else classes[:, 0]
-        maps = finish(self.maps)
-        layer_maps = {  # a single layer's map is the result itself: finish it once, copy it
-            name: maps.clone() if m is self.maps else finish(m)
-            for name, m in self.layer_maps.items()
-        }
-        return CAMResult(maps, self.output, scores, classes, layer_maps)
+def _finished(layer_maps: dict[str, Tensor], normalize: bool) -> tuple[Tensor, dict[str, Tensor]]:
+    """The fused map and each layer's own, scaled to [0, 1] when ``normalize``.
+
+    One layer's map is the result (``layer_maps`` gets a copy); several layers
+    are fused as the mean of their maps, each scaled to [0, 1] first.
+    """
+    if len(layer_maps) == 1:
+        ((name, only),) = layer_maps.items()
+        maps = _maps.scale_maps_(only) if normalize else only
+        return maps, {name: maps.clone()}
+    fused = torch.stack([_maps.scale_maps_(m.clone()) for m in layer_maps.values()]).mean(0)
+    if not normalize:
+        return fused, layer_maps
+    return _maps.scale_maps_(fused), {n: _maps.scale_maps_(m) for n, m in layer_maps.items()}

@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from camkit import _maps
-from camkit.base import BaseCAM, LayerContext, LayerSpec
+from camkit.base import BaseCAM, LayerSpec
+from camkit.context import LayerContext
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.layers import find_layer
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from camkit.base import BaseCAM, LayerContext, LayerSpec
+from camkit.base import BaseCAM, LayerSpec
+from camkit.context import LayerContext
 from camkit.errors import CamkitValueError
 
 __all__ = ["GradCAM", "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "XGradCAM"]

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from camkit._gradients import score_gradients
-from camkit._hooks import _Hooks
-from camkit._model import check_input, detached, eval_mode, forward
-from camkit.base import CAMResult, LayerSpec
+from camkit._hooks import Hooks
+from camkit._model import eval_mode
+from camkit._pipeline import Request, check_finite, explained_by, maps_only, result, scored
+from camkit.base import LayerSpec
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.methods.gradient import GradCAM
-from camkit.targets import Target, bind_target, check_target
+from camkit.result import CAMResult
+from camkit.targets import Target
 
 __all__ = ["GuidedBackprop", "GuidedGradCAM"]
 
@@ -33,7 +35,7 @@ class _GuidedReLU(torch.autograd.Function):
         return guided
 
 
-class _GuidedReLUs(_Hooks):
+class _GuidedReLUs(Hooks):
     def on_output(self, index: int, output: Tensor) -> Tensor:
         result: Tensor = _GuidedReLU.apply(output)
         return result
@@ -85,37 +87,44 @@ class GuidedBackprop:
                 "input gradient"
             )
 
-    def __call__(self, x: Tensor, target: Target = None) -> Tensor:
-        """Return the guided input gradients; see :meth:`explain`."""
-        return self.explain(x, target).maps
-
-    def explain(self, x: Tensor, target: Target = None) -> CAMResult:
+    def explain(
+        self,
+        x: Tensor,
+        target: Target = None,
+        *,
+        forward_args: Sequence[Any] = (),
+        forward_kwargs: Mapping[str, Any] | None = None,
+    ) -> CAMResult:
         """Run the model on ``x`` and back-propagate ``target``'s score with guidance.
 
         Args:
             x: The input batch, a floating-point tensor ``(N, C, *spatial)``.
             target: As for :meth:`camkit.BaseCAM.explain`.
+            forward_args: Further positional inputs of the model, as for
+                :meth:`camkit.BaseCAM.explain`.
+            forward_kwargs: Keyword inputs of the model, as ``forward_args``.
 
         Returns:
             The guided gradients as ``maps``, with the output, scores and classes.
+
+        Raises:
+            CamkitTypeError: For an input or target of the wrong type.
+            CamkitValueError: For an empty batch, classes out of range, a score
+                that does not depend on the input, or a NaN or infinite score
+                or gradient.
         """
-        batch_size = check_input(x)
-        checked = check_target(target, batch_size)
-        with torch.inference_mode(False), eval_mode(self.model), _GuidedReLUs(self.relus):
-            leaf = x.detach().clone().requires_grad_(True)
-            with torch.enable_grad():
-                output = forward(self.model, leaf)
-                bound = bind_target(checked, output, batch_size)
-                scores = bound.scores(output)
-                (grads,) = score_gradients(scores, [leaf])
-        if grads is None:
-            raise CamkitValueError("target: the score does not depend on the input")
-        maps = grads.float()
-        classes, scores = bound.classes, scores.detach()
-        if not bound.multi:
-            maps, scores = maps[:, 0], scores[:, 0]
-            classes = None if classes is None else classes[:, 0]
-        return CAMResult(maps, detached(output), scores, classes, {})
+        with torch.inference_mode(False):  # a target made here must not be an inference tensor
+            request = Request.check(x, target, forward_args, forward_kwargs)
+            with eval_mode(self.model), _GuidedReLUs(self.relus), torch.enable_grad():
+                leaf = x.detach().clone().requires_grad_(True)
+                output = request.run(self.model, leaf)
+                bound, scores = scored(request, output)
+                (gradients,) = explained_by(scores, [leaf], ["the input"])
+        maps = gradients.float()
+        check_finite(x, scores, {"input": maps})
+        return result(maps, {}, output, bound, scores)
+
+    __call__ = maps_only(explain)
 
 
 class GuidedGradCAM:
@@ -147,14 +156,23 @@ class GuidedGradCAM:
         self.guided = GuidedBackprop(model)
         self.gradcam = GradCAM(model, layer)
 
-    def __call__(self, x: Tensor, target: Target = None) -> Tensor:
-        """Return Guided Grad-CAM maps; see :meth:`explain`."""
-        return self.explain(x, target).maps
+    def explain(
+        self,
+        x: Tensor,
+        target: Target = None,
+        *,
+        forward_args: Sequence[Any] = (),
+        forward_kwargs: Mapping[str, Any] | None = None,
+    ) -> CAMResult:
+        """Compute Guided Backprop and Grad-CAM for ``target`` and multiply them.
 
-    def explain(self, x: Tensor, target: Target = None) -> CAMResult:
-        """Compute Guided Backprop and Grad-CAM for ``target`` and multiply them."""
-        guided = self.guided.explain(x, target)
-        cam = self.gradcam.explain(x, target if guided.classes is None else guided.classes)
+        The arguments are those of :meth:`GuidedBackprop.explain`. The Grad-CAM
+        map of the same classes is in the result's ``layer_maps``.
+        """
+        options: dict[str, Any] = {"forward_args": forward_args, "forward_kwargs": forward_kwargs}
+        guided = self.guided.explain(x, target, **options)
+        classes = target if guided.classes is None else guided.classes
+        cam = self.gradcam.explain(x, classes, **options)
         weight = cam.maps.unsqueeze(guided.maps.dim() - x.dim() + 1)
         return CAMResult(
             guided.maps * weight,
@@ -163,3 +181,5 @@ class GuidedGradCAM:
             guided.classes,
             {self.gradcam.layer_name: cam.maps},
         )
+
+    __call__ = maps_only(explain)

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camkit import _maps
-from camkit.base import BaseCAM, LayerContext, LayerSpec
+from camkit.base import BaseCAM, LayerSpec
+from camkit.context import LayerContext
 from camkit.errors import CamkitValueError
 
 __all__ = ["AblationCAM", "ScoreCAM"]

@@ -11,9 +11,10 @@ from torch import Tensor, nn
 
 from camkit import _maps
 from camkit._model import check_input, eval_mode, forward
+from camkit._targets import check_target
 from camkit.base import BaseCAM
 from camkit.errors import CamkitTypeError, CamkitValueError
-from camkit.targets import Target, check_target
+from camkit.targets import Target
 
 Maps = Tensor | BaseCAM | Callable[[Tensor, Tensor], Tensor]
 
