@@ -27,6 +27,8 @@ from camkit import (
     EigenCAM,
     GradCAM,
     GradCAMPlusPlus,
+    GuidedBackprop,
+    GuidedGradCAM,
     LayerCAM,
     ScoreCAM,
 )
@@ -367,6 +369,39 @@ def test_models_with_several_inputs_and_keywords() -> None:
         torch.testing.assert_close(single[0], maps[1], atol=1e-5, rtol=1e-4)
     with pytest.raises(CamkitModelError, match="missing"):
         GradCAM(model, "conv")(x, 0)
+
+
+class TwoInputsWithReLU(TwoInputs):
+    def __init__(self) -> None:
+        super().__init__()
+        self.relu = nn.ReLU()
+
+    def forward(self, image: Tensor, extra: Tensor, *, scale: float = 1.0) -> Tensor:
+        pooled = self.relu(self.conv(image)).mean(dim=(2, 3))
+        return self.fc(torch.cat([pooled * scale, extra], dim=1))
+
+
+@pytest.mark.parametrize("method", [GuidedBackprop, GuidedGradCAM])
+def test_guided_methods_take_the_models_further_inputs(method: Any) -> None:
+    model = TwoInputsWithReLU().eval()
+    x, extra = torch.randn(3, 2, 9, 9), torch.randn(3, 3)
+    cam = method(model) if method is GuidedBackprop else method(model, "relu")
+    maps = cam(x, [0, 1, 2], forward_args=(extra,), forward_kwargs={"scale": 2.0})
+    assert maps.shape == (3, 2, 9, 9) and maps.abs().sum() > 0
+    single = cam(x[1:2], [1], forward_args=(extra[1:2],), forward_kwargs={"scale": 2.0})
+    torch.testing.assert_close(single[0], maps[1], atol=1e-6, rtol=1e-4)
+    with pytest.raises(CamkitModelError, match="missing"):
+        cam(x, 0)
+
+
+@pytest.mark.parametrize("method", [GuidedBackprop, GuidedGradCAM])
+def test_guided_methods_refuse_a_score_that_does_not_depend_on_the_input(method: Any) -> None:
+    model = conv_net(2)
+    before = snapshot(model)
+    cam = method(model) if method is GuidedBackprop else method(model, "2")
+    with pytest.raises(CamkitValueError, match="does not depend on the input"):
+        cam(torch.randn(2, 2, 8, 8), lambda out: torch.ones(len(out)))
+    assert_untouched(before, snapshot(model))
 
 
 class TupleOut(nn.Module):
