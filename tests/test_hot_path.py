@@ -1,4 +1,5 @@
-"""What a call computes with: torch only, on the input's device, no host copies.
+"""What a call computes with: torch only, on the input's device, no host copies, and
+one read of a value per forward pass (each read makes the host wait for a GPU).
 
 Every torch function a call runs is recorded through a TorchFunctionMode; the
 maps must come about without ``.cpu()``, ``.numpy()``, ``.tolist()``, ``.item()``
@@ -25,6 +26,11 @@ from tests.helpers import MNIST_EXPLAINERS
 
 HOST = {"Tensor.cpu", "TensorBase.cpu", "Tensor.numpy", "TensorBase.numpy"}
 HOST |= {"Tensor.tolist", "TensorBase.tolist", "Tensor.item", "TensorBase.item"}
+# Everything that reads a tensor's value on the host, and so waits for a GPU.
+READS = {"cpu", "numpy", "tolist", "item", "__bool__", "__int__", "__float__", "__index__"}
+READS |= {"__complex__", "nonzero", "unique", "masked_select", "argwhere"}
+# The documented minimum: one read per forward pass of the input (the finite check).
+PASSES = {"GuidedGradCAM": 2}
 
 
 class Recorder(TorchFunctionMode):
@@ -70,6 +76,26 @@ def test_a_call_makes_no_host_copies(name: str) -> None:
     for called, args, kwargs in recorder.calls:
         if called.endswith(".to"):
             assert _devices_named(args, kwargs) <= {x.device.type}, (called, args, kwargs)
+
+
+@pytest.mark.parametrize("name", list(MNIST_EXPLAINERS))
+@pytest.mark.parametrize("target", [None, 4, [[1, 2]] * 3], ids=["predicted", "int", "k=2"])
+def test_a_successful_call_reads_the_device_once_per_pass(name: str, target: Any) -> None:
+    model = MnistNet().eval()
+    recorder = Recorder()
+    with recorder:
+        MNIST_EXPLAINERS[name](model)(torch.randn(3, 1, 28, 28), target)
+    reads = [called for called, _, _ in recorder.calls if called.split(".")[-1] in READS]
+    assert len(reads) == PASSES.get(name, 1), reads
+
+
+def test_recorder_sees_every_kind_of_read() -> None:
+    recorder = Recorder()
+    t = torch.ones(3)
+    with recorder:
+        bool(t.sum() > 0), int(t[0]), float(t[0]), t.nonzero(), [0, 1][t[0].long()]
+    reads = [called for called, _, _ in recorder.calls if called.split(".")[-1] in READS]
+    assert len(reads) == 5, reads
 
 
 def test_recorder_would_see_a_host_copy() -> None:

@@ -83,3 +83,19 @@ def test_dependencies_set_no_upper_bound() -> None:
     assert len(requirements) > 10
     capped = [r for r in requirements if re.search(r"<|==|~=", r)]
     assert not capped, capped
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    import ast
+
+    package = Path(camkit.__file__).parent
+    submodules = {p.stem for p in package.rglob("*.py")} | {p.name for p in package.iterdir()}
+    checked = 0
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("camkit"):
+                for alias in node.names:
+                    checked += 1
+                    private = alias.name.startswith("_") and alias.name not in submodules
+                    assert not private, f"{path.relative_to(package)} imports {alias.name}"
+    assert checked > 50

@@ -15,7 +15,7 @@ from camkit.base import LayerSpec
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.methods.gradient import GradCAM
 from camkit.result import CAMResult
-from camkit.targets import Target
+from camkit.targets import Target, class_scores
 
 __all__ = ["GuidedBackprop", "GuidedGradCAM"]
 
@@ -171,8 +171,11 @@ class GuidedGradCAM:
         """
         options: dict[str, Any] = {"forward_args": forward_args, "forward_kwargs": forward_kwargs}
         guided = self.guided.explain(x, target, **options)
-        classes = target if guided.classes is None else guided.classes
-        cam = self.gradcam.explain(x, classes, **options)
+        cam_target: Target = target
+        if target is None and guided.classes is not None:  # the predicted class, on the device
+            predicted = guided.classes  # (read as a target tensor, it would go to the host)
+            cam_target = lambda out: class_scores(out, predicted)  # noqa: E731
+        cam = self.gradcam.explain(x, cam_target, **options)
         weight = cam.maps.unsqueeze(guided.maps.dim() - x.dim() + 1)
         return CAMResult(
             guided.maps * weight,
