@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 import camkit
 
@@ -164,3 +165,27 @@ def reference_activations_and_gradients(
     finally:
         handle.remove()
     return store["A"].detach().double(), torch.stack(grads, dim=1)
+
+
+# Everything that reads a tensor's value on the host, and so waits for a GPU.
+READS = {"cpu", "numpy", "tolist", "item", "__bool__", "__int__", "__float__", "__index__"}
+READS |= {"__complex__", "nonzero", "unique", "masked_select", "argwhere"}
+
+
+class Recorder(TorchFunctionMode):
+    """Records every torch function called in its ``with`` block: name, args, kwargs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        self.calls.append((getattr(func, "__qualname__", repr(func)), args, kwargs))
+        return func(*args, **kwargs)

@@ -10,7 +10,8 @@ float64, which the ROAD and curve metrics use.)
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -22,6 +23,8 @@ from examples.mnist.model import MnistNet
 from tests.helpers import (
     MNIST_EXPLAINERS,
     MNIST_LAYER,
+    READS,
+    Recorder,
     assert_untouched,
     reference_gradcam,
     snapshot,
@@ -106,3 +109,45 @@ def test_metrics_on_device_equal_the_cpu(device: str) -> None:
             results.setdefault(metric, []).append(result.values)
     for metric, (on_cpu, on_device) in results.items():
         torch.testing.assert_close(on_device, on_cpu, rtol=1e-4, atol=1e-5, msg=metric)
+
+
+# Documented waits for the device in a successful call with target=None (docs/reliability.rst):
+# one per forward pass of the input, and torch's own linear-algebra check in Eigen-CAM.
+DEVICE_WAITS = {"GuidedGradCAM": 2, "EigenCAM": 2}
+
+
+def _waits_for(device: str, call: Callable[[], object]) -> int:
+    """How often ``call`` makes the host wait for the device.
+
+    On CUDA, by CUDA's synchronization debug mode (a warning per wait); on the
+    CPU, where nothing waits, by counting reads of a tensor's value as the
+    hot-path test does (a GPU would wait at each).
+    """
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                call()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+    recorder = Recorder()
+    with recorder:
+        call()
+    return sum(called.split(".")[-1] in READS for called, _, _ in recorder.calls)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(MNIST_EXPLAINERS))
+def test_a_call_waits_for_the_device_only_as_documented(device: str, name: str) -> None:
+    _, model = _models(device)
+    explainer = MNIST_EXPLAINERS[name](model)
+    x = torch.randn(4, 1, 28, 28, device=device)
+    explainer(x)  # warm: first-use setup (cuDNN, the interpolation matrices) may wait
+    waits = _waits_for(device, lambda: explainer(x))
+    expected = DEVICE_WAITS.get(name, 1)
+    if device == "cpu" and name == "EigenCAM":
+        expected = 1  # torch's own check is not a read the recorder sees
+    assert waits == expected, waits

@@ -18,36 +18,15 @@ from typing import Any
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 import camkit
 from examples.mnist.model import MnistNet
-from tests.helpers import MNIST_EXPLAINERS
+from tests.helpers import MNIST_EXPLAINERS, READS, Recorder
 
 HOST = {"Tensor.cpu", "TensorBase.cpu", "Tensor.numpy", "TensorBase.numpy"}
 HOST |= {"Tensor.tolist", "TensorBase.tolist", "Tensor.item", "TensorBase.item"}
-# Everything that reads a tensor's value on the host, and so waits for a GPU.
-READS = {"cpu", "numpy", "tolist", "item", "__bool__", "__int__", "__float__", "__index__"}
-READS |= {"__complex__", "nonzero", "unique", "masked_select", "argwhere"}
 # The documented minimum: one read per forward pass of the input (the finite check).
 PASSES = {"GuidedGradCAM": 2}
-
-
-class Recorder(TorchFunctionMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-
-    def __torch_function__(
-        self,
-        func: Any,
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        self.calls.append((getattr(func, "__qualname__", repr(func)), args, kwargs))
-        return func(*args, **kwargs)
 
 
 def _devices_named(args: tuple[Any, ...], kwargs: dict[str, Any]) -> set[str]:
