@@ -14,7 +14,7 @@ import torch
 from camkit import GradCAM
 from examples.mnist.__main__ import main
 from examples.mnist.data import DEFAULT_ROOT, FILES, MnistDataError, load_split
-from examples.mnist.evaluate import (
+from examples.mnist.localization import (
     localize,
     stroke_mask,
     uniform_random_maps,
@@ -130,7 +130,7 @@ def test_localize_by_hand() -> None:
     result = localize(maps, strokes)
     assert result.mass[:2].tolist() == [0.75, 0.0]
     assert result.mass[2].isnan()
-    assert result.hit.tolist() == [True, False, False]
+    assert result.hit.tolist() == [1.0, 0.0, 0.0]
     assert result.area.tolist() == [0.25] * 3
 
 

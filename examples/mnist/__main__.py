@@ -15,18 +15,17 @@ from tqdm import tqdm
 
 from camkit import GradCAM
 from examples.mnist import figures
+from examples.mnist.classification import Scores, classification_scores
+from examples.mnist.comparison import sanity_checks, score_all
 from examples.mnist.data import DEFAULT_ROOT, Split, load_split
-from examples.mnist.evaluate import (
-    CLASSES,
-    Scores,
+from examples.mnist.localization import (
     centre_gaussian_maps,
-    classification_scores,
     localize,
     stroke_mask,
     summarize,
     uniform_random_maps,
 )
-from examples.mnist.evaluation import sanity_checks, score_all
+from examples.mnist.model import CLASSES
 from examples.mnist.report import Setup, write_report
 from examples.mnist.train import (
     DEFAULT_WEIGHTS,

@@ -16,7 +16,8 @@ from torch import Tensor
 from camkit import GradCAM
 from camkit.metrics import RandomizationResult
 from camkit.plot import compare, grid
-from examples.mnist.evaluate import CLASSES, Scores
+from examples.mnist.classification import Scores
+from examples.mnist.model import CLASSES
 from examples.mnist.train import Checkpoint, History, predict
 
 LAYER = "features.relu"

@@ -17,8 +17,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from camkit.plot import grid
+from examples.mnist.comparison import explainers, raw_pixel_model
 from examples.mnist.data import DEFAULT_ROOT, load_split
-from examples.mnist.evaluation import explainers, raw_pixel_model
 from examples.mnist.train import DEFAULT_WEIGHTS, load
 
 SAMPLES = [3, 2, 1, 18, 4, 8, 11, 0, 61, 7]  # one test image of each digit 0-9

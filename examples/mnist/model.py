@@ -6,6 +6,8 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
+CLASSES = 10
+
 
 class MnistNet(nn.Module):
     """``Conv(1,12,5) → ReLU → MaxPool(2) → Conv(12,8,5) → ReLU → MaxPool(2) → Linear(128,10)``.
@@ -27,7 +29,7 @@ class MnistNet(nn.Module):
                 pool2=nn.MaxPool2d(2),
             )
         )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(128, 10))
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(128, CLASSES))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))  # type: ignore[no-any-return]

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from camkit.metrics import RandomizationResult
-from examples.mnist.evaluate import CLASSES, Scores
-from examples.mnist.evaluation import Table, table_markdown
+from examples.mnist.classification import Scores
+from examples.mnist.comparison import Table, table_markdown
+from examples.mnist.model import CLASSES
 
 BASELINES = ("uniform random", "centre Gaussian")
 

@@ -1,40 +1,16 @@
-"""Measuring the network (accuracy, precision, recall) and its maps (stroke localization)."""
+"""How maps localize the digit: stroke masks, baseline maps, and camkit's localization metrics."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-CLASSES = 10
+from camkit.metrics import energy_pointing_game, pointing_game
+from examples.mnist.model import CLASSES
+
 STROKE_THRESHOLD = 0.5
-
-
-@dataclass(frozen=True)
-class Scores:
-    """Classification scores: overall accuracy, per-class precision and recall, confusion."""
-
-    accuracy: float
-    precision: list[float]
-    recall: list[float]
-    confusion: Tensor  # rows: true class, columns: predicted class
-
-
-def classification_scores(predicted: Tensor, labels: Tensor) -> Scores:
-    """Accuracy, per-class precision and recall, and the confusion matrix."""
-    confusion = torch.bincount(labels * CLASSES + predicted, minlength=CLASSES**2)
-    confusion = confusion.view(CLASSES, CLASSES)
-    hits = confusion.diag().double()
-    precision = (hits / confusion.sum(0).double().clamp(min=1)).tolist()
-    recall = (hits / confusion.sum(1).double().clamp(min=1)).tolist()
-    return Scores(
-        accuracy=float(hits.sum() / len(labels)),
-        precision=precision,
-        recall=recall,
-        confusion=confusion,
-    )
 
 
 def stroke_mask(images: Tensor, threshold: float = STROKE_THRESHOLD) -> Tensor:
@@ -61,9 +37,11 @@ def centre_gaussian_maps(n: int, size: tuple[int, int], sigma: float | None = No
 class Localization:
     """Per-sample localization of maps on stroke pixels.
 
-    ``mass``: share of the map's mass on strokes (NaN for an all-zero map);
-    ``area``: share of the image the strokes cover; ``hit``: whether the map's
-    maximum lies on a stroke pixel.
+    ``mass``: share of the map's mass on strokes, camkit's energy pointing game
+    (NaN for an all-zero map); ``area``: share of the image the strokes cover;
+    ``hit``: 1.0 where the map's maximum lies on a stroke pixel, camkit's
+    pointing game with no tolerance (an all-zero map, which points nowhere, is
+    a miss), else 0.0.
     """
 
     mass: Tensor
@@ -73,13 +51,13 @@ class Localization:
 
 def localize(maps: Tensor, strokes: Tensor) -> Localization:
     """Measure how maps ``(N, H, W)`` (non-negative) concentrate on ``strokes``."""
-    flat, ink = maps.flatten(1).double(), strokes.flatten(1)
-    total = flat.sum(1)
-    mass = (flat * ink).sum(1) / total
-    mass = torch.where(total > 0, mass, torch.full_like(mass, math.nan))
-    peak = flat.argmax(1)
-    hit = ink.gather(1, peak[:, None])[:, 0] & (total > 0)
-    return Localization(mass=mass, area=ink.double().mean(1), hit=hit)
+    pointing = pointing_game(maps, strokes, tolerance=0.0).values
+    points = maps.detach().flatten(1).amax(1) > 0
+    return Localization(
+        mass=energy_pointing_game(maps, strokes).values,
+        area=strokes.flatten(1).double().mean(1),
+        hit=torch.where(points, pointing, 0.0),
+    )
 
 
 def summarize(result: Localization, labels: Tensor) -> dict[str, list[float]]:
@@ -89,5 +67,5 @@ def summarize(result: Localization, labels: Tensor) -> dict[str, list[float]]:
     for group in groups:
         out["mass"].append(100 * float(result.mass[group].nanmean()))
         out["area"].append(100 * float(result.area[group].mean()))
-        out["hit"].append(100 * float(result.hit[group].double().mean()))
+        out["hit"].append(100 * float(result.hit[group].mean()))
     return out

@@ -34,7 +34,7 @@ from camkit.metrics import (
     randomization_test,
     road,
 )
-from examples.mnist.evaluate import centre_gaussian_maps, stroke_mask, uniform_random_maps
+from examples.mnist.localization import centre_gaussian_maps, stroke_mask, uniform_random_maps
 from examples.mnist.train import Checkpoint
 
 LAYER = "1.features.relu"  # inside the raw-pixel wrapper below
