@@ -107,3 +107,16 @@ def test_interpolation_matrices_kept_between_calls_stay_within_their_bound() -> 
     cache.clear()
     assert cache.bytes == 0
     assert _maps._MATRICES.max_bytes == 16 * 2**20  # the bound the docs state
+
+
+def test_eigh_in_chunks_equals_one_batched_call() -> None:
+    from camkit import _maps
+
+    a = torch.randn(7, 5, 5, dtype=torch.float64)
+    gram = a @ a.mT
+    values, vectors = _maps.eigh_in_chunks(gram, 3)  # chunks of 3, 3 and 1
+    expected = torch.linalg.eigh(gram)
+    torch.testing.assert_close(values, expected.eigenvalues)
+    # eigenvectors are defined up to sign: compare the projections they make
+    torch.testing.assert_close(vectors.abs(), expected.eigenvectors.abs())
+    torch.testing.assert_close(vectors @ torch.diag_embed(values) @ vectors.mT, gram)

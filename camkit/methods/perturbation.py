@@ -141,9 +141,13 @@ class AblationCAM(_Batched):
         a = context.activations[:, 0]
         n, channels = a.shape[:2]
         scores = []
+        every_channel = torch.arange(channels, device=a.device)
         for sample, channel in self._rows(n, channels, a.device):
-            ablated = a[sample].clone()
-            ablated[torch.arange(len(sample), device=a.device), channel] = 0
+            # a mask, not an indexed write, which would make the host wait for a GPU
+            kept = (every_channel != channel[:, None]).view(
+                len(sample), channels, *[1] * (a.dim() - 2)
+            )
+            ablated = torch.where(kept, a[sample], 0.0)
             scores.append(context.score_activations(ablated, sample))
         ablated_scores = torch.cat(scores).view(n, channels, -1).transpose(1, 2)  # (N, k, C)
         y = context.scores[:, :, None]
