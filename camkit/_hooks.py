@@ -141,10 +141,6 @@ _IN_PLACE_ON_LEAF = "leaf Variable that requires grad is being used in an in-pla
 """Autograd's error when the network writes in place to an activation camkit made a leaf."""
 
 
-class _OverwrittenError(Exception):
-    """An activation handed on uncopied was modified in place by the network."""
-
-
 def capture(
     layers: Sequence[tuple[str, nn.Module]], run: Callable[[], Any]
 ) -> tuple[LayerCapture, Any]:
@@ -160,11 +156,12 @@ def capture(
     clone = [_WRITES_IN_PLACE.get(module, False) for _, module in layers]
     try:
         hooked, output = _run_hooked(layers, clone, run)
-        if hooked.overwritten():
-            raise _OverwrittenError
-    except (CamkitModelError, _OverwrittenError) as error:
-        if all(clone) or not _was_overwritten(error):
+        rerun = hooked.overwritten()
+    except CamkitModelError as error:
+        if all(clone) or _IN_PLACE_ON_LEAF not in str(error.__cause__):
             raise
+        rerun = True
+    if rerun:  # outside the except block: a failure now is not chained to the first
         clone = [True] * len(clone)
         hooked, output = _run_hooked(layers, clone, run)
     for (_, module), copied, modified in zip(layers, clone, hooked.modified_after(), strict=True):
@@ -179,12 +176,6 @@ def _run_hooked(
     with LayerCapture(layers, clone) as hooked, torch.no_grad():
         output = run()
     return hooked, output
-
-
-def _was_overwritten(error: Exception) -> bool:
-    if isinstance(error, _OverwrittenError):
-        return True
-    return _IN_PLACE_ON_LEAF in str(error.__cause__)
 
 
 class ReplaceOutput(Hooks):
