@@ -11,7 +11,7 @@ read as these stages in order, around their own hooked forward pass.
 
 from __future__ import annotations
 
-import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -36,11 +36,15 @@ def maps_only(
     """An explainer's ``__call__``, made from its ``explain``: the same arguments, declared
     once, and only the maps returned."""
 
-    @functools.wraps(explain)  # help() and Sphinx show explain's arguments
     def call(self: _E, /, *args: _P.args, **kwargs: _P.kwargs) -> Tensor:
         explained: CAMResult = getattr(self, "explain")(*args, **kwargs)  # noqa: B009
         return explained.maps
 
+    # help(), IDEs and Sphinx show explain's arguments, and the maps as what comes back
+    signature = inspect.signature(explain).replace(return_annotation="Tensor")
+    call.__signature__ = signature  # type: ignore[attr-defined]
+    call.__annotations__ = {**explain.__annotations__, "return": "Tensor"}
+    call.__module__ = explain.__module__
     call.__name__ = "__call__"
     call.__qualname__ = explain.__qualname__.replace("explain", "__call__")
     call.__doc__ = (

@@ -122,3 +122,11 @@ def test_the_external_check_would_catch_a_cdn_script() -> None:
         "https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js",
         "//fonts.example.org/x.css",
     ]
+
+
+def test_api_reference_shows_how_to_call_an_explainer(built_docs: Path) -> None:
+    api = (built_docs / "api.html").read_text()
+    for name in ("BaseCAM", "GuidedBackprop", "GuidedGradCAM"):
+        for member in ("__call__", "explain"):
+            assert f'id="camkit.{name}.{member}"' in api, (name, member)
+    assert 'id="camkit.LayerContext.score_activations"' in api
