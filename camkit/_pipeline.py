@@ -110,8 +110,8 @@ def explained_by(scores: Tensor, tensors: Sequence[Tensor], names: Sequence[str]
     for name, gradient in zip(names, gradients, strict=True):
         if gradient is None:
             raise CamkitValueError(
-                f"target: the score does not depend on {name}; choose a target computed "
-                f"from the model output and a layer (or input) the score is computed from"
+                f"target: the score does not depend on {name}; explain a layer the score "
+                f"is computed from, with a target computed from the model output"
             )
     return [g for g in gradients if g is not None]
 
