@@ -385,13 +385,13 @@ class _Run:
 def _finished(layer_maps: dict[str, Tensor], normalize: bool) -> tuple[Tensor, dict[str, Tensor]]:
     """The fused map and each layer's own, scaled to [0, 1] when ``normalize``.
 
-    One layer's map is the result (``layer_maps`` gets a copy); several layers
+    One layer's map is the result (``layer_maps`` shares it); several layers
     are fused as the mean of their maps, each scaled to [0, 1] first.
     """
     if len(layer_maps) == 1:
         ((name, only),) = layer_maps.items()
         maps = _maps.scale_maps_(only) if normalize else only
-        return maps, {name: maps.clone()}
+        return maps, {name: maps}  # shared, not copied: a copy would cost memory (see CAMResult)
     fused = torch.stack([_maps.scale_maps_(m.clone()) for m in layer_maps.values()]).mean(0)
     if not normalize:
         return fused, layer_maps

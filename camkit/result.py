@@ -24,8 +24,11 @@ class CAMResult:
         classes: The class explained for each sample, ``(N,)`` (or ``(N, k)``),
             or ``None`` when the target was a callable.
         layer_maps: Each layer's own map, after ReLU, upsampling and scaling as
-            requested, keyed by layer name (one entry for a single layer, a
-            copy of ``maps``: editing one in place leaves the other alone).
+            requested, keyed by layer name. For a single layer its one entry
+            *shares memory* with ``maps`` (a copy would cost as much memory as
+            the maps, ``k`` times over for ``k`` targets): editing one in place
+            edits the other, so ``clone()`` a map before editing it in place.
+            Fused layers' entries are tensors of their own.
     """
 
     maps: Tensor
