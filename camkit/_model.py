@@ -98,13 +98,17 @@ def select_rows(
 
 
 def detached(output: Any) -> Any:
-    """The output with every tensor detached (tuples, named tuples, lists and dicts kept)."""
+    """The output with every tensor detached (tuples, named tuples, lists and dicts, and
+    their subclasses, kept)."""
     if isinstance(output, Tensor):
         return output.detach()
     if isinstance(output, tuple) and hasattr(output, "_fields"):
         return type(output)(*(detached(o) for o in output))
     if isinstance(output, (tuple, list)):
         return type(output)(detached(o) for o in output)
-    if isinstance(output, dict):
-        return {k: detached(v) for k, v in output.items()}
+    if isinstance(output, dict):  # dict subclasses (a Hugging Face ModelOutput) keep their type
+        items = {k: detached(v) for k, v in output.items()}
+        if all(isinstance(k, str) for k in items):
+            return type(output)(**items)
+        return type(output)(items)
     return output

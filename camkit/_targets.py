@@ -6,7 +6,7 @@ The forms a user may give are documented in :mod:`camkit.targets`.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -48,7 +48,30 @@ class BoundTarget:
             scores = cast(ScoreFunction, self.function)(output)
             return scores.view(len(scores), -1)
         classes = self.classes if rows is None else self.classes[rows.to(self.classes.device)]
-        return class_scores(output, classes)
+        return class_scores(logits_in(output), classes)
+
+
+LOGIT_KEYS = ("logits", "out")
+"""Dict entries that hold class scores: Hugging Face's name, and torchvision's."""
+
+
+def logits_in(output: Any) -> Any:
+    """The class scores inside a model output, where there is one.
+
+    The output itself if it is a tensor; else its ``.logits`` (a Hugging Face
+    ``ModelOutput``), or its ``"logits"`` or ``"out"`` entry (a dict, such as
+    torchvision's); else the output as it is, for the caller to refuse.
+    """
+    if isinstance(output, Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(output, Mapping):
+        for key in LOGIT_KEYS:
+            if isinstance(output.get(key), Tensor):
+                return output[key]
+    return output
 
 
 def check_target(target: Target, batch_size: int) -> CheckedTarget:
@@ -95,7 +118,7 @@ def bind_target(checked: CheckedTarget, output: Any, batch_size: int) -> BoundTa
         scores = _call_score_function(checked.function, output, batch_size)
         k = 1 if scores.dim() == 1 else scores.shape[1]
         return BoundTarget(None, checked.function, multi=scores.dim() == 2, k=k)
-    logits = _classifier_output(output, batch_size)
+    logits = _classifier_output(logits_in(output), batch_size)
     if checked.classes is None:
         classes = logits.detach().argmax(dim=1, keepdim=True)
     else:
@@ -157,9 +180,9 @@ def _classifier_output(output: Any, batch_size: int) -> Tensor:
             else type(output).__name__
         )
         raise CamkitTypeError(
-            f"target: a class target needs a model output of shape (N, classes), but "
-            f"the model returned {got}; pass a callable target that maps the output "
-            f"to one score per sample"
+            f"target: a class target needs class scores of shape (N, classes): the model's "
+            f"output, its .logits, or its 'logits' or 'out' entry; the model returned {got}; "
+            f"pass a callable target that maps the output to one score per sample"
         )
     if output.shape[0] != batch_size or not output.dtype.is_floating_point:
         raise CamkitValueError(

@@ -15,7 +15,9 @@ of lists) of shape ``(N, k)``, or a callable returning ``(N, k)`` scores, gives
 ``k`` maps per sample from one forward pass, returned as ``(N, k, *spatial)``.
 
 Class targets read the pre-softmax score from an ``(N, C)`` output, as the
-Grad-CAM paper prescribes.
+Grad-CAM paper prescribes: the output itself, its ``.logits`` (a Hugging Face
+``ModelOutput``), or its ``"logits"`` or ``"out"`` entry (a dict), so models
+that return such containers need no callable for a class target.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import gc
 import re
 import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from camkit import (
     AblationCAM,
     CamkitError,
     CamkitModelError,
+    CamkitTypeError,
     CamkitValueError,
     EigenCAM,
     GradCAM,
@@ -422,6 +423,53 @@ def test_tuple_outputs_through_a_callable_target() -> None:
     torch.testing.assert_close(result.maps, GradCAM(model.body, "4")(x, 3))
 
 
+class _ModelOutput(dict):  # type: ignore[type-arg]
+    """Like Hugging Face's ModelOutput: a dict whose entries are attributes too."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError as error:
+            raise AttributeError(name) from error
+
+
+class ContainerOut(nn.Module):
+    """The classifier's logits inside a container: a ModelOutput, or a dict by key."""
+
+    def __init__(self, wrap: Callable[[Tensor], Any]) -> None:
+        super().__init__()
+        self.body, self.wrap = conv_net(2), wrap
+
+    def forward(self, x: Tensor) -> Any:
+        return self.wrap(self.body(x))
+
+
+CONTAINERS: dict[str, Callable[[Tensor], Any]] = {
+    "ModelOutput": lambda t: _ModelOutput(loss=None, logits=t),
+    "dict logits": lambda t: {"hidden": t.detach() * 0, "logits": t},
+    "dict out": lambda t: {"out": t, "aux": t.detach()},  # torchvision's key
+}
+
+
+@pytest.mark.parametrize("container", list(CONTAINERS))
+@pytest.mark.parametrize("target", [None, 3, [0, 4], [[1, 2], [3, 4]]])
+def test_class_targets_read_the_logits_in_output_containers(container: str, target: Any) -> None:
+    model = ContainerOut(CONTAINERS[container]).eval()
+    x = torch.randn(2, 2, 8, 8)
+    for method in (GradCAM, ScoreCAM, AblationCAM):
+        result = method(model, "body.4").explain(x, target)
+        plain = method(model.body, "4").explain(x, target)  # the same net, a plain output
+        torch.testing.assert_close(result.maps, plain.maps)
+        torch.testing.assert_close(result.scores, plain.scores)
+        assert type(result.output) is type(CONTAINERS[container](torch.zeros(1)))
+
+
+def test_a_container_without_logits_names_what_a_class_target_reads() -> None:
+    model = ContainerOut(lambda t: {"scores": t}).eval()
+    with pytest.raises(CamkitTypeError, match=r"\.logits, or its 'logits' or 'out' entry"):
+        GradCAM(model, "body.4")(torch.randn(2, 2, 8, 8), 1)
+
+
 def test_every_checkpoint_load_is_weights_only() -> None:
     # the project's own code only: a virtual environment inside the checkout is not ours
     folders = ("camkit", "examples", "benchmarks", "tests", "docs")
@@ -493,3 +541,18 @@ def test_a_genuine_error_in_a_batched_backward_is_not_swallowed(
     with pytest.raises(RuntimeError, match="boom"):
         GradCAM(model, "conv")(x, torch.tensor([[0, 1]] * 3))
     assert backward_calls.calls == 1  # no silent second try
+
+
+@pytest.mark.parametrize("container", list(CONTAINERS))
+def test_metrics_read_the_logits_in_output_containers(container: str) -> None:
+    from camkit import metrics
+
+    model = ContainerOut(CONTAINERS[container]).eval()
+    x = torch.rand(3, 2, 8, 8)
+    maps = GradCAM(model.body, "4")(x, 2)
+    for metric in (metrics.average_drop, metrics.increase_in_confidence):
+        torch.testing.assert_close(
+            metric(model, x, maps, 2).values, metric(model.body, x, maps, 2).values
+        )
+    with pytest.raises(CamkitTypeError, match="metrics need"):
+        metrics.average_drop(ContainerOut(lambda t: {"scores": t}), x, maps, 2)

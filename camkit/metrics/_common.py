@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from camkit import _maps
 from camkit._model import check_input, eval_mode, forward
-from camkit._targets import check_target
+from camkit._targets import check_target, logits_in
 from camkit.base import BaseCAM
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.targets import Target
@@ -64,15 +64,18 @@ def classes_of(model: nn.Module, x: Tensor, target: Target, batch_size: int) -> 
 
 @torch.no_grad()
 def logits(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
-    """The model's output on ``x`` in eval mode, ``batch_size`` rows at a time."""
+    """The model's class scores on ``x`` in eval mode, ``batch_size`` rows at a time."""
     with eval_mode(model):
-        parts = [forward(model, x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-    out = torch.cat(parts)
-    if out.dim() != 2:
+        parts = [
+            logits_in(forward(model, x[i : i + batch_size])) for i in range(0, len(x), batch_size)
+        ]
+    if not all(isinstance(p, Tensor) and p.dim() == 2 for p in parts):
+        got = tuple(parts[0].shape) if isinstance(parts[0], Tensor) else type(parts[0]).__name__
         raise CamkitTypeError(
-            f"model: metrics need (N, classes) logits, got shape {tuple(out.shape)}"
+            f"model: metrics need (N, classes) logits (the output, its .logits, or its "
+            f"'logits' or 'out' entry), got {got}"
         )
-    return out
+    return torch.cat(parts)
 
 
 def probabilities(model: nn.Module, x: Tensor, classes: Tensor, batch_size: int) -> Tensor:
