@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -106,9 +107,11 @@ def detached(output: Any) -> Any:
         return type(output)(*(detached(o) for o in output))
     if isinstance(output, (tuple, list)):
         return type(output)(detached(o) for o in output)
-    if isinstance(output, dict):  # dict subclasses (a Hugging Face ModelOutput) keep their type
-        items = {k: detached(v) for k, v in output.items()}
-        if all(isinstance(k, str) for k in items):
-            return type(output)(**items)
-        return type(output)(items)
+    if type(output) is dict:
+        return {k: detached(v) for k, v in output.items()}
+    if isinstance(output, dict):  # a subclass (a Hugging Face ModelOutput) keeps its type
+        copied = copy.copy(output)  # whatever its constructor takes
+        for key, value in output.items():
+            copied[key] = detached(value)
+        return copied
     return output

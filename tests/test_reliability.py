@@ -464,6 +464,13 @@ def test_class_targets_read_the_logits_in_output_containers(container: str, targ
         assert type(result.output) is type(CONTAINERS[container](torch.zeros(1)))
 
 
+@pytest.mark.parametrize("container", list(CONTAINERS))
+def test_guided_grad_cam_reads_the_logits_in_output_containers(container: str) -> None:
+    model = ContainerOut(CONTAINERS[container]).eval()
+    x = torch.randn(2, 2, 8, 8)
+    torch.testing.assert_close(GuidedGradCAM(model, "body.4")(x), GuidedGradCAM(model.body, "4")(x))
+
+
 def test_a_container_without_logits_names_what_a_class_target_reads() -> None:
     model = ContainerOut(lambda t: {"scores": t}).eval()
     with pytest.raises(CamkitTypeError, match=r"\.logits, or its 'logits' or 'out' entry"):

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from camkit._hooks import Hooks
 from camkit._model import eval_mode
 from camkit._pipeline import Request, check_finite, explained_by, maps_only, result, scored
+from camkit._targets import logits_in
 from camkit.base import LayerSpec
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.methods.gradient import GradCAM
@@ -174,7 +175,7 @@ class GuidedGradCAM:
         cam_target: Target = target
         if target is None and guided.classes is not None:  # the predicted class, on the device
             predicted = guided.classes  # (read as a target tensor, it would go to the host)
-            cam_target = lambda out: class_scores(out, predicted)  # noqa: E731
+            cam_target = lambda out: class_scores(logits_in(out), predicted)  # noqa: E731
         cam = self.gradcam.explain(x, cam_target, **options)
         weight = cam.maps.unsqueeze(guided.maps.dim() - x.dim() + 1)
         return CAMResult(
