@@ -14,7 +14,7 @@ from camkit import metrics, plot
 from camkit.base import BaseCAM
 from camkit.context import LayerContext
 from camkit.errors import CamkitError, CamkitModelError, CamkitTypeError, CamkitValueError
-from camkit.layers import find_layer
+from camkit.layers import find_layer, list_layers
 from camkit.methods import (
     CAM,
     AblationCAM,
@@ -29,7 +29,16 @@ from camkit.methods import (
     XGradCAM,
 )
 from camkit.result import CAMResult
-from camkit.targets import ScoreFunction, Target, class_scores
+from camkit.targets import (
+    BinaryTarget,
+    DetectionTarget,
+    RegressionTarget,
+    ScoreFunction,
+    SegmentationTarget,
+    SimilarityTarget,
+    Target,
+    class_scores,
+)
 
 try:
     __version__ = version("camkit")
@@ -40,11 +49,13 @@ __all__ = [
     "CAM",
     "AblationCAM",
     "BaseCAM",
+    "BinaryTarget",
     "CAMResult",
     "CamkitError",
     "CamkitModelError",
     "CamkitTypeError",
     "CamkitValueError",
+    "DetectionTarget",
     "EigenCAM",
     "GradCAM",
     "GradCAMPlusPlus",
@@ -53,13 +64,17 @@ __all__ = [
     "HiResCAM",
     "LayerCAM",
     "LayerContext",
+    "RegressionTarget",
     "ScoreCAM",
     "ScoreFunction",
+    "SegmentationTarget",
+    "SimilarityTarget",
     "Target",
     "XGradCAM",
     "__version__",
     "class_scores",
     "find_layer",
+    "list_layers",
     "metrics",
     "plot",
 ]

@@ -11,6 +11,10 @@ from torch import Tensor
 _VMAP_UNSUPPORTED = re.compile(r"\bvmap\b|[Bb]atching rule")
 """What autograd's batched backward (vmap) says when some backward step cannot be batched."""
 
+CHUNK = 16
+"""The most targets one batched backward pass takes: its memory grows with the number of
+targets (a detector's box head, replayed for 100 detections, needs gigabytes)."""
+
 
 def score_gradients(scores: Tensor, tensors: Sequence[Tensor]) -> list[Tensor | None]:
     """``d scores / d t`` for each tensor ``t``, as ``(N, k, *t.shape[1:])``.
@@ -28,20 +32,28 @@ def score_gradients(scores: Tensor, tensors: Sequence[Tensor]) -> list[Tensor | 
 
 
 def _batched(scores: Tensor, tensors: Sequence[Tensor]) -> list[Tensor | None]:
-    """The ``k`` score columns in one batched backward pass, or one pass per column where
-    some backward step of the model cannot be batched."""
+    """The ``k`` score columns in batched backward passes of up to :data:`CHUNK` columns, or
+    one pass per column where some backward step of the model cannot be batched."""
     n, k = scores.shape
     eye = torch.eye(k, dtype=scores.dtype, device=scores.device)
     try:
-        grads = torch.autograd.grad(
-            scores,
-            tensors,
-            grad_outputs=eye[:, None, :].expand(k, n, k),
-            is_grads_batched=True,
-            retain_graph=True,  # a failed batched pass must leave the graph for the fallback
-            allow_unused=True,
-        )
-        return [None if g is None else g.movedim(0, 1) for g in grads]
+        chunks = []
+        for start in range(0, k, CHUNK):
+            rows = eye[start : start + CHUNK]
+            chunks.append(
+                torch.autograd.grad(
+                    scores,
+                    tensors,
+                    grad_outputs=rows[:, None, :].expand(len(rows), n, k),
+                    is_grads_batched=True,
+                    retain_graph=True,  # for the next chunk, or the fallback after a failure
+                    allow_unused=True,
+                )
+            )
+        return [
+            None if chunks[0][i] is None else torch.cat([c[i] for c in chunks]).movedim(0, 1)
+            for i in range(len(tensors))
+        ]
     except RuntimeError as error:
         if isinstance(error, torch.OutOfMemoryError) or not _VMAP_UNSUPPORTED.search(str(error)):
             raise

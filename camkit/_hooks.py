@@ -9,14 +9,16 @@ from __future__ import annotations
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, ClassVar, NamedTuple, TypeVar, cast
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from camkit._refs import Key, LayerRef
 from camkit.errors import CamkitModelError, CamkitTypeError
 
 _H = TypeVar("_H", bound="Hooks")
@@ -29,9 +31,13 @@ class Hooks:
     one model never see each other's activations.
     """
 
+    watches_inputs: ClassVar[bool] = False
+    """Whether the modules also get a forward pre-hook that calls :meth:`on_input`."""
+
     def __init__(self, modules: Sequence[tuple[str, nn.Module]]) -> None:
         self.modules = list(modules)
         self.calls = [0] * len(self.modules)
+        self.starts = [0] * len(self.modules)
         self._thread = threading.get_ident()
         self._handles: list[RemovableHandle] = []
 
@@ -39,6 +45,8 @@ class Hooks:
         try:
             for i, (_, module) in enumerate(self.modules):
                 self._handles.append(module.register_forward_hook(self._hook_for(i)))
+                if self.watches_inputs:
+                    self._handles.append(module.register_forward_pre_hook(self._pre_hook_for(i)))
         except BaseException:
             self._remove()
             raise
@@ -62,15 +70,32 @@ class Hooks:
             if threading.get_ident() != self._thread:
                 return None
             self.calls[index] += 1
-            return self.on_output(index, _checked(self.modules[index][0], output))
+            return self.on_output(index, output)
 
         return _eager(hook)
 
-    def on_output(self, index: int, output: Tensor) -> Tensor | None:
+    def _pre_hook_for(self, index: int) -> Callable[[nn.Module, Any], Any]:
+        def pre_hook(module: nn.Module, args: Any) -> Any:
+            if threading.get_ident() != self._thread:
+                return None
+            self.starts[index] += 1
+            return self.on_input(index, args)
+
+        return _eager(pre_hook)
+
+    def on_output(self, index: int, output: Any) -> Any:
+        """What the module's ``index``-th hook returns: a replacement output, or ``None``."""
         raise NotImplementedError
 
+    def on_input(self, index: int, args: tuple[Any, ...]) -> Any:
+        """What the ``index``-th pre-hook returns: replacement positional inputs, or ``None``."""
+        return None
 
-def _eager(hook: Callable[[nn.Module, Any, Any], Any]) -> Callable[[nn.Module, Any, Any], Any]:
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _eager(hook: _F) -> _F:
     """Under torch.compile, run ``hook`` eagerly (at a graph break) instead of tracing it.
 
     Only torch.compile traces hooks, and it imports ``torch._dynamo``; while that
@@ -80,17 +105,35 @@ def _eager(hook: Callable[[nn.Module, Any, Any], Any]) -> Callable[[nn.Module, A
     if "torch._dynamo" not in sys.modules:
         return hook
     eager = torch.compiler.disable(hook)  # type: ignore[no-untyped-call]
-    return cast(Callable[[nn.Module, Any, Any], Any], eager)
+    return cast(_F, eager)
+
+
+class CapturedCall(NamedTuple):
+    """One captured call of a layer: its number (0 the first), the activation autograd
+    differentiates against, the tensor handed downstream, and that tensor's version."""
+
+    number: int
+    activation: Tensor
+    handed: Tensor
+    version: int
 
 
 class LayerCapture(Hooks):
     """Capture layer outputs and start autograd at the first one reached.
 
     Meant to wrap a forward pass run under :func:`torch.no_grad`: when the
-    first hooked layer runs, the hook turns gradient recording on and makes
-    its output a fresh leaf tensor, so autograd records only the part of the
-    network after it. If a layer runs several times in one pass, its last
-    call is the one captured.
+    first hooked layer runs, the hook turns gradient recording on, so autograd
+    records only the part of the network after it. A captured tensor that
+    does not already depend on recorded work becomes a fresh leaf tensor. Each
+    layer is captured at the call its :class:`~camkit.layers.LayerRef` names
+    (the last by default), and only the part of the output it names.
+
+    A layer picked from a container output (``"fpn[0]"``) may feed the
+    module's other outputs (an FPN's extra level is pooled from another), so
+    autograd records that module's own forward as well: at the start of the
+    call, gradient recording is turned on and its tensor inputs become leaves.
+    The gradient then covers every path from the tensor to the score, as plain
+    autograd's does.
 
     In-place operations after a layer (``ReLU(inplace=True)``, ``out +=
     identity``) would overwrite the captured activation. For layers marked in
@@ -100,31 +143,56 @@ class LayerCapture(Hooks):
     values changed, so the caller can run again with a copy.
     """
 
-    def __init__(self, modules: Sequence[tuple[str, nn.Module]], clone: Sequence[bool]) -> None:
-        super().__init__(modules)
+    def __init__(self, layers: Sequence[LayerRef], clone: Sequence[bool]) -> None:
+        super().__init__([(ref.name, ref.module) for ref in layers])
+        self.layers = list(layers)
         self.clone = list(clone)
-        self.activations: list[Tensor | None] = [None] * len(self.modules)
-        self._versions: list[int] = [0] * len(self.modules)
-        self._handed: list[Tensor | None] = [None] * len(self.modules)
+        # the calls that may be the one captured, newest last: one for @n and @-1, n for @-n
+        self._kept: list[deque[CapturedCall]] = [
+            deque(maxlen=1 if ref.call >= 0 else -ref.call) for ref in self.layers
+        ]
 
-    def on_output(self, index: int, output: Tensor) -> Tensor:
-        if not torch.is_grad_enabled():
-            torch.set_grad_enabled(True)
-            if output.is_inference():
-                output = output.clone()
-            output = output.detach().requires_grad_(True)
-        self.activations[index] = output
-        handed = output.clone() if self.clone[index] else output
-        self._handed[index] = handed
-        self._versions[index] = handed._version
-        return handed
+    watches_inputs = True
+
+    def on_input(self, index: int, args: tuple[Any, ...]) -> Any:
+        ref = self.layers[index]
+        if not ref.keys or (ref.call >= 0 and self.starts[index] - 1 != ref.call):
+            return None
+        torch.set_grad_enabled(True)
+        return tuple(
+            _leaf(a) if isinstance(a, Tensor) and a.is_floating_point() else a for a in args
+        )
+
+    def on_output(self, index: int, output: Any) -> Any:
+        ref = self.layers[index]
+        number = self.calls[index] - 1
+        if ref.call >= 0 and number != ref.call:
+            return None
+        part = _checked(ref, ref.select(output))
+        torch.set_grad_enabled(True)
+        part = _leaf(part)
+        handed = part.clone() if self.clone[index] else part
+        self._kept[index].append(CapturedCall(number, part, handed, handed._version))
+        return ref.replace(output, handed)
+
+    def captured(self, index: int) -> CapturedCall | None:
+        """The call of layer ``index`` that its reference names, if the pass made it."""
+        kept, call = self._kept[index], self.layers[index].call
+        if call >= 0 or len(kept) == -call:
+            return kept[0] if kept else None
+        return None
+
+    @property
+    def activations(self) -> list[Tensor | None]:
+        """Per layer: the captured activation, or ``None`` if that call never happened."""
+        return [
+            None if c is None else c.activation for c in map(self.captured, range(len(self.layers)))
+        ]
 
     def modified_after(self) -> list[bool]:
         """Per layer: whether the tensor handed downstream was modified in place."""
-        return [
-            handed is not None and handed._version != version
-            for handed, version in zip(self._handed, self._versions, strict=True)
-        ]
+        calls = [self.captured(i) for i in range(len(self.layers))]
+        return [c is not None and c.handed._version != c.version for c in calls]
 
     def overwritten(self) -> bool:
         """Whether an activation that was handed on uncopied has been modified in place."""
@@ -134,16 +202,17 @@ class LayerCapture(Hooks):
         )
 
 
-_WRITES_IN_PLACE: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
-"""Layers whose output the network modifies in place, so camkit must copy it."""
+_WRITES_IN_PLACE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Key, ...], bool]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Per module, the parts of its output (by keys) the network modifies in place, so camkit
+must copy them."""
 
 _IN_PLACE_ON_LEAF = "leaf Variable that requires grad is being used in an in-place operation"
 """Autograd's error when the network writes in place to an activation camkit made a leaf."""
 
 
-def capture(
-    layers: Sequence[tuple[str, nn.Module]], run: Callable[[], Any]
-) -> tuple[LayerCapture, Any]:
+def capture(layers: Sequence[LayerRef], run: Callable[[], Any]) -> tuple[LayerCapture, Any]:
     """Run ``run()`` (the forward pass) with the layers hooked; copy outputs only where needed.
 
     A layer's output is copied before it flows on only if the network is known
@@ -153,7 +222,7 @@ def capture(
     is remembered (per module, for every CAM on it) as one to copy. Any other
     failure of the model is raised at once: the model runs once.
     """
-    clone = [_WRITES_IN_PLACE.get(module, False) for _, module in layers]
+    clone = [_WRITES_IN_PLACE.get(ref.module, {}).get(ref.keys, False) for ref in layers]
     try:
         hooked, output = _run_hooked(layers, clone, run)
         rerun = hooked.overwritten()
@@ -164,14 +233,14 @@ def capture(
     if rerun:  # outside the except block: a failure now is not chained to the first
         clone = [True] * len(clone)
         hooked, output = _run_hooked(layers, clone, run)
-    for (_, module), copied, modified in zip(layers, clone, hooked.modified_after(), strict=True):
+    for ref, copied, modified in zip(layers, clone, hooked.modified_after(), strict=True):
         if copied:
-            _WRITES_IN_PLACE[module] = modified
+            _WRITES_IN_PLACE.setdefault(ref.module, {})[ref.keys] = modified
     return hooked, output
 
 
 def _run_hooked(
-    layers: Sequence[tuple[str, nn.Module]], clone: list[bool], run: Callable[[], Any]
+    layers: Sequence[LayerRef], clone: list[bool], run: Callable[[], Any]
 ) -> tuple[LayerCapture, Any]:
     with LayerCapture(layers, clone) as hooked, torch.no_grad():
         output = run()
@@ -179,26 +248,57 @@ def _run_hooked(
 
 
 class ReplaceOutput(Hooks):
-    """Replace one layer's output, at its ``call``-th call, by a given tensor."""
+    """Replace the part of a layer's output that ``ref`` names, at call ``number`` (0 the
+    first), by a given tensor."""
 
-    def __init__(self, name: str, module: nn.Module, call: int, replacement: Tensor) -> None:
-        super().__init__([(name, module)])
-        self.call = call
+    def __init__(self, ref: LayerRef, number: int, replacement: Tensor) -> None:
+        super().__init__([(ref.name, ref.module)])
+        self.ref = ref
+        self.number = number
         self.replacement = replacement
 
-    def on_output(self, index: int, output: Tensor) -> Tensor | None:
-        return self.replacement if self.calls[index] == self.call else None
+    def on_output(self, index: int, output: Any) -> Any:
+        if self.calls[index] - 1 != self.number:
+            return None
+        return self.ref.replace(output, self.replacement)
 
 
-def _checked(name: str, output: Any) -> Tensor:
+def _leaf(tensor: Tensor) -> Tensor:
+    """``tensor`` if autograd records it already, else a fresh leaf that requires grad."""
+    if tensor.requires_grad:
+        return tensor
+    return (tensor.clone() if tensor.is_inference() else tensor).detach().requires_grad_(True)
+
+
+def _checked(ref: LayerRef, output: Any) -> Tensor:
     if not isinstance(output, Tensor):
         raise CamkitTypeError(
-            f"layer: {name!r} returned {type(output).__name__}, not a tensor; "
-            f"choose a layer whose output is a single tensor"
+            f"layer: {ref.name!r} returned {type(output).__name__}, not a tensor; "
+            f"{_pick_hint(ref, output)}"
         )
     if not output.is_floating_point():
         raise CamkitTypeError(
-            f"layer: {name!r} returned a {output.dtype} tensor; a CAM needs "
+            f"layer: {ref.name!r} returned a {output.dtype} tensor; a CAM needs "
             f"a layer with floating-point activations"
         )
     return output
+
+
+def _pick_hint(ref: LayerRef, output: Any) -> str:
+    if isinstance(output, Mapping):
+        tensors = [k for k, v in output.items() if isinstance(v, Tensor) and v.dim() > 1][:4]
+        picks = [
+            f"{ref.name}[{k!r}]" if isinstance(k, str) else f"{ref.name}[{k}]" for k in tensors
+        ]
+    elif isinstance(output, Sequence) and not isinstance(output, (str, bytes)):
+        picks = [
+            f"{ref.name}[{i}]"
+            for i, v in enumerate(output)
+            if isinstance(v, Tensor) and v.dim() > 1
+        ][:4]
+    else:
+        picks = []
+    pick = f"pick a tensor in it, such as {', '.join(map(repr, picks))}, or " if picks else ""
+    return (
+        f"{pick}choose a layer whose output is a tensor (camkit.list_layers(model, x) lists them)"
+    )

@@ -99,8 +99,7 @@ class Request:
 
 def scored(request: Request, output: Any) -> tuple[BoundTarget, Tensor]:
     """The target bound to ``output``, and its scores ``(N, k)`` (in the autograd graph)."""
-    target = bind_target(request.target, output, request.batch_size)
-    return target, target.scores(output)
+    return bind_target(request.target, output, request.batch_size)
 
 
 def explained_by(scores: Tensor, tensors: Sequence[Tensor], names: Sequence[str]) -> list[Tensor]:

@@ -5,8 +5,9 @@ The forms a user may give are documented in :mod:`camkit.targets`.
 
 from __future__ import annotations
 
+import inspect
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from camkit._outputs import logits_in
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.targets import ScoreFunction, Target, class_scores
 
@@ -27,6 +29,7 @@ class CheckedTarget:
     function: ScoreFunction | None
     multi: bool
     largest: int = -1
+    takes_samples: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,43 +44,25 @@ class BoundTarget:
     function: ScoreFunction | None
     multi: bool
     k: int
+    takes_samples: bool = False
 
     def scores(self, output: Any, rows: Tensor | None = None) -> Tensor:
-        """Scores ``(M, k)`` of the target for an output whose row ``i`` is sample ``rows[i]``."""
+        """Scores ``(M, k)`` of the target for an output whose row ``i`` is sample ``rows[i]``
+        (``rows=None``: row ``i`` is sample ``i``, the explained forward pass)."""
         if self.classes is None:
-            scores = cast(ScoreFunction, self.function)(output)
+            function = cast(ScoreFunction, self.function)
+            scores: Tensor = _scores_of(function, output, rows, self.takes_samples)
             return scores.view(len(scores), -1)
         classes = self.classes if rows is None else self.classes[rows.to(self.classes.device)]
         return class_scores(logits_in(output), classes)
 
 
-LOGIT_KEYS = ("logits", "out")
-"""Dict entries that hold class scores: Hugging Face's name, and torchvision's."""
-
-
-def logits_in(output: Any) -> Any:
-    """The class scores inside a model output, where there is one.
-
-    The output itself if it is a tensor; else its ``.logits`` (a Hugging Face
-    ``ModelOutput``), or its ``"logits"`` or ``"out"`` entry (a dict, such as
-    torchvision's); else the output as it is, for the caller to refuse.
-    """
-    if isinstance(output, Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, Tensor):
-        return logits
-    if isinstance(output, Mapping):
-        for key in LOGIT_KEYS:
-            if isinstance(output.get(key), Tensor):
-                return output[key]
-    return output
-
-
 def check_target(target: Target, batch_size: int) -> CheckedTarget:
     """Validate ``target`` before the forward pass."""
-    if target is None or callable(target):
-        return CheckedTarget(None, target, multi=False)
+    if target is None:
+        return CheckedTarget(None, None, multi=False)
+    if callable(target):
+        return CheckedTarget(None, target, multi=False, takes_samples=_takes_samples(target))
     if isinstance(target, np.ndarray):
         target = torch.from_numpy(target)
     if isinstance(target, Tensor):
@@ -112,12 +97,16 @@ def check_target(target: Target, batch_size: int) -> CheckedTarget:
     )
 
 
-def bind_target(checked: CheckedTarget, output: Any, batch_size: int) -> BoundTarget:
-    """Resolve the predicted class and check classes and callables against the output."""
+def bind_target(checked: CheckedTarget, output: Any, batch_size: int) -> tuple[BoundTarget, Tensor]:
+    """Resolve the predicted class, check classes and callables against the output, and
+    score the output: the bound target and its scores ``(N, k)``."""
     if checked.function is not None:
         scores = _call_score_function(checked.function, output, batch_size)
         k = 1 if scores.dim() == 1 else scores.shape[1]
-        return BoundTarget(None, checked.function, multi=scores.dim() == 2, k=k)
+        bound = BoundTarget(
+            None, checked.function, scores.dim() == 2, k, takes_samples=checked.takes_samples
+        )
+        return bound, scores.view(batch_size, k)
     logits = _classifier_output(logits_in(output), batch_size)
     if checked.classes is None:
         classes = logits.detach().argmax(dim=1, keepdim=True)
@@ -130,7 +119,8 @@ def bind_target(checked: CheckedTarget, output: Any, batch_size: int) -> BoundTa
                 f"outputs {n_classes} classes, so allowed: 0 to {n_classes - 1}"
             )
         classes = checked.classes.to(logits.device)
-    return BoundTarget(classes, None, multi=checked.multi, k=classes.shape[1])
+    bound = BoundTarget(classes, None, multi=checked.multi, k=classes.shape[1])
+    return bound, class_scores(logits, classes)
 
 
 def _as_class(value: object, where: str) -> int:
@@ -193,8 +183,23 @@ def _classifier_output(output: Any, batch_size: int) -> Tensor:
     return output
 
 
+def _takes_samples(fn: ScoreFunction) -> bool:
+    """Whether ``fn`` takes a ``samples`` argument (the sample of each output row)."""
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+    return "samples" in parameters
+
+
+def _scores_of(fn: ScoreFunction, output: Any, rows: Tensor | None, takes_samples: bool) -> Any:
+    if takes_samples:
+        return cast(Callable[..., Any], fn)(output, samples=rows)
+    return fn(output)
+
+
 def _call_score_function(fn: ScoreFunction, output: Any, batch_size: int) -> Tensor:
-    scores = fn(output)
+    scores: Tensor = _scores_of(fn, output, None, _takes_samples(fn))
     ok = (
         isinstance(scores, Tensor)
         and scores.dim() in (1, 2)

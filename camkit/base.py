@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from camkit import _maps
-from camkit._hooks import LayerCapture, ReplaceOutput, capture
+from camkit._hooks import CapturedCall, LayerCapture, ReplaceOutput, capture
 from camkit._layout import Layout
 from camkit._model import eval_mode
 from camkit._pipeline import (
@@ -29,17 +29,18 @@ from camkit._pipeline import (
     result,
     scored,
 )
+from camkit._refs import LayerRef, resolve_layer
 from camkit._targets import BoundTarget
 from camkit.context import LayerContext
 from camkit.errors import CamkitValueError
-from camkit.layers import find_layer
 from camkit.result import CAMResult
 from camkit.targets import Target
 
 __all__ = ["BaseCAM", "LayerSpec"]
 
 LayerSpec = str | nn.Module
-"""A layer: its dotted name in the model, or the module itself."""
+"""A layer: its name in the model (a dotted module name, optionally with ``@call`` and
+``[key]`` parts, see :mod:`camkit.layers`), or the module itself."""
 
 
 class BaseCAM(ABC):
@@ -58,8 +59,12 @@ class BaseCAM(ABC):
     :func:`torch.autograd.grad`, so nothing is back-propagated into parameters.
 
     If a layer runs several times in one forward pass (torchvision's ResNet
-    blocks call one ``ReLU`` two or three times), its *last* call, the one
-    nearest the output, is explained.
+    blocks call one ``ReLU`` two or three times, a siamese network its shared
+    encoder once per branch), its *last* call, the one nearest the output, is
+    explained by default; ``"encoder@0"`` names the first call, ``"encoder@1"``
+    the second. A layer whose output is a tuple, list or dict is explained at
+    one element of it: ``"backbone.body[0]"``, ``"fpn['pool']"`` (see
+    :mod:`camkit.layers`).
 
     A layer's output is copied before it flows on only where the network
     modifies it in place. Every call checks the activation's version counter:
@@ -70,10 +75,12 @@ class BaseCAM(ABC):
     Args:
         model: Any :class:`torch.nn.Module`. It is not modified.
         layer: The layer to explain: a dotted name as in
-            :meth:`torch.nn.Module.named_modules` (``"features.relu"``) or the
-            module object; or a list of them, whose maps are fused (each
-            layer's map upsampled to the input and scaled to [0, 1], then
-            averaged). Each output must be a floating-point tensor of shape
+            :meth:`torch.nn.Module.named_modules` (``"features.relu"``),
+            optionally with a call and an element (``"encoder@0"``,
+            ``"backbone.body[0]"``, see :mod:`camkit.layers`), or the module
+            object; or a list of them, whose maps are fused (each layer's map
+            upsampled to the input and scaled to [0, 1], then averaged), such
+            as the levels of a feature pyramid. Each output must be a floating-point tensor of shape
             ``(N, C, L)``, ``(N, C, H, W)`` or ``(N, C, D, H, W)`` in the given
             ``layout``.
         layout: ``"channels_first"`` (default), ``"channels_last"`` for
@@ -106,9 +113,10 @@ class BaseCAM(ABC):
         specs = list(layer) if isinstance(layer, (list, tuple)) else [cast(LayerSpec, layer)]
         if not specs:
             raise CamkitValueError("layer: got an empty list; name at least one layer")
-        self.layers = [find_layer(model, spec) for spec in specs]
-        self.layer_names = [name for name, _ in self.layers]
-        if len(set(self.layer_names)) != len(self.layer_names):
+        self.layers: list[LayerRef] = [resolve_layer(model, spec) for spec in specs]
+        self.layer_names = [ref.name for ref in self.layers]
+        places = [(id(ref.module), ref.call, ref.keys) for ref in self.layers]
+        if len(set(places)) != len(places) or len(set(self.layer_names)) != len(places):
             raise CamkitValueError(f"layer: {self.layer_names} names a layer twice")
         self.layout = Layout(layout, prefix_tokens, grid)
         self.model = model
@@ -199,6 +207,11 @@ class BaseCAM(ABC):
                 f"counterfactual: {type(self).__name__} does not use gradients; "
                 f"counterfactual maps need a gradient method such as GradCAM"
             )
+        if aug_smooth and not getattr(target, "flip_invariant", True):
+            raise CamkitValueError(
+                f"aug_smooth: the target {target!r} scores pixel or box positions, which the "
+                f"flip of aug_smooth moves; explain without aug_smooth"
+            )
         if not upsample and len(self.layers) > 1:
             raise CamkitValueError(
                 "upsample: fusing several layers needs upsample=True, since their maps "
@@ -229,7 +242,8 @@ class BaseCAM(ABC):
         """One forward (and backward) pass: each layer's map ``(N, k, *spatial)``, unscaled."""
         with eval_mode(self.model):
             hooked, output = capture(self.layers, lambda: request.run(self.model))
-            natives = self._reached(hooked)
+            captured = self._reached(hooked)
+            natives = [c.activation for c in captured]
             with torch.enable_grad():
                 target, scores = scored(request, output)
                 gradients: Sequence[Tensor | None] = (
@@ -243,7 +257,7 @@ class BaseCAM(ABC):
                     request,
                     index,
                     native,
-                    hooked.calls[index],
+                    captured[index].number,
                     target,
                     scores,
                     grads,
@@ -279,8 +293,9 @@ class BaseCAM(ABC):
         upsample: bool,
     ) -> LayerContext:
         """The layer's tensors in the channels-first layout, and closures that re-run the model
-        (``native`` is the layer's output at its ``call``-th call, the one explained)."""
-        name, module = self.layers[index]
+        (``native`` is the layer's output at call ``call``, 0 the first, the one explained)."""
+        ref = self.layers[index]
+        name = ref.name
         native = native.detach()
         activations = self._channels_first(native, name, request, upsample)
         if gradients is not None:
@@ -296,7 +311,7 @@ class BaseCAM(ABC):
         def score_activations(replacement: Tensor, samples: Tensor) -> Tensor:
             rows = native[samples]
             swapped = self.layout.from_channels_first(replacement, rows).to(rows.dtype)
-            with ReplaceOutput(name, module, call, swapped):
+            with ReplaceOutput(ref, call, swapped):
                 output = request.run(self.model, request.x[samples], samples)
             return target.scores(output, samples).float()
 
@@ -334,16 +349,24 @@ class BaseCAM(ABC):
             maps = weighted.sum(dim=2)
         return self.refine(maps, context)
 
-    def _reached(self, capture: LayerCapture) -> list[Tensor]:
-        natives = []
-        for name, activation in zip(self.layer_names, capture.activations, strict=True):
-            if activation is None:
+    def _reached(self, capture: LayerCapture) -> list[CapturedCall]:
+        captured = []
+        for index, ref in enumerate(self.layers):
+            call = capture.captured(index)
+            if call is None and not capture.calls[index]:
                 raise CamkitValueError(
-                    f"layer: {name!r} was not reached in the forward pass; "
+                    f"layer: {ref.name!r} was not reached in the forward pass; "
                     f"choose a layer the model runs on this input"
                 )
-            natives.append(activation)
-        return natives
+            if call is None:
+                runs = capture.calls[index]
+                raise CamkitValueError(
+                    f"layer: {ref.name!r} asks for call {ref.call} of {ref.path!r}, which ran "
+                    f"{runs} time(s) in the forward pass; allowed: @0 to @{runs - 1}, "
+                    f"or @-1 to @-{runs}"
+                )
+            captured.append(call)
+        return captured
 
     def _channels_first(
         self, native: Tensor, name: str, request: Request, upsample: bool
@@ -355,7 +378,8 @@ class BaseCAM(ABC):
             raise CamkitValueError(
                 f"layer: {name!r} returned shape {tuple(native.shape)}; a CAM needs "
                 f"(N, C, L), (N, C, H, W) or (N, C, D, H, W) with N = {batch_size} "
-                f"(or set layout= for token or channels-last outputs)"
+                f"(or set layout= for token or channels-last outputs; "
+                f"camkit.list_layers(model, x) lists the layers that fit, with their options)"
             )
         if upsample and activation.dim() != x.dim():
             raise CamkitValueError(

@@ -1,79 +1,203 @@
-"""Finding the layer to explain inside any :class:`torch.nn.Module`."""
+"""Naming the layer to explain inside any :class:`torch.nn.Module`.
+
+A layer is named by a string that fits everywhere a layer name goes::
+
+    "features.relu"            the module's output, at its last call
+    "encoder@0"                its first call (@1 the second, @-1 the last)
+    "backbone.body[0]"         element 0 of a tuple or list output, or entry "0" of a dict
+    "backbone.fpn['pool']"     an entry of a dict or ModelOutput, by key
+    "vit.encoder.layer.11[0]"  the hidden states a Hugging Face block returns first
+    "encoder@1[0]"             both: element 0 of the second call's output
+
+The part before ``@`` or ``[`` is a dotted name of
+:meth:`torch.nn.Module.named_modules`; a name the model really has is taken as
+it is, even if it contains ``@`` or ``[``.
+
+:func:`list_layers` runs a model once on an input and lists every layer a CAM
+can explain, with its output's shape and the layout options it needs.
+"""
 
 from __future__ import annotations
 
-import difflib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-from camkit.errors import CamkitTypeError, CamkitValueError
+from camkit._hooks import Hooks
+from camkit._model import check_input, eval_mode, forward
+from camkit._refs import Key, LayerRef, find_layer, resolve_layer
+from camkit.errors import CamkitTypeError
 
-__all__ = ["find_layer"]
+__all__ = ["LayerInfo", "LayerRef", "find_layer", "list_layers", "resolve_layer"]
 
-_SUGGESTIONS = 5
+_MAX_RATIO_SPREAD = 1.25
+"""How far the input-to-layer size ratios of the spatial axes may differ (odd sizes, padding)."""
+
+_MAX_PREFIX_TOKENS = 2
+"""The most leading tokens (CLS, distillation) :func:`list_layers` looks for."""
 
 
-def find_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
-    """Look a layer up by dotted name or by identity.
+@dataclass(frozen=True)
+class LayerInfo:
+    """A layer a CAM can explain, as :func:`list_layers` found it.
+
+    Attributes:
+        name: The layer name to pass to a CAM (``"layer4"``, ``"backbone[0]"``).
+        kind: The module's class name.
+        shape: The shape of its output (of the last call) on the input given.
+        layout: ``"channels_first"``, ``"channels_last"`` or ``"tokens"``.
+        options: The keyword arguments a CAM needs for that layout, such as
+            ``{"layout": "tokens", "prefix_tokens": 1, "grid": (14, 14)}``;
+            empty for ``channels_first``.
+        calls: How often the module ran in the forward pass: above 1, the name
+            explains the last call, and ``@0``, ``@1``, ... name the others.
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    layout: str
+    options: dict[str, Any] = field(default_factory=dict)
+    calls: int = 1
+
+    def __str__(self) -> str:
+        calls = f"  ({self.calls} calls: @0 to @{self.calls - 1})" if self.calls > 1 else ""
+        options = ", ".join(f"{k}={v!r}" for k, v in self.options.items() if k != "layout")
+        layout = f"{self.layout} ({options})" if options else self.layout
+        return f"{self.name:<36} {self.kind:<22} {self.shape!s:<22} {layout}{calls}"
+
+
+def list_layers(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    forward_args: Sequence[Any] = (),
+    forward_kwargs: Mapping[str, Any] | None = None,
+) -> list[LayerInfo]:
+    """Run ``model`` once on ``x`` and list the layers a CAM can explain, in forward order.
+
+    Every submodule's output is looked at, and inside tuples, lists and dicts
+    (one level deep) each tensor in them. A tensor is listed when its first
+    axis is the batch and the rest is a grid proportional to ``x``'s spatial
+    size, in one of the layouts camkit reads: ``(N, C, *spatial)`` (CNNs),
+    ``(N, *spatial, C)`` (Swin, ConvNeXt blocks) or ``(N, T, C)`` tokens with up
+    to two leading tokens and the rest on a grid (ViT, DeiT, Swin). The model
+    runs in eval mode without gradients and is left as it was.
 
     Args:
-        model: The model that contains the layer.
-        layer: A dotted name as listed by :meth:`torch.nn.Module.named_modules`
-            (``"features.relu"``, ``"layer4.1.conv2"``) or the module object.
+        model: The model.
+        x: An input batch, as the CAM will get it.
+        forward_args: Further positional inputs of the model.
+        forward_kwargs: Keyword inputs of the model.
 
     Returns:
-        The layer's dotted name and the module itself.
-
-    Raises:
-        CamkitTypeError: If ``model`` is not a module or ``layer`` is neither a
-            string nor a module.
-        CamkitValueError: If no submodule has that name (the message lists the
-            closest real names), the name is empty, or the module object is not
-            part of ``model``.
+        One :class:`LayerInfo` per layer, ready as
+        ``GradCAM(model, info.name, **info.options)``.
 
     Example:
+        >>> import torch
         >>> from torch import nn
-        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
-        >>> find_layer(model, "1")
-        ('1', ReLU())
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+        >>> [info.name for info in list_layers(model, torch.randn(1, 1, 8, 8))]
+        ['0', '1']
     """
     if not isinstance(model, nn.Module):
         raise CamkitTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    names = {name: module for name, module in model.named_modules() if name}
-    if isinstance(layer, nn.Module):
-        for name, module in names.items():
-            if module is layer:
-                return name, module
-        raise CamkitValueError(
-            f"layer: the module {type(layer).__name__} is not a submodule of the "
-            f"model; pass one of the model's own submodules or its dotted name"
-        )
-    if not isinstance(layer, str):
-        raise CamkitTypeError(
-            f"layer: expected a dotted module name (str) or an nn.Module, "
-            f"got {type(layer).__name__}"
-        )
-    if layer in names:
-        return layer, names[layer]
-    if not layer:
-        raise CamkitValueError(
-            "layer: got an empty name, which is the model itself; name one of its "
-            f"submodules, such as {_preview(list(names), names)}"
-        )
-    close = difflib.get_close_matches(layer, names, n=_SUGGESTIONS, cutoff=0.4)
-    close += [n for n in names if _named_like(n, names[n], layer) and n not in close]
-    hint = "closest names" if close else "the model's submodules include"
-    raise CamkitValueError(
-        f"layer: the model has no submodule named {layer!r}; {hint}: "
-        f"{_preview(close or list(names), names)}"
-    )
+    batch_size = check_input(x)
+    modules = [(name, module) for name, module in model.named_modules() if name]
+    survey = _Survey(modules, batch_size, tuple(x.shape[2:]))
+    with eval_mode(model), torch.no_grad(), survey:
+        forward(model, x, forward_args, forward_kwargs)
+    order = sorted(survey.found, key=lambda index: survey.first[index])
+    return [info for index in order for info in survey.found[index]]
 
 
-def _named_like(name: str, module: nn.Module, wanted: str) -> bool:
-    last = wanted.rsplit(".", 1)[-1].lower()
-    return name.endswith("." + wanted) or type(module).__name__.lower() == last
+class _Survey(Hooks):
+    """Hooks that note, per module, the explainable tensors of its last call."""
+
+    def __init__(
+        self, modules: Sequence[tuple[str, nn.Module]], batch_size: int, size: tuple[int, ...]
+    ) -> None:
+        super().__init__(modules)
+        self.batch_size = batch_size
+        self.size = size
+        self.found: dict[int, list[LayerInfo]] = {}
+        self.first: dict[int, int] = {}
+        self._order = 0
+
+    def on_output(self, index: int, output: Any) -> None:
+        path, module = self.modules[index]
+        self.first.setdefault(index, self._order)
+        self._order += 1
+        infos = []
+        for keys, tensor in _tensors(output):
+            layout = _layout(tensor, self.batch_size, self.size)
+            if layout is not None:
+                name = LayerRef(path, path, module, keys=keys).prefix(len(keys))
+                kind = type(module).__name__
+                shape = tuple(tensor.shape)
+                infos.append(LayerInfo(name, kind, shape, *layout, calls=self.calls[index]))
+        if infos:
+            self.found[index] = infos
+        else:
+            self.found.pop(index, None)
 
 
-def _preview(candidates: list[str], names: dict[str, nn.Module]) -> str:
-    shown = [f"{n!r} ({type(names[n]).__name__})" for n in candidates[:_SUGGESTIONS]]
-    return ", ".join(shown) or "(the model has no submodules)"
+def _tensors(output: Any) -> list[tuple[tuple[Key, ...], Tensor]]:
+    """The tensors of an output: itself, or the elements of a container (one level deep)."""
+    if isinstance(output, Tensor):
+        return [((), output)]
+    if isinstance(output, Mapping):
+        items: Sequence[tuple[Key, Any]] = list(output.items())
+    elif isinstance(output, (tuple, list)):
+        items = list(enumerate(output))
+    else:
+        return []
+    return [((key,), value) for key, value in items if isinstance(value, Tensor)]
+
+
+def _layout(t: Tensor, batch_size: int, size: tuple[int, ...]) -> tuple[str, dict[str, Any]] | None:
+    """The layout and CAM options under which ``t`` is a map of the input, if any."""
+    if not t.is_floating_point() or t.dim() < 3 or t.shape[0] != batch_size:
+        return None
+    shape = tuple(t.shape)
+    if len(shape) == len(size) + 2:
+        first, last = _spread(shape[2:], size), _spread(shape[1:-1], size)
+        if first <= _MAX_RATIO_SPREAD and first <= last:
+            return "channels_first", {}
+        if last <= _MAX_RATIO_SPREAD:
+            return "channels_last", {"layout": "channels_last"}
+    if len(shape) == 3 and len(size) == 2:
+        for prefix in range(_MAX_PREFIX_TOKENS + 1):
+            grid = _grid(shape[1] - prefix, size)
+            if grid is not None:
+                return "tokens", {"layout": "tokens", "prefix_tokens": prefix, "grid": grid}
+    return None
+
+
+def _spread(spatial: Sequence[int], size: Sequence[int]) -> float:
+    """How unequally the input is scaled down to ``spatial`` along its axes (1: evenly)."""
+    if any(s < 2 for s in spatial):
+        return math.inf
+    ratios = [whole / part for whole, part in zip(size, spatial, strict=True)]
+    return max(ratios) / min(ratios)
+
+
+def _proportional(spatial: Sequence[int], size: Sequence[int]) -> bool:
+    return _spread(spatial, size) <= _MAX_RATIO_SPREAD
+
+
+def _grid(tokens: int, size: tuple[int, ...]) -> tuple[int, int] | None:
+    """A grid ``(h, w)`` of ``tokens`` cells with the input's aspect ratio, if there is one."""
+    if tokens < 4:
+        return None
+    aspect = size[0] / size[1]
+    height = max(1, round(math.sqrt(tokens * aspect)))
+    for h in (height - 1, height, height + 1):
+        if h >= 2 and tokens % h == 0 and _proportional((h, tokens // h), size):
+            return h, tokens // h
+    return None

@@ -189,3 +189,28 @@ class Recorder(TorchFunctionMode):
         kwargs = kwargs or {}
         self.calls.append((getattr(func, "__qualname__", repr(func)), args, kwargs))
         return func(*args, **kwargs)
+
+
+def reference_gradcam_at(
+    model: nn.Module,
+    module: nn.Module,
+    x: Tensor,
+    score: Callable[[Any], Tensor],
+    call: int = -1,
+    pick: Callable[[Any], Tensor] = lambda output: output,
+) -> Tensor:
+    """Raw signed Grad-CAM ``(N, *spatial)`` by plain autograd, at one call of ``module``
+    and one part of its output (``pick``), for a score function ``(N,)`` of the output.
+    ``model`` must already be in eval mode."""
+    seen: list[Tensor] = []
+    handle = module.register_forward_hook(lambda m, i, output: seen.append(pick(output)))
+    try:
+        with torch.enable_grad():
+            out = model(x)
+            activation = seen[call]
+            (grad,) = torch.autograd.grad(score(out).sum(), activation)
+    finally:
+        handle.remove()
+    A = activation.detach().double()
+    alpha = grad.double().mean(dim=tuple(range(2, A.dim())))
+    return torch.einsum("nk,nk...->n...", alpha, A)

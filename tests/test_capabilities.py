@@ -328,13 +328,13 @@ def test_perturbation_methods_restore_the_model_when_scoring_fails(name: str) ->
 
     def score(out: Tensor) -> Tensor:
         calls["n"] += 1
-        if calls["n"] > 2:
+        if calls["n"] > 1:  # the explained pass scores once; re-scoring fails
             raise ExplodingError
         return out[:, 1]
 
     with pytest.raises(ExplodingError):
         ALL[name](model, "2")(torch.randn(2, 2, 8, 8), score)
-    assert calls["n"] == 3
+    assert calls["n"] == 2
     assert_untouched(before, snapshot(model))
 
 

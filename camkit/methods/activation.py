@@ -5,10 +5,10 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from camkit import _maps
+from camkit._refs import find_layer
 from camkit.base import BaseCAM, LayerSpec
 from camkit.context import LayerContext
 from camkit.errors import CamkitTypeError, CamkitValueError
-from camkit.layers import find_layer
 
 __all__ = ["CAM", "EigenCAM"]
 

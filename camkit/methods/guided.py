@@ -10,8 +10,8 @@ from torch import Tensor, nn
 
 from camkit._hooks import Hooks
 from camkit._model import eval_mode
+from camkit._outputs import logits_in
 from camkit._pipeline import Request, check_finite, explained_by, maps_only, result, scored
-from camkit._targets import logits_in
 from camkit.base import LayerSpec
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.methods.gradient import GradCAM

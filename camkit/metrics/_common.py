@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from camkit import _maps
 from camkit._model import check_input, eval_mode, forward
-from camkit._targets import check_target, logits_in
+from camkit._outputs import logits_in
+from camkit._targets import check_target
 from camkit.base import BaseCAM
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.targets import Target
