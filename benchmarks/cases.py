@@ -26,8 +26,11 @@ class Case:
     classes: Tensor
     layer: str
     layout: str = "channels_first"
+    boxes: Tensor | None = None
+    """For a detector: the boxes ``(N, k, 4)`` of the detections explained, ``classes``
+    ``(N, k)`` their labels."""
 
-    def forward(self) -> Tensor:
+    def forward(self) -> object:
         with torch.no_grad():
             return self.model(self.x)
 
@@ -51,8 +54,10 @@ def build_case(name: str, device: str = "cpu") -> Case:
         nn.init.normal_(model.heads.head.weight, std=0.02)
         x = torch.randn(4, 3, 224, 224)
         layer, layout = "encoder.layers.encoder_layer_11.ln_1", "tokens"
+    elif name == "fasterrcnn":
+        return _detection_case(device)
     else:
-        raise ValueError(f"case: unknown {name!r}; choose mnist, resnet50, vit_b_16")
+        raise ValueError(f"case: unknown {name!r}; choose mnist, resnet50, vit_b_16, fasterrcnn")
     model = model.eval().to(device)
     x = x.to(device)
     with torch.no_grad():
@@ -60,9 +65,32 @@ def build_case(name: str, device: str = "cpu") -> Case:
     return Case(name, model, x, classes, layer, layout)
 
 
+TOP_DETECTIONS = 5
+
+
+def _detection_case(device: str) -> Case:
+    """Faster R-CNN MobileNet-V3 FPN with torchvision's defaults (images resized to 800),
+    one 480 x 640 image, explaining its top detections. Random weights score every class
+    about 1/91, under the default threshold of 0.05, so the threshold is 0."""
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_fpn
+
+    model = fasterrcnn_mobilenet_v3_large_fpn(
+        weights=None, weights_backbone=None, box_score_thresh=0.0
+    ).eval()
+    model = model.to(device)
+    x = torch.rand(1, 3, 480, 640, device=device)
+    with torch.no_grad():
+        found = model(x)
+    labels = torch.stack([f["labels"][:TOP_DETECTIONS] for f in found])
+    boxes = torch.stack([f["boxes"][:TOP_DETECTIONS] for f in found])
+    return Case("fasterrcnn", model, x, labels, "backbone.body.16", boxes=boxes)
+
+
 def camkit_calls(case: Case) -> dict[str, Call]:
     """Every camkit method applicable to the case, called with its defaults."""
     m, layer, x, c = case.model, case.layer, case.x, case.classes
+    if case.boxes is not None:
+        return _detection_calls(case, case.boxes)
     opts = {"layout": case.layout}
     calls: dict[str, Call] = {
         "camkit GradCAM": lambda: camkit.GradCAM(m, layer, **opts)(x, c),
@@ -91,6 +119,23 @@ def camkit_calls(case: Case) -> dict[str, Call]:
     return calls
 
 
+def _detection_calls(case: Case, boxes: Tensor) -> dict[str, Call]:
+    m, layer, x, labels = case.model, case.layer, case.x, case.classes
+    top = camkit.DetectionTarget(labels, boxes, reduce="sum")
+    each = camkit.DetectionTarget(labels, boxes)
+    levels = ["backbone['0']", "backbone['1']"]
+    return {
+        f"camkit GradCAM, top {TOP_DETECTIONS} detections": lambda: camkit.GradCAM(m, layer)(
+            x, top
+        ),
+        "camkit GradCAM, FPN levels fused": lambda: camkit.GradCAM(m, levels)(x, top),
+        f"camkit GradCAM, {TOP_DETECTIONS} maps, one per detection": lambda: camkit.GradCAM(
+            m, layer
+        )(x, each),
+        "camkit EigenCAM": lambda: camkit.EigenCAM(m, layer)(x, top),
+    }
+
+
 def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
@@ -101,6 +146,8 @@ def peer_calls(case: Case) -> dict[str, Call]:
     module = m.get_submodule(case.layer)
     size = tuple(x.shape[2:])
     calls: dict[str, Call] = {}
+    if case.boxes is not None:
+        return _peer_detection_calls(case, case.boxes) if installed("pytorch_grad_cam") else {}
     if installed("pytorch_grad_cam"):
         from pytorch_grad_cam import GradCAM as PgcGradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -136,3 +183,23 @@ def peer_calls(case: Case) -> dict[str, Call]:
 
         calls["TorchCAM GradCAM"] = torchcam_call
     return calls
+
+
+def _peer_detection_calls(case: Case, boxes: Tensor) -> dict[str, Call]:
+    """pytorch-grad-cam's Grad-CAM of the same detections, with its FasterRCNNBoxScoreTarget
+    (its Faster R-CNN tutorial's target), at the same layer."""
+    from pytorch_grad_cam import GradCAM as PgcGradCAM
+    from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
+
+    m, x = case.model, case.x
+    module = m.get_submodule(case.layer)
+
+    def pgc() -> object:
+        cam = PgcGradCAM(model=m, target_layers=[module])
+        targets = [
+            FasterRCNNBoxScoreTarget(labels=labels, bounding_boxes=b)
+            for labels, b in zip(case.classes, boxes, strict=True)
+        ]
+        return cam(input_tensor=x, targets=targets)
+
+    return {f"pytorch-grad-cam GradCAM, top {TOP_DETECTIONS} detections": pgc}

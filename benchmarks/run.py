@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                 cells += [f"{mib:.1f}", f"{mib / memory[FORWARD][column]:.2f}x"]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
             print(lines[-1], flush=True)
-        if args.device == "cuda":
+        if args.device == "cuda" and case.boxes is None:
             lines += ["", *cuda_check_lines(case_name)]
         lines.append("")
     if "mnist" in args.cases and args.device == "cpu":

@@ -104,8 +104,19 @@ def scored(request: Request, output: Any) -> tuple[BoundTarget, Tensor]:
 
 def explained_by(scores: Tensor, tensors: Sequence[Tensor], names: Sequence[str]) -> list[Tensor]:
     """``d scores / d t`` ``(N, k, *t.shape[1:])`` for each tensor; a clear error naming the
-    one the scores do not depend on (a constant target, a layer after the score)."""
+    tensor the scores do not depend on (a constant target, a layer after the score).
+
+    Of several tensors (the layers of one CAM, such as the levels of a feature
+    pyramid), only some need to reach the scores: the others get a zero
+    gradient (a detector's box head reads each box from one level only).
+    """
     gradients = score_gradients(scores, tensors)
+    if len(tensors) > 1 and any(g is not None for g in gradients):
+        n, k = scores.shape
+        return [
+            g if g is not None else t.new_zeros(n, k, *t.shape[1:])
+            for g, t in zip(gradients, tensors, strict=True)
+        ]
     for name, gradient in zip(names, gradients, strict=True):
         if gradient is None:
             raise CamkitValueError(

@@ -171,7 +171,7 @@ def _layout(t: Tensor, batch_size: int, size: tuple[int, ...]) -> tuple[str, dic
             return "channels_first", {}
         if last <= _MAX_RATIO_SPREAD:
             return "channels_last", {"layout": "channels_last"}
-    if len(shape) == 3 and len(size) == 2:
+    if len(shape) == 3 and len(size) == 2 and shape[2] > 1:
         for prefix in range(_MAX_PREFIX_TOKENS + 1):
             grid = _grid(shape[1] - prefix, size)
             if grid is not None:

@@ -198,10 +198,12 @@ def reference_gradcam_at(
     score: Callable[[Any], Tensor],
     call: int = -1,
     pick: Callable[[Any], Tensor] = lambda output: output,
+    arrange: Callable[[Tensor], Tensor] = lambda t: t,
 ) -> Tensor:
     """Raw signed Grad-CAM ``(N, *spatial)`` by plain autograd, at one call of ``module``
-    and one part of its output (``pick``), for a score function ``(N,)`` of the output.
-    ``model`` must already be in eval mode."""
+    and one part of its output (``pick``), for a score function ``(N,)`` of the output;
+    ``arrange`` lays activation and gradient out as ``(N, C, *spatial)`` (tokens on a
+    grid, channels-last moved). ``model`` must already be in eval mode."""
     seen: list[Tensor] = []
     handle = module.register_forward_hook(lambda m, i, output: seen.append(pick(output)))
     try:
@@ -211,6 +213,6 @@ def reference_gradcam_at(
             (grad,) = torch.autograd.grad(score(out).sum(), activation)
     finally:
         handle.remove()
-    A = activation.detach().double()
+    A, grad = arrange(activation.detach()).double(), arrange(grad)
     alpha = grad.double().mean(dim=tuple(range(2, A.dim())))
     return torch.einsum("nk,nk...->n...", alpha, A)

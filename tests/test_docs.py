@@ -14,6 +14,12 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.rst"))]
+FAMILY_PAGES = [
+    ROOT / "docs" / f"{name}.rst"
+    for name in ("segmentation", "detection", "embeddings", "hugging-face-timm")
+]
+"""Pages with a recipe for a model family, whose last snippet leaves a figure in ``fig``
+(saved by ``docs/make_figures.py``)."""
 
 
 def snippets(page: Path) -> list[str]:
@@ -40,6 +46,18 @@ def test_snippets_run(page: Path) -> None:
     namespace: dict[str, object] = {"__name__": "__snippet__"}
     for block in code:
         exec(compile(block, str(page), "exec"), namespace)
+
+
+@pytest.mark.parametrize("page", FAMILY_PAGES, ids=[p.stem for p in FAMILY_PAGES])
+def test_family_pages_show_the_figure_their_recipe_draws(page: Path) -> None:
+    namespace: dict[str, object] = {"__name__": "__snippet__"}
+    for block in snippets(page):
+        exec(compile(block, str(page), "exec"), namespace)
+    figure = namespace["fig"]
+    assert len(figure.axes) >= 2  # type: ignore[attr-defined]
+    assert f".. image:: families/{page.stem}.png" in page.read_text()
+    assert (ROOT / "docs" / "families" / f"{page.stem}.png").stat().st_size > 10_000
+    assert page.stem in (ROOT / "docs" / "index.rst").read_text()
 
 
 def test_pages_have_snippets() -> None:

@@ -386,3 +386,24 @@ def test_an_unusable_layer_points_to_list_layers() -> None:
         camkit.GradCAM(model, "encoder")(x, target=0)
     with pytest.raises(camkit.CamkitValueError, match=r"list_layers\(model, x\)"):
         camkit.GradCAM(model, "head")(x, target=0)
+
+
+class OneLevelHead(nn.Module):
+    """Reads only the fine level of the pyramid, as a box head reads each box from one level."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fpn = Pyramid()
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.fpn(x)["0"].mean(dim=(2, 3)))
+
+
+def test_a_fused_level_the_score_does_not_read_adds_a_zero_map() -> None:
+    model, x = OneLevelHead().eval(), torch.randn(2, 1, 8, 8)
+    result = camkit.GradCAM(model, ["fpn[0]", "fpn[1]"]).explain(x, target=1)
+    assert (result.layer_maps["fpn[1]"] == 0).all()
+    torch.testing.assert_close(result.maps, camkit.GradCAM(model, "fpn[0]")(x, target=1))
+    with pytest.raises(camkit.CamkitValueError, match=r"does not depend on layer 'fpn\[1\]'"):
+        camkit.GradCAM(model, "fpn[1]")(x, target=1)
