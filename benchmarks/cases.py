@@ -123,7 +123,7 @@ def _detection_calls(case: Case, boxes: Tensor) -> dict[str, Call]:
     m, layer, x, labels = case.model, case.layer, case.x, case.classes
     top = camkit.DetectionTarget(labels, boxes, reduce="sum")
     each = camkit.DetectionTarget(labels, boxes)
-    levels = ["backbone['0']", "backbone['1']"]
+    levels = ["backbone.fpn['0']", "backbone.fpn['1']"]  # = backbone['0'], ['1'], recording less
     return {
         f"camkit GradCAM, top {TOP_DETECTIONS} detections": lambda: camkit.GradCAM(m, layer)(
             x, top

@@ -5,7 +5,9 @@
 #
 # 1. tests/test_devices.py: every method and metric on CUDA against the CPU;
 # 2. the benchmark on CUDA (time and peak CUDA memory as ratios to a no-grad
-#    forward, peers where installed), ending with each method's CUDA-vs-CPU maps.
+#    forward, peers where installed; the classifiers and Faster R-CNN), ending with
+#    each method's CUDA-vs-CPU maps.
+# Peers come from wheels on PYTHONPATH: PYTHONPATH=$(ls -d $PWD/.whl/*.whl | tr '\n' :).
 # It needs torch, torchvision, numpy, matplotlib, tqdm, pytest and hypothesis; camkit
 # is imported from the checkout, so nothing is installed.
 set -euo pipefail
@@ -17,5 +19,6 @@ print('torch', torch.__version__, 'on', torch.cuda.get_device_name())"
 status=0  # a failing test does not stop the benchmark: one run on the GPU gives both
 python3 -m pytest -q -p no:cacheprovider tests/test_devices.py 2>&1 | tee "$out/cuda-tests.log" \
     || status=1
-python3 benchmarks/run.py --device cuda --repeats 10 --out "$out/results-cuda.md" || status=1
+python3 benchmarks/run.py --device cuda --repeats 10 --cases mnist resnet50 vit_b_16 fasterrcnn \
+    --out "$out/results-cuda.md" || status=1
 exit "$status"

@@ -143,6 +143,8 @@ class LayerCapture(Hooks):
     values changed, so the caller can run again with a copy.
     """
 
+    watches_inputs = True
+
     def __init__(self, layers: Sequence[LayerRef], clone: Sequence[bool]) -> None:
         super().__init__([(ref.name, ref.module) for ref in layers])
         self.layers = list(layers)
@@ -151,8 +153,6 @@ class LayerCapture(Hooks):
         self._kept: list[deque[CapturedCall]] = [
             deque(maxlen=1 if ref.call >= 0 else -ref.call) for ref in self.layers
         ]
-
-    watches_inputs = True
 
     def on_input(self, index: int, args: tuple[Any, ...]) -> Any:
         ref = self.layers[index]

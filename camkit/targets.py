@@ -299,8 +299,8 @@ class DetectionTarget:
         self.labels = torch.full((len(detections), k), -1, dtype=torch.int64)
         for i, (found, keep) in enumerate(zip(detections, kept, strict=True)):
             n = int(keep.sum())
-            self.boxes[i, :n] = found["boxes"].detach()[keep].float().cpu()
-            self.labels[i, :n] = found["labels"][keep].cpu()
+            self.boxes[i, :n] = found["boxes"].detach()[keep.to(found["boxes"].device)].cpu()
+            self.labels[i, :n] = found["labels"][keep.to(found["labels"].device)].cpu()
 
     def _check_matched(self, sample: int, iou: Tensor, boxes: Tensor, labels: Tensor) -> None:
         missing = (iou < self.iou_threshold).nonzero()
@@ -412,9 +412,7 @@ class BinaryTarget:
 
     def __call__(self, output: Any, samples: Tensor | None = None) -> Tensor:
         """Signed logits ``(M,)`` of the ``M`` samples in ``output``."""
-        logit = field_of(output, self.key, "BinaryTarget")
-        if logit.dim() == 2 and logit.shape[1] == 1:
-            logit = logit[:, 0]
+        logit = _column(field_of(output, self.key, "BinaryTarget"))
         if logit.dim() != 1:
             raise CamkitValueError(
                 f"target: BinaryTarget needs one logit per sample, (N,) or (N, 1), got shape "
@@ -460,8 +458,7 @@ class RegressionTarget:
         """Values ``(M,)`` (or ``(M, k)`` for ``k`` indices) of the ``M`` samples in ``output``."""
         values = field_of(output, self.key, "RegressionTarget")
         if self.index is None:
-            if values.dim() == 2 and values.shape[1] == 1:
-                values = values[:, 0]
+            values = _column(values)
             if values.dim() != 1:
                 raise CamkitValueError(
                     f"index: the output has shape {tuple(values.shape)}; name the output to "
@@ -477,6 +474,11 @@ class RegressionTarget:
 
     def __repr__(self) -> str:
         return f"RegressionTarget(index={self.index!r}, negate={self.negate})"
+
+
+def _column(values: Tensor) -> Tensor:
+    """One value per sample: ``(M, 1)`` as ``(M,)``; any other shape as it is."""
+    return values[:, 0] if values.dim() == 2 and values.shape[1] == 1 else values
 
 
 def _tensor(value: Any, name: str) -> Tensor:
@@ -553,8 +555,8 @@ def _matched(found: Any, boxes: Tensor, labels: Tensor, threshold: float) -> tup
     if not len(scores):
         zero = scores.new_zeros(len(boxes))
         return zero, torch.full((len(boxes),), -1.0)
-    iou = box_iou(boxes, found["boxes"].detach().float())
-    same = labels.to(scores.device)[:, None] == found["labels"][None]
+    iou = box_iou(boxes, found["boxes"].detach().to(scores.device, torch.float32))
+    same = labels.to(scores.device)[:, None] == found["labels"].to(scores.device)[None]
     iou = torch.where(same, iou, torch.full_like(iou, -1.0))
     best_iou, best = iou.max(1)
     score = torch.where(best_iou >= threshold, scores[best], scores.new_zeros(()))

@@ -151,3 +151,54 @@ def test_a_call_waits_for_the_device_only_as_documented(device: str, name: str) 
     if device == "cpu" and name == "EigenCAM":
         expected = 1  # torch's own check is not a read the recorder sees
     assert waits == expected, waits
+
+
+def _ready_made_targets() -> dict[str, tuple[Callable[[], nn.Module], Callable[[], object], str]]:
+    """Each ready-made target on a toy model of its kind: (model, target, layer)."""
+    from tests.test_targets import Embedder, OneLogit, SegNet, ToyDetector
+
+    mask = torch.rand(8, 8) > 0.5
+    return {
+        "segmentation": (SegNet, lambda: camkit.SegmentationTarget([0, 2, 1], mask=mask), "body.1"),
+        "detection": (ToyDetector, lambda: camkit.DetectionTarget.every(min_score=0.0), "body.1"),
+        "similarity": (Embedder, lambda: camkit.SimilarityTarget(torch.ones(3, 6)), "body.1"),
+        "binary": (OneLogit, lambda: camkit.BinaryTarget(None), "body.1"),
+        "regression": (
+            lambda: OneLogit(4),
+            lambda: camkit.RegressionTarget(index=[1, 3]),
+            "body.1",
+        ),
+    }
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "kind", ["segmentation", "detection", "similarity", "binary", "regression"]
+)
+@pytest.mark.parametrize("method", ["GradCAM", "ScoreCAM"])
+def test_ready_made_targets_on_device_equal_the_cpu(device: str, kind: str, method: str) -> None:
+    build, target, layer = _ready_made_targets()[kind]
+    torch.manual_seed(0)
+    cpu_model = build().eval()
+    model = copy.deepcopy(cpu_model).to(device)
+    channels = next(cpu_model.parameters()).shape[1]
+    x = torch.randn(3, channels, 8, 8)
+    expected = getattr(camkit, method)(cpu_model, layer)(x, target())
+    got = getattr(camkit, method)(model, layer)(x.to(device), target())
+    assert got.device.type == device
+    torch.testing.assert_close(got.cpu(), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("method", ["GradCAM", "AblationCAM"])
+def test_a_call_and_element_of_a_layer_on_device_equal_the_cpu(device: str, method: str) -> None:
+    from tests.test_layers import Siamese
+
+    torch.manual_seed(0)
+    cpu_model = Siamese("dict").eval()
+    model = copy.deepcopy(cpu_model).to(device)
+    x = torch.randn(3, 1, 8, 8)
+    for layer in ["encoder@0['features']", "encoder@1[features]"]:
+        expected = getattr(camkit, method)(cpu_model, layer)(x, 1)
+        got = getattr(camkit, method)(model, layer)(x.to(device), 1)
+        torch.testing.assert_close(got.cpu(), expected, atol=1e-4, rtol=1e-4)

@@ -158,3 +158,13 @@ def test_every_detection_of_a_detection_model_in_one_pass(
         torch.testing.assert_close(result.scores[i, :n], f["scores"], rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(target.labels[i, :n], f["labels"])
     assert torch.isfinite(result.maps).all()
+
+
+def test_the_backbone_and_its_fpn_name_the_same_levels(
+    detector: tuple[str, nn.Module, Tensor, list[Any]],
+) -> None:
+    _, model, x, _ = detector
+    target = DetectionTarget.every(min_score=0.0)
+    whole = GradCAM(model, ["backbone['0']", "backbone['1']"])(x, target)
+    fpn = GradCAM(model, ["backbone.fpn['0']", "backbone.fpn['1']"])(x, target)
+    torch.testing.assert_close(whole, fpn)
