@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from camkit import _maps
+from camkit._detection import rowwise_box_heads
 from camkit._hooks import CapturedCall, LayerCapture, ReplaceOutput, capture
 from camkit._layout import Layout
 from camkit._model import eval_mode
@@ -240,7 +241,7 @@ class BaseCAM(ABC):
         eigen_smooth: bool,
     ) -> _Run:
         """One forward (and backward) pass: each layer's map ``(N, k, *spatial)``, unscaled."""
-        with eval_mode(self.model):
+        with eval_mode(self.model), rowwise_box_heads(self.model):
             hooked, output = capture(self.layers, lambda: request.run(self.model))
             captured = self._reached(hooked)
             natives = [c.activation for c in captured]

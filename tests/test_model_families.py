@@ -168,3 +168,29 @@ def test_the_backbone_and_its_fpn_name_the_same_levels(
     whole = GradCAM(model, ["backbone['0']", "backbone['1']"])(x, target)
     fpn = GradCAM(model, ["backbone.fpn['0']", "backbone.fpn['1']"])(x, target)
     torch.testing.assert_close(whole, fpn)
+
+
+def test_the_box_head_is_differentiated_for_the_explained_boxes_only(
+    detector: tuple[str, nn.Module, Tensor, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import camkit._detection
+
+    name, model, x, _ = detector
+    if not camkit._detection._box_heads(model):
+        pytest.skip(f"{name} has no two-stage box head")
+    rows: list[int] = []
+    backward = camkit._detection._Rowwise.backward
+
+    def counting(ctx: Any, grad: Tensor) -> Any:
+        rows.append(int(grad.flatten(1).ne(0).any(1).sum()))
+        return backward(ctx, grad)
+
+    monkeypatch.setattr(camkit._detection._Rowwise, "backward", staticmethod(counting))
+    layer = next(iter(DETECTORS[name][1]))
+    target = DetectionTarget.every(min_score=0.0)
+    pruned = GradCAM(model, layer)(x, target, relu=False, normalize=False)
+    assert rows and max(rows) <= 2 * 4  # the explained detections' proposals, not all 40
+    monkeypatch.setattr(camkit._detection, "_box_heads", lambda model: [])
+    plain = GradCAM(model, layer)(x, target, relu=False, normalize=False)
+    scale = plain.abs().max()
+    torch.testing.assert_close(pruned / scale, plain / scale, rtol=1e-5, atol=1e-6)
