@@ -235,8 +235,7 @@ class DetectionTarget:
                 f"labels: got shape {tuple(_tensor(labels, 'labels').shape)} for boxes of "
                 f"shape {tuple(self.boxes.shape)}; give one label per box: an int, (k,) or (N, k)"
             )
-        labels_table = table
-        self.labels = labels_table
+        self.labels = table
         self.iou_threshold = iou_threshold
         self.reduce = reduce
         self._min_score: float | None = None
