@@ -31,13 +31,11 @@ def _box_heads(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     duck typing: camkit does not import torchvision)."""
     found = []
     for module in model.modules():
+        kind = type(module)  # checked first: it is cheap, and most modules are not RoIHeads
+        if kind.__name__ != "RoIHeads" or not kind.__module__.startswith("torchvision."):
+            continue
         pool, head = getattr(module, "box_roi_pool", None), getattr(module, "box_head", None)
-        if (
-            type(module).__name__ == "RoIHeads"
-            and type(module).__module__.startswith("torchvision.")
-            and isinstance(pool, nn.Module)
-            and isinstance(head, nn.Module)
-        ):
+        if isinstance(pool, nn.Module) and isinstance(head, nn.Module):
             found.append((pool, head))
     return found
 

@@ -10,7 +10,7 @@ import sys
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, NamedTuple, TypeVar, cast
 
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from camkit._refs import Key, LayerRef
+from camkit._refs import Key, LayerRef, elements, format_key
 from camkit.errors import CamkitModelError, CamkitTypeError
 
 _H = TypeVar("_H", bound="Hooks")
@@ -285,19 +285,8 @@ def _checked(ref: LayerRef, output: Any) -> Tensor:
 
 
 def _pick_hint(ref: LayerRef, output: Any) -> str:
-    if isinstance(output, Mapping):
-        tensors = [k for k, v in output.items() if isinstance(v, Tensor) and v.dim() > 1][:4]
-        picks = [
-            f"{ref.name}[{k!r}]" if isinstance(k, str) else f"{ref.name}[{k}]" for k in tensors
-        ]
-    elif isinstance(output, Sequence) and not isinstance(output, (str, bytes)):
-        picks = [
-            f"{ref.name}[{i}]"
-            for i, v in enumerate(output)
-            if isinstance(v, Tensor) and v.dim() > 1
-        ][:4]
-    else:
-        picks = []
+    maps = [k for k, v in elements(output) if isinstance(v, Tensor) and v.dim() > 1][:4]
+    picks = [ref.name + format_key(k) for k in maps]
     pick = f"pick a tensor in it, such as {', '.join(map(repr, picks))}, or " if picks else ""
     return (
         f"{pick}choose a layer whose output is a tensor (camkit.list_layers(model, x) lists them)"

@@ -51,7 +51,7 @@ class LayerRef:
             CamkitTypeError: If the output has no such index or key.
         """
         for depth, key in enumerate(self.keys):
-            output = _item(output, key, self.prefix(depth))
+            output = output[_resolved_key(output, key, self.prefix(depth))]
         return output
 
     def replace(self, output: Any, value: Any) -> Any:
@@ -64,15 +64,13 @@ class LayerRef:
             return value
         key = _resolved_key(output, self.keys[depth], self.prefix(depth))
         inner = self._replace(output[key], value, depth + 1)
-        if isinstance(output, tuple):
+        if isinstance(output, (tuple, list)):
             items = list(output)
             items[key] = inner
+            if isinstance(output, list):
+                return items
             return type(output)(*items) if hasattr(output, "_fields") else type(output)(items)
-        if isinstance(output, list):
-            items = list(output)
-            items[key] = inner
-            return items
-        mapping = output.copy() if type(output) is dict else _copy_mapping(output)
+        mapping = copy.copy(output)  # keeps a ModelOutput's or OrderedDict's type
         mapping[key] = inner
         return mapping
 
@@ -80,7 +78,7 @@ class LayerRef:
         """The name up to (not including) key number ``depth``; the whole name at
         ``len(keys)``, written the way camkit reads it."""
         call = "" if self.call == -1 else f"@{self.call}"
-        return self.path + call + "".join(_format_key(k) for k in self.keys[:depth])
+        return self.path + call + "".join(format_key(k) for k in self.keys[:depth])
 
 
 def resolve_layer(model: nn.Module, layer: str | nn.Module) -> LayerRef:
@@ -95,11 +93,7 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> LayerRef:
         The resolved reference.
 
     Raises:
-        CamkitTypeError: If ``model`` is not a module or ``layer`` is neither a
-            string nor a module.
-        CamkitValueError: If no submodule has that name (the message lists the
-            closest real names), the name is empty or malformed, or the module
-            object is not part of ``model``.
+        CamkitTypeError, CamkitValueError: As :func:`find_layer`.
 
     Example:
         >>> from torch import nn
@@ -111,10 +105,7 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> LayerRef:
     path, module = find_layer(model, layer)
     if not isinstance(layer, str) or layer == path:
         return LayerRef(path, path, module)
-    match = _SPEC.match(layer)
-    assert match is not None  # find_layer has parsed it
-    keys = tuple(_parse_key(k, layer) for k in _KEY.findall(match["keys"]))
-    call = int(match["call"]) if match["call"] is not None else -1
+    _, call, keys = _parse(layer)
     return LayerRef(layer, path, module, call, keys)
 
 
@@ -162,21 +153,9 @@ def find_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module
         )
     if layer in names:
         return layer, names[layer]
-    match = _SPEC.match(layer)
-    if match is None or (match["call"] is None and not match["keys"]):
-        if match is None:
-            raise CamkitValueError(
-                f"layer: cannot read {layer!r}; a layer name is a dotted module name, "
-                f"optionally followed by @call (such as @0) and [index] or [key] parts, "
-                f"such as 'encoder@0' or 'backbone.body[0]'"
-            )
-        path = layer
-    else:
-        path = match["path"]
-        for key in _KEY.findall(match["keys"]):
-            _parse_key(key, layer)
-        if path in names:
-            return path, names[path]
+    path, _, _ = _parse(layer)
+    if path in names:
+        return path, names[path]
     if not path:
         raise CamkitValueError(
             f"layer: got an empty name in {layer!r}, which is the model itself; name one of its "
@@ -189,6 +168,19 @@ def find_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module
         f"layer: the model has no submodule named {path!r}; {hint}: "
         f"{_preview(close or list(names), names)}"
     )
+
+
+def _parse(layer: str) -> tuple[str, int, tuple[Key, ...]]:
+    """A layer name's module path, call (``-1``: the last) and keys."""
+    match = _SPEC.match(layer)
+    if match is None:
+        raise CamkitValueError(
+            f"layer: cannot read {layer!r}; a layer name is a dotted module name, "
+            f"optionally followed by @call (such as @0) and [index] or [key] parts, "
+            f"such as 'encoder@0' or 'backbone.body[0]'"
+        )
+    keys = tuple(_parse_key(k, layer) for k in _KEY.findall(match["keys"]))
+    return match["path"], -1 if match["call"] is None else int(match["call"]), keys
 
 
 def _parse_key(text: str, layer: str) -> Key:
@@ -205,7 +197,17 @@ def _parse_key(text: str, layer: str) -> Key:
     )
 
 
-def _format_key(key: Key) -> str:
+def elements(output: Any) -> list[tuple[Key, Any]]:
+    """The ``(key, value)`` pairs of a tuple, list or dict output; none for anything else."""
+    if isinstance(output, Mapping):
+        return list(output.items())
+    if isinstance(output, (tuple, list)):
+        return list(enumerate(output))
+    return []
+
+
+def format_key(key: Key) -> str:
+    """``key`` as a layer name writes it: ``[0]`` or ``['pool']``."""
     return f"[{key}]" if isinstance(key, int) else f"[{key!r}]"
 
 
@@ -236,14 +238,6 @@ def _resolved_key(output: Any, key: Key, where: str) -> Any:
         f"layer: {where!r} returned {got or type(output).__name__}, which has no "
         f"element {key!r}; drop the [{key}] part"
     )
-
-
-def _item(output: Any, key: Key, where: str) -> Any:
-    return output[_resolved_key(output, key, where)]
-
-
-def _copy_mapping(output: Any) -> Any:
-    return copy.copy(output)  # keeps a ModelOutput's or OrderedDict's type
 
 
 def _named_like(name: str, module: nn.Module, wanted: str) -> bool:

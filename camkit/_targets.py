@@ -101,7 +101,7 @@ def bind_target(checked: CheckedTarget, output: Any, batch_size: int) -> tuple[B
     """Resolve the predicted class, check classes and callables against the output, and
     score the output: the bound target and its scores ``(N, k)``."""
     if checked.function is not None:
-        scores = _call_score_function(checked.function, output, batch_size)
+        scores = _call_score_function(checked.function, output, batch_size, checked.takes_samples)
         k = 1 if scores.dim() == 1 else scores.shape[1]
         bound = BoundTarget(
             None, checked.function, scores.dim() == 2, k, takes_samples=checked.takes_samples
@@ -198,8 +198,10 @@ def _scores_of(fn: ScoreFunction, output: Any, rows: Tensor | None, takes_sample
     return fn(output)
 
 
-def _call_score_function(fn: ScoreFunction, output: Any, batch_size: int) -> Tensor:
-    scores: Tensor = _scores_of(fn, output, None, _takes_samples(fn))
+def _call_score_function(
+    fn: ScoreFunction, output: Any, batch_size: int, takes_samples: bool
+) -> Tensor:
+    scores: Tensor = _scores_of(fn, output, None, takes_samples)
     ok = (
         isinstance(scores, Tensor)
         and scores.dim() in (1, 2)

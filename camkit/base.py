@@ -117,7 +117,7 @@ class BaseCAM(ABC):
         self.layers: list[LayerRef] = [resolve_layer(model, spec) for spec in specs]
         self.layer_names = [ref.name for ref in self.layers]
         places = [(id(ref.module), ref.call, ref.keys) for ref in self.layers]
-        if len(set(places)) != len(places) or len(set(self.layer_names)) != len(places):
+        if len(set(places)) != len(places):
             raise CamkitValueError(f"layer: {self.layer_names} names a layer twice")
         self.layout = Layout(layout, prefix_tokens, grid)
         self.model = model

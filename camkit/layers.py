@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from camkit._hooks import Hooks
 from camkit._model import check_input, eval_mode, forward
-from camkit._refs import Key, LayerRef, find_layer, resolve_layer
+from camkit._refs import Key, LayerRef, elements, find_layer, format_key, resolve_layer
 from camkit.errors import CamkitTypeError
 
 __all__ = ["LayerInfo", "LayerRef", "find_layer", "list_layers", "resolve_layer"]
@@ -112,12 +112,12 @@ def list_layers(
     survey = _Survey(modules, batch_size, tuple(x.shape[2:]))
     with eval_mode(model), torch.no_grad(), survey:
         forward(model, x, forward_args, forward_kwargs)
-    order = sorted(survey.found, key=lambda index: survey.first[index])
-    return [info for index in order for info in survey.found[index]]
+    return [info for infos in survey.found.values() for info in infos]
 
 
 class _Survey(Hooks):
-    """Hooks that note, per module, the explainable tensors of its last call."""
+    """Hooks that note, per module, the explainable tensors of its last call (modules in the
+    order of their first call)."""
 
     def __init__(
         self, modules: Sequence[tuple[str, nn.Module]], batch_size: int, size: tuple[int, ...]
@@ -126,38 +126,27 @@ class _Survey(Hooks):
         self.batch_size = batch_size
         self.size = size
         self.found: dict[int, list[LayerInfo]] = {}
-        self.first: dict[int, int] = {}
-        self._order = 0
 
     def on_output(self, index: int, output: Any) -> None:
         path, module = self.modules[index]
-        self.first.setdefault(index, self._order)
-        self._order += 1
-        infos = []
-        for keys, tensor in _tensors(output):
-            layout = _layout(tensor, self.batch_size, self.size)
-            if layout is not None:
-                name = LayerRef(path, path, module, keys=keys).prefix(len(keys))
-                kind = type(module).__name__
-                shape = tuple(tensor.shape)
-                infos.append(LayerInfo(name, kind, shape, *layout, calls=self.calls[index]))
-        if infos:
-            self.found[index] = infos
-        else:
-            self.found.pop(index, None)
+        self.found[index] = [
+            LayerInfo(
+                path + "".join(format_key(k) for k in keys),
+                type(module).__name__,
+                tuple(tensor.shape),
+                *layout,
+                calls=self.calls[index],
+            )
+            for keys, tensor in _tensors(output)
+            if (layout := _layout(tensor, self.batch_size, self.size)) is not None
+        ]
 
 
 def _tensors(output: Any) -> list[tuple[tuple[Key, ...], Tensor]]:
     """The tensors of an output: itself, or the elements of a container (one level deep)."""
     if isinstance(output, Tensor):
         return [((), output)]
-    if isinstance(output, Mapping):
-        items: Sequence[tuple[Key, Any]] = list(output.items())
-    elif isinstance(output, (tuple, list)):
-        items = list(enumerate(output))
-    else:
-        return []
-    return [((key,), value) for key, value in items if isinstance(value, Tensor)]
+    return [((key,), value) for key, value in elements(output) if isinstance(value, Tensor)]
 
 
 def _layout(t: Tensor, batch_size: int, size: tuple[int, ...]) -> tuple[str, dict[str, Any]] | None:

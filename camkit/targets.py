@@ -132,12 +132,13 @@ class SegmentationTarget:
                 f"got shape {tuple(logits.shape)}"
             )
         m, spatial = len(logits), tuple(logits.shape[2:])
-        classes = _for_rows(self.classes, samples, m, "classes").to(logits.device)
-        if int(classes.max()) >= logits.shape[1]:
+        largest = int(self.classes.max())  # on the host: no device read
+        if largest >= logits.shape[1]:
             raise CamkitValueError(
-                f"classes: class {int(classes.max())} is out of range; the output has "
+                f"classes: class {largest} is out of range; the output has "
                 f"{logits.shape[1]} classes"
             )
+        classes = _for_rows(self.classes, samples, m, "classes").to(logits.device)
         index = classes.view(*classes.shape, *([1] * len(spatial))).expand(-1, -1, *spatial)
         picked = logits.gather(1, index)  # (M, k, *spatial)
         region = self._region(samples, m, spatial, logits)
@@ -284,7 +285,8 @@ class DetectionTarget:
     def _take_detections(self, detections: list[Any]) -> None:
         assert self._min_score is not None
         kept = [d["scores"].detach() >= self._min_score for d in detections]
-        k = max(int(keep.sum()) for keep in kept)
+        counts = [int(keep.sum()) for keep in kept]
+        k = max(counts)
         if k == 0:
             best = max(
                 (float(d["scores"].detach().max()) for d in detections if len(d["scores"])),
@@ -296,8 +298,7 @@ class DetectionTarget:
             )
         self.boxes = torch.zeros(len(detections), k, 4)
         self.labels = torch.full((len(detections), k), -1, dtype=torch.int64)
-        for i, (found, keep) in enumerate(zip(detections, kept, strict=True)):
-            n = int(keep.sum())
+        for i, (found, keep, n) in enumerate(zip(detections, kept, counts, strict=True)):
             self.boxes[i, :n] = found["boxes"].detach()[keep.to(found["boxes"].device)].cpu()
             self.labels[i, :n] = found["labels"][keep.to(found["labels"].device)].cpu()
 

@@ -22,84 +22,52 @@ from tests.helpers import assert_untouched, reference_gradcam_at, snapshot
 
 Pick = Callable[[Any], Tensor]
 
+RANDOM = {"weights": None, "weights_backbone": None}
+SMALL = {"min_size": 96, "max_size": 96}
+TWO_STAGE_OPTIONS = {"rpn_post_nms_top_n_test": 40, "box_detections_per_img": 4, **SMALL}
+ONE_STAGE_OPTIONS = {"score_thresh": 0.0, "topk_candidates": 40, "detections_per_img": 4}
+
+
+def _build(builder: Callable[..., nn.Module], **options: Any) -> Callable[[], nn.Module]:
+    return lambda: builder(**RANDOM, **options)
+
+
 SEGMENTERS: dict[str, tuple[Callable[[], nn.Module], dict[str, Pick]]] = {
     # name: (builder, {layer: how plain autograd picks the same tensor from the module's output})
     "deeplabv3_mobilenet_v3_large": (
-        lambda: segmentation.deeplabv3_mobilenet_v3_large(
-            weights=None, weights_backbone=None, num_classes=4
-        ),
+        _build(segmentation.deeplabv3_mobilenet_v3_large, num_classes=4),
         {"backbone['out']": lambda out: out["out"], "classifier.0": lambda out: out},
     ),
     "lraspp_mobilenet_v3_large": (
-        lambda: segmentation.lraspp_mobilenet_v3_large(
-            weights=None, weights_backbone=None, num_classes=4
-        ),
+        _build(segmentation.lraspp_mobilenet_v3_large, num_classes=4),
         {"backbone[high]": lambda out: out["high"], "backbone['low']": lambda out: out["low"]},
     ),
     "fcn_resnet50": (
-        lambda: segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=4),
+        _build(segmentation.fcn_resnet50, num_classes=4),
         {"backbone['out']": lambda out: out["out"], "classifier.2": lambda out: out},
     ),
 }
 
-SMALL = {"min_size": 96, "max_size": 96}
 DETECTORS: dict[str, tuple[Callable[[], nn.Module], dict[str, Pick]]] = {
     "fasterrcnn_mobilenet_v3_large_fpn": (
-        lambda: detection.fasterrcnn_mobilenet_v3_large_fpn(
-            weights=None,
-            weights_backbone=None,
-            num_classes=3,
-            rpn_post_nms_top_n_test=40,
-            box_detections_per_img=4,
-            **SMALL,
-        ),
+        _build(detection.fasterrcnn_mobilenet_v3_large_fpn, num_classes=3, **TWO_STAGE_OPTIONS),
         {"backbone[0]": lambda out: out["0"], "backbone.body['1']": lambda out: out["1"]},
     ),
     "fcos_resnet50_fpn": (
-        lambda: detection.fcos_resnet50_fpn(
-            weights=None,
-            weights_backbone=None,
-            num_classes=3,
-            score_thresh=0.0,
-            topk_candidates=40,
-            detections_per_img=4,
-            **SMALL,
-        ),
+        _build(detection.fcos_resnet50_fpn, num_classes=3, **ONE_STAGE_OPTIONS, **SMALL),
         {"backbone.body.layer4": lambda out: out, "backbone.body.layer3": lambda out: out},
     ),
     "retinanet_resnet50_fpn": (
-        lambda: detection.retinanet_resnet50_fpn(
-            weights=None,
-            weights_backbone=None,
-            num_classes=3,
-            score_thresh=0.0,
-            topk_candidates=40,
-            detections_per_img=4,
-            **SMALL,
-        ),
+        _build(detection.retinanet_resnet50_fpn, num_classes=3, **ONE_STAGE_OPTIONS, **SMALL),
         {"backbone.body.layer4": lambda out: out, "backbone.body.layer3": lambda out: out},
     ),
     "ssdlite320_mobilenet_v3_large": (
-        lambda: detection.ssdlite320_mobilenet_v3_large(
-            weights=None,
-            weights_backbone=None,
-            num_classes=3,
-            score_thresh=0.0,
-            topk_candidates=40,
-            detections_per_img=4,
-        ),
+        _build(detection.ssdlite320_mobilenet_v3_large, num_classes=3, **ONE_STAGE_OPTIONS),
         # every level is computed from '0' inside the backbone: the map includes those paths
         {"backbone['0']": lambda out: out["0"], "backbone.features.0": lambda out: out},
     ),
     "maskrcnn_resnet50_fpn": (
-        lambda: detection.maskrcnn_resnet50_fpn(
-            weights=None,
-            weights_backbone=None,
-            num_classes=3,
-            rpn_post_nms_top_n_test=40,
-            box_detections_per_img=4,
-            **SMALL,
-        ),
+        _build(detection.maskrcnn_resnet50_fpn, num_classes=3, **TWO_STAGE_OPTIONS),
         {"backbone['0']": lambda out: out["0"], "backbone.body.layer3": lambda out: out},
     ),
 }

@@ -190,7 +190,8 @@ def _detector() -> tuple[nn.Module, Tensor, list[dict[str, Tensor]]]:
 
 
 def test_box_iou_matches_torchvision() -> None:
-    ops = pytest.importorskip("torchvision.ops")
+    from torchvision import ops  # a test dependency: fails, rather than skips, without it
+
     a = torch.rand(5, 2) * 10
     a = torch.cat([a, a + torch.rand(5, 2) * 5], 1)
     b = torch.cat([a[:3] + 1, torch.tensor([[20.0, 20, 21, 21]])])
