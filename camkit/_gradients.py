@@ -16,22 +16,29 @@ CHUNK = 16
 targets (a detector's box head, replayed for 100 detections, needs gigabytes)."""
 
 
-def score_gradients(scores: Tensor, tensors: Sequence[Tensor]) -> list[Tensor | None]:
+def score_gradients(
+    scores: Tensor, tensors: Sequence[Tensor], create_graph: bool = False
+) -> list[Tensor | None]:
     """``d scores / d t`` for each tensor ``t``, as ``(N, k, *t.shape[1:])``.
 
-    Row ``i`` of ``scores`` ``(N, k)`` must depend on row ``i`` of each tensor
-    only (a model in eval mode). ``None`` marks a tensor the scores do not
-    depend on.
+    Row ``i`` of ``scores`` ``(N, k)`` should depend on row ``i`` of each
+    tensor only (a model in eval mode): what is computed is the gradient of
+    each score column summed over the batch, which includes, in train mode,
+    the paths through batch statistics after the layer (as a training loop's
+    own ``autograd.grad`` would). ``None`` marks a tensor the scores do not
+    depend on. With ``create_graph`` the gradients can be differentiated again.
     """
     if not scores.requires_grad:
         return [None] * len(tensors)
     if scores.shape[1] == 1:
-        grads = torch.autograd.grad(scores.sum(), tensors, allow_unused=True)
+        grads = torch.autograd.grad(
+            scores.sum(), tensors, allow_unused=True, create_graph=create_graph
+        )
         return [None if g is None else g[:, None] for g in grads]
-    return _batched(scores, tensors)
+    return _batched(scores, tensors, create_graph)
 
 
-def _batched(scores: Tensor, tensors: Sequence[Tensor]) -> list[Tensor | None]:
+def _batched(scores: Tensor, tensors: Sequence[Tensor], create_graph: bool) -> list[Tensor | None]:
     """The ``k`` score columns in batched backward passes of up to :data:`CHUNK` columns, or
     one pass per column where some backward step of the model cannot be batched."""
     n, k = scores.shape
@@ -47,6 +54,7 @@ def _batched(scores: Tensor, tensors: Sequence[Tensor]) -> list[Tensor | None]:
                     grad_outputs=rows[:, None, :].expand(len(rows), n, k),
                     is_grads_batched=True,
                     retain_graph=True,  # for the next chunk, or the fallback after a failure
+                    create_graph=create_graph,
                     allow_unused=True,
                 )
             )
@@ -58,7 +66,13 @@ def _batched(scores: Tensor, tensors: Sequence[Tensor]) -> list[Tensor | None]:
         if isinstance(error, torch.OutOfMemoryError) or not _VMAP_UNSUPPORTED.search(str(error)):
             raise
     columns = [
-        torch.autograd.grad(scores[:, j].sum(), tensors, retain_graph=j < k - 1, allow_unused=True)
+        torch.autograd.grad(
+            scores[:, j].sum(),
+            tensors,
+            retain_graph=create_graph or j < k - 1,
+            create_graph=create_graph,
+            allow_unused=True,
+        )
         for j in range(k)
     ]
     return [

@@ -212,16 +212,27 @@ _IN_PLACE_ON_LEAF = "leaf Variable that requires grad is being used in an in-pla
 """Autograd's error when the network writes in place to an activation camkit made a leaf."""
 
 
-def capture(layers: Sequence[LayerRef], run: Callable[[], Any]) -> tuple[LayerCapture, Any]:
+def capture(
+    layers: Sequence[LayerRef], run: Callable[[], Any], record_all: bool = False
+) -> tuple[LayerCapture, Any]:
     """Run ``run()`` (the forward pass) with the layers hooked; copy outputs only where needed.
 
-    A layer's output is copied before it flows on only if the network is known
+    With ``record_all`` (differentiable maps, a training step), autograd
+    records the whole forward pass and every layer's output is copied: the
+    model runs exactly once, as it would in the caller's own step (a second
+    run would update BatchNorm's running statistics twice).
+
+    Otherwise, a layer's output is copied before it flows on only if the network is known
     to modify it in place. Every call checks: if an uncopied activation was
     overwritten (its version counter moved, or autograd refused the in-place
     write to it), the forward pass runs once more with copies, and the layer
     is remembered (per module, for every CAM on it) as one to copy. Any other
     failure of the model is raised at once: the model runs once.
     """
+    if record_all:
+        with LayerCapture(layers, [True] * len(layers)) as hooked, torch.enable_grad():
+            output = run()
+        return hooked, output
     clone = [_WRITES_IN_PLACE.get(ref.module, {}).get(ref.keys, False) for ref in layers]
     try:
         hooked, output = _run_hooked(layers, clone, run)

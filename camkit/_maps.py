@@ -105,6 +105,23 @@ def scale_maps_(maps: Tensor) -> Tensor:
     return maps
 
 
+SCALE_EPSILON = 1e-6
+"""The least range a map is divided by when scaled in the autograd graph (see
+:func:`scaled_maps`)."""
+
+
+def scaled_maps(maps: Tensor) -> Tensor:
+    """Min-max scale each map of ``(N, k, *spatial)`` maps, out of place and differentiable.
+
+    ``(L - min L) / max(max L - min L, SCALE_EPSILON)``: the values of
+    :func:`scale_maps_` unless a map's range is below the epsilon (a constant
+    map still becomes all zeros), and a finite gradient everywhere.
+    """
+    flat = maps.flatten(2)
+    low, high = flat.amin(dim=2, keepdim=True), flat.amax(dim=2, keepdim=True)
+    return ((flat - low) / (high - low).clamp_min(SCALE_EPSILON)).view_as(maps)
+
+
 def first_direction(pixels: Tensor) -> Tensor:
     """The first right singular vector ``v_1`` of each ``(B, pixels, C)`` matrix, ``(B, C)``.
 

@@ -102,15 +102,22 @@ def scored(request: Request, output: Any) -> tuple[BoundTarget, Tensor]:
     return bind_target(request.target, output, request.batch_size)
 
 
-def explained_by(scores: Tensor, tensors: Sequence[Tensor], names: Sequence[str]) -> list[Tensor]:
+def explained_by(
+    scores: Tensor,
+    tensors: Sequence[Tensor],
+    names: Sequence[str],
+    *,
+    create_graph: bool = False,
+) -> list[Tensor]:
     """``d scores / d t`` ``(N, k, *t.shape[1:])`` for each tensor; a clear error naming the
-    tensor the scores do not depend on (a constant target, a layer after the score).
+    tensor the scores do not depend on (a constant target, a layer after the score). With
+    ``create_graph`` the gradients are themselves in the autograd graph.
 
     Of several tensors (the layers of one CAM, such as the levels of a feature
     pyramid), only some need to reach the scores: the others get a zero
     gradient (a detector's box head reads each box from one level only).
     """
-    gradients = score_gradients(scores, tensors)
+    gradients = score_gradients(scores, tensors, create_graph=create_graph)
     if len(tensors) > 1 and any(g is not None for g in gradients):
         n, k = scores.shape
         return [
@@ -169,12 +176,16 @@ def result(
     output: Any,
     target: BoundTarget,
     scores: Tensor,
+    differentiable: bool = False,
 ) -> CAMResult:
     """The call's result; the ``k`` axis of maps, scores and classes is dropped unless the
-    target asked for several per sample."""
-    classes, scores = target.classes, scores.detach()
+    target asked for several per sample. Output and scores are detached unless the maps
+    are ``differentiable``."""
+    classes = target.classes
+    if not differentiable:
+        output, scores = detached(output), scores.detach()
     if not target.multi:
         maps, scores = maps[:, 0], scores[:, 0]
         classes = None if classes is None else classes[:, 0]
         layer_maps = {name: m[:, 0] for name, m in layer_maps.items()}
-    return CAMResult(maps, detached(output), scores, classes, layer_maps)
+    return CAMResult(maps, output, scores, classes, layer_maps)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -102,6 +103,10 @@ class BaseCAM(ABC):
     needs_gradients: ClassVar[bool] = True
     """Whether :meth:`weights` uses :attr:`LayerContext.gradients`."""
 
+    differentiable_maps: ClassVar[bool] = True
+    """Whether the method offers ``explain(..., differentiable=True)``: maps that stay in the
+    autograd graph (a method whose weights come from re-running the model does not)."""
+
     def __init__(
         self,
         model: nn.Module,
@@ -160,6 +165,7 @@ class BaseCAM(ABC):
         counterfactual: bool = False,
         eigen_smooth: bool = False,
         aug_smooth: bool = False,
+        differentiable: bool = False,
         forward_args: Sequence[Any] = (),
         forward_kwargs: Mapping[str, Any] | None = None,
     ) -> CAMResult:
@@ -187,6 +193,20 @@ class BaseCAM(ABC):
                 direction over channels, which removes much of the noise.
             aug_smooth: Average the maps of ``x`` and of ``x`` flipped along its
                 last axis (flipped back), a test-time augmentation.
+            differentiable: Keep the maps in the autograd graph, for a loss on
+                them during training (see the "Training with explanations"
+                page). The whole forward pass is recorded, the gradients at the
+                layer are taken with ``create_graph=True``, and ReLU,
+                upsampling and scaling stay differentiable; a loss on the maps
+                back-propagates to the parameters (and to ``x``, if it requires
+                grad). The model runs in the mode the caller set (train mode
+                keeps BatchNorm's batch statistics and Dropout), once, under
+                any ``torch.autocast`` in force; ``output`` and ``scores`` of
+                the result keep their graph, so the task loss and the
+                explanation loss share the forward pass. Scaling divides by
+                ``max(max L - min L, 1e-6)``, which equals the default
+                scaling unless a map is (nearly) constant. The values equal
+                those of the default path; float64 layers give float64 maps.
             forward_args: Further positional inputs: the model runs as
                 ``model(x, *forward_args, **forward_kwargs)``. Tensors whose first
                 axis has the batch size are treated as per-sample inputs.
@@ -201,8 +221,16 @@ class BaseCAM(ABC):
             CamkitValueError: For an empty batch, classes out of range, a wrong
                 number of targets, a layer the forward pass never reaches, a
                 score that does not depend on the layer, or options that do
-                not fit the method.
+                not fit the method (``differentiable=True`` for a method that
+                re-runs the model).
         """
+        if differentiable and not self.differentiable_maps:
+            raise CamkitValueError(
+                f"differentiable: {type(self).__name__} computes its weights from forward "
+                f"passes run without gradients, so its maps cannot be differentiated; "
+                f"differentiable maps come from GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, "
+                f"LayerCAM, CAM and EigenCAM"
+            )
         if counterfactual and not self.needs_gradients:
             raise CamkitValueError(
                 f"counterfactual: {type(self).__name__} does not use gradients; "
@@ -220,65 +248,70 @@ class BaseCAM(ABC):
             )
         with torch.inference_mode(False):  # a target made here must not be an inference tensor
             request = Request.check(x, target, forward_args, forward_kwargs)
-            run = self._layer_maps(request, relu, upsample, counterfactual, eigen_smooth)
+            options = _Options(relu, upsample, counterfactual, eigen_smooth, differentiable)
+            run = self._layer_maps(request, options)
             layer_maps = run.layer_maps
             if aug_smooth:
-                flipped = self._layer_maps(
-                    request.flipped(), relu, upsample, counterfactual, eigen_smooth
-                ).layer_maps
+                flipped = self._layer_maps(request.flipped(), options).layer_maps
                 layer_maps = {n: (m + flipped[n].flip(-1)) / 2 for n, m in layer_maps.items()}
-        maps, layer_maps = _finished(layer_maps, normalize)
-        return result(maps, layer_maps, run.output, run.target, run.scores)
+            maps, layer_maps = _finished(layer_maps, normalize, differentiable)
+        return result(maps, layer_maps, run.output, run.target, run.scores, differentiable)
 
     __call__ = maps_only(explain)
 
-    def _layer_maps(
-        self,
-        request: Request,
-        relu: bool,
-        upsample: bool,
-        counterfactual: bool,
-        eigen_smooth: bool,
-    ) -> _Run:
+    def _layer_maps(self, request: Request, options: _Options) -> _Run:
         """One forward (and backward) pass: each layer's map ``(N, k, *spatial)``, unscaled."""
-        with eval_mode(self.model), rowwise_box_heads(self.model):
-            hooked, output = capture(self.layers, lambda: request.run(self.model))
+        differentiable = options.differentiable
+        with ExitStack() as modes:
+            if not differentiable:  # a training step runs the model as the caller set it
+                modes.enter_context(eval_mode(self.model))
+                modes.enter_context(rowwise_box_heads(self.model))
+            hooked, output = capture(
+                self.layers, lambda: request.run(self.model), record_all=differentiable
+            )
             captured = self._reached(hooked)
             natives = [c.activation for c in captured]
             with torch.enable_grad():
                 target, scores = scored(request, output)
                 gradients: Sequence[Tensor | None] = (
-                    explained_by(scores, natives, [f"layer {n!r}" for n in self.layer_names])
+                    explained_by(
+                        scores,
+                        natives,
+                        [f"layer {n!r}" for n in self.layer_names],
+                        create_graph=differentiable,
+                    )
                     if self.needs_gradients
                     else [None] * len(natives)
                 )
             signed: dict[str, Tensor] = {}
-            for index, (native, grads) in enumerate(zip(natives, gradients, strict=True)):
-                context = self._context(
-                    request,
-                    index,
-                    native,
-                    captured[index].number,
-                    target,
-                    scores,
-                    grads,
-                    counterfactual,
-                    upsample,
-                )
-                try:
-                    signed[context.layer] = self._layer_map(context, eigen_smooth)
-                except Exception:
-                    check_scores_finite(request.x, scores)  # a NaN input explains it better
-                    raise
-        check_finite(request.x, scores, signed)
-        layer_maps = {}
-        for name, maps in signed.items():
-            if relu:
-                maps = maps.clamp_min_(0)
-            if upsample:
-                resized = _maps.upsample(maps.flatten(0, 1), tuple(request.x.shape[2:]))
-                maps = resized.view(*maps.shape[:2], *resized.shape[1:])
-            layer_maps[name] = maps.to(request.x.device)
+            devices = {request.x.device.type, *(n.device.type for n in natives)}
+            modes.enter_context(_full_precision(devices))
+            with torch.set_grad_enabled(differentiable):
+                for index, (native, grads) in enumerate(zip(natives, gradients, strict=True)):
+                    context = self._context(
+                        request,
+                        index,
+                        native,
+                        captured[index].number,
+                        target,
+                        scores,
+                        grads,
+                        options,
+                    )
+                    try:
+                        signed[context.layer] = self._layer_map(context, options.eigen_smooth)
+                    except Exception:
+                        check_scores_finite(request.x, scores)  # a NaN input explains it better
+                        raise
+            check_finite(request.x, scores, signed)
+            layer_maps = {}
+            for name, maps in signed.items():
+                if options.relu:
+                    maps = maps.clamp_min(0) if differentiable else maps.clamp_min_(0)
+                if options.upsample:
+                    resized = _maps.upsample(maps.flatten(0, 1), tuple(request.x.shape[2:]))
+                    maps = resized.view(*maps.shape[:2], *resized.shape[1:])
+                layer_maps[name] = maps.to(request.x.device)
         return _Run(layer_maps, output, target, scores)
 
     def _context(
@@ -290,18 +323,22 @@ class BaseCAM(ABC):
         target: BoundTarget,
         scores: Tensor,
         gradients: Tensor | None,
-        counterfactual: bool,
-        upsample: bool,
+        options: _Options,
     ) -> LayerContext:
         """The layer's tensors in the channels-first layout, and closures that re-run the model
-        (``native`` is the layer's output at call ``call``, 0 the first, the one explained)."""
+        (``native`` is the layer's output at call ``call``, 0 the first, the one explained).
+
+        Float32, or float64 for a float64 layer in differentiable mode (for gradcheck)."""
         ref = self.layers[index]
         name = ref.name
-        native = native.detach()
-        activations = self._channels_first(native, name, request, upsample)
+        wide = options.differentiable and native.dtype == torch.float64
+        dtype = torch.float64 if wide else torch.float32
+        if not options.differentiable:
+            native = native.detach()
+        activations = self._channels_first(native, name, request, options.upsample)
         if gradients is not None:
-            gradients = self._gradients_channels_first(gradients, name)
-            if counterfactual:
+            gradients = self._gradients_channels_first(gradients, name).to(dtype)
+            if options.counterfactual:
                 gradients = -gradients
 
         @torch.no_grad()
@@ -318,7 +355,7 @@ class BaseCAM(ABC):
 
         return LayerContext(
             layer=name,
-            activations=activations.float()[:, None],
+            activations=activations.to(dtype)[:, None],
             scores=scores.detach().float(),
             inputs=request.x,
             classes=target.classes,
@@ -393,7 +430,27 @@ class BaseCAM(ABC):
     def _gradients_channels_first(self, gradients: Tensor, name: str) -> Tensor:
         n, k = gradients.shape[:2]
         flat = self.layout.to_channels_first(gradients.flatten(0, 1), name)
-        return flat.reshape(n, k, *flat.shape[1:]).float()
+        return flat.reshape(n, k, *flat.shape[1:])
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The options of one :meth:`BaseCAM.explain` call that shape each pass's maps."""
+
+    relu: bool
+    upsample: bool
+    counterfactual: bool
+    eigen_smooth: bool
+    differentiable: bool
+
+
+def _full_precision(devices: set[str]) -> ExitStack:
+    """camkit's own arithmetic (weights times activations, upsampling) outside any
+    ``torch.autocast`` region the caller opened, so that maps are float32 (or float64)."""
+    stack = ExitStack()
+    for device in devices & {"cpu", "cuda"}:
+        stack.enter_context(torch.autocast(device, enabled=False))
+    return stack
 
 
 @dataclass(frozen=True)
@@ -407,17 +464,23 @@ class _Run:
     scores: Tensor
 
 
-def _finished(layer_maps: dict[str, Tensor], normalize: bool) -> tuple[Tensor, dict[str, Tensor]]:
+def _finished(
+    layer_maps: dict[str, Tensor], normalize: bool, differentiable: bool
+) -> tuple[Tensor, dict[str, Tensor]]:
     """The fused map and each layer's own, scaled to [0, 1] when ``normalize``.
 
     One layer's map is the result (``layer_maps`` shares it); several layers
-    are fused as the mean of their maps, each scaled to [0, 1] first.
+    are fused as the mean of their maps, each scaled to [0, 1] first. In
+    place on camkit's own tensors, or out of place (and differentiable) for
+    maps in the autograd graph.
     """
+    scale = _maps.scaled_maps if differentiable else _maps.scale_maps_
     if len(layer_maps) == 1:
         ((name, only),) = layer_maps.items()
-        maps = _maps.scale_maps_(only) if normalize else only
+        maps = scale(only) if normalize else only
         return maps, {name: maps}  # shared, not copied: a copy would cost memory (see CAMResult)
-    fused = torch.stack([_maps.scale_maps_(m.clone()) for m in layer_maps.values()]).mean(0)
+    fresh = _maps.scaled_maps if differentiable else lambda m: _maps.scale_maps_(m.clone())
+    fused = torch.stack([fresh(m) for m in layer_maps.values()]).mean(0)
     if not normalize:
         return fused, layer_maps
-    return _maps.scale_maps_(fused), {n: _maps.scale_maps_(m) for n, m in layer_maps.items()}
+    return scale(fused), {n: scale(m) for n, m in layer_maps.items()}

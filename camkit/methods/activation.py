@@ -71,7 +71,7 @@ class CAM(BaseCAM):
                 "target: CAM reads class weights from the classifier, so it needs class "
                 "targets (None, ints), not a callable"
             )
-        weight = self.fc.weight.detach().float()
+        weight = self.fc.weight.to(context.activations.dtype)  # differentiable maps only: graph
         channels = context.activations.shape[2]
         if weight.shape[1] != channels:
             raise CamkitValueError(

@@ -42,6 +42,15 @@ class _GuidedReLUs(Hooks):
         return result
 
 
+def _refuse_differentiable(differentiable: bool, method: str) -> None:
+    if differentiable:
+        raise CamkitValueError(
+            f"differentiable: {method} replaces the ReLUs' backward pass, so its maps are "
+            f"not a function autograd can differentiate; differentiable maps come from "
+            f"GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, CAM and EigenCAM"
+        )
+
+
 class GuidedBackprop:
     r"""Guided Backpropagation: the input gradient with only positive signals let through ReLUs.
 
@@ -93,6 +102,7 @@ class GuidedBackprop:
         x: Tensor,
         target: Target = None,
         *,
+        differentiable: bool = False,
         forward_args: Sequence[Any] = (),
         forward_kwargs: Mapping[str, Any] | None = None,
     ) -> CAMResult:
@@ -101,6 +111,9 @@ class GuidedBackprop:
         Args:
             x: The input batch, a floating-point tensor ``(N, C, *spatial)``.
             target: As for :meth:`camkit.BaseCAM.explain`.
+            differentiable: Not offered: the guided backward pass replaces the
+                ReLUs' gradient, so the maps are not a function autograd can
+                differentiate; ``True`` raises an error.
             forward_args: Further positional inputs of the model, as for
                 :meth:`camkit.BaseCAM.explain`.
             forward_kwargs: Keyword inputs of the model, as ``forward_args``.
@@ -111,9 +124,10 @@ class GuidedBackprop:
         Raises:
             CamkitTypeError: For an input or target of the wrong type.
             CamkitValueError: For an empty batch, classes out of range, a score
-                that does not depend on the input, or a NaN or infinite score
-                or gradient.
+                that does not depend on the input, a NaN or infinite score
+                or gradient, or ``differentiable=True``.
         """
+        _refuse_differentiable(differentiable, type(self).__name__)
         with torch.inference_mode(False):  # a target made here must not be an inference tensor
             request = Request.check(x, target, forward_args, forward_kwargs)
             with eval_mode(self.model), _GuidedReLUs(self.relus), torch.enable_grad():
@@ -162,6 +176,7 @@ class GuidedGradCAM:
         x: Tensor,
         target: Target = None,
         *,
+        differentiable: bool = False,
         forward_args: Sequence[Any] = (),
         forward_kwargs: Mapping[str, Any] | None = None,
     ) -> CAMResult:
@@ -170,6 +185,7 @@ class GuidedGradCAM:
         The arguments are those of :meth:`GuidedBackprop.explain`. The Grad-CAM
         map of the same classes is in the result's ``layer_maps``.
         """
+        _refuse_differentiable(differentiable, type(self).__name__)
         options: dict[str, Any] = {"forward_args": forward_args, "forward_kwargs": forward_kwargs}
         guided = self.guided.explain(x, target, **options)
         cam_target: Target = target

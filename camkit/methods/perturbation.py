@@ -18,6 +18,7 @@ class _Batched(BaseCAM):
     """A method whose weights need ``N x C`` forward passes, run ``batch_size`` at a time."""
 
     needs_gradients = False
+    differentiable_maps = False
 
     def __init__(
         self,
