@@ -148,3 +148,25 @@ def test_api_reference_shows_how_to_call_an_explainer(built_docs: Path) -> None:
         for member in ("__call__", "explain"):
             assert f'id="camkit.{name}.{member}"' in api, (name, member)
     assert 'id="camkit.LayerContext.score_activations"' in api
+
+
+def test_training_page_shows_the_example_table_and_figures() -> None:
+    """The table on the "Training with explanations" page is that of the committed run."""
+    import json
+
+    folder = ROOT / "docs" / "training"
+    page = (ROOT / "docs" / "training.rst").read_text()
+    for included in (".. include:: training/table.rst", ".. include:: training/cost.rst"):
+        assert included in page
+    rows = json.loads((folder / "results.json").read_text())
+    table = (folder / "table.rst").read_text()
+    names = [row["name"] for row in rows]
+    assert names[:3] == ["plain", "camkit HiResCAM penalty", "RRR input-gradient penalty"]
+    for row in rows:
+        assert f'"{row["name"]}", "{100 * row["randomized"]:.2f} %"' in table
+    plain, guided = rows[0], rows[1]
+    assert plain["randomized"] < 0.5 and guided["randomized"] >= 0.97  # the example's goals
+    for figure in ("construction.png", "maps.png"):
+        assert f".. image:: training/{figure}" in page
+        assert (folder / figure).stat().st_size > 10_000
+    assert "ratio" in (folder / "cost.rst").read_text()
