@@ -274,3 +274,21 @@ def test_methods_that_cannot_be_differentiated_say_so(method: str) -> None:
     with pytest.raises(CamkitValueError, match=r"^differentiable: .*GradCAM"):
         MNIST_EXPLAINERS[method](model).explain(x, differentiable=True)
     assert_untouched(before, snapshot(model, x))
+
+
+@pytest.mark.parametrize("method", SUPPORTED)
+def test_one_forward_pass_serves_both_losses(method: str) -> None:
+    model = MnistNet().train()
+    runs: list[int] = []
+    handle = model.register_forward_hook(lambda m, i, o: runs.append(1))
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    try:
+        for target in (y, torch.randint(0, 10, (4, 3))):
+            runs.clear()
+            explained = MNIST_EXPLAINERS[method](model).explain(x, target, differentiable=True)
+            assert len(runs) == 1
+            loss = F.cross_entropy(explained.output, y) + explained.maps.sum()
+            loss.backward()
+            assert len(runs) == 1  # the backward pass runs no forward
+    finally:
+        handle.remove()
