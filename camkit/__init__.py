@@ -10,10 +10,17 @@ torch.Size([5, 8, 8])
 
 from importlib.metadata import PackageNotFoundError, version
 
-from camkit import metrics, plot
+from camkit import datasets, metrics, plot
 from camkit.base import BaseCAM
 from camkit.context import LayerContext
-from camkit.errors import CamkitError, CamkitModelError, CamkitTypeError, CamkitValueError
+from camkit.datasets import MapStore, explain_dataset
+from camkit.errors import (
+    CamkitError,
+    CamkitModelError,
+    CamkitStorageError,
+    CamkitTypeError,
+    CamkitValueError,
+)
 from camkit.layers import find_layer, list_layers
 from camkit.methods import (
     CAM,
@@ -53,6 +60,7 @@ __all__ = [
     "CAMResult",
     "CamkitError",
     "CamkitModelError",
+    "CamkitStorageError",
     "CamkitTypeError",
     "CamkitValueError",
     "DetectionTarget",
@@ -64,6 +72,7 @@ __all__ = [
     "HiResCAM",
     "LayerCAM",
     "LayerContext",
+    "MapStore",
     "RegressionTarget",
     "ScoreCAM",
     "ScoreFunction",
@@ -73,6 +82,8 @@ __all__ = [
     "XGradCAM",
     "__version__",
     "class_scores",
+    "datasets",
+    "explain_dataset",
     "find_layer",
     "list_layers",
     "metrics",

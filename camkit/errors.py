@@ -7,7 +7,13 @@ catch either the camkit family or the builtin they already expect.
 
 from __future__ import annotations
 
-__all__ = ["CamkitError", "CamkitModelError", "CamkitTypeError", "CamkitValueError"]
+__all__ = [
+    "CamkitError",
+    "CamkitModelError",
+    "CamkitStorageError",
+    "CamkitTypeError",
+    "CamkitValueError",
+]
 
 
 class CamkitError(Exception):
@@ -36,4 +42,14 @@ class CamkitModelError(CamkitError, RuntimeError):
     The message names the input's shape and dtype and repeats the model's
     error, which is chained as ``__cause__``. Typical causes: a wrong number of
     channels, a wrong input size, inputs on another device than the model.
+    """
+
+
+class CamkitStorageError(CamkitError, OSError):
+    """Maps could not be written to disk: the folder is not writable, or the disk is full.
+
+    The message names the file and says what failed; the shards written
+    before stay readable (:class:`camkit.datasets.MapStore`), and a rerun with
+    the same settings resumes after them. The operating system's error is
+    chained as ``__cause__``.
     """

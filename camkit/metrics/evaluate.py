@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from camkit._distributed import Batches, World, gather, mine, world
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import MetricResult, classes_of, summarize
 
@@ -37,7 +38,8 @@ def evaluate(
     Args:
         model: The classifier; left unchanged.
         explainer: Computes maps as ``explainer(x, classes)``, e.g. a CAM.
-        loader: Yields ``x`` or tuples whose first two items are ``x`` and labels.
+        loader: Yields ``x`` or tuples whose first two items are ``x`` and labels; under
+            torchrun, a :class:`~torch.utils.data.DataLoader` with a ``batch_size``.
         metrics: Name to metric function, e.g.
             ``{"deletion": camkit.metrics.deletion}``; use
             :func:`functools.partial` to set a metric's options.
@@ -64,9 +66,36 @@ def evaluate(
         raise CamkitValueError(f"target: got {target!r}; allowed: 'predicted', 'label'")
     if not metrics:
         raise CamkitValueError("metrics: give at least one metric")
+    with world() as team:
+        batches, numbers = loader, None
+        if team.size > 1:
+            split = Batches.of(loader)
+            numbers = mine(range(split.count), team)
+            batches = split.loader_for(numbers)
+        collected = _collect(model, explainer, batches, metrics, target, device, progress, team)
+        if numbers is not None:
+            collected = _in_order(team, numbers, collected)
+    return {name: _concatenate(name, parts) for name, parts in collected.items()}
+
+
+def _collect(
+    model: nn.Module,
+    explainer: Callable[[Tensor, Tensor], Tensor],
+    loader: Iterable[Any],
+    metrics: Mapping[str, Metric],
+    target: str,
+    device: torch.device | str | None,
+    progress: bool,
+    team: World,
+) -> dict[str, list[MetricResult]]:
+    """Each metric's result per batch of ``loader``, in order."""
     collected: dict[str, list[MetricResult]] = {name: [] for name in metrics}
     for batch in tqdm(
-        loader, desc="evaluating", unit="batch", disable=not progress, mininterval=0.5
+        loader,
+        desc="evaluating",
+        unit="batch",
+        disable=not (progress and team.main),
+        mininterval=0.5,
     ):
         x, labels = (batch, None) if isinstance(batch, Tensor) else (batch[0], batch[1])
         if device is not None:
@@ -80,7 +109,35 @@ def evaluate(
         maps = explainer(x, classes)
         for name, metric in metrics.items():
             collected[name].append(metric(model, x, maps, classes))
-    return {name: _concatenate(name, parts) for name, parts in collected.items()}
+    return collected
+
+
+def _in_order(
+    team: World, numbers: list[int], collected: dict[str, list[MetricResult]]
+) -> dict[str, list[MetricResult]]:
+    """Every rank's per-batch results, gathered and put back in batch order."""
+    on_host = {name: [_to_cpu(r) for r in parts] for name, parts in collected.items()}
+    everything = gather(team, (numbers, on_host))
+    ordered: dict[str, list[MetricResult]] = {name: [] for name in collected}
+    batches = sorted(
+        (number, rank, position)
+        for rank, (ranks_numbers, _) in enumerate(everything)
+        for position, number in enumerate(ranks_numbers)
+    )
+    for _, rank, position in batches:
+        for name in ordered:
+            ordered[name].append(everything[rank][1][name][position])
+    return ordered
+
+
+def _to_cpu(result: MetricResult) -> MetricResult:
+    def host(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.cpu()
+
+    values = result.values.cpu()
+    return MetricResult(
+        result.name, values, result.summary, host(result.curves), host(result.fractions)
+    )
 
 
 def _concatenate(name: str, parts: list[MetricResult]) -> MetricResult:

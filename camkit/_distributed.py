@@ -1,0 +1,148 @@
+"""Work spread over processes with PyTorch's own engine (``torch.distributed``, ``torchrun``).
+
+camkit schedules nothing itself. A dataset is cut into batches exactly as one
+process would cut it (batch ``b`` holds samples ``b * B`` to ``b * B + B - 1``);
+the batches (or shards of batches) are dealt to the ranks round-robin. Every
+batch is then the same batch as in a single process, so per-sample results are
+bitwise identical whatever the number of processes, and no sample is lost or
+repeated when the dataset's length does not divide.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from camkit.errors import CamkitTypeError, CamkitValueError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's rank among ``size`` processes (rank 0 of 1 without torch.distributed)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Whether this is rank 0, the process that writes shared files and prints."""
+        return self.rank == 0
+
+
+@contextmanager
+def world() -> Iterator[World]:
+    """The process group of the block: the caller's, or one started here under ``torchrun``.
+
+    If ``torch.distributed`` is already initialized, its default group is used
+    and left running. Otherwise, if the environment comes from ``torchrun``
+    (``WORLD_SIZE`` above 1), a group is started for the block (NCCL when CUDA
+    is available, gloo otherwise; torchrun's rendezvous variables say where)
+    and destroyed after it. Otherwise the block runs as rank 0 of 1.
+    """
+    if dist.is_available() and dist.is_initialized():
+        yield World(dist.get_rank(), dist.get_world_size())
+        return
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield World()
+        return
+    if not dist.is_available():
+        raise CamkitValueError(
+            "WORLD_SIZE: set above 1 (a torchrun launch), but this torch has no "
+            "torch.distributed; run one process"
+        )
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    try:
+        yield World(dist.get_rank(), dist.get_world_size())
+    finally:
+        dist.destroy_process_group()
+
+
+def barrier(team: World) -> None:
+    """Wait for every rank (nothing to wait for in one process)."""
+    if team.size > 1:
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+
+
+def gather(team: World, value: Any) -> list[Any]:
+    """Every rank's ``value`` (picklable), in rank order, on every rank."""
+    if team.size == 1:
+        return [value]
+    values: list[Any] = [None] * team.size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def mine(items: Sequence[int], team: World) -> list[int]:
+    """This rank's share of ``items``: every ``size``-th, starting at its rank."""
+    return list(items[team.rank :: team.size])
+
+
+@dataclass(frozen=True)
+class Batches:
+    """How one process would batch a :class:`~torch.utils.data.DataLoader`'s dataset, in order."""
+
+    loader: DataLoader[Any]
+    length: int
+    batch_size: int
+
+    @classmethod
+    def of(cls, loader: object, name: str = "loader") -> Batches:
+        """Check that ``loader`` is a DataLoader over a map-style dataset with a batch size."""
+        if not isinstance(loader, DataLoader):
+            raise CamkitTypeError(
+                f"{name}: expected a torch.utils.data.DataLoader, got {type(loader).__name__}"
+            )
+        dataset = loader.dataset
+        if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            raise CamkitValueError(
+                f"{name}: its dataset ({type(dataset).__name__}) is iterable-style; camkit needs "
+                f"a map-style dataset (with __len__ and __getitem__), to know each sample's index"
+            )
+        if len(dataset) == 0:
+            raise CamkitValueError(f"{name}: its dataset is empty")
+        if loader.batch_size is None:
+            raise CamkitValueError(
+                f"{name}: has a custom batch_sampler; give a DataLoader with batch_size= "
+                f"(camkit batches the dataset in order, by that size)"
+            )
+        return cls(loader, len(dataset), int(loader.batch_size))
+
+    @property
+    def count(self) -> int:
+        """The number of batches, the last one possibly smaller."""
+        return -(-self.length // self.batch_size)
+
+    def indices(self, batches: Sequence[int]) -> list[int]:
+        """The dataset indices of the given batches, in order."""
+        size, length = self.batch_size, self.length
+        return [i for b in batches for i in range(b * size, min((b + 1) * size, length))]
+
+    def loader_for(self, batches: Sequence[int]) -> DataLoader[Any]:
+        """A DataLoader yielding exactly ``batches``, in order, with the original's workers,
+        collate function and pinning (its sampler and ``drop_last`` are not used)."""
+        original = self.loader
+        dataset: Dataset[Any] = Subset(original.dataset, self.indices(batches))
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=original.num_workers,
+            collate_fn=original.collate_fn,
+            pin_memory=original.pin_memory,
+            timeout=original.timeout,
+            worker_init_fn=original.worker_init_fn,
+            persistent_workers=False,
+        )

@@ -1,0 +1,673 @@
+"""Maps for a whole dataset: written to disk in shards, resumable, on one process or many.
+
+:func:`explain_dataset` explains every sample of a
+:class:`~torch.utils.data.DataLoader` with any camkit explainer and writes,
+per sample, the map, the explained class, its score, the model's prediction
+and the sample's index in the dataset; :class:`MapStore` reads them back, one
+sample at a time if need be.
+
+**The format: NumPy ``.npy`` files and a JSON manifest.** A folder holds
+``manifest.json`` and, per shard (a run of consecutive batches),
+``shard-000000.maps.npy`` (the maps, ``(n, *map shape)``, float32, float16
+or uint8) and ``shard-000000.records.npy`` (a structured array: ``index``,
+``target``, ``score``, ``prediction``). ``.npy`` is NumPy's own format,
+specified and stable since 2008, readable without camkit (``numpy.load``) by
+any tool in the field, and it memory-maps: reading one sample's map reads
+that map's bytes only, without loading the rest. It needs nothing beyond
+NumPy, which camkit already depends on (safetensors would have been a new
+dependency with no gain for plain arrays; zarr a heavy one, for chunking and
+compression that maps of a few kilobytes each do not need).
+
+**Nothing lost, nothing twice.** Each file is written under a temporary name,
+flushed to disk, then renamed, and a shard enters the manifest only once
+both its files are complete. A run that is killed (even with ``SIGKILL``)
+leaves at most a shard in progress, which the next run into the same folder
+writes again. Shards are cut from the dataset's batches exactly as one
+process would batch it, so a resumed run, or one spread over processes,
+writes the same maps as an uninterrupted single-process run. A run into a
+folder written with another method, layer, model, dataset length, batch size
+or option refuses to start, naming what differs.
+
+**Distributed.** Under ``torchrun --nproc_per_node=P`` the same call deals the
+shards to the ranks round-robin; each rank writes its own shards and its own
+part of the manifest, and rank 0 merges them into ``manifest.json`` at the end
+(see :mod:`camkit._distributed`).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from camkit._distributed import Batches, World, barrier, mine, world
+from camkit._outputs import logits_in
+from camkit.errors import CamkitStorageError, CamkitTypeError, CamkitValueError
+from camkit.result import CAMResult
+
+__all__ = ["MapRecord", "MapStore", "explain_dataset", "pseudo_masks"]
+
+FORMAT = "camkit-maps"
+VERSION = 1
+MANIFEST = "manifest.json"
+DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
+RECORD = np.dtype([("index", "<i8"), ("target", "<i8"), ("score", "<f4"), ("prediction", "<i8")])
+"""One sample's record: its dataset index, the class explained (-1 for a callable target),
+the explained score, and the model's predicted class (-1 if the output is not class scores)."""
+
+DatasetTarget = None | int | str | Callable[[Any], Any]
+"""What to explain per batch: ``None`` (each sample's predicted class), ``"label"`` (the
+batch's second item), a class index, or a function of the batch returning a camkit target."""
+
+OnBatch = Callable[[Tensor, Tensor, CAMResult], None]
+"""``on_batch(indices, x, result)``: called after each batch with its dataset indices."""
+
+
+def explain_dataset(
+    explainer: Any,
+    loader: Any,
+    out: str | os.PathLike[str] | None,
+    *,
+    target: DatasetTarget = None,
+    dtype: str = "float32",
+    upsample: bool = True,
+    shard_batches: int = 16,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    on_batch: OnBatch | None = None,
+) -> MapStore | None:
+    """Explain every sample of ``loader`` and write the maps to ``out``, resumably.
+
+    The dataset is cut into batches of the loader's ``batch_size``, in index
+    order (the loader's sampler and ``drop_last`` are not used: every sample
+    is explained once); ``shard_batches`` consecutive batches make a shard,
+    written to disk when complete. Samples already in ``out`` (a run that was
+    interrupted) are skipped. Under ``torchrun`` the shards are dealt to the
+    ranks; the call returns on every rank once the manifest is complete.
+
+    Args:
+        explainer: Any camkit explainer (a :class:`~camkit.BaseCAM` such as
+            :class:`~camkit.GradCAM`, or Guided Backprop / Guided Grad-CAM).
+        loader: A :class:`~torch.utils.data.DataLoader` over a map-style dataset,
+            with a ``batch_size``, yielding ``x`` or ``(x, labels, ...)``.
+        out: The folder to write (created if needed), or ``None`` to write
+            nothing (for ``on_batch`` alone; nothing to resume then).
+        target: ``None`` (each sample's predicted class), ``"label"`` (the
+            batch's labels), a class index, or a function of the batch that
+            returns a camkit target.
+        dtype: How maps are stored: ``"float32"``, ``"float16"``, or ``"uint8"``
+            (a [0, 1] map times 255, rounded).
+        upsample: Maps at the input's resolution (``True``) or the layer's.
+        shard_batches: Batches per shard: what a crash can cost, and the
+            number of files (two per shard).
+        device: Where each batch is moved; by default the device of the
+            model's first parameter.
+        progress: Show a progress bar (on rank 0).
+        on_batch: Called as ``on_batch(indices, x, result)`` after each batch,
+            for example to save overlays.
+
+    Returns:
+        The :class:`MapStore` of ``out`` (``None`` when ``out`` is ``None``).
+
+    Raises:
+        CamkitValueError: For options out of range, a loader camkit cannot
+            batch by index, or an ``out`` folder written with another
+            configuration (the message names the differences).
+        CamkitStorageError: If the folder cannot be written or the disk is
+            full; the shards written before are readable with :class:`MapStore`,
+            and a rerun resumes.
+
+    Example:
+        >>> import tempfile
+        >>> import torch
+        >>> from torch import nn
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> from camkit import GradCAM
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
+        >>> data = TensorDataset(torch.randn(10, 1, 8, 8), torch.randint(0, 3, (10,)))
+        >>> folder = tempfile.mkdtemp()
+        >>> store = explain_dataset(GradCAM(model, "1"), DataLoader(data, batch_size=4), folder,
+        ...                         target="label", progress=False)
+        >>> len(store), store.map(7).shape
+        (10, torch.Size([8, 8]))
+    """
+    model = _model_of(explainer)
+    batches = Batches.of(loader)
+    _check_options(dtype, shard_batches, upsample, explainer, target)
+    config = _config(explainer, model, batches, target, dtype, upsample, shard_batches)
+    shards = -(-batches.count // shard_batches)
+    device = device if device is not None else _device_of(model)
+    folder = None if out is None else Path(out)
+    with world() as team:
+        done = _prepare(folder, config, team) if folder is not None else set()
+        todo = mine([s for s in range(shards) if s not in done], team)
+        writer = None if folder is None else _ShardWriter(folder, config, team)
+        per_shard = [
+            list(range(s * shard_batches, min((s + 1) * shard_batches, batches.count)))
+            for s in todo
+        ]
+        ordered = [b for shard in per_shard for b in shard]
+        bar = tqdm(
+            total=len(batches.indices(ordered)),
+            desc=f"explaining (rank {team.rank})" if team.size > 1 else "explaining",
+            unit="sample",
+            disable=not (progress and team.main),
+            mininterval=0.5,
+        )
+        with bar:
+            batch_iter = iter(batches.loader_for(ordered))
+            for shard, shard_batch_list in zip(todo, per_shard, strict=True):
+                parts: list[tuple[np.ndarray, np.ndarray]] = []
+                for number in shard_batch_list:
+                    batch = next(batch_iter)
+                    indices = torch.tensor(batches.indices([number]))
+                    parts.append(
+                        _explain_batch(explainer, batch, indices, target, device, dtype, upsample,
+                                       on_batch)
+                    )  # fmt: skip
+                    bar.update(len(indices))
+                if writer is not None:
+                    writer.write(shard, parts)
+        if folder is None:
+            return None
+        barrier(team)
+        if team.main:
+            _finish(folder, config, shards)
+        barrier(team)
+    return MapStore(folder)
+
+
+@dataclass(frozen=True)
+class MapRecord:
+    """One sample's entry in a :class:`MapStore`.
+
+    Attributes:
+        index: The sample's index in the dataset.
+        map: The map as float32 (a uint8 map divided by 255).
+        target: The class explained, or -1 for a callable target.
+        score: The explained score.
+        prediction: The model's predicted class, or -1 if its output is not class scores.
+    """
+
+    index: int
+    map: Tensor
+    target: int
+    score: float
+    prediction: int
+
+
+class MapStore:
+    """The maps of a folder written by :func:`explain_dataset`, read lazily.
+
+    Opening a store reads the manifest only; each shard's files are
+    memory-mapped when first needed, so reading one sample's map reads that
+    map alone. A store whose run was interrupted (or failed on a full disk)
+    is readable too: :attr:`complete` is then ``False`` and it holds the
+    shards finished so far.
+
+    Args:
+        path: The folder.
+
+    Raises:
+        CamkitValueError: If the folder holds no camkit map store.
+
+    Example:
+        >>> import tempfile
+        >>> import torch
+        >>> from torch import nn
+        >>> from torch.utils.data import DataLoader, TensorDataset
+        >>> from camkit import GradCAM
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
+        >>> data = TensorDataset(torch.randn(6, 1, 8, 8))
+        >>> folder = tempfile.mkdtemp()
+        >>> _ = explain_dataset(GradCAM(model, "1"), DataLoader(data, batch_size=4), folder,
+        ...                     target=2, dtype="uint8", progress=False)
+        >>> store = MapStore(folder)
+        >>> record = store[5]
+        >>> record.index, record.target, record.map.shape, store.complete
+        (5, 2, torch.Size([8, 8]), True)
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        manifest = _read_manifest(self.path)
+        if manifest is None:
+            raise CamkitValueError(
+                f"path: {str(self.path)!r} holds no camkit map store (no {MANIFEST} or "
+                f"manifest parts); write one with camkit.datasets.explain_dataset"
+            )
+        self.config: dict[str, Any] = manifest["config"]
+        self.complete: bool = bool(manifest.get("complete", False))
+        self._shards: dict[int, dict[str, Any]] = {
+            int(s): entry for s, entry in manifest["shards"].items()
+        }
+        self._per_shard = int(self.config["batch_size"]) * int(self.config["shard_batches"])
+        self._open: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return sum(int(e["count"]) for e in self._shards.values())
+
+    def __contains__(self, index: object) -> bool:
+        return isinstance(index, int) and self._shard_of(index) in self._shards
+
+    @property
+    def indices(self) -> list[int]:
+        """The dataset indices stored, in order."""
+        return [
+            i
+            for s in sorted(self._shards)
+            for i in range(s * self._per_shard, s * self._per_shard + int(self._shards[s]["count"]))
+        ]
+
+    def __getitem__(self, index: int) -> MapRecord:
+        maps, records = self._arrays(index)
+        row = index - self._shard_of(index) * self._per_shard
+        record = records[row]
+        return MapRecord(
+            index=int(record["index"]),
+            map=_as_float(maps[row]),
+            target=int(record["target"]),
+            score=float(record["score"]),
+            prediction=int(record["prediction"]),
+        )
+
+    def __iter__(self) -> Iterator[MapRecord]:
+        for index in self.indices:
+            yield self[index]
+
+    def map(self, index: int) -> Tensor:
+        """The map of dataset sample ``index``, float32 (a uint8 map divided by 255)."""
+        maps, _ = self._arrays(index)
+        return _as_float(maps[index - self._shard_of(index) * self._per_shard])
+
+    def records(self) -> np.ndarray:
+        """Every stored sample's record (index, target, score, prediction), in index order."""
+        parts = [self._load(s)[1] for s in sorted(self._shards)]
+        return np.concatenate(parts) if parts else np.empty(0, RECORD)
+
+    def _shard_of(self, index: int) -> int:
+        return index // self._per_shard
+
+    def _arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise CamkitTypeError(f"index: expected an int, got {type(index).__name__}")
+        shard = self._shard_of(index)
+        length = int(self.config["dataset_length"])
+        if not 0 <= index < length:
+            raise IndexError(f"index: got {index}; the dataset has {length} samples")
+        if shard not in self._shards:
+            raise KeyError(
+                f"index: sample {index} is not stored yet (its shard {shard} is missing; "
+                f"the run was interrupted): run explain_dataset into {str(self.path)!r} again"
+            )
+        return self._load(shard)
+
+    def _load(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
+        if shard not in self._open:
+            entry = self._shards[shard]
+            maps = np.load(self.path / entry["maps"], mmap_mode="r")
+            records = np.load(self.path / entry["records"], mmap_mode="r")
+            self._open[shard] = (maps, records)
+        return self._open[shard]
+
+
+def pseudo_masks(
+    maps: Tensor,
+    classes: Tensor,
+    *,
+    threshold: float = 0.5,
+    background_below: float | None = None,
+    offset: int = 1,
+    ignore_index: int = 255,
+) -> Tensor:
+    """Pseudo-label masks for weakly supervised segmentation, from maps scaled to [0, 1].
+
+    A pixel whose map value is at least ``threshold`` gets its sample's class
+    plus ``offset`` (0 is kept for the background); a pixel below
+    ``background_below`` (by default ``threshold``) gets 0; a pixel in between
+    gets ``ignore_index``, the usual "do not train on this pixel" label.
+
+    Args:
+        maps: ``(N, *spatial)`` maps in [0, 1].
+        classes: ``(N,)`` the class of each map.
+        threshold: The least map value of a foreground pixel.
+        background_below: The map value under which a pixel is background.
+        offset: Added to each class (1 reserves label 0 for the background).
+        ignore_index: The label of uncertain pixels.
+
+    Returns:
+        ``(N, *spatial)`` int64 masks.
+
+    Example:
+        >>> import torch
+        >>> pseudo_masks(torch.tensor([[0.1, 0.4, 0.9]]), torch.tensor([2]),
+        ...              threshold=0.6, background_below=0.3)
+        tensor([[  0, 255,   3]])
+    """
+    low = threshold if background_below is None else background_below
+    if not 0.0 <= low <= threshold <= 1.0:
+        raise CamkitValueError(
+            f"threshold: got threshold={threshold}, background_below={background_below}; "
+            f"allowed: 0 <= background_below <= threshold <= 1"
+        )
+    if classes.dim() != 1 or len(classes) != len(maps):
+        raise CamkitValueError(
+            f"classes: expected shape ({len(maps)},), one class per map, got {tuple(classes.shape)}"
+        )
+    labels = (classes.long() + offset).view(-1, *([1] * (maps.dim() - 1))).expand(maps.shape)
+    masks = torch.full(maps.shape, ignore_index, dtype=torch.long, device=maps.device)
+    masks = torch.where(maps >= threshold, labels, masks)
+    return torch.where(maps < low, torch.zeros_like(masks), masks)
+
+
+def _model_of(explainer: Any) -> nn.Module:
+    model = getattr(explainer, "model", None)
+    if model is None:  # Guided Grad-CAM holds its model in its two parts
+        model = getattr(getattr(explainer, "gradcam", None), "model", None)
+    if not isinstance(model, nn.Module) or not callable(getattr(explainer, "explain", None)):
+        raise CamkitTypeError(
+            f"explainer: expected a camkit explainer such as GradCAM(model, layer), got "
+            f"{type(explainer).__name__}"
+        )
+    return model
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _check_options(
+    dtype: str, shard_batches: int, upsample: bool, explainer: Any, target: DatasetTarget
+) -> None:
+    if dtype not in DTYPES:
+        raise CamkitValueError(f"dtype: got {dtype!r}; allowed: {', '.join(map(repr, DTYPES))}")
+    if isinstance(shard_batches, bool) or not isinstance(shard_batches, int) or shard_batches < 1:
+        raise CamkitValueError(f"shard_batches: got {shard_batches!r}; allowed: a positive int")
+    if not upsample and "upsample" not in _explain_options(explainer):
+        raise CamkitValueError(
+            f"upsample: {type(explainer).__name__} has only input-resolution maps; "
+            f"pass upsample=True"
+        )
+    if isinstance(target, str) and target != "label":
+        raise CamkitValueError(
+            f"target: got {target!r}; allowed: None, 'label', a class index, or a function "
+            f"of the batch"
+        )
+    if isinstance(target, bool) or not (
+        target is None or isinstance(target, (int, str)) or callable(target)
+    ):
+        raise CamkitTypeError(
+            f"target: got {type(target).__name__}; allowed: None, 'label', a class index, "
+            f"or a function of the batch"
+        )
+
+
+def _explain_options(explainer: Any) -> Mapping[str, Any]:
+    import inspect
+
+    return inspect.signature(explainer.explain).parameters
+
+
+def _target_name(target: DatasetTarget) -> str:
+    if target is None:
+        return "predicted"
+    if isinstance(target, (int, str)):
+        return str(target)
+    return f"function {getattr(target, '__qualname__', type(target).__name__)}"
+
+
+def _config(
+    explainer: Any,
+    model: nn.Module,
+    batches: Batches,
+    target: DatasetTarget,
+    dtype: str,
+    upsample: bool,
+    shard_batches: int,
+) -> dict[str, Any]:
+    """What must match for a run to continue a folder's earlier runs."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "method": type(explainer).__name__,
+        "layers": list(getattr(explainer, "layer_names", None) or []),
+        "model": type(model).__qualname__,
+        "weights": _fingerprint(model),
+        "dataset_length": batches.length,
+        "batch_size": batches.batch_size,
+        "shard_batches": shard_batches,
+        "target": _target_name(target),
+        "dtype": dtype,
+        "upsample": upsample,
+    }
+
+
+def _fingerprint(model: nn.Module) -> str:
+    """SHA-256 of the model's parameters and buffers, names and bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        data = tensor.detach().cpu().contiguous()
+        digest.update(str((data.dtype, tuple(data.shape))).encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def _explain_batch(
+    explainer: Any,
+    batch: Any,
+    indices: Tensor,
+    target: DatasetTarget,
+    device: torch.device | str,
+    dtype: str,
+    upsample: bool,
+    on_batch: OnBatch | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One batch's maps (as stored) and records."""
+    if isinstance(batch, Tensor):
+        x, labels = batch, None
+    elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        x, labels = batch[0], (batch[1] if len(batch) > 1 else None)
+    else:
+        raise CamkitTypeError(
+            f"loader: yielded a {type(batch).__name__}; camkit needs batches that are x or "
+            f"(x, labels, ...) with x a tensor"
+        )
+    if target == "label":
+        if labels is None:
+            raise CamkitValueError("target: 'label' needs a loader that yields (x, labels)")
+        chosen: Any = labels
+    elif callable(target):
+        chosen = target(batch)
+    else:
+        chosen = target
+    x = x.to(device)
+    options = {} if upsample else {"upsample": False}
+    result = explainer.explain(x, chosen, **options)
+    if result.scores.dim() != 1:
+        raise CamkitValueError(
+            f"target: gave {tuple(result.scores.shape)} scores for {len(x)} samples; a "
+            f"dataset run stores one map per sample, so give one target per sample"
+        )
+    if on_batch is not None:
+        on_batch(indices, x, result)
+    records = np.empty(len(x), RECORD)
+    records["index"] = indices.numpy()
+    records["target"] = -1 if result.classes is None else result.classes.cpu().numpy()
+    records["score"] = result.scores.float().cpu().numpy()
+    records["prediction"] = _predictions(result.output, len(x))
+    return _stored(result.maps.detach(), dtype), records
+
+
+def _predictions(output: Any, n: int) -> np.ndarray:
+    scores = logits_in(output)
+    if isinstance(scores, Tensor) and scores.dim() == 2 and len(scores) == n:
+        return scores.argmax(1).cpu().numpy()
+    return np.full(n, -1, dtype=np.int64)
+
+
+def _stored(maps: Tensor, dtype: str) -> np.ndarray:
+    if dtype == "uint8":
+        return maps.mul(255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+    return maps.to(torch.float16 if dtype == "float16" else torch.float32).cpu().numpy()
+
+
+def _as_float(row: np.ndarray) -> Tensor:
+    values = torch.from_numpy(np.array(row))
+    return values.float().div_(255) if values.dtype == torch.uint8 else values.float()
+
+
+# ----------------------------------------------------------------------------- the folder
+
+
+def _shard_files(shard: int) -> tuple[str, str]:
+    return f"shard-{shard:06d}.maps.npy", f"shard-{shard:06d}.records.npy"
+
+
+def _part_name(rank: int) -> str:
+    return f"manifest.rank-{rank:05d}.json"
+
+
+def _read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The folder's manifest with every finished rank's part merged in, or ``None``."""
+    main = folder / MANIFEST
+    manifest: dict[str, Any] | None = json.loads(main.read_text()) if main.is_file() else None
+    for part in sorted(folder.glob("manifest.rank-*.json")):
+        entry = json.loads(part.read_text())
+        if manifest is None:
+            manifest = {"config": entry["config"], "complete": False, "shards": {}}
+        manifest["shards"].update(entry["shards"])
+    return manifest
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [
+        f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)
+    ]
+
+
+def _prepare(folder: Path, config: dict[str, Any], team: World) -> set[int]:
+    """Check the folder against ``config``, tidy it (rank 0), and return the finished shards."""
+    if team.main:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".camkit-write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as error:
+            raise _storage_error(error, folder, folder) from error
+        manifest = _read_manifest(folder)
+        if manifest is not None:
+            differences = _differences(manifest["config"], config)
+            if differences:
+                raise CamkitValueError(
+                    f"out: {str(folder)!r} holds maps of another run ({'; '.join(differences)}); "
+                    f"write to an empty folder, or rerun with the same settings to resume"
+                )
+            parts = list(folder.glob("manifest.rank-*.json"))
+            if parts:  # an interrupted run: its ranks' parts become one manifest
+                manifest["complete"] = False
+                _write_json(folder / MANIFEST, manifest, folder)
+                for part in parts:
+                    part.unlink()
+        for stale in folder.glob("*.tmp"):
+            stale.unlink()
+    barrier(team)
+    manifest = _read_manifest(folder)
+    if manifest is not None and _differences(manifest["config"], config):
+        raise CamkitValueError(  # another rank's configuration differs from rank 0's
+            f"out: rank {team.rank} would write other maps than rank 0 into {str(folder)!r} "
+            f"({'; '.join(_differences(manifest['config'], config))})"
+        )
+    barrier(team)  # every rank has read the same finished shards before any writes
+    return set() if manifest is None else {int(s) for s in manifest["shards"]}
+
+
+class _ShardWriter:
+    """Writes one rank's shards and its part of the manifest, each atomically."""
+
+    def __init__(self, folder: Path, config: dict[str, Any], team: World) -> None:
+        self.folder = folder
+        self.shards: dict[str, dict[str, Any]] = {}
+        self.config = config
+        self.path = folder / _part_name(team.rank)
+
+    def write(self, shard: int, parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+        maps = np.concatenate([m for m, _ in parts])
+        records = np.concatenate([r for _, r in parts])
+        names = _shard_files(shard)
+        for name, array in zip(names, (maps, records), strict=True):
+            _write_atomically(self.folder / name, self.folder, _saver(array))
+        self.shards[str(shard)] = {
+            "maps": names[0],
+            "records": names[1],
+            "count": len(records),
+            "first_index": int(records["index"][0]),
+            "map_shape": list(maps.shape[1:]),
+        }
+        _write_json(self.path, {"config": self.config, "shards": self.shards}, self.folder)
+
+
+def _saver(array: np.ndarray) -> Callable[[Any], None]:
+    return lambda handle: np.save(handle, array)
+
+
+def _finish(folder: Path, config: dict[str, Any], shards: int) -> None:
+    """Merge the ranks' parts into ``manifest.json`` and check every shard is there."""
+    manifest = _read_manifest(folder) or {"config": config, "shards": {}}
+    missing = [s for s in range(shards) if str(s) not in manifest["shards"]]
+    if missing:
+        raise CamkitStorageError(
+            f"out: shards {missing[:10]} of {str(folder)!r} were not written by any rank"
+        )
+    manifest.update(config=config, complete=True, total_shards=shards)
+    manifest["shards"] = dict(sorted(manifest["shards"].items(), key=lambda kv: int(kv[0])))
+    _write_json(folder / MANIFEST, manifest, folder)
+    for part in folder.glob("manifest.rank-*.json"):
+        part.unlink()
+
+
+def _write_json(path: Path, value: Any, folder: Path) -> None:
+    text = json.dumps(value, indent=1).encode()
+    _write_atomically(path, folder, lambda f: f.write(text))
+
+
+def _write_atomically(path: Path, folder: Path, write: Callable[[Any], Any]) -> None:
+    """Write to ``path.tmp``, flush it to disk, then rename it to ``path``."""
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise _storage_error(error, path, folder) from error
+
+
+def _storage_error(error: OSError, path: Path, folder: Path) -> CamkitStorageError:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "the disk is full"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        what = "the folder is not writable"
+    else:
+        what = f"{type(error).__name__}: {error}"
+    return CamkitStorageError(
+        f"out: cannot write {str(path)!r} ({what}); the shards finished so far are readable "
+        f"with camkit.datasets.MapStore({str(folder)!r}), and a rerun with the same settings "
+        f"resumes after them"
+    )

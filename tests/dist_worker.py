@@ -1,0 +1,81 @@
+"""A dataset run for the tests, in its own process (killed mid-way, or under torchrun).
+
+python tests/dist_worker.py explain OUT N [KILL_AT] [METHOD]
+python tests/dist_worker.py evaluate OUT.pt N
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import camkit
+from camkit.metrics import average_drop, deletion, evaluate
+from examples.mnist.model import MnistNet
+
+BATCH_SIZE = 4
+SHARD_BATCHES = 2
+
+
+class Digits(Dataset[tuple[Tensor, Tensor]]):
+    """``n`` seeded random 28x28 images and labels; reading sample ``kill_at`` kills the
+    process with SIGKILL (no cleanup, no exception handler runs)."""
+
+    def __init__(self, n: int, kill_at: int | None = None) -> None:
+        generator = torch.Generator().manual_seed(1)
+        self.x = torch.randn(n, 1, 28, 28, generator=generator)
+        self.y = torch.randint(0, 10, (n,), generator=generator)
+        self.kill_at = kill_at
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        if index == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.x[index], self.y[index]
+
+
+def model() -> MnistNet:
+    torch.manual_seed(0)
+    return MnistNet().eval()
+
+
+def explain(out: str, n: int, kill_at: int | None = None, method: str = "GradCAM") -> None:
+    cam = getattr(camkit, method)(model(), "features.relu")
+    loader = DataLoader(Digits(n, kill_at), batch_size=BATCH_SIZE)
+    camkit.explain_dataset(
+        cam, loader, out, target="label", shard_batches=SHARD_BATCHES, progress=False
+    )
+
+
+def metrics(n: int) -> dict[str, camkit.metrics.MetricResult]:
+    net = model()
+    return evaluate(
+        net,
+        camkit.GradCAM(net, "features.relu"),
+        DataLoader(Digits(n), batch_size=BATCH_SIZE),
+        {"drop": average_drop, "deletion": partial(deletion, step=98)},
+        progress=False,
+    )
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    mode, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if mode == "explain":
+        kill_at = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4] != "-" else None
+        explain(out, n, kill_at, *(sys.argv[5:6]))
+    else:
+        results = metrics(n)
+        if int(os.environ.get("RANK", "0")) == 0:
+            torch.save({k: (r.values, r.summary, r.curves) for k, r in results.items()}, out)

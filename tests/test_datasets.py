@@ -1,0 +1,326 @@
+"""Whole datasets: the map store, resuming after SIGKILL, refusals, full disks, torchrun."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+import camkit
+from camkit.datasets import MapStore, explain_dataset, pseudo_masks
+from camkit.errors import CamkitStorageError, CamkitTypeError, CamkitValueError
+from tests.dist_worker import BATCH_SIZE, SHARD_BATCHES, Digits, metrics, model
+from tests.helpers import MNIST_LAYER, assert_untouched, snapshot
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = [sys.executable, str(ROOT / "tests" / "dist_worker.py")]
+LENGTH = 37  # 10 batches of 4 (the last one short), 5 shards of 2 batches (the last short)
+
+
+def _run(*args: str, torchrun: int = 0) -> subprocess.CompletedProcess[str]:
+    launcher = (
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={torchrun}",
+        ]
+        if torchrun
+        else [sys.executable]
+    )
+    command = [*launcher, str(ROOT / "tests" / "dist_worker.py"), *args]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=environment)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> MapStore:
+    """An uninterrupted single-process run, in this process."""
+    out = tmp_path_factory.mktemp("reference")
+    cam = camkit.GradCAM(model(), MNIST_LAYER)
+    loader = DataLoader(Digits(LENGTH), batch_size=BATCH_SIZE)
+    store = explain_dataset(
+        cam, loader, out, target="label", shard_batches=SHARD_BATCHES, progress=False
+    )
+    assert store is not None
+    return store
+
+
+def _assert_same(store: MapStore, reference: MapStore) -> None:
+    assert store.complete and store.indices == list(range(LENGTH))
+    assert np.array_equal(store.records(), reference.records())
+    for index in range(LENGTH):
+        assert torch.equal(store.map(index), reference.map(index)), index
+
+
+def test_the_store_holds_each_sample_as_an_independent_call_computes_it(
+    reference: MapStore,
+) -> None:
+    data = Digits(LENGTH)
+    net = model()
+    cam = camkit.GradCAM(net, MNIST_LAYER)
+    assert len(reference) == LENGTH and reference.complete
+    for start in range(0, LENGTH, BATCH_SIZE):  # the same batches, explained directly
+        x, y = data.x[start : start + BATCH_SIZE], data.y[start : start + BATCH_SIZE]
+        result = cam.explain(x, y)
+        predicted = net(x).argmax(1)
+        for row in range(len(x)):
+            record = reference[start + row]
+            assert record.index == start + row
+            assert record.target == int(y[row])
+            assert record.prediction == int(predicted[row])
+            assert record.score == pytest.approx(float(result.scores[row]), rel=1e-6)
+            assert torch.equal(record.map, result.maps[row])
+    records = reference.records()
+    assert records["index"].tolist() == list(range(LENGTH))
+
+
+def test_reading_one_map_does_not_load_the_rest(reference: MapStore) -> None:
+    store = MapStore(reference.path)
+    store.map(30)
+    assert list(store._open) == [30 // (BATCH_SIZE * SHARD_BATCHES)]
+    maps, _ = store._open[3]
+    assert isinstance(maps, np.memmap)
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [("float16", 1e-3), ("uint8", 0.5 / 255)])
+def test_smaller_storage(reference: MapStore, tmp_path: Path, dtype: str, tolerance: float) -> None:
+    cam = camkit.GradCAM(model(), MNIST_LAYER)
+    loader = DataLoader(Digits(LENGTH), batch_size=BATCH_SIZE)
+    store = explain_dataset(cam, loader, tmp_path, target="label", dtype=dtype, progress=False)
+    assert store is not None
+    stored = np.load(tmp_path / "shard-000000.maps.npy")
+    assert stored.dtype == np.dtype(dtype)
+    for index in range(LENGTH):
+        assert (store.map(index) - reference.map(index)).abs().max() <= tolerance + 1e-7
+
+
+def test_layer_resolution_maps(tmp_path: Path) -> None:
+    data = TensorDataset(torch.randn(6, 1, 28, 28))
+    cam = camkit.GradCAM(model(), MNIST_LAYER)
+    store = explain_dataset(cam, DataLoader(data, batch_size=4), tmp_path, upsample=False,
+                            progress=False)  # fmt: skip
+    assert store is not None and store.map(5).shape == (8, 8)
+    assert store[5].target == store[5].prediction  # the predicted class was explained
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_maps(
+    reference: MapStore, tmp_path: Path
+) -> None:
+    killed = _run("explain", str(tmp_path), str(LENGTH), "25")  # dies reading sample 25
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    partial = MapStore(tmp_path)
+    assert not partial.complete
+    assert partial.indices == list(range(24))  # shards 0 to 2 finished; shard 3 was in progress
+    with pytest.raises(KeyError, match="not stored yet"):
+        partial.map(30)
+    (tmp_path / "shard-000003.maps.npy.tmp").write_bytes(b"half a shard")  # what a crash leaves
+    resumed = _run("explain", str(tmp_path), str(LENGTH))
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same(MapStore(tmp_path), reference)
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("manifest.rank-*"))
+
+
+def test_a_second_run_into_a_finished_folder_does_nothing(reference: MapStore) -> None:
+    before = {p.name: p.stat().st_mtime_ns for p in reference.path.glob("shard-*")}
+    cam = camkit.GradCAM(model(), MNIST_LAYER)
+    loader = DataLoader(Digits(LENGTH), batch_size=BATCH_SIZE)
+    explain_dataset(cam, loader, reference.path, target="label", shard_batches=SHARD_BATCHES,
+                    progress=False)  # fmt: skip
+    assert {p.name: p.stat().st_mtime_ns for p in reference.path.glob("shard-*")} == before
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"method": "HiResCAM"}, "method"),
+        ({"layer": "features.relu1"}, "layers"),
+        ({"weights": True}, "weights"),
+        ({"length": LENGTH + 1}, "dataset_length"),
+        ({"batch_size": 8}, "batch_size"),
+        ({"dtype": "float16"}, "dtype"),
+        ({"target": None}, "target"),
+    ],
+)
+def test_a_run_with_other_settings_refuses_to_mix(
+    reference: MapStore, change: dict[str, Any], named: str
+) -> None:
+    net = model()
+    if change.get("weights"):
+        with torch.no_grad():
+            net.classifier[1].bias.add_(1.0)
+    cam = getattr(camkit, change.get("method", "GradCAM"))(net, change.get("layer", MNIST_LAYER))
+    loader = DataLoader(
+        Digits(change.get("length", LENGTH)), batch_size=change.get("batch_size", BATCH_SIZE)
+    )
+    before = sorted(p.name for p in reference.path.iterdir())
+    with pytest.raises(CamkitValueError, match=rf"^out: .*another run.*{named}"):
+        explain_dataset(
+            cam,
+            loader,
+            reference.path,
+            target=change.get("target", "label"),
+            dtype=change.get("dtype", "float32"),
+            shard_batches=SHARD_BATCHES,
+            progress=False,
+        )
+    assert sorted(p.name for p in reference.path.iterdir()) == before
+
+
+def test_a_full_disk_ends_in_a_clear_error_and_keeps_what_was_written(
+    reference: MapStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    saved = []
+
+    def failing_save(handle: Any, array: np.ndarray) -> None:
+        if len(saved) == 4:  # the third shard's maps
+            raise OSError(errno.ENOSPC, "No space left on device")
+        saved.append(1)
+        original_save(handle, array)
+
+    original_save = np.save
+    monkeypatch.setattr(np, "save", failing_save)
+    cam = camkit.GradCAM(model(), MNIST_LAYER)
+    loader = DataLoader(Digits(LENGTH), batch_size=BATCH_SIZE)
+    options: dict[str, Any] = {"target": "label", "shard_batches": SHARD_BATCHES, "progress": False}
+    with pytest.raises(CamkitStorageError, match=r"disk is full.*readable with") as raised:
+        explain_dataset(cam, loader, tmp_path, **options)
+    assert isinstance(raised.value.__cause__, OSError)
+    partial = MapStore(tmp_path)
+    assert partial.indices == list(range(16)) and not partial.complete
+    assert torch.equal(partial.map(15), reference.map(15))
+    assert not list(tmp_path.glob("*.tmp"))
+    monkeypatch.setattr(np, "save", original_save)
+    explain_dataset(cam, loader, tmp_path, **options)
+    _assert_same(MapStore(tmp_path), reference)
+
+
+def test_an_unwritable_folder_ends_in_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self: Path, data: bytes) -> int:
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", refuse)
+    cam = camkit.GradCAM(model(), MNIST_LAYER)
+    with pytest.raises(CamkitStorageError, match="not writable"):
+        explain_dataset(cam, DataLoader(Digits(5), batch_size=4), tmp_path, progress=False)
+
+
+def test_torchrun_two_processes_write_the_same_maps(reference: MapStore, tmp_path: Path) -> None:
+    run = _run("explain", str(tmp_path), str(LENGTH), torchrun=2)
+    assert run.returncode == 0, run.stderr
+    _assert_same(MapStore(tmp_path), reference)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["complete"] and len(manifest["shards"]) == 5
+
+
+def test_torchrun_resumes_a_single_process_run(reference: MapStore, tmp_path: Path) -> None:
+    killed = _run("explain", str(tmp_path), str(LENGTH), "9")
+    assert killed.returncode == -signal.SIGKILL
+    assert MapStore(tmp_path).indices == list(range(8))
+    run = _run("explain", str(tmp_path), str(LENGTH), torchrun=2)
+    assert run.returncode == 0, run.stderr
+    _assert_same(MapStore(tmp_path), reference)
+
+
+def test_evaluate_under_torchrun_equals_one_process(tmp_path: Path) -> None:
+    out = tmp_path / "metrics.pt"
+    run = _run("evaluate", str(out), str(LENGTH), torchrun=2)
+    assert run.returncode == 0, run.stderr
+    spread = torch.load(out, weights_only=True)
+    single = metrics(LENGTH)
+    assert spread.keys() == single.keys()
+    for name, result in single.items():
+        values, summary, curves = spread[name]
+        assert torch.equal(values, result.values) and summary == result.summary
+        assert (curves is None and result.curves is None) or torch.equal(curves, result.curves)
+
+
+def test_on_batch_sees_every_sample_once_without_a_store() -> None:
+    seen: list[int] = []
+    net = model()
+    before = snapshot(net)
+
+    def on_batch(indices: torch.Tensor, x: torch.Tensor, result: camkit.CAMResult) -> None:
+        assert len(indices) == len(x) == len(result.maps)
+        seen.extend(indices.tolist())
+
+    loader = DataLoader(Digits(10), batch_size=4, shuffle=True)
+    stored = explain_dataset(camkit.GradCAM(net, MNIST_LAYER), loader, None, on_batch=on_batch,
+                             progress=False)  # fmt: skip
+    assert stored is None and seen == list(range(10))
+    assert_untouched(before, snapshot(net))
+
+
+def test_any_explainer_works(tmp_path: Path) -> None:
+    net = model()
+    guided = camkit.GuidedGradCAM(net, MNIST_LAYER)
+    store = explain_dataset(guided, DataLoader(Digits(5), batch_size=4), tmp_path, progress=False)
+    assert store is not None and store.map(4).shape == (1, 28, 28)
+
+
+class _Stream(IterableDataset[torch.Tensor]):
+    def __iter__(self) -> Any:
+        return iter([torch.zeros(1, 28, 28)])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ({"loader": [torch.zeros(2, 1, 28, 28)]}, CamkitTypeError, "^loader: expected a torch"),
+        ({"loader": DataLoader(_Stream(), batch_size=1)}, CamkitValueError, "iterable-style"),
+        ({"loader": DataLoader(TensorDataset(torch.zeros(0, 1, 28, 28)), batch_size=1)},
+         CamkitValueError, "empty"),
+        ({"dtype": "int8"}, CamkitValueError, "^dtype: got 'int8'"),
+        ({"shard_batches": 0}, CamkitValueError, "^shard_batches: got 0"),
+        ({"target": "labels"}, CamkitValueError, "^target: got 'labels'"),
+        ({"target": 2.5}, CamkitTypeError, "^target: got float"),
+        ({"target": lambda batch: torch.zeros(4, 2, dtype=torch.long)}, CamkitValueError,
+         "one target per sample"),
+        ({"explainer": "GradCAM"}, CamkitTypeError, "^explainer: expected a camkit"),
+    ],
+)  # fmt: skip
+def test_bad_arguments_get_clear_errors(
+    tmp_path: Path, arguments: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    net = model()
+    before = snapshot(net)
+    call: dict[str, Any] = {
+        "explainer": camkit.GradCAM(net, MNIST_LAYER),
+        "loader": DataLoader(Digits(5), batch_size=4),
+        "out": tmp_path,
+        "progress": False,
+        **arguments,
+    }
+    with pytest.raises(error, match=message):
+        explain_dataset(call.pop("explainer"), call.pop("loader"), call.pop("out"), **call)
+    assert_untouched(before, snapshot(net))
+
+
+def test_a_folder_without_a_store_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CamkitValueError, match="holds no camkit map store"):
+        MapStore(tmp_path)
+
+
+def test_pseudo_masks() -> None:
+    maps = torch.tensor([[[0.0, 0.2], [0.5, 1.0]], [[0.9, 0.1], [0.4, 0.6]]])
+    masks = pseudo_masks(maps, torch.tensor([3, 0]), threshold=0.5, background_below=0.2)
+    assert masks.tolist() == [[[0, 255], [4, 4]], [[1, 0], [255, 1]]]
+    plain = pseudo_masks(maps, torch.tensor([3, 0]), threshold=0.5)
+    assert plain.tolist() == [[[0, 0], [4, 4]], [[1, 0], [0, 1]]]
+    with pytest.raises(CamkitValueError, match=r"^threshold: "):
+        pseudo_masks(maps, torch.tensor([3, 0]), threshold=0.2, background_below=0.5)
+    with pytest.raises(CamkitValueError, match=r"^classes: "):
+        pseudo_masks(maps, torch.tensor([3]))
