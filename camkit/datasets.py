@@ -459,8 +459,8 @@ def _fingerprint(model: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
-        data = tensor.detach().cpu().contiguous()
-        digest.update(str((data.dtype, tuple(data.shape))).encode())
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(str((data.dtype, tuple(tensor.shape))).encode())
         digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
     return digest.hexdigest()
 

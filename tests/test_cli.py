@@ -1,0 +1,191 @@
+"""The ``camkit`` command: explain and evaluate image folders, its help, its errors, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+import camkit
+from camkit.cli import ImageFiles, load_model, main, parser
+from examples.mnist.data import load_split
+from examples.mnist.train import load
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "examples" / "mnist" / "weights.pt"
+MNIST = ["--model", "examples.mnist.model:MnistNet", "--weights", str(WEIGHTS)]
+MNIST += ["--layer", "features.relu", "--channels", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ImageFolder tree of 23 MNIST test digits (class folders 0 to 9), as PNG files."""
+    root = tmp_path_factory.mktemp("digits")
+    test = load_split("test")
+    for i in range(23):
+        folder = root / str(int(test.labels[i]))
+        folder.mkdir(exist_ok=True)
+        pixels = (test.images[i, 0].numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:05d}.png")
+    return root
+
+
+def _standardization() -> list[str]:
+    checkpoint, _ = load(WEIGHTS)
+    return ["--mean", str(checkpoint.mean), "--std", str(checkpoint.std)]
+
+
+def test_explain_writes_the_store_and_overlays(tree: Path, tmp_path: Path) -> None:
+    store_dir, overlays = tmp_path / "store", tmp_path / "overlays"
+    argv = ["explain", str(tree), *MNIST, *_standardization(), "--batch-size", "8"]
+    assert main([*argv, "--store", str(store_dir), "--overlays", str(overlays)]) == 0
+    checkpoint, _ = load(WEIGHTS)
+    dataset = ImageFiles([tree], channels=1, mean=[checkpoint.mean], std=[checkpoint.std])
+    x = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    expected = camkit.GradCAM(checkpoint.model, "features.relu").explain(x)
+    store = camkit.MapStore(store_dir)
+    assert store.complete and len(store) == 23
+    for i in range(23):
+        record = store[i]
+        torch.testing.assert_close(record.map, expected.maps[i], rtol=0, atol=1e-6)
+        assert record.prediction == record.target == int(expected.classes[i])  # type: ignore[index]
+    pngs = sorted(p.relative_to(overlays) for p in overlays.rglob("*.png"))
+    assert pngs == sorted(Path(n).with_suffix(".png") for n in dataset.names)
+    assert np.asarray(Image.open(overlays / pngs[0])).shape == (28, 28, 3)
+
+
+def test_the_labels_come_from_the_class_folders(tree: Path) -> None:
+    dataset = ImageFiles([tree], channels=1, mean=[0.0], std=[1.0])
+    assert dataset.classes == sorted(dataset.classes) and len(dataset) == 23
+    for name, label in zip(dataset.names, dataset.labels, strict=True):
+        assert dataset.classes[label] == Path(name).parts[0]
+    image = dataset.load(0)
+    assert image.shape == (1, 28, 28) and 0.0 <= float(image.min()) <= float(image.max()) <= 1.0
+
+
+def test_evaluate_reports_what_camkit_metrics_compute(tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "metrics.json"
+    argv = ["evaluate", str(tree), *MNIST, *_standardization(), "--target", "label"]
+    assert main([*argv, "--metrics", "deletion", "average_drop", "--json", str(out)]) == 0
+    reported = json.loads(out.read_text())
+    checkpoint, _ = load(WEIGHTS)
+    dataset = ImageFiles([tree], channels=1, mean=[checkpoint.mean], std=[checkpoint.std])
+    expected = camkit.metrics.evaluate(
+        checkpoint.model,
+        camkit.GradCAM(checkpoint.model, "features.relu"),
+        DataLoader(dataset, batch_size=32),
+        {"deletion": camkit.metrics.deletion, "average_drop": camkit.metrics.average_drop},
+        target="label",
+        progress=False,
+    )
+    assert reported["images"] == 23
+    assert reported["metrics"] == {name: r.summary for name, r in expected.items()}
+
+
+def test_a_torchvision_model_with_random_weights(tmp_path: Path) -> None:
+    for i in range(3):
+        rgb = (np.random.default_rng(i).random((40, 50, 3)) * 255).astype(np.uint8)
+        Image.fromarray(rgb).save(tmp_path / f"photo{i}.jpg")
+    out = tmp_path / "store"
+    argv = ["explain", str(tmp_path), "--model", "torchvision:resnet18", "--layer", "layer4"]
+    assert (
+        main([*argv, "--size", "64", "--store", str(out), "--dtype", "uint8", "--no-progress"]) == 0
+    )
+    store = camkit.MapStore(out)
+    assert len(store) == 3 and store.map(2).shape == (64, 64) and store.config["dtype"] == "uint8"
+
+
+def test_help_documents_every_option() -> None:
+    commands = parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name, sub in commands.items():
+        text = sub.format_help()
+        for action in sub._actions:
+            for option in action.option_strings:
+                assert option in text, (name, option)
+            if action.option_strings and action.dest != "help":
+                assert action.help, (name, action.dest)
+    run = subprocess.run(
+        [sys.executable, "-m", "camkit", "explain", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert run.returncode == 0 and "--overlays" in run.stdout and "--store" in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--model", "resnet18"], "--model: got 'resnet18'; allowed: torchvision:NAME"),
+        (["--model", "torchvision:resnet19"], "did you mean resnet18"),
+        (["--model", "no_such_package.models:Net"], "--model: cannot import 'no_such_package"),
+        (["--model", "examples.mnist.model:Nope"], "has no callable 'Nope'"),
+        (["--model", "examples.mnist.data:load_split"], "load_split() failed: TypeError"),
+        (["--model", "builtins:dict"], "returned a dict, not a torch.nn.Module"),
+        (["--weights", "missing.pt"], "--weights: 'missing.pt' does not exist"),
+        (["--weights", "README.md"], "not a state_dict that loads safely"),
+        (["--layer", "features.rel"], "closest names: 'features.relu'"),
+        (["--path", "nowhere"], "inputs: 'nowhere' does not exist"),
+        (["--mean", "0.1", "0.2"], "--mean: got 2 values"),
+        (["--target", "label", "--path", "README.md"], "is not an image file"),
+    ],
+)
+def test_clear_errors(
+    tree: Path, arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = dict(zip(MNIST[::2], MNIST[1::2], strict=False))
+    path = str(tree)
+    extra: list[str] = []
+    for flag, value in zip(arguments[::2], arguments[1::2], strict=True):
+        if flag == "--path":
+            path = value
+        elif flag == "--mean":
+            extra += arguments[arguments.index("--mean") :]
+            break
+        else:
+            options[flag] = value
+    argv = ["explain", path, "--store", "unused", "--channels", "1", "--no-progress", *extra]
+    argv += [item for pair in options.items() for item in pair if item != "--no-progress"]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("camkit explain: error: ")
+    assert message in error
+    assert not Path("unused").exists()
+
+
+def test_weights_that_do_not_fit(tmp_path: Path) -> None:
+    path = tmp_path / "other.pt"
+    torch.save({"conv.weight": torch.zeros(1)}, path)
+    with pytest.raises(camkit.CamkitValueError, match="does not fit the model: missing"):
+        load_model("examples.mnist.model:MnistNet", str(path))
+    state = load_model("examples.mnist.model:MnistNet").state_dict()
+    torch.save({f"module.{k}": v for k, v in state.items()}, path)  # saved from DDP
+    loaded = load_model("examples.mnist.model:MnistNet", str(path))
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in state.items())
+
+
+def test_explain_under_torchrun_equals_one_process(tree: Path, tmp_path: Path) -> None:
+    argv = ["explain", str(tree), *MNIST, *_standardization(), "--batch-size", "4"]
+    assert main([*argv, "--store", str(tmp_path / "one")]) == 0
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    run = subprocess.run(
+        [*launch, "-m", "camkit", *argv, "--store", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("camkit explain: wrote 23 maps") == 1  # rank 0 reports
+    one, two = camkit.MapStore(tmp_path / "one"), camkit.MapStore(tmp_path / "two")
+    assert two.complete and one.indices == two.indices == list(range(23))
+    assert np.array_equal(one.records(), two.records())
+    assert all(torch.equal(one.map(i), two.map(i)) for i in range(23))
