@@ -1,4 +1,4 @@
-"""The ``camkit`` command: maps and metrics for image files, from the shell.
+"""The ``camkit`` command: maps and metrics for image files, from the shell::
 
     camkit explain images/ --model torchvision:resnet18 --weights r18.pt --layer layer4 \\
         --store maps/ --overlays overlays/

@@ -29,8 +29,10 @@ folder written with another method, layer, model, dataset length, batch size
 or option refuses to start, naming what differs.
 
 **Distributed.** Under ``torchrun --nproc_per_node=P`` the same call deals the
-shards to the ranks round-robin; each rank writes its own shards and its own
-part of the manifest, and rank 0 merges them into ``manifest.json`` at the end
+shards to the ranks round-robin; each rank writes its own shards and appends
+a line per finished shard to its own part of the manifest
+(``manifest.rank-00001.jsonl``), and rank 0 merges the parts into
+``manifest.json`` at the end
 (see :mod:`camkit._distributed`).
 """
 
@@ -41,6 +43,8 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +68,7 @@ DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
 RECORD = np.dtype([("index", "<i8"), ("target", "<i8"), ("score", "<f4"), ("prediction", "<i8")])
 """One sample's record: its dataset index, the class explained (-1 for a callable target),
 the explained score, and the model's predicted class (-1 if the output is not class scores)."""
+FIELDS = ("index", "target", "score", "prediction")
 
 DatasetTarget = None | int | str | Callable[[Any], Any]
 """What to explain per batch: ``None`` (each sample's predicted class), ``"label"`` (the
@@ -81,7 +86,7 @@ def explain_dataset(
     target: DatasetTarget = None,
     dtype: str = "float32",
     upsample: bool = True,
-    shard_batches: int = 16,
+    shard_batches: int = 4,
     device: torch.device | str | None = None,
     progress: bool = True,
     on_batch: OnBatch | None = None,
@@ -108,8 +113,9 @@ def explain_dataset(
         dtype: How maps are stored: ``"float32"``, ``"float16"``, or ``"uint8"``
             (a [0, 1] map times 255, rounded).
         upsample: Maps at the input's resolution (``True``) or the layer's.
-        shard_batches: Batches per shard: what a crash can cost, and the
-            number of files (two per shard).
+        shard_batches: Batches per shard: the most work a crash can cost,
+            the unit in which the ranks share the work (small enough for
+            every rank to get several), and the number of files (two per shard).
         device: Where each batch is moved; by default the device of the
             model's first parameter.
         progress: Show a progress bar (on rank 0).
@@ -151,33 +157,10 @@ def explain_dataset(
     with world() as team:
         done = _prepare(folder, config, team) if folder is not None else set()
         todo = mine([s for s in range(shards) if s not in done], team)
-        writer = None if folder is None else _ShardWriter(folder, config, team)
-        per_shard = [
-            list(range(s * shard_batches, min((s + 1) * shard_batches, batches.count)))
-            for s in todo
-        ]
-        ordered = [b for shard in per_shard for b in shard]
-        bar = tqdm(
-            total=len(batches.indices(ordered)),
-            desc=f"explaining (rank {team.rank})" if team.size > 1 else "explaining",
-            unit="sample",
-            disable=not (progress and team.main),
-            mininterval=0.5,
-        )
-        with bar:
-            batch_iter = iter(batches.loader_for(ordered))
-            for shard, shard_batch_list in zip(todo, per_shard, strict=True):
-                parts: list[tuple[np.ndarray, np.ndarray]] = []
-                for number in shard_batch_list:
-                    batch = next(batch_iter)
-                    indices = torch.tensor(batches.indices([number]))
-                    parts.append(
-                        _explain_batch(explainer, batch, indices, target, device, dtype, upsample,
-                                       on_batch)
-                    )  # fmt: skip
-                    bar.update(len(indices))
-                if writer is not None:
-                    writer.write(shard, parts)
+        writer = _ShardWriter(folder, team) if folder is not None else None
+        with writer or nullcontext():
+            _explain_shards(explainer, batches, todo, shard_batches, writer, team, progress,
+                            (target, device, dtype, upsample, on_batch))  # fmt: skip
         if folder is None:
             return None
         barrier(team)
@@ -185,6 +168,40 @@ def explain_dataset(
             _finish(folder, config, shards)
         barrier(team)
     return MapStore(folder)
+
+
+def _explain_shards(
+    explainer: Any,
+    batches: Batches,
+    shards: Sequence[int],
+    shard_batches: int,
+    writer: _ShardWriter | None,
+    team: World,
+    progress: bool,
+    options: tuple[DatasetTarget, torch.device | str, str, bool, OnBatch | None],
+) -> None:
+    """Explain the batches of ``shards`` in order, handing each finished shard to ``writer``."""
+    per_shard = [
+        list(range(s * shard_batches, min((s + 1) * shard_batches, batches.count))) for s in shards
+    ]
+    ordered = [b for numbers in per_shard for b in numbers]
+    bar = tqdm(
+        total=len(batches.indices(ordered)),
+        desc=f"explaining (rank {team.rank})" if team.size > 1 else "explaining",
+        unit="sample",
+        disable=not (progress and team.main),
+        mininterval=0.5,
+    )
+    with bar:
+        loaded = iter(batches.loader_for(ordered))
+        for shard, numbers in zip(shards, per_shard, strict=True):
+            parts = []
+            for number in numbers:
+                indices = torch.tensor(batches.indices([number]))
+                parts.append(_explain_batch(explainer, next(loaded), indices, *options))
+                bar.update(len(indices))
+            if writer is not None:
+                writer.write(shard, parts)
 
 
 @dataclass(frozen=True)
@@ -290,10 +307,12 @@ class MapStore:
         maps, _ = self._arrays(index)
         return _as_float(maps[index - self._shard_of(index) * self._per_shard])
 
-    def records(self) -> np.ndarray:
-        """Every stored sample's record (index, target, score, prediction), in index order."""
+    def records(self) -> dict[str, Tensor]:
+        """Every stored sample's ``index``, ``target``, ``score`` and ``prediction``, as
+        tensors in index order (the maps are not read)."""
         parts = [self._load(s)[1] for s in sorted(self._shards)]
-        return np.concatenate(parts) if parts else np.empty(0, RECORD)
+        table = np.concatenate(parts) if parts else np.empty(0, RECORD)
+        return {name: torch.from_numpy(np.ascontiguousarray(table[name])) for name in FIELDS}
 
     def _shard_of(self, index: int) -> int:
         return index // self._per_shard
@@ -536,19 +555,31 @@ def _shard_files(shard: int) -> tuple[str, str]:
     return f"shard-{shard:06d}.maps.npy", f"shard-{shard:06d}.records.npy"
 
 
+PARTS = "manifest.rank-*.jsonl"
+"""The ranks' parts of the manifest during a run: one JSON line per finished shard."""
+
+
 def _part_name(rank: int) -> str:
-    return f"manifest.rank-{rank:05d}.json"
+    return f"manifest.rank-{rank:05d}.jsonl"
 
 
 def _read_manifest(folder: Path) -> dict[str, Any] | None:
-    """The folder's manifest with every finished rank's part merged in, or ``None``."""
+    """The folder's manifest with the shards of the ranks' parts merged in, or ``None``.
+
+    A part's last line may have been cut short by a crash while it was appended:
+    such a line records nothing, and its shard is written again by the next run.
+    """
     main = folder / MANIFEST
-    manifest: dict[str, Any] | None = json.loads(main.read_text()) if main.is_file() else None
-    for part in sorted(folder.glob("manifest.rank-*.json")):
-        entry = json.loads(part.read_text())
-        if manifest is None:
-            manifest = {"config": entry["config"], "complete": False, "shards": {}}
-        manifest["shards"].update(entry["shards"])
+    if not main.is_file():
+        return None
+    manifest: dict[str, Any] = json.loads(main.read_text())
+    for part in sorted(folder.glob(PARTS)):
+        for line in part.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            manifest["shards"][str(entry.pop("shard"))] = entry
     return manifest
 
 
@@ -577,12 +608,15 @@ def _prepare(folder: Path, config: dict[str, Any], team: World) -> set[int]:
                     f"out: {str(folder)!r} holds maps of another run ({'; '.join(differences)}); "
                     f"write to an empty folder, or rerun with the same settings to resume"
                 )
-            parts = list(folder.glob("manifest.rank-*.json"))
+            parts = list(folder.glob(PARTS))
             if parts:  # an interrupted run: its ranks' parts become one manifest
                 manifest["complete"] = False
                 _write_json(folder / MANIFEST, manifest, folder)
                 for part in parts:
                     part.unlink()
+        else:  # a new store: readable (and empty) from the start
+            _write_json(folder / MANIFEST, {"config": config, "complete": False, "shards": {}},
+                        folder)  # fmt: skip
         for stale in folder.glob("*.tmp"):
             stale.unlink()
     barrier(team)
@@ -597,28 +631,64 @@ def _prepare(folder: Path, config: dict[str, Any], team: World) -> set[int]:
 
 
 class _ShardWriter:
-    """Writes one rank's shards and its part of the manifest, each atomically."""
+    """Writes one rank's shards, in a background thread, so that writing a shard (and
+    flushing it to disk) overlaps the computation of the next.
 
-    def __init__(self, folder: Path, config: dict[str, Any], team: World) -> None:
+    Each file is written atomically, then a line recording the shard is
+    appended to the rank's part of the manifest, in shard order; at most one
+    shard waits to be written. A failed write stops the writes after it and is
+    raised in the caller's thread, at the next :meth:`write` or when the block
+    ends.
+    """
+
+    def __init__(self, folder: Path, team: World) -> None:
         self.folder = folder
-        self.shards: dict[str, dict[str, Any]] = {}
-        self.config = config
         self.path = folder / _part_name(team.rank)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="camkit-writer")
+        self._pending: Future[None] | None = None
+
+    def __enter__(self) -> _ShardWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *rest: object) -> None:
+        try:
+            if kind is None:
+                self._wait()
+        finally:
+            self._pool.shutdown(wait=True)
 
     def write(self, shard: int, parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Queue ``shard`` (its batches' maps and records) for writing."""
+        self._wait()
+        self._pending = self._pool.submit(self._write, shard, parts)
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()  # raises the writer's error here
+
+    def _write(self, shard: int, parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
         maps = np.concatenate([m for m, _ in parts])
         records = np.concatenate([r for _, r in parts])
         names = _shard_files(shard)
         for name, array in zip(names, (maps, records), strict=True):
             _write_atomically(self.folder / name, self.folder, _saver(array))
-        self.shards[str(shard)] = {
+        entry = {
+            "shard": shard,
             "maps": names[0],
             "records": names[1],
             "count": len(records),
             "first_index": int(records["index"][0]),
             "map_shape": list(maps.shape[1:]),
         }
-        _write_json(self.path, {"config": self.config, "shards": self.shards}, self.folder)
+        line = (json.dumps(entry) + "\n").encode()
+        try:  # an append costs the same however many shards came before
+            with open(self.path, "ab") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            raise _storage_error(error, self.path, self.folder) from error
 
 
 def _saver(array: np.ndarray) -> Callable[[Any], None]:
@@ -636,7 +706,7 @@ def _finish(folder: Path, config: dict[str, Any], shards: int) -> None:
     manifest.update(config=config, complete=True, total_shards=shards)
     manifest["shards"] = dict(sorted(manifest["shards"].items(), key=lambda kv: int(kv[0])))
     _write_json(folder / MANIFEST, manifest, folder)
-    for part in folder.glob("manifest.rank-*.json"):
+    for part in folder.glob(PARTS):
         part.unlink()
 
 

@@ -32,4 +32,4 @@ napoleon_use_rtype = False
 
 html_theme = "furo"
 html_title = f"camkit {release}"
-exclude_patterns = ["_build", "training/*.rst", "training/*.md"]
+exclude_patterns = ["_build", "training/*.rst", "datasets/*.rst"]

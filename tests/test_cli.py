@@ -187,5 +187,40 @@ def test_explain_under_torchrun_equals_one_process(tree: Path, tmp_path: Path) -
     assert run.stdout.count("camkit explain: wrote 23 maps") == 1  # rank 0 reports
     one, two = camkit.MapStore(tmp_path / "one"), camkit.MapStore(tmp_path / "two")
     assert two.complete and one.indices == two.indices == list(range(23))
-    assert np.array_equal(one.records(), two.records())
+    assert all(torch.equal(v, two.records()[k]) for k, v in one.records().items())
     assert all(torch.equal(one.map(i), two.map(i)) for i in range(23))
+
+
+def _page_commands() -> list[list[str]]:
+    """The ``camkit ...`` commands of the "Whole datasets" page, as argument lists."""
+    import shlex
+
+    text = (ROOT / "docs" / "datasets.rst").read_text()
+    commands, current = [], ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("$ camkit ") or current:
+            current += " " + stripped.removeprefix("$ ").removesuffix("\\")
+            if not stripped.endswith("\\"):
+                commands.append(shlex.split(current)[1:])
+                current = ""
+    return commands
+
+
+def test_the_datasets_page_commands_run(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commands = _page_commands()
+    assert [c[0] for c in commands] == ["explain", "evaluate"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "examples").symlink_to(ROOT / "examples")  # run "from the project's folder"
+    (tmp_path / "mnist-png").symlink_to(tree)
+    for command in commands:
+        assert main([*command, "--no-progress"]) == 0, command
+    store = camkit.MapStore(tmp_path / "mnist-maps-cli")
+    assert len(store) == 23 and store.config["dtype"] == "uint8"
+    assert len(list((tmp_path / "mnist-overlays").rglob("*.png"))) == 23
+    assert set(json.loads((tmp_path / "metrics.json").read_text())["metrics"]) == {
+        "deletion",
+        "insertion",
+    }

@@ -57,9 +57,14 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> MapStore:
     return store
 
 
+def _same_records(store: MapStore, reference: MapStore) -> bool:
+    mine, theirs = store.records(), reference.records()
+    return mine.keys() == theirs.keys() and all(torch.equal(v, theirs[k]) for k, v in mine.items())
+
+
 def _assert_same(store: MapStore, reference: MapStore) -> None:
     assert store.complete and store.indices == list(range(LENGTH))
-    assert np.array_equal(store.records(), reference.records())
+    assert _same_records(store, reference)
     for index in range(LENGTH):
         assert torch.equal(store.map(index), reference.map(index)), index
 
@@ -84,6 +89,7 @@ def test_the_store_holds_each_sample_as_an_independent_call_computes_it(
             assert torch.equal(record.map, result.maps[row])
     records = reference.records()
     assert records["index"].tolist() == list(range(LENGTH))
+    assert records["target"].tolist() == data.y.tolist() and records["score"].dtype == torch.float32
 
 
 def test_reading_one_map_does_not_load_the_rest(reference: MapStore) -> None:
@@ -118,14 +124,19 @@ def test_layer_resolution_maps(tmp_path: Path) -> None:
 def test_a_run_killed_with_sigkill_resumes_to_the_same_maps(
     reference: MapStore, tmp_path: Path
 ) -> None:
-    killed = _run("explain", str(tmp_path), str(LENGTH), "25")  # dies reading sample 25
+    killed = _run("explain", str(tmp_path), str(LENGTH), "33")  # dies reading sample 33
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     partial = MapStore(tmp_path)
     assert not partial.complete
-    assert partial.indices == list(range(24))  # shards 0 to 2 finished; shard 3 was in progress
+    # shards 0 to 2 are written; shard 3 may still have been in the writer's hands
+    assert partial.indices in (list(range(24)), list(range(32)))
     with pytest.raises(KeyError, match="not stored yet"):
-        partial.map(30)
-    (tmp_path / "shard-000003.maps.npy.tmp").write_bytes(b"half a shard")  # what a crash leaves
+        partial.map(34)
+    (part,) = tmp_path.glob("manifest.rank-*.jsonl")
+    with open(part, "a") as handle:  # a line cut short by a crash while it was appended
+        handle.write('{"shard": 4, "maps": "shard-0000')
+    assert MapStore(tmp_path).indices == partial.indices
+    (tmp_path / "shard-000004.maps.npy.tmp").write_bytes(b"half a shard")  # what a crash leaves
     resumed = _run("explain", str(tmp_path), str(LENGTH))
     assert resumed.returncode == 0, resumed.stderr
     _assert_same(MapStore(tmp_path), reference)
@@ -227,9 +238,9 @@ def test_torchrun_two_processes_write_the_same_maps(reference: MapStore, tmp_pat
 
 
 def test_torchrun_resumes_a_single_process_run(reference: MapStore, tmp_path: Path) -> None:
-    killed = _run("explain", str(tmp_path), str(LENGTH), "9")
+    killed = _run("explain", str(tmp_path), str(LENGTH), "17")
     assert killed.returncode == -signal.SIGKILL
-    assert MapStore(tmp_path).indices == list(range(8))
+    assert MapStore(tmp_path).indices in (list(range(8)), list(range(16)))
     run = _run("explain", str(tmp_path), str(LENGTH), torchrun=2)
     assert run.returncode == 0, run.stderr
     _assert_same(MapStore(tmp_path), reference)
