@@ -3,7 +3,8 @@
 #
 #     bash benchmarks/cuda_check.sh [OUT_DIR]      # OUT_DIR defaults to benchmarks/
 #
-# 1. tests/test_devices.py: every method and metric on CUDA against the CPU;
+# 1. tests/test_devices.py: every method and metric on CUDA against the CPU, differentiable
+#    maps, explain_dataset, and the camkit command under torchrun (NCCL);
 # 2. the benchmark on CUDA (time and peak CUDA memory as ratios to a no-grad
 #    forward, peers where installed; the classifiers and Faster R-CNN), ending with
 #    each method's CUDA-vs-CPU maps.

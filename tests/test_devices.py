@@ -10,14 +10,19 @@ float64, which the ROAD and curve metrics use.)
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
 
 import camkit
+import camkit.cli
 from camkit import metrics
 from examples.mnist.model import MnistNet
 from tests.helpers import (
@@ -202,3 +207,69 @@ def test_a_call_and_element_of_a_layer_on_device_equal_the_cpu(device: str, meth
         expected = getattr(camkit, method)(cpu_model, layer)(x, 1)
         got = getattr(camkit, method)(model, layer)(x.to(device), 1)
         torch.testing.assert_close(got.cpu(), expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_differentiable_maps_on_device_equal_the_cpu(device: str) -> None:
+    cpu_model, model = _models(device)
+    cpu_model.train()
+    model.train()
+    x, y = torch.randn(6, 1, 28, 28), torch.tensor([3, 1, 4, 1, 5, 9])
+    gradients = []
+    for net, where in ((cpu_model, "cpu"), (model, device)):
+        explained = camkit.GradCAM(net, MNIST_LAYER).explain(
+            x.to(where), y.to(where), differentiable=True
+        )
+        loss = nn.functional.cross_entropy(explained.output, y.to(where))
+        (loss + explained.maps.square().mean()).backward()
+        gradients.append(torch.cat([p.grad.flatten().cpu() for p in net.parameters()]))
+    torch.testing.assert_close(gradients[1], gradients[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_explain_dataset_on_device_equals_the_cpu(device: str, tmp_path: Path) -> None:
+    cpu_model, model = _models(device)
+    data = TensorDataset(torch.randn(21, 1, 28, 28), torch.randint(0, 10, (21,)))
+    stores = [
+        camkit.explain_dataset(
+            camkit.GradCAM(net, MNIST_LAYER),
+            DataLoader(data, batch_size=8),
+            tmp_path / where,
+            target="label",
+            progress=False,
+        )
+        for net, where in ((cpu_model, "cpu"), (model, device))
+    ]
+    cpu_store, device_store = stores
+    assert cpu_store is not None and device_store is not None and len(device_store) == 21
+    for index in range(21):
+        torch.testing.assert_close(device_store.map(index), cpu_store.map(index), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_command_under_torchrun_on_device(device: str, tmp_path: Path) -> None:
+    """One torchrun process: NCCL and the rank's GPU on CUDA machines, gloo on the CPU."""
+    from PIL import Image
+
+    root = Path(__file__).resolve().parents[1]
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(5):
+        pixels = (torch.rand(28, 28) * 255).byte().numpy()
+        Image.fromarray(pixels).save(images / f"{i}.png")
+    weights = tmp_path / "net.pt"
+    torch.save(MnistNet().state_dict(), weights)
+    command = ["explain", str(images), "--model", "examples.mnist.model:MnistNet"]
+    command += ["--weights", str(weights), "--layer", MNIST_LAYER, "--channels", "1"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
+    run = subprocess.run(
+        [*launch, "-m", "camkit", *command, "--device", device, "--store", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert run.returncode == 0, run.stderr
+    assert camkit.cli.main([*command, "--device", "cpu", "--store", str(tmp_path / "c")]) == 0
+    on_device, on_cpu = camkit.MapStore(tmp_path / "d"), camkit.MapStore(tmp_path / "c")
+    for index in range(5):
+        torch.testing.assert_close(on_device.map(index), on_cpu.map(index), atol=1e-4, rtol=0)
