@@ -8,7 +8,8 @@ one CPU thread per process. Within one run the worker times, alternately and
 ``--repeats`` times, (a) a plain ``torch.no_grad()`` loop over the DataLoader's
 batches and (b) ``explain_dataset`` with Grad-CAM writing every map (float32)
 into a fresh folder, each from a barrier to a barrier; with P processes each
-rank takes every P-th batch, as ``explain_dataset`` deals them. The table gives
+rank takes every P-th batch, as ``explain_dataset`` deals them (one process loops
+over the DataLoader itself). The table gives
 the median images per second, the ratio (b)/(a) measured in the same run, and
 each one's speed-up over one process.
 """
@@ -69,7 +70,8 @@ def worker(name: str, repeats: int) -> None:
     model, loader, layer = _case(name)
     cam = camkit.GradCAM(model, layer)
     with world() as team:
-        share = Batches.of(loader).loader_for(mine(range(Batches.of(loader).count), team))
+        batches = Batches.of(loader)  # one process loops over the loader itself
+        share = loader if team.size == 1 else batches.loader_for(mine(range(batches.count), team))
         next(iter(share))
         with torch.no_grad():
             model(next(iter(share))[0])  # warm-up
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
     args.out.write_text("# Dataset throughput\n\n" + text + "\n")
-    rst += ["", *(f"{name}: {CASES[name].replace('`', '``')}." for name in args.cases)]
+    rst += ["", *(f"- {name}: {CASES[name].replace('`', '``')}." for name in args.cases)]
     args.rst.parent.mkdir(exist_ok=True)
     args.rst.write_text("\n".join(rst) + "\n")
     return 0

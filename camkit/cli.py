@@ -291,10 +291,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1 or 3")
     parser.add_argument(
-        "--mean", type=float, nargs="+", default=None, help="standardization mean (ImageNet's)"
+        "--mean",
+        type=float,
+        nargs="+",
+        default=None,
+        help="standardization mean: one value, or one per channel (default: ImageNet's for 3 "
+        "channels, 0.5 for 1)",
     )
     parser.add_argument(
-        "--std", type=float, nargs="+", default=None, help="standardization std (ImageNet's)"
+        "--std",
+        type=float,
+        nargs="+",
+        default=None,
+        help="standardization std: one value, or one per channel (default: ImageNet's for 3 "
+        "channels, 0.5 for 1)",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
