@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import inspect
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -68,7 +69,7 @@ DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
 RECORD = np.dtype([("index", "<i8"), ("target", "<i8"), ("score", "<f4"), ("prediction", "<i8")])
 """One sample's record: its dataset index, the class explained (-1 for a callable target),
 the explained score, and the model's predicted class (-1 if the output is not class scores)."""
-FIELDS = ("index", "target", "score", "prediction")
+FIELDS: tuple[str, ...] = RECORD.names or ()
 
 DatasetTarget = None | int | str | Callable[[Any], Any]
 """What to explain per batch: ``None`` (each sample's predicted class), ``"label"`` (the
@@ -275,7 +276,10 @@ class MapStore:
         return sum(int(e["count"]) for e in self._shards.values())
 
     def __contains__(self, index: object) -> bool:
-        return isinstance(index, int) and self._shard_of(index) in self._shards
+        if isinstance(index, bool) or not isinstance(index, int):
+            return False
+        length = int(self.config["dataset_length"])
+        return 0 <= index < length and self._shard_of(index) in self._shards
 
     @property
     def indices(self) -> list[int]:
@@ -414,7 +418,7 @@ def _check_options(
         raise CamkitValueError(f"dtype: got {dtype!r}; allowed: {', '.join(map(repr, DTYPES))}")
     if isinstance(shard_batches, bool) or not isinstance(shard_batches, int) or shard_batches < 1:
         raise CamkitValueError(f"shard_batches: got {shard_batches!r}; allowed: a positive int")
-    if not upsample and "upsample" not in _explain_options(explainer):
+    if not upsample and "upsample" not in inspect.signature(explainer.explain).parameters:
         raise CamkitValueError(
             f"upsample: {type(explainer).__name__} has only input-resolution maps; "
             f"pass upsample=True"
@@ -431,12 +435,6 @@ def _check_options(
             f"target: got {type(target).__name__}; allowed: None, 'label', a class index, "
             f"or a function of the batch"
         )
-
-
-def _explain_options(explainer: Any) -> Mapping[str, Any]:
-    import inspect
-
-    return inspect.signature(explainer.explain).parameters
 
 
 def _target_name(target: DatasetTarget) -> str:
@@ -678,8 +676,6 @@ class _ShardWriter:
             "maps": names[0],
             "records": names[1],
             "count": len(records),
-            "first_index": int(records["index"][0]),
-            "map_shape": list(maps.shape[1:]),
         }
         line = (json.dumps(entry) + "\n").encode()
         try:  # an append costs the same however many shards came before
@@ -703,7 +699,7 @@ def _finish(folder: Path, config: dict[str, Any], shards: int) -> None:
         raise CamkitStorageError(
             f"out: shards {missing[:10]} of {str(folder)!r} were not written by any rank"
         )
-    manifest.update(config=config, complete=True, total_shards=shards)
+    manifest.update(config=config, complete=True)
     manifest["shards"] = dict(sorted(manifest["shards"].items(), key=lambda kv: int(kv[0])))
     _write_json(folder / MANIFEST, manifest, folder)
     for part in folder.glob(PARTS):

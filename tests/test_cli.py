@@ -122,38 +122,30 @@ def test_help_documents_every_option() -> None:
 
 
 @pytest.mark.parametrize(
-    ("arguments", "message"),
+    ("changes", "message"),
     [
-        (["--model", "resnet18"], "--model: got 'resnet18'; allowed: torchvision:NAME"),
-        (["--model", "torchvision:resnet19"], "did you mean resnet18"),
-        (["--model", "no_such_package.models:Net"], "--model: cannot import 'no_such_package"),
-        (["--model", "examples.mnist.model:Nope"], "has no callable 'Nope'"),
-        (["--model", "examples.mnist.data:load_split"], "load_split() failed: TypeError"),
-        (["--model", "builtins:dict"], "returned a dict, not a torch.nn.Module"),
-        (["--weights", "missing.pt"], "--weights: 'missing.pt' does not exist"),
-        (["--weights", "README.md"], "not a state_dict that loads safely"),
-        (["--layer", "features.rel"], "closest names: 'features.relu'"),
-        (["--path", "nowhere"], "inputs: 'nowhere' does not exist"),
-        (["--mean", "0.1", "0.2"], "--mean: got 2 values"),
-        (["--target", "label", "--path", "README.md"], "is not an image file"),
+        ({"--model": "resnet18"}, "--model: got 'resnet18'; allowed: torchvision:NAME"),
+        ({"--model": "torchvision:resnet19"}, "did you mean resnet18"),
+        ({"--model": "no_such_package.models:Net"}, "--model: cannot import 'no_such_package"),
+        ({"--model": "examples.mnist.model:Nope"}, "has no callable 'Nope'"),
+        ({"--model": "examples.mnist.data:load_split"}, "load_split() failed: TypeError"),
+        ({"--model": "builtins:dict"}, "returned a dict, not a torch.nn.Module"),
+        ({"--weights": "missing.pt"}, "--weights: 'missing.pt' does not exist"),
+        ({"--weights": "README.md"}, "not a state_dict that loads safely"),
+        ({"--layer": "features.rel"}, "closest names: 'features.relu'"),
+        ({"inputs": "nowhere"}, "inputs: 'nowhere' does not exist"),
+        ({"--mean": "0.1 0.2"}, "--mean: got 2 values"),
+        ({"inputs": "README.md"}, "is not an image file"),
     ],
 )
 def test_clear_errors(
-    tree: Path, arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    tree: Path, changes: dict[str, str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    options = dict(zip(MNIST[::2], MNIST[1::2], strict=False))
-    path = str(tree)
-    extra: list[str] = []
-    for flag, value in zip(arguments[::2], arguments[1::2], strict=True):
-        if flag == "--path":
-            path = value
-        elif flag == "--mean":
-            extra += arguments[arguments.index("--mean") :]
-            break
-        else:
-            options[flag] = value
-    argv = ["explain", path, "--store", "unused", "--channels", "1", "--no-progress", *extra]
-    argv += [item for pair in options.items() for item in pair if item != "--no-progress"]
+    options = {"inputs": str(tree), "--model": "examples.mnist.model:MnistNet"}
+    options |= {"--weights": str(WEIGHTS), "--layer": "features.relu", **changes}
+    argv = ["explain", options.pop("inputs"), "--store", "unused", "--channels", "1"]
+    for flag, value in options.items():
+        argv += [flag, *value.split()]
     assert main(argv) == 2
     error = capsys.readouterr().err
     assert error.startswith("camkit explain: error: ")

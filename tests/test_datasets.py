@@ -87,6 +87,9 @@ def test_the_store_holds_each_sample_as_an_independent_call_computes_it(
             assert record.prediction == int(predicted[row])
             assert record.score == pytest.approx(float(result.scores[row]), rel=1e-6)
             assert torch.equal(record.map, result.maps[row])
+    assert 0 in reference and LENGTH - 1 in reference
+    assert LENGTH not in reference and LENGTH + 1 not in reference  # the last shard's range
+    assert -1 not in reference and True not in reference
     records = reference.records()
     assert records["index"].tolist() == list(range(LENGTH))
     assert records["target"].tolist() == data.y.tolist() and records["score"].dtype == torch.float32
@@ -132,6 +135,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_maps(
     assert partial.indices in (list(range(24)), list(range(32)))
     with pytest.raises(KeyError, match="not stored yet"):
         partial.map(34)
+    assert 23 in partial and 34 not in partial
     (part,) = tmp_path.glob("manifest.rank-*.jsonl")
     with open(part, "a") as handle:  # a line cut short by a crash while it was appended
         handle.write('{"shard": 4, "maps": "shard-0000')

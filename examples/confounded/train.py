@@ -29,15 +29,11 @@ import camkit
 from examples.confounded.data import Confounded
 from examples.mnist.data import standardize
 from examples.mnist.model import MnistNet
-from examples.mnist.train import Checkpoint
+from examples.mnist.train import Checkpoint, one_cycle
 
 SCORES: dict[str, Callable[[Tensor], Callable[[Tensor], Tensor] | Tensor]] = {
     "logit": lambda labels: labels,
-    "log-probability": lambda labels: (
-        lambda out: out.log_softmax(1).gather(1, labels[:, None])[:, 0]
-    ),
     "all log-probabilities": lambda labels: lambda out: out.log_softmax(1).sum(1),
-    "all logits": lambda labels: torch.arange(10).expand(len(labels), 10),
 }
 """What a camkit guide explains, from the batch's labels: a camkit target."""
 
@@ -51,8 +47,8 @@ class Guide:
         kind: ``"plain"``, ``"camkit"`` or ``"rrr"``.
         method: The camkit method's class name (``kind="camkit"``).
         layer: The layer it explains.
-        score: A key of :data:`SCORES`: the label's logit, its log-probability, the
-            sum of all log-probabilities (RRR's choice), or every logit (ten maps).
+        score: A key of :data:`SCORES`: the label's logit, or the sum of all
+            log-probabilities (RRR's choice).
         relu: Whether the map keeps positive evidence only (the default maps) or is signed.
         normalize: Whether each map is scaled to [0, 1] before the penalty.
         upsample: Whether the penalty reads the map upsampled to the input, over the
@@ -90,11 +86,7 @@ def train_guided(
     x = standardize(images, mean, std)
     model = MnistNet()
     step = _step_function(model, guide)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = epochs * math.ceil(len(x) / batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=steps, pct_start=0.2
-    )
+    optimizer, schedule = one_cycle(model, lr, epochs * math.ceil(len(x) / batch_size))
     started = time.perf_counter()
     for epoch in range(epochs):
         model.train()
@@ -153,8 +145,7 @@ def _step_function(model: MnistNet, guide: Guide) -> Step:
                 upsample=guide.upsample,
             )
             region = masks if guide.upsample else layer_masks(masks, guide.layer)
-            maps = explained.maps if explained.maps.dim() == 4 else explained.maps[:, None]
-            penalty = (maps * region).square().sum() / len(x)
+            penalty = (explained.maps[:, None] * region).square().sum() / len(x)
             return F.cross_entropy(explained.output, y), guide.weight * penalty
 
         return step

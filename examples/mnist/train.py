@@ -63,11 +63,7 @@ def train(
     mean, std = float(train_set.images.mean()), float(train_set.images.std())
     x, y = standardize(train_set.images, mean, std), train_set.labels
     model = MnistNet()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = epochs * math.ceil(len(x) / batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=steps, pct_start=0.2
-    )
+    optimizer, schedule = one_cycle(model, lr, epochs * math.ceil(len(x) / batch_size))
     background = standardize(torch.zeros(()), mean, std).item()
     history = History()
     started = time.perf_counter()
@@ -105,6 +101,17 @@ def train(
             bar.write(f"epoch {epoch + 1}: test accuracy {history.test_accuracy[-1]:.4f}")
     history.seconds = time.perf_counter() - started
     return Checkpoint(model.eval(), mean, std), history
+
+
+def one_cycle(
+    model: nn.Module, lr: float, steps: int
+) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.OneCycleLR]:
+    """Adam with a one-cycle schedule peaking at ``lr`` after 20 % of ``steps``."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=steps, pct_start=0.2
+    )
+    return optimizer, schedule
 
 
 def _shifted(batch: Tensor, shift: int, background: float, generator: torch.Generator) -> Tensor:
