@@ -24,6 +24,8 @@ from camkit.errors import (
 from camkit.layers import find_layer, list_layers
 from camkit.methods import (
     CAM,
+    ISCAM,
+    SSCAM,
     AblationCAM,
     EigenCAM,
     GradCAM,
@@ -54,6 +56,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "CAM",
+    "ISCAM",
+    "SSCAM",
     "AblationCAM",
     "BaseCAM",
     "BinaryTarget",

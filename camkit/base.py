@@ -32,9 +32,10 @@ from camkit._pipeline import (
     scored,
 )
 from camkit._refs import LayerRef, resolve_layer
+from camkit._tail import TailRunner, split
 from camkit._targets import BoundTarget
 from camkit.context import LayerContext
-from camkit.errors import CamkitValueError
+from camkit.errors import CamkitModelError, CamkitValueError
 from camkit.result import CAMResult
 from camkit.targets import Target
 
@@ -102,6 +103,11 @@ class BaseCAM(ABC):
 
     needs_gradients: ClassVar[bool] = True
     """Whether :meth:`weights` uses :attr:`LayerContext.gradients`."""
+
+    split_tail: bool = True
+    """Whether :meth:`LayerContext.score_activations` runs only the part of the network after
+    the layer, where :mod:`torch.fx` can split the model there (checked against the model's
+    scores before use); ``False`` always re-runs the whole model. The scores agree either way."""
 
     differentiable_maps: ClassVar[bool] = True
     """Whether the method offers ``explain(..., differentiable=True)``: maps that stay in the
@@ -345,12 +351,19 @@ class BaseCAM(ABC):
         def score_inputs(inputs: Tensor, samples: Tensor) -> Tensor:
             return target.scores(request.run(self.model, inputs, samples), samples).float()
 
+        tails: list[TailRunner | None] = []  # split on first use
+
         @torch.no_grad()
         def score_activations(replacement: Tensor, samples: Tensor) -> Tensor:
             rows = native[samples]
             swapped = self.layout.from_channels_first(replacement, rows).to(rows.dtype)
-            with ReplaceOutput(ref, call, swapped):
-                output = request.run(self.model, request.x[samples], samples)
+            if self.split_tail and not tails:
+                tails.append(self._tail(request, ref, call, target, scores))
+            if self.split_tail and tails[0] is not None:
+                output = tails[0].run(swapped, samples)
+            else:
+                with ReplaceOutput(ref, call, swapped):
+                    output = request.run(self.model, request.x[samples], samples)
             return target.scores(output, samples).float()
 
         return LayerContext(
@@ -363,6 +376,21 @@ class BaseCAM(ABC):
             score_inputs=score_inputs,
             score_activations=score_activations,
         )
+
+    def _tail(
+        self, request: Request, ref: LayerRef, call: int, target: BoundTarget, scores: Tensor
+    ) -> TailRunner | None:
+        """The network after call ``call`` of the layer, checked against ``scores``; ``None``
+        where it cannot be split off (see :mod:`camkit._tail`)."""
+        found = split(self.model, ref, call)
+        if found is None:
+            return None
+        try:
+            values = request.run(found.prefix)
+        except CamkitModelError:
+            return None
+        runner = TailRunner(found, ref, tuple(values), request.batch_size)
+        return runner if runner.agrees(target.scores, scores.detach()) else None
 
     def _layer_map(self, context: LayerContext, eigen_smooth: bool) -> Tensor:
         weights = self.weights(context)

@@ -249,13 +249,16 @@ def test_scorecam_matches_its_formula_for_every_batch_size(dims: int, batch_size
     torch.testing.assert_close(raw, expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("split_tail", [True, False], ids=["tail", "full reruns"])
 @pytest.mark.parametrize("dims", [1, 2, 3])
 @pytest.mark.parametrize("batch_size", [1, 3, 64])
-def test_ablationcam_matches_its_formula_for_every_batch_size(dims: int, batch_size: int) -> None:
+def test_ablationcam_matches_its_formula_for_every_batch_size(
+    dims: int, batch_size: int, split_tail: bool
+) -> None:
     model = conv_net(dims)
     x = torch.randn(SHAPES[dims])
     expected = _ablation_reference(model, "4", x, CLASSES)
-    raw = _raw(AblationCAM(model, "4", batch_size=batch_size), x)
+    raw = _raw(AblationCAM(model, "4", batch_size=batch_size, split_tail=split_tail), x)
     torch.testing.assert_close(raw, expected, rtol=1e-4, atol=1e-5)
 
 

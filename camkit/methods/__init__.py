@@ -4,7 +4,7 @@
   (Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM).
 * :mod:`camkit.methods.activation`: no gradients (CAM, Eigen-CAM).
 * :mod:`camkit.methods.perturbation`: weights from re-running the model
-  (Score-CAM, Ablation-CAM).
+  (Score-CAM, SS-CAM, IS-CAM, Ablation-CAM).
 * :mod:`camkit.methods.guided`: input-resolution maps (Guided Backprop,
   Guided Grad-CAM).
 """
@@ -12,10 +12,12 @@
 from camkit.methods.activation import CAM, EigenCAM
 from camkit.methods.gradient import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM
 from camkit.methods.guided import GuidedBackprop, GuidedGradCAM
-from camkit.methods.perturbation import AblationCAM, ScoreCAM
+from camkit.methods.perturbation import ISCAM, SSCAM, AblationCAM, ScoreCAM
 
 __all__ = [
     "CAM",
+    "ISCAM",
+    "SSCAM",
     "AblationCAM",
     "EigenCAM",
     "GradCAM",

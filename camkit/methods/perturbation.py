@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -11,37 +14,20 @@ from camkit.base import BaseCAM, LayerSpec
 from camkit.context import LayerContext
 from camkit.errors import CamkitValueError
 
-__all__ = ["AblationCAM", "ScoreCAM"]
+__all__ = ["ISCAM", "SSCAM", "AblationCAM", "ScoreCAM"]
 
 
-class _Batched(BaseCAM):
-    """A method whose weights need ``N x C`` forward passes, run ``batch_size`` at a time."""
-
-    needs_gradients = False
-    differentiable_maps = False
-
-    def __init__(
-        self,
-        model: nn.Module,
-        layer: LayerSpec | list[LayerSpec],
-        *,
-        batch_size: int = 64,
-        **options: object,
-    ) -> None:
-        super().__init__(model, layer, **options)  # type: ignore[arg-type]
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise CamkitValueError(f"batch_size: got {batch_size!r}; allowed: a positive int")
-        self.batch_size = batch_size
-
-    def _rows(self, n: int, channels: int, device: torch.device) -> list[tuple[Tensor, Tensor]]:
-        """(sample, channel) index pairs, ``batch_size`` per forward pass, on ``device``
-        (indices already on the activations' device spare a host-to-device copy per pass)."""
-        rows = torch.arange(n * channels, device=device)
-        chunks = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
-        return [(r // channels, r % channels) for r in chunks]
+def _batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise CamkitValueError(f"batch_size: got {batch_size!r}; allowed: a positive int")
+    return batch_size
 
 
-class ScoreCAM(_Batched):
+def _chunks(rows: Tensor, batch_size: int) -> list[Tensor]:
+    return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+
+
+class ScoreCAM(BaseCAM):
     r"""Score-CAM: each channel weighted by how much it alone raises the score.
 
     Wang et al., *Score-CAM: Score-Weighted Visual Explanations for
@@ -59,13 +45,26 @@ class ScoreCAM(_Batched):
         \qquad
         L^c = \mathrm{ReLU}\Big(\sum_k \alpha_k^c A^k\Big).
 
-    The weights sum to 1 over channels. The ``N x C`` masked forward passes run
+    The weights sum to 1 over channels. A softmax does not change when the
+    same number is subtracted from all its inputs, so :math:`y^c(X_b)` cancels
+    and is not computed. The ``N x C`` masked forward passes run
     ``batch_size`` at a time, without gradients.
+
+    **Top channels only** (the "Faster Score-CAM" of the Score-CAM authors'
+    code): with ``top_channels=K``, only the ``K`` channels of each sample
+    with the largest spatial variance of :math:`A^k` (``rank_by="variance"``)
+    or mean (``rank_by="mean"``) mask the input; the softmax runs over those,
+    and the other channels get weight 0. ``N x K`` forward passes instead of
+    ``N x C``.
 
     Args:
         model: As for :class:`~camkit.BaseCAM`.
         layer: As for :class:`~camkit.BaseCAM`.
         batch_size: Masked inputs per forward pass.
+        top_channels: Mask with only this many channels per sample (all when
+            ``None``, or when the layer has fewer).
+        rank_by: How ``top_channels`` ranks channels: ``"variance"`` or ``"mean"``
+            of each channel's activations over its positions.
         **options: ``layout``, ``prefix_tokens``, ``grid`` as for :class:`~camkit.BaseCAM`.
 
     Example:
@@ -74,27 +73,246 @@ class ScoreCAM(_Batched):
         >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
         >>> ScoreCAM(model, "1", batch_size=8)(torch.randn(3, 1, 8, 8)).shape
         torch.Size([3, 8, 8])
+        >>> ScoreCAM(model, "1", top_channels=2)(torch.randn(3, 1, 8, 8)).shape
+        torch.Size([3, 8, 8])
     """
 
+    needs_gradients = False
+    differentiable_maps = False
+    smoothing_samples = 1
+    """How many masked copies per channel :meth:`varied` makes (1: the mask itself)."""
+    seed: int | None = None
+    """The seed of the random numbers :meth:`varied` draws (``None``: torch's global generator)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec | list[LayerSpec],
+        *,
+        batch_size: int = 64,
+        top_channels: int | None = None,
+        rank_by: str = "variance",
+        **options: object,
+    ) -> None:
+        super().__init__(model, layer, **options)  # type: ignore[arg-type]
+        self.batch_size = _batch_size(batch_size)
+        if top_channels is not None and (
+            isinstance(top_channels, bool) or not isinstance(top_channels, int) or top_channels < 1
+        ):
+            raise CamkitValueError(
+                f"top_channels: got {top_channels!r}; allowed: a positive int, or None for all"
+            )
+        if rank_by not in _RANKINGS:
+            raise CamkitValueError(f"rank_by: got {rank_by!r}; allowed: {sorted(_RANKINGS)}")
+        self.top_channels = top_channels
+        self.rank_by = rank_by
+
+    def varied(self, masks: Tensor, sample: int, generator: torch.Generator | None) -> Tensor:
+        """The masks ``(M, *spatial)`` of smoothing sample ``sample`` (``0 <= sample <
+        smoothing_samples``), drawing any random numbers from ``generator``; Score-CAM uses
+        the masks as they are. ``masks`` is camkit's own tensor."""
+        return masks
+
     def weights(self, context: LayerContext) -> Tensor:
-        r"""Return :math:`\alpha_k^c`, a softmax over channels."""
+        r"""Return :math:`\alpha_k^c`, a softmax over (the chosen) channels."""
         a, x = context.activations[:, 0], context.inputs
         n, channels = a.shape[:2]
         size = tuple(x.shape[2:])
         if a.dim() != x.dim():
             raise CamkitValueError(
-                f"layer: Score-CAM masks the input with {context.layer!r}'s channels, which "
-                f"have {a.dim() - 2} spatial dims while the input has {x.dim() - 2}"
+                f"layer: {type(self).__name__} masks the input with {context.layer!r}'s "
+                f"channels, which have {a.dim() - 2} spatial dims while the input has "
+                f"{x.dim() - 2}"
             )
-        samples = torch.arange(n, device=a.device)
-        baseline = context.score_inputs(torch.zeros_like(x), samples)  # (N, k)
-        scores = []
-        for sample, channel in self._rows(n, channels, a.device):
-            masks = _masks(a[sample, channel], size)
-            masked = x[sample] * masks[:, None].to(x.dtype)
-            scores.append(context.score_inputs(masked, sample))
-        increase = torch.cat(scores).view(n, channels, -1) - baseline[:, None, :]
-        return F.softmax(increase, dim=1).transpose(1, 2)
+        chosen = self._chosen(a)  # (N, K)
+        kept = chosen.shape[1]
+        rows = torch.arange(n * kept, device=a.device)
+        generator = None
+        if self.seed is not None:
+            generator = torch.Generator(a.device).manual_seed(self.seed)
+        passes = []  # smoothing samples outermost, as the SS-CAM and IS-CAM references draw
+        for smoothing in range(self.smoothing_samples):
+            scores = []
+            for chunk in _chunks(rows, self.batch_size):
+                sample = chunk // kept
+                masks = _masks(a[sample, chosen.flatten()[chunk]], size)
+                masks = self.varied(masks, smoothing, generator)
+                masked = x[sample] * masks[:, None].to(x.dtype)
+                scores.append(context.score_inputs(masked, sample))
+            passes.append(torch.cat(scores))
+        mean = torch.stack(passes).mean(0).view(n, kept, -1)
+        softmax = F.softmax(mean, dim=1)
+        weights = softmax.new_zeros(n, channels, softmax.shape[2])
+        weights.scatter_(1, chosen[:, :, None].expand_as(softmax), softmax)
+        return weights.transpose(1, 2)
+
+    def _chosen(self, a: Tensor) -> Tensor:
+        """The channels that mask the input, ``(N, K)``: all, or the top ``top_channels``."""
+        n, channels = a.shape[:2]
+        if self.top_channels is None or self.top_channels >= channels:
+            return torch.arange(channels, device=a.device).expand(n, channels)
+        ranking = _RANKINGS[self.rank_by](a.flatten(2))
+        return ranking.topk(self.top_channels, dim=1).indices.sort(dim=1).values
+
+
+def _smoothing_samples(samples: int) -> int:
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise CamkitValueError(f"samples: got {samples!r}; allowed: a positive int")
+    return samples
+
+
+class SSCAM(ScoreCAM):
+    r"""SS-CAM: Score-CAM with each mask smoothed by Gaussian noise, averaged over samples.
+
+    Wang et al., *SS-CAM: Smoothed Score-CAM for Sharper Visual Feature
+    Localization*, 2020, https://arxiv.org/abs/2006.14255.
+
+    With :math:`H^k` Score-CAM's mask (channel :math:`k` upsampled and scaled
+    to :math:`[0, 1]`) and :math:`\varepsilon_i` noise drawn per pixel from
+    :math:`\mathcal{N}(0, \sigma^2)`,
+
+    .. math::
+
+        \alpha_k^c = \operatorname{softmax}_k\Big(\frac{1}{S} \sum_{i=1}^{S}
+            y^c\big(X \odot (H^k + \varepsilon_i)\big) - y^c(X_b)\Big),
+        \qquad
+        L^c = \mathrm{ReLU}\Big(\sum_k \alpha_k^c A^k\Big).
+
+    The defaults are the paper's (and TorchCAM's): :math:`S = 35` samples,
+    :math:`\sigma = 2`. ``S x N x C`` forward passes (``S x N x K`` with
+    ``top_channels``); the noise for sample :math:`i` is drawn for every mask
+    before sample :math:`i + 1`'s, in the order TorchCAM draws it, so with the
+    same seed the two draw the same numbers (on the CPU).
+
+    Args:
+        model: As for :class:`~camkit.BaseCAM`.
+        layer: As for :class:`~camkit.BaseCAM`.
+        samples: :math:`S`, noisy copies of each mask.
+        noise_std: :math:`\sigma`, in units of the [0, 1] mask.
+        seed: Seed of a generator made for each call (reproducible maps); ``None``
+            draws from torch's global generator.
+        batch_size: Masked inputs per forward pass.
+        top_channels: As for :class:`ScoreCAM`.
+        rank_by: As for :class:`ScoreCAM`.
+        **options: ``layout``, ``prefix_tokens``, ``grid`` as for :class:`~camkit.BaseCAM`.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+        >>> SSCAM(model, "1", samples=4, seed=0)(torch.randn(3, 1, 8, 8)).shape
+        torch.Size([3, 8, 8])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec | list[LayerSpec],
+        *,
+        samples: int = 35,
+        noise_std: float = 2.0,
+        seed: int | None = None,
+        batch_size: int = 64,
+        top_channels: int | None = None,
+        rank_by: str = "variance",
+        **options: object,
+    ) -> None:
+        super().__init__(
+            model,
+            layer,
+            batch_size=batch_size,
+            top_channels=top_channels,
+            rank_by=rank_by,
+            **options,
+        )
+        self.smoothing_samples = _smoothing_samples(samples)
+        if (
+            isinstance(noise_std, bool)
+            or not isinstance(noise_std, (int, float))
+            or not (noise_std >= 0 and math.isfinite(noise_std))
+        ):
+            raise CamkitValueError(f"noise_std: got {noise_std!r}; allowed: a number >= 0")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise CamkitValueError(f"seed: got {seed!r}; allowed: an int, or None")
+        self.noise_std = float(noise_std)
+        self.seed = seed
+
+    def varied(self, masks: Tensor, sample: int, generator: torch.Generator | None) -> Tensor:
+        """Add :math:`\varepsilon_i`, drawn from ``generator``."""
+        noise = torch.randn(masks.shape, generator=generator, device=masks.device)
+        return masks.add_(noise.to(masks.dtype), alpha=self.noise_std)
+
+
+class ISCAM(ScoreCAM):
+    r"""IS-CAM: Score-CAM with each mask's score integrated along a path of growing scales.
+
+    Naidu et al., *IS-CAM: Integrated Score-CAM for axiomatic-based
+    explanations*, 2020, https://arxiv.org/abs/2010.03023.
+
+    With :math:`H^k` Score-CAM's mask and :math:`S` integration steps, step
+    :math:`i` scales the mask by :math:`c_i = \sum_{j=1}^{i} j / S`:
+
+    .. math::
+
+        \alpha_k^c = \operatorname{softmax}_k\Big(\frac{1}{S} \sum_{i=1}^{S}
+            y^c\big(X \odot c_i H^k\big) - y^c(X_b)\Big),
+        \qquad
+        L^c = \mathrm{ReLU}\Big(\sum_k \alpha_k^c A^k\Big).
+
+    :math:`c_i` is the running sum of the authors' code and of TorchCAM's
+    implementation (TorchCAM's docstring writes the sum from :math:`j = 0` to
+    :math:`i - 1`; its code, which camkit follows, adds :math:`j = 1` to
+    :math:`i`). ``S x N x C`` forward passes; :math:`S = 10` by default, as in
+    TorchCAM.
+
+    Args:
+        model: As for :class:`~camkit.BaseCAM`.
+        layer: As for :class:`~camkit.BaseCAM`.
+        samples: :math:`S`, the integration steps.
+        batch_size: Masked inputs per forward pass.
+        top_channels: As for :class:`ScoreCAM`.
+        rank_by: As for :class:`ScoreCAM`.
+        **options: ``layout``, ``prefix_tokens``, ``grid`` as for :class:`~camkit.BaseCAM`.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+        >>> ISCAM(model, "1", samples=4)(torch.randn(3, 1, 8, 8)).shape
+        torch.Size([3, 8, 8])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec | list[LayerSpec],
+        *,
+        samples: int = 10,
+        batch_size: int = 64,
+        top_channels: int | None = None,
+        rank_by: str = "variance",
+        **options: object,
+    ) -> None:
+        super().__init__(
+            model,
+            layer,
+            batch_size=batch_size,
+            top_channels=top_channels,
+            rank_by=rank_by,
+            **options,
+        )
+        self.smoothing_samples = _smoothing_samples(samples)
+
+    def varied(self, masks: Tensor, sample: int, generator: torch.Generator | None) -> Tensor:
+        """Scale by :math:`c_i` (``sample`` is :math:`i - 1`)."""
+        step = sample + 1
+        return masks.mul_(step * (step + 1) / (2 * self.smoothing_samples))
+
+
+_RANKINGS: dict[str, Callable[[Tensor], Tensor]] = {
+    "variance": lambda flat: flat.var(dim=2, correction=0),
+    "mean": lambda flat: flat.mean(dim=2),
+}
 
 
 def _masks(channels: Tensor, size: tuple[int, ...]) -> Tensor:
@@ -102,7 +320,7 @@ def _masks(channels: Tensor, size: tuple[int, ...]) -> Tensor:
     return _maps.min_max_normalize_(_maps.upsample(channels, size).contiguous())
 
 
-class AblationCAM(_Batched):
+class AblationCAM(BaseCAM):
     r"""Ablation-CAM: each channel weighted by the score drop when it is zeroed.
 
     Desai & Ramaswamy, *Ablation-CAM: Visual Explanations for Deep
@@ -119,14 +337,27 @@ class AblationCAM(_Batched):
         L^c = \mathrm{ReLU}\Big(\sum_k w_k^c A^k\Big).
 
     A score of exactly 0 is replaced by the smallest positive float32 so the
-    division stays finite. The ``N x C`` ablated forward passes run
-    ``batch_size`` at a time, without gradients; the layer's output is
-    replaced through a hook that is removed afterwards, even on error.
+    division stays finite. The ``N x C`` ablated copies run ``batch_size`` at
+    a time, without gradients.
+
+    Only the part of the network after the layer sees an ablated copy, so by
+    default only that part is re-run: where :mod:`torch.fx` can trace the model
+    (torchvision's CNNs, most ``nn.Sequential`` stacks), the traced graph is
+    cut at the layer; the part before it runs once per call, and each batch of
+    copies runs through the rest (for a ResNet's ``layer4``, pooling and the
+    linear layer). Before use, the cut is checked to reproduce the model's
+    scores. Where fx cannot trace the model (data-dependent control flow, a
+    layer inside a traced-through function), or the check fails, or with
+    ``split_tail=False``, every copy re-runs the whole model with the layer's
+    output replaced through a hook that is removed afterwards, even on error.
+    The maps are the same either way.
 
     Args:
         model: As for :class:`~camkit.BaseCAM`.
         layer: As for :class:`~camkit.BaseCAM`.
         batch_size: Ablated copies per forward pass.
+        split_tail: Re-run only the network after the layer where it can be split
+            off (see above); ``False`` re-runs the whole model for every batch.
         **options: ``layout``, ``prefix_tokens``, ``grid`` as for :class:`~camkit.BaseCAM`.
 
     Example:
@@ -137,13 +368,33 @@ class AblationCAM(_Batched):
         torch.Size([3, 8, 8])
     """
 
+    needs_gradients = False
+    differentiable_maps = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec | list[LayerSpec],
+        *,
+        batch_size: int = 64,
+        split_tail: bool = True,
+        **options: object,
+    ) -> None:
+        super().__init__(model, layer, **options)  # type: ignore[arg-type]
+        self.batch_size = _batch_size(batch_size)
+        if not isinstance(split_tail, bool):
+            raise CamkitValueError(f"split_tail: got {split_tail!r}; allowed: True or False")
+        self.split_tail = split_tail
+
     def weights(self, context: LayerContext) -> Tensor:
         """Return :math:`w_k^c`, the relative score drop of each ablated channel."""
         a = context.activations[:, 0]
         n, channels = a.shape[:2]
         scores = []
         every_channel = torch.arange(channels, device=a.device)
-        for sample, channel in self._rows(n, channels, a.device):
+        rows = torch.arange(n * channels, device=a.device)
+        for chunk in _chunks(rows, self.batch_size):
+            sample, channel = chunk // channels, chunk % channels
             # a mask, not an indexed write, which would make the host wait for a GPU
             kept = (every_channel != channel[:, None]).view(
                 len(sample), channels, *[1] * (a.dim() - 2)
