@@ -33,7 +33,7 @@ from camkit._pipeline import (
 )
 from camkit._refs import LayerRef, resolve_layer
 from camkit._tail import TailRunner, split
-from camkit._targets import BoundTarget
+from camkit._targets import BoundTarget, check_target
 from camkit.context import LayerContext
 from camkit.errors import CamkitModelError, CamkitValueError
 from camkit.result import CAMResult
@@ -109,6 +109,14 @@ class BaseCAM(ABC):
     the layer, where :mod:`torch.fx` can split the model there (checked against the model's
     scores before use); ``False`` always re-runs the whole model. The scores agree either way."""
 
+    needs_hessian: ClassVar[bool] = False
+    """Whether :meth:`weights` uses :meth:`LayerContext.hessian_times` (second derivatives of
+    the score at the layer; the gradients are then taken with ``create_graph=True``)."""
+
+    projects_maps: ClassVar[bool] = False
+    """Whether the map is always the first principal component of the weighted activations
+    (as ``eigen_smooth=True`` makes it for any method), not their sum."""
+
     differentiable_maps: ClassVar[bool] = True
     """Whether the method offers ``explain(..., differentiable=True)``: maps that stay in the
     autograd graph (a method whose weights come from re-running the model does not)."""
@@ -159,6 +167,11 @@ class BaseCAM(ABC):
         map (LayerCAM's tanh) override it; most never need to.
         """
         return maps
+
+    def target_for(self, target: Target) -> Target:
+        """The target actually explained for the ``target`` a caller passes; the target itself
+        by default. Methods that define their own score (Finer-CAM) override it."""
+        return target
 
     def explain(
         self,
@@ -253,7 +266,7 @@ class BaseCAM(ABC):
                 "have different resolutions"
             )
         with torch.inference_mode(False):  # a target made here must not be an inference tensor
-            request = Request.check(x, target, forward_args, forward_kwargs)
+            request = Request.check(x, self.target_for(target), forward_args, forward_kwargs)
             options = _Options(relu, upsample, counterfactual, eigen_smooth, differentiable)
             run = self._layer_maps(request, options)
             layer_maps = run.layer_maps
@@ -284,7 +297,7 @@ class BaseCAM(ABC):
                         scores,
                         natives,
                         [f"layer {n!r}" for n in self.layer_names],
-                        create_graph=differentiable,
+                        create_graph=differentiable or self.needs_hessian,
                     )
                     if self.needs_gradients
                     else [None] * len(natives)
@@ -305,7 +318,8 @@ class BaseCAM(ABC):
                         options,
                     )
                     try:
-                        signed[context.layer] = self._layer_map(context, options.eigen_smooth)
+                        project = options.eigen_smooth or self.projects_maps
+                        signed[context.layer] = self._layer_map(context, project)
                     except Exception:
                         check_scores_finite(request.x, scores)  # a NaN input explains it better
                         raise
@@ -339,13 +353,63 @@ class BaseCAM(ABC):
         name = ref.name
         wide = options.differentiable and native.dtype == torch.float64
         dtype = torch.float64 if wide else torch.float32
+        recorded, recorded_gradients = native, gradients  # in the autograd graph, if recorded
         if not options.differentiable:
             native = native.detach()
         activations = self._channels_first(native, name, request, options.upsample)
+        sign = -1.0 if options.counterfactual else 1.0
         if gradients is not None:
             gradients = self._gradients_channels_first(gradients, name).to(dtype)
             if options.counterfactual:
                 gradients = -gradients
+
+        def hessian_times(vectors: Tensor) -> Tensor:
+            if recorded_gradients is None or not recorded_gradients.requires_grad:
+                raise CamkitValueError(
+                    f"hessian_times: the gradients of layer {name!r} were taken without a "
+                    f"graph; set needs_hessian = True on the method"
+                )
+            v = self.layout.from_channels_first(vectors, recorded).to(recorded.dtype)
+            products = []
+            with torch.enable_grad():
+                for t in range(recorded_gradients.shape[1]):
+                    (product,) = torch.autograd.grad(
+                        recorded_gradients[:, t], recorded, v, retain_graph=True, allow_unused=True
+                    )
+                    products.append(torch.zeros_like(v) if product is None else product.detach())
+            stacked = torch.stack(products, dim=1)
+            return sign * self._gradients_channels_first(stacked, name).to(dtype)
+
+        def rerun(inputs: Tensor) -> LayerContext:
+            fixed = (
+                request.target
+                if target.classes is None
+                else check_target(target.classes, request.batch_size)
+            )
+            other = Request(inputs, fixed, request.forward_args, request.forward_kwargs)
+            hooked, output = capture([ref], lambda: other.run(self.model))
+            captured = hooked.captured(0)
+            if captured is None:
+                raise CamkitValueError(
+                    f"layer: {name!r} was not reached in the forward pass on the re-run inputs"
+                )
+            with torch.enable_grad():
+                other_target, other_scores = scored(other, output)
+                other_gradients = (
+                    explained_by(other_scores, [captured.activation], [f"layer {name!r}"])[0]
+                    if self.needs_gradients
+                    else None
+                )
+            return self._context(
+                other,
+                index,
+                captured.activation,
+                captured.number,
+                other_target,
+                other_scores,
+                other_gradients,
+                options,
+            )
 
         @torch.no_grad()
         def score_inputs(inputs: Tensor, samples: Tensor) -> Tensor:
@@ -375,6 +439,8 @@ class BaseCAM(ABC):
             gradients=gradients,
             score_inputs=score_inputs,
             score_activations=score_activations,
+            hessian_times=hessian_times,
+            rerun=rerun,
         )
 
     def _tail(

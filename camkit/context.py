@@ -35,6 +35,10 @@ class LayerContext:
             rows, the sample of each row); see :meth:`score_inputs`.
         score_activations: Re-runs the model with the layer's output replaced
             by ``(M, C, *spatial)`` rows; see :meth:`score_activations`.
+        hessian_times: Second derivatives of the scores at the layer times a
+            vector; see :meth:`hessian_times`.
+        rerun: The context of the same layer and targets for other inputs; see
+            :meth:`rerun`.
 
     Example:
         >>> import torch
@@ -60,6 +64,8 @@ class LayerContext:
         gradients: Tensor | None = None,
         score_inputs: Rescore | None = None,
         score_activations: Rescore | None = None,
+        hessian_times: Callable[[Tensor], Tensor] | None = None,
+        rerun: Callable[[Tensor], LayerContext] | None = None,
     ) -> None:
         self.layer = layer
         self.activations = activations
@@ -69,6 +75,8 @@ class LayerContext:
         self._gradients = gradients
         self._score_inputs = score_inputs
         self._score_activations = score_activations
+        self._hessian_times = hessian_times
+        self._rerun = rerun
 
     @property
     def gradients(self) -> Tensor:
@@ -107,6 +115,40 @@ class LayerContext:
         return _rescore(self._score_activations, "score_activations", self.layer)(
             activations, samples
         )
+
+    def hessian_times(self, vectors: Tensor) -> Tensor:
+        r"""The Hessian of each target's score at the layer times ``vectors``.
+
+        Args:
+            vectors: ``(N, C, *spatial)``, one per sample, in the layout of
+                :attr:`activations`.
+
+        Returns:
+            :math:`\big(\partial^2 y^c / \partial A\, \partial A\big)\, v` as
+            ``(N, k, C, *spatial)``; zero where the network after the layer is
+            piecewise linear. Only for methods with ``needs_hessian = True``.
+        """
+        if self._hessian_times is None:
+            raise CamkitValueError(
+                f"hessian_times: this context of layer {self.layer!r} was built without "
+                f"second derivatives; pass hessian_times= when building it"
+            )
+        return self._hessian_times(vectors)
+
+    def rerun(self, inputs: Tensor) -> LayerContext:
+        """The context of the same layer and the same target classes for other inputs.
+
+        A fresh forward (and, for a method that needs gradients, backward) pass
+        on ``inputs`` (``x``'s shape, row ``i`` for sample ``i``), such as
+        ``x`` plus noise (Smooth Grad-CAM++). A class target keeps the classes
+        of the explained pass, even where the predicted class changes.
+        """
+        if self._rerun is None:
+            raise CamkitValueError(
+                f"rerun: this context of layer {self.layer!r} was built without a way to "
+                f"re-run the model; pass rerun= when building it"
+            )
+        return self._rerun(inputs)
 
 
 def _rescore(function: Rescore | None, name: str, layer: str) -> Rescore:

@@ -37,6 +37,7 @@ __all__ = [
     "BinaryTarget",
     "Classes",
     "DetectionTarget",
+    "FinerTarget",
     "RegressionTarget",
     "ScoreFunction",
     "SegmentationTarget",
@@ -425,6 +426,97 @@ class BinaryTarget:
 
     def __repr__(self) -> str:
         return f"BinaryTarget(classes={'predicted' if self._predicted else _short(self.classes)})"
+
+
+class FinerTarget:
+    r"""Finer-CAM's score: a class's logit against the classes whose logits are closest to it.
+
+    Zhang et al., *Finer-CAM: Spotting the Difference Reveals Finer Details
+    for Visual Explanation*, CVPR 2025, https://arxiv.org/abs/2501.11309.
+    With :math:`S` the ``similar`` classes whose logits are nearest the
+    target's :math:`y^c` (the target itself excluded) and :math:`p =
+    \operatorname{softmax}(y)`,
+
+    .. math::
+
+        s^c = \frac{\sum_{j \in S} p_j \,(y^c - \alpha\, y^j)}{\sum_{j \in S} p_j},
+
+    as pytorch-grad-cam's ``FinerWeightedTarget`` computes it (the
+    probabilities included in the gradient). The similar classes are chosen
+    on the explained forward pass and kept for re-scored copies (Score-CAM,
+    Ablation-CAM). :class:`~camkit.FinerCAM` is Grad-CAM of this score; any
+    other method takes it as its ``target``.
+
+    Args:
+        classes: The target class: ``None`` for each sample's predicted class,
+            an ``int``, or one per sample.
+        alpha: :math:`\alpha`, the weight of the similar classes' logits.
+        similar: How many similar classes (at most the number of classes minus 1).
+        key: The output field holding the logits, when it is not the output
+            itself, its ``.logits`` or its ``"logits"`` or ``"out"`` entry.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.tensor([[4.0, 3.0, 0.0, -1.0]])
+        >>> FinerTarget(0, similar=1)(logits)  # class 1 is closest: 4 - 3
+        tensor([1.])
+    """
+
+    def __init__(
+        self,
+        classes: int | Sequence[int] | Tensor | None = None,
+        *,
+        alpha: float = 1.0,
+        similar: int = 3,
+        key: str | None = None,
+    ) -> None:
+        self.classes = None if classes is None else _class_table(classes, "classes")[0]
+        if self.classes is not None and self.classes.shape[1] != 1:
+            raise CamkitValueError(
+                f"classes: got {_short(self.classes)}; FinerTarget takes one class per sample"
+            )
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha != alpha:
+            raise CamkitValueError(f"alpha: got {alpha!r}; allowed: a number")
+        if isinstance(similar, bool) or not isinstance(similar, int) or similar < 1:
+            raise CamkitValueError(f"similar: got {similar!r}; allowed: a positive int")
+        self._predicted = classes is None
+        self.alpha = float(alpha)
+        self.similar = similar
+        self.key = key
+        self.compared: Tensor | None = None
+        """The similar classes ``(N, similar)`` of the last explained pass."""
+
+    def __call__(self, output: Any, samples: Tensor | None = None) -> Tensor:
+        """Scores ``(M,)`` of the ``M`` samples in ``output``."""
+        logits = field_of(output, self.key, "FinerTarget")
+        if logits.dim() != 2 or logits.shape[1] <= self.similar:
+            raise CamkitValueError(
+                f"target: FinerTarget compares each class with {self.similar} other(s), so it "
+                f"needs (N, C) logits with C > {self.similar}; got shape {tuple(logits.shape)}"
+            )
+        if samples is None:  # the explained pass: choose the classes
+            values = logits.detach()
+            if self._predicted:
+                self.classes = values.argmax(1).cpu()[:, None]
+            main = _for_rows(cast(Tensor, self.classes), None, len(values), "classes")
+            main = main.to(values.device)
+            distance = (values - values.gather(1, main)).abs().scatter(1, main, float("inf"))
+            self.compared = distance.topk(self.similar, dim=1, largest=False).indices.cpu()
+        if self.compared is None:
+            raise CamkitValueError(
+                "target: FinerTarget chooses the similar classes on the explained pass; "
+                "call it on that pass (samples=None) first"
+            )
+        main = _for_rows(cast(Tensor, self.classes), samples, len(logits), "classes")
+        compared = _for_rows(self.compared, samples, len(logits), "compared")
+        main, compared = main.to(logits.device), compared.to(logits.device)
+        weights = logits.softmax(1).gather(1, compared)
+        gaps = logits.gather(1, main) - self.alpha * logits.gather(1, compared)
+        return (weights * gaps).sum(1) / weights.sum(1)
+
+    def __repr__(self) -> str:
+        classes = "predicted" if self._predicted else _short(self.classes)
+        return f"FinerTarget(classes={classes}, alpha={self.alpha}, similar={self.similar})"
 
 
 class RegressionTarget:

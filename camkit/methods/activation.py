@@ -5,12 +5,13 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from camkit import _maps
+from camkit._checks import non_negative
 from camkit._refs import find_layer
 from camkit.base import BaseCAM, LayerSpec
 from camkit.context import LayerContext
 from camkit.errors import CamkitTypeError, CamkitValueError
 
-__all__ = ["CAM", "EigenCAM"]
+__all__ = ["CAM", "FEM", "EigenCAM"]
 
 
 class CAM(BaseCAM):
@@ -113,3 +114,60 @@ class EigenCAM(BaseCAM):
         pixels = context.activations[:, 0].flatten(2).transpose(1, 2)  # (N, pixels, C)
         first = _maps.first_direction(pixels)
         return first[:, None, :].expand(-1, context.scores.shape[1], -1)
+
+
+class FEM(BaseCAM):
+    r"""FEM (Feature Explanation Method): channels weighted by how often they fire strongly.
+
+    Fuad et al., *Features Understanding in 3D CNNs for Actions Recognition
+    in Video*, IPTA 2020, https://hal.science/hal-02963298.
+
+    A position of channel :math:`k` counts as a strong response when it
+    exceeds the channel's mean by :math:`\kappa` standard deviations (over
+    positions, the population deviation); the weight is the fraction of such
+    positions:
+
+    .. math::
+
+        w_k = \frac{1}{Z} \sum_{i,j}
+            \mathbb{1}\big[A^k_{ij} > \mu_k + \kappa\, \sigma_k\big],
+        \qquad
+        L = \mathrm{ReLU}\Big(\sum_k w_k A^k\Big).
+
+    No gradients: the map is the same for every target, as in
+    pytorch-grad-cam's ``FEM``.
+
+    Args:
+        model: As for :class:`~camkit.BaseCAM`.
+        layer: As for :class:`~camkit.BaseCAM`.
+        k: :math:`\kappa`, the number of standard deviations (2, as in the paper).
+        **options: ``layout``, ``prefix_tokens``, ``grid`` as for :class:`~camkit.BaseCAM`.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+        >>> FEM(model, "1")(torch.randn(3, 1, 8, 8)).shape
+        torch.Size([3, 8, 8])
+    """
+
+    needs_gradients = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec | list[LayerSpec],
+        *,
+        k: float = 2.0,
+        **options: object,
+    ) -> None:
+        super().__init__(model, layer, **options)  # type: ignore[arg-type]
+        self.k = non_negative(k, "k")
+
+    def weights(self, context: LayerContext) -> Tensor:
+        """Return :math:`w_k`, the fraction of strong responses, repeated for every target."""
+        flat = context.activations[:, 0].flatten(2)  # (N, C, positions)
+        mean = flat.mean(dim=2, keepdim=True)
+        std = flat.std(dim=2, correction=0, keepdim=True)
+        strong = (flat > mean + self.k * std).to(flat.dtype).mean(dim=2)
+        return strong[:, None, :].expand(-1, context.scores.shape[1], -1)

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import torch
 from torch import Tensor, nn
 
+from camkit._checks import non_negative, positive_int, seed_or_none
 from camkit.base import BaseCAM, LayerSpec
 from camkit.context import LayerContext
-from camkit.errors import CamkitValueError
+from camkit.errors import CamkitTypeError, CamkitValueError
+from camkit.targets import FinerTarget, Target
 
-__all__ = ["GradCAM", "GradCAMPlusPlus", "HiResCAM", "LayerCAM", "XGradCAM"]
+__all__ = [
+    "EigenGradCAM",
+    "FinerCAM",
+    "GradCAM",
+    "GradCAMElementWise",
+    "GradCAMPlusPlus",
+    "HiResCAM",
+    "LayerCAM",
+    "ShapleyCAM",
+    "SmoothGradCAMPlusPlus",
+    "XGradCAM",
+]
 
 
 class GradCAM(BaseCAM):
@@ -70,6 +86,8 @@ class GradCAMPlusPlus(BaseCAM):
     positive factor :math:`\exp(S^c)` scales every weight equally and is dropped.
     This is the approximation used by the authors' code and by the usual
     implementations, not the exact higher-order derivatives of :math:`S^c`.
+    pytorch-grad-cam adds :math:`10^{-6}` to the denominator, which changes its
+    maps where gradients are small (near :math:`10^{-3}`); otherwise the two agree.
 
     Example:
         >>> import torch
@@ -200,3 +218,246 @@ class LayerCAM(BaseCAM):
             return maps
         peak = maps.flatten(2).amax(dim=2).view(*maps.shape[:2], *([1] * (maps.dim() - 2)))
         return torch.tanh(self.tanh_scale * maps / torch.where(peak > 0, peak, 1.0))
+
+
+class GradCAMElementWise(BaseCAM):
+    r"""Element-wise Grad-CAM: the positive part of gradient times activation, then the sum.
+
+    pytorch-grad-cam's ``GradCAMElementWise``: HiResCAM with the ReLU moved
+    inside the channel sum, so that no channel's negative evidence cancels
+    another's positive evidence at a position:
+
+    .. math::
+
+        L^c = \sum_k \mathrm{ReLU}\Big(\frac{\partial y^c}{\partial A^k} \odot A^k\Big).
+
+    As pixel weights: :math:`g` where :math:`g A > 0`, else 0. The map is
+    non-negative even with ``relu=False``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+        >>> GradCAMElementWise(model, "1")(torch.randn(3, 1, 8, 8)).shape
+        torch.Size([3, 8, 8])
+    """
+
+    def weights(self, context: LayerContext) -> Tensor:
+        """Return the gradients where gradient times activation is positive, else 0."""
+        g = context.gradients
+        return torch.where(g * context.activations > 0, g, 0.0)
+
+
+class EigenGradCAM(BaseCAM):
+    r"""Eigen-Grad-CAM: gradient times activation, projected on its first principal direction.
+
+    pytorch-grad-cam's ``EigenGradCAM``: Eigen-CAM (Muhammad & Yeasin, IJCNN
+    2020, https://arxiv.org/abs/2008.00299) of the class-weighted activations
+    :math:`G = \partial y^c / \partial A \odot A` instead of :math:`A`. With
+    :math:`G` arranged as a (positions x channels) matrix and :math:`v_1` its
+    first right singular vector,
+
+    .. math::
+
+        L^c = \mathrm{ReLU}(G\, v_1),
+
+    the sign of :math:`v_1` fixed so that :math:`G v_1` sums to a non-negative
+    value. As in :class:`~camkit.EigenCAM` (and the Eigen-CAM paper's
+    equation), :math:`G` is not centred; pytorch-grad-cam centres it and
+    leaves the sign as the SVD returns it, so its maps differ.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+        >>> EigenGradCAM(model, "1")(torch.randn(3, 1, 8, 8)).shape
+        torch.Size([3, 8, 8])
+    """
+
+    projects_maps = True
+
+    def weights(self, context: LayerContext) -> Tensor:
+        """Return the gradients as pixel weights; the base projects :math:`g \\odot A`."""
+        return context.gradients
+
+
+class ShapleyCAM(BaseCAM):
+    r"""Shapley-CAM: gradients corrected by second-order terms, a Shapley-value view of CAM.
+
+    Cai et al., *CAMs as Shapley Value-based Explainers*, The Visual Computer
+    2025, https://arxiv.org/abs/2501.06261.
+
+    With :math:`g = \partial y^c / \partial A` and :math:`H` the Hessian of
+    :math:`y^c` at the layer, the paper's second-order approximation of each
+    channel's Shapley value gives
+
+    .. math::
+
+        \alpha_k^c = \frac{1}{Z} \sum_{i,j}
+            \Big(g - \tfrac{1}{2} H A\Big)^k_{ij},
+        \qquad
+        L^c = \mathrm{ReLU}\Big(\sum_k \alpha_k^c A^k\Big),
+
+    as in the authors' code in pytorch-grad-cam. :math:`H A` is one
+    Hessian-vector product per target, taken by autograd. Where the network
+    after the layer is piecewise linear in it (ReLUs, max-pooling, linear
+    layers) and the score is a logit, :math:`H = 0` and Shapley-CAM is
+    Grad-CAM; the paper pairs it with a softmax-based score, such as the
+    log-probability (a callable target), where :math:`H \ne 0`.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+        >>> log_probability = lambda out: out.log_softmax(1)[:, 0]
+        >>> ShapleyCAM(model, "1")(torch.randn(3, 1, 8, 8), log_probability).shape
+        torch.Size([3, 8, 8])
+    """
+
+    needs_hessian = True
+
+    def weights(self, context: LayerContext) -> Tensor:
+        r"""Return :math:`\alpha_k^c`."""
+        corrected = context.gradients - 0.5 * context.hessian_times(context.activations[:, 0])
+        return corrected.mean(dim=context.spatial_dims)
+
+
+class SmoothGradCAMPlusPlus(BaseCAM):
+    r"""Smooth Grad-CAM++: Grad-CAM++ with its derivatives averaged over noisy copies of x.
+
+    Omeiza et al., *Smooth Grad-CAM++: An Enhanced Inference Level
+    Visualization Technique for Deep Convolutional Neural Network Models*,
+    2019, https://arxiv.org/abs/1908.01224.
+
+    With :math:`g_s` the gradient at the layer for the input :math:`x +
+    \varepsilon_s`, :math:`\varepsilon_s \sim \mathcal{N}(0, \sigma^2)` per
+    element, and :math:`D_p = \frac{1}{S}\sum_{s=1}^{S} g_s^p`, the paper's
+    Grad-CAM++ weights on the averaged derivatives are
+
+    .. math::
+
+        \alpha_{ij}^{kc} = \frac{D_2}{2 D_2 + \sum_{a,b} A^k_{ab}\, D_3},
+        \qquad
+        w_k^c = \sum_{i,j} \alpha_{ij}^{kc}\, \mathrm{ReLU}(D_1),
+
+    with :math:`\alpha = 0` where the denominator is 0, and :math:`A` the
+    activations of the clean input. TorchCAM's ``SmoothGradCAMpp`` differs in
+    two places: it sums :math:`A^k_{ab} D_3` over positions in the
+    denominator, and it takes the ReLU of the last noisy copy's gradient
+    instead of :math:`D_1`. ``S`` forward and backward passes; the defaults
+    (:math:`S = 4`, :math:`\sigma = 0.3`) are TorchCAM's.
+
+    Args:
+        model: As for :class:`~camkit.BaseCAM`.
+        layer: As for :class:`~camkit.BaseCAM`.
+        samples: :math:`S`, noisy copies of the input.
+        noise_std: :math:`\sigma`, in the units of ``x``.
+        seed: Seed of a generator made for each call (reproducible maps); ``None``
+            draws from torch's global generator.
+        **options: ``layout``, ``prefix_tokens``, ``grid`` as for :class:`~camkit.BaseCAM`.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+        >>> SmoothGradCAMPlusPlus(model, "1", seed=0)(torch.randn(3, 1, 8, 8)).shape
+        torch.Size([3, 8, 8])
+    """
+
+    differentiable_maps = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec | list[LayerSpec],
+        *,
+        samples: int = 4,
+        noise_std: float = 0.3,
+        seed: int | None = None,
+        **options: object,
+    ) -> None:
+        super().__init__(model, layer, **options)  # type: ignore[arg-type]
+        self.samples = positive_int(samples, "samples")
+        self.noise_std = non_negative(noise_std, "noise_std")
+        self.seed = seed_or_none(seed)
+
+    def weights(self, context: LayerContext) -> Tensor:
+        """Return :math:`w_k^c` from the derivatives averaged over the noisy copies."""
+        x, dims = context.inputs, context.spatial_dims
+        generator = None
+        if self.seed is not None:
+            generator = torch.Generator(x.device).manual_seed(self.seed)
+        moments = [torch.zeros((), dtype=torch.float64, device=x.device)] * 3
+        for _ in range(self.samples):
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            g = context.rerun(x + self.noise_std * noise).gradients.double()
+            moments = [m + g**p for m, p in zip(moments, (1, 2, 3), strict=True)]
+        d1, d2, d3 = (m / self.samples for m in moments)
+        total = context.activations.double().sum(dim=dims, keepdim=True)
+        denominator = 2 * d2 + total * d3
+        alpha = torch.where(denominator != 0, d2 / torch.where(denominator != 0, denominator, 1), 0)
+        return (alpha * d1.clamp_min(0)).sum(dim=dims).float()
+
+
+class FinerCAM(GradCAM):
+    r"""Finer-CAM: Grad-CAM of the target's score against the classes most like it.
+
+    Zhang et al., *Finer-CAM: Spotting the Difference Reveals Finer Details
+    for Visual Explanation*, CVPR 2025, https://arxiv.org/abs/2501.11309.
+
+    For fine-grained classes, Grad-CAM of :math:`y^c` shows what the target
+    shares with its look-alikes. Finer-CAM explains instead the score of
+    :class:`~camkit.targets.FinerTarget`: with :math:`S` the ``similar``
+    classes whose logits are closest to :math:`y^c` and :math:`p =
+    \operatorname{softmax}(y)`,
+
+    .. math::
+
+        s^c = \frac{\sum_{j \in S} p_j \,(y^c - \alpha\, y^j)}{\sum_{j \in S} p_j},
+
+    and Grad-CAM's weights of that score. :math:`\alpha = 0` gives Grad-CAM
+    back; :math:`\alpha = 1` (the default) keeps only what separates the target
+    from its neighbours. Any other method explains the same score with
+    ``target=camkit.targets.FinerTarget(...)``, as pytorch-grad-cam's
+    ``FinerCAM(base_method=...)`` does.
+
+    Args:
+        model: As for :class:`~camkit.BaseCAM`.
+        layer: As for :class:`~camkit.BaseCAM`.
+        alpha: :math:`\alpha`, the weight of the similar classes' logits.
+        similar: How many similar classes to compare against (pytorch-grad-cam's
+            default comparison categories are the 3 closest).
+        **options: ``layout``, ``prefix_tokens``, ``grid`` as for :class:`~camkit.BaseCAM`.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
+        >>> FinerCAM(model, "1")(torch.randn(3, 1, 8, 8), target=2).shape
+        torch.Size([3, 8, 8])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: LayerSpec | list[LayerSpec],
+        *,
+        alpha: float = 1.0,
+        similar: int = 3,
+        **options: object,
+    ) -> None:
+        super().__init__(model, layer, **options)  # type: ignore[arg-type]
+        FinerTarget(None, alpha=alpha, similar=similar)  # checks the options
+        self.alpha = alpha
+        self.similar = similar
+
+    def target_for(self, target: Target) -> Target:
+        """The :class:`~camkit.targets.FinerTarget` of the class(es) ``target`` names."""
+        if callable(target):
+            raise CamkitTypeError(
+                f"target: FinerCAM compares the target class with its most similar classes, "
+                f"so it needs class indices or None, not a callable ({target!r}); to explain "
+                f"a score of your own, use GradCAM"
+            )
+        classes = cast(int | Sequence[int] | Tensor | None, target)  # FinerTarget checks it
+        return FinerTarget(classes, alpha=self.alpha, similar=self.similar)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -10,17 +9,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camkit import _maps
+from camkit._checks import non_negative, positive_int, seed_or_none
 from camkit.base import BaseCAM, LayerSpec
 from camkit.context import LayerContext
 from camkit.errors import CamkitValueError
 
 __all__ = ["ISCAM", "SSCAM", "AblationCAM", "ScoreCAM"]
-
-
-def _batch_size(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise CamkitValueError(f"batch_size: got {batch_size!r}; allowed: a positive int")
-    return batch_size
 
 
 def _chunks(rows: Tensor, batch_size: int) -> list[Tensor]:
@@ -95,7 +89,7 @@ class ScoreCAM(BaseCAM):
         **options: object,
     ) -> None:
         super().__init__(model, layer, **options)  # type: ignore[arg-type]
-        self.batch_size = _batch_size(batch_size)
+        self.batch_size = positive_int(batch_size, "batch_size")
         if top_channels is not None and (
             isinstance(top_channels, bool) or not isinstance(top_channels, int) or top_channels < 1
         ):
@@ -155,12 +149,6 @@ class ScoreCAM(BaseCAM):
         return ranking.topk(self.top_channels, dim=1).indices.sort(dim=1).values
 
 
-def _smoothing_samples(samples: int) -> int:
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise CamkitValueError(f"samples: got {samples!r}; allowed: a positive int")
-    return samples
-
-
 class SSCAM(ScoreCAM):
     r"""SS-CAM: Score-CAM with each mask smoothed by Gaussian noise, averaged over samples.
 
@@ -180,9 +168,9 @@ class SSCAM(ScoreCAM):
 
     The defaults are the paper's (and TorchCAM's): :math:`S = 35` samples,
     :math:`\sigma = 2`. ``S x N x C`` forward passes (``S x N x K`` with
-    ``top_channels``); the noise for sample :math:`i` is drawn for every mask
-    before sample :math:`i + 1`'s, in the order TorchCAM draws it, so with the
-    same seed the two draw the same numbers (on the CPU).
+    ``top_channels``). The noise of sample :math:`i` is drawn for every mask
+    before sample :math:`i + 1`'s, as TorchCAM draws it: seeded alike on the
+    CPU, the two give the same maps (a test checks this).
 
     Args:
         model: As for :class:`~camkit.BaseCAM`.
@@ -225,17 +213,9 @@ class SSCAM(ScoreCAM):
             rank_by=rank_by,
             **options,
         )
-        self.smoothing_samples = _smoothing_samples(samples)
-        if (
-            isinstance(noise_std, bool)
-            or not isinstance(noise_std, (int, float))
-            or not (noise_std >= 0 and math.isfinite(noise_std))
-        ):
-            raise CamkitValueError(f"noise_std: got {noise_std!r}; allowed: a number >= 0")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise CamkitValueError(f"seed: got {seed!r}; allowed: an int, or None")
-        self.noise_std = float(noise_std)
-        self.seed = seed
+        self.smoothing_samples = positive_int(samples, "samples")
+        self.noise_std = non_negative(noise_std, "noise_std")
+        self.seed = seed_or_none(seed)
 
     def varied(self, masks: Tensor, sample: int, generator: torch.Generator | None) -> Tensor:
         """Add :math:`\varepsilon_i`, drawn from ``generator``."""
@@ -259,11 +239,10 @@ class ISCAM(ScoreCAM):
         \qquad
         L^c = \mathrm{ReLU}\Big(\sum_k \alpha_k^c A^k\Big).
 
-    :math:`c_i` is the running sum of the authors' code and of TorchCAM's
-    implementation (TorchCAM's docstring writes the sum from :math:`j = 0` to
-    :math:`i - 1`; its code, which camkit follows, adds :math:`j = 1` to
-    :math:`i`). ``S x N x C`` forward passes; :math:`S = 10` by default, as in
-    TorchCAM.
+    :math:`c_i` is the running sum of TorchCAM's implementation (TorchCAM's
+    docstring writes the sum from :math:`j = 0` to :math:`i - 1`; its code,
+    which camkit follows, adds :math:`j = 1` to :math:`i`). ``S x N x C``
+    forward passes; :math:`S = 10` by default, as in TorchCAM.
 
     Args:
         model: As for :class:`~camkit.BaseCAM`.
@@ -301,7 +280,7 @@ class ISCAM(ScoreCAM):
             rank_by=rank_by,
             **options,
         )
-        self.smoothing_samples = _smoothing_samples(samples)
+        self.smoothing_samples = positive_int(samples, "samples")
 
     def varied(self, masks: Tensor, sample: int, generator: torch.Generator | None) -> Tensor:
         """Scale by :math:`c_i` (``sample`` is :math:`i - 1`)."""
@@ -381,7 +360,7 @@ class AblationCAM(BaseCAM):
         **options: object,
     ) -> None:
         super().__init__(model, layer, **options)  # type: ignore[arg-type]
-        self.batch_size = _batch_size(batch_size)
+        self.batch_size = positive_int(batch_size, "batch_size")
         if not isinstance(split_tail, bool):
             raise CamkitValueError(f"split_tail: got {split_tail!r}; allowed: True or False")
         self.split_tail = split_tail
