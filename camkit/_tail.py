@@ -142,8 +142,9 @@ class TailRunner:
         expected = scores[samples].float()
         if got.shape != expected.shape:
             return False
-        scale = max(1.0, float(expected.abs().max()))
-        return bool(torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * scale))
+        scale = expected.abs().max().clamp_min(1.0)
+        close = (got - expected).abs() <= 1e-4 * (expected.abs() + scale)
+        return bool(close.all())  # the one read of a device value the split adds
 
 
 def _rows(value: Any, samples: Tensor, batch_size: int) -> Any:

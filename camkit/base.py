@@ -33,13 +33,19 @@ from camkit._pipeline import (
 )
 from camkit._refs import LayerRef, resolve_layer
 from camkit._tail import TailRunner, split
-from camkit._targets import BoundTarget, check_target
+from camkit._targets import BoundTarget, CheckedTarget
 from camkit.context import LayerContext
 from camkit.errors import CamkitModelError, CamkitValueError
 from camkit.result import CAMResult
 from camkit.targets import Target
 
 __all__ = ["BaseCAM", "LayerSpec"]
+
+DIFFERENTIABLE_METHODS = (
+    "GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, GradCAMElementWise, "
+    "EigenGradCAM, FinerCAM, CAM, EigenCAM and FEM"
+)
+"""The methods whose maps can stay in the autograd graph, as error messages list them."""
 
 LayerSpec = str | nn.Module
 """A layer: its name in the model (a dotted module name, optionally with ``@call`` and
@@ -120,6 +126,11 @@ class BaseCAM(ABC):
     differentiable_maps: ClassVar[bool] = True
     """Whether the method offers ``explain(..., differentiable=True)``: maps that stay in the
     autograd graph (a method whose weights come from re-running the model does not)."""
+
+    not_differentiable_because: ClassVar[str] = (
+        "its weights come from forward passes run without gradients"
+    )
+    """Why not, for the error message, where :attr:`differentiable_maps` is ``False``."""
 
     def __init__(
         self,
@@ -245,10 +256,9 @@ class BaseCAM(ABC):
         """
         if differentiable and not self.differentiable_maps:
             raise CamkitValueError(
-                f"differentiable: {type(self).__name__} computes its weights from forward "
-                f"passes run without gradients, so its maps cannot be differentiated; "
-                f"differentiable maps come from GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, "
-                f"LayerCAM, CAM and EigenCAM"
+                f"differentiable: {type(self).__name__}'s maps cannot be differentiated: "
+                f"{self.not_differentiable_because}; differentiable maps come from "
+                f"{DIFFERENTIABLE_METHODS}"
             )
         if counterfactual and not self.needs_gradients:
             raise CamkitValueError(
@@ -381,11 +391,9 @@ class BaseCAM(ABC):
             return sign * self._gradients_channels_first(stacked, name).to(dtype)
 
         def rerun(inputs: Tensor) -> LayerContext:
-            fixed = (
-                request.target
-                if target.classes is None
-                else check_target(target.classes, request.batch_size)
-            )
+            fixed = request.target  # a callable, scored anew; else the classes explained
+            if target.classes is not None:
+                fixed = CheckedTarget(target.classes, None, multi=True)
             other = Request(inputs, fixed, request.forward_args, request.forward_kwargs)
             hooked, output = capture([ref], lambda: other.run(self.model))
             captured = hooked.captured(0)

@@ -449,7 +449,7 @@ class FinerTarget:
 
     Args:
         classes: The target class: ``None`` for each sample's predicted class,
-            an ``int``, or one per sample.
+            an ``int``, one per sample, or ``(N, k)`` for ``k`` scores per sample.
         alpha: :math:`\alpha`, the weight of the similar classes' logits.
         similar: How many similar classes (at most the number of classes minus 1).
         key: The output field holding the logits, when it is not the output
@@ -470,11 +470,12 @@ class FinerTarget:
         similar: int = 3,
         key: str | None = None,
     ) -> None:
-        self.classes = None if classes is None else _class_table(classes, "classes")[0]
-        if self.classes is not None and self.classes.shape[1] != 1:
-            raise CamkitValueError(
-                f"classes: got {_short(self.classes)}; FinerTarget takes one class per sample"
-            )
+        self.classes: Tensor | None = None
+        self._multi = False
+        self._largest = -1
+        if classes is not None:
+            self.classes, self._multi = _class_table(classes, "classes")
+            self._largest = _python_max(classes)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha != alpha:
             raise CamkitValueError(f"alpha: got {alpha!r}; allowed: a number")
         if isinstance(similar, bool) or not isinstance(similar, int) or similar < 1:
@@ -484,10 +485,10 @@ class FinerTarget:
         self.similar = similar
         self.key = key
         self.compared: Tensor | None = None
-        """The similar classes ``(N, similar)`` of the last explained pass."""
+        """The similar classes ``(N, k, similar)`` of the last explained pass."""
 
     def __call__(self, output: Any, samples: Tensor | None = None) -> Tensor:
-        """Scores ``(M,)`` of the ``M`` samples in ``output``."""
+        """Scores ``(M,)`` (or ``(M, k)``) of the ``M`` samples in ``output``."""
         logits = field_of(output, self.key, "FinerTarget")
         if logits.dim() != 2 or logits.shape[1] <= self.similar:
             raise CamkitValueError(
@@ -497,11 +498,17 @@ class FinerTarget:
         if samples is None:  # the explained pass: choose the classes
             values = logits.detach()
             if self._predicted:
-                self.classes = values.argmax(1).cpu()[:, None]
+                self.classes = values.argmax(1, keepdim=True)
+            if self._largest >= logits.shape[1]:
+                raise CamkitValueError(
+                    f"target: class {self._largest} is out of range; the model outputs "
+                    f"{logits.shape[1]} classes, so allowed: 0 to {logits.shape[1] - 1}"
+                )
             main = _for_rows(cast(Tensor, self.classes), None, len(values), "classes")
-            main = main.to(values.device)
-            distance = (values - values.gather(1, main)).abs().scatter(1, main, float("inf"))
-            self.compared = distance.topk(self.similar, dim=1, largest=False).indices.cpu()
+            main = main.to(values.device)  # (N, k)
+            distance = (values[:, None, :] - values.gather(1, main)[..., None]).abs()
+            distance = distance.scatter(2, main[..., None], float("inf"))
+            self.compared = distance.topk(self.similar, dim=2, largest=False).indices
         if self.compared is None:
             raise CamkitValueError(
                 "target: FinerTarget chooses the similar classes on the explained pass; "
@@ -509,10 +516,12 @@ class FinerTarget:
             )
         main = _for_rows(cast(Tensor, self.classes), samples, len(logits), "classes")
         compared = _for_rows(self.compared, samples, len(logits), "compared")
-        main, compared = main.to(logits.device), compared.to(logits.device)
-        weights = logits.softmax(1).gather(1, compared)
-        gaps = logits.gather(1, main) - self.alpha * logits.gather(1, compared)
-        return (weights * gaps).sum(1) / weights.sum(1)
+        main, compared = main.to(logits.device), compared.to(logits.device)  # (M, k), (M, k, S)
+        every = logits[:, None, :].expand(-1, main.shape[1], -1)
+        weights = logits.softmax(1)[:, None, :].expand_as(every).gather(2, compared)
+        gaps = logits.gather(1, main)[..., None] - self.alpha * every.gather(2, compared)
+        scores = (weights * gaps).sum(2) / weights.sum(2)
+        return scores if self._multi else scores[:, 0]
 
     def __repr__(self) -> str:
         classes = "predicted" if self._predicted else _short(self.classes)
@@ -594,9 +603,34 @@ def _class_table(classes: Any, name: str) -> tuple[Tensor, bool]:
             f"{name}: got shape {tuple(table.shape)}; allowed: an int, (N,) or (N, k)"
         )
     table = table.detach().to("cpu", torch.int64)
-    if bool((table < 0).any()):
+    if _python_min(classes) < 0:
         raise CamkitValueError(f"{name}: got {_short(table)}; class indices must be non-negative")
     return table.view(1, 1) if table.dim() == 0 else table.view(len(table), -1), table.dim() == 2
+
+
+def _python_values(classes: Any) -> list[int] | None:
+    """The ints of ``classes`` if given as Python ints (an int, a list, a list of lists)."""
+    if isinstance(classes, int) and not isinstance(classes, bool):
+        return [classes]
+    if isinstance(classes, Sequence) and all(isinstance(c, int) for c in classes):
+        return list(classes)
+    if isinstance(classes, Sequence) and all(
+        isinstance(row, Sequence) and all(isinstance(c, int) for c in row) for row in classes
+    ):
+        return [c for row in classes for c in row]
+    return None
+
+
+def _python_min(classes: Any) -> int:
+    """The smallest class index; read from Python ints where given as such (no tensor read)."""
+    values = _python_values(classes)
+    return min(values) if values else int(torch.as_tensor(classes).min())
+
+
+def _python_max(classes: Any) -> int:
+    """The largest class index; read from Python ints where given as such (no tensor read)."""
+    values = _python_values(classes)
+    return max(values) if values else int(torch.as_tensor(classes).max())
 
 
 def _boxes(value: Any, name: str, per_sample_dim: int) -> Tensor:

@@ -26,6 +26,15 @@ MNIST_EXPLAINERS: dict[str, Callable[[nn.Module], Any]] = {
     "AblationCAM": lambda m: camkit.AblationCAM(m, MNIST_LAYER, batch_size=16),
     "GuidedBackprop": lambda m: camkit.GuidedBackprop(m),
     "GuidedGradCAM": lambda m: camkit.GuidedGradCAM(m, MNIST_LAYER),
+    "GradCAMElementWise": lambda m: camkit.GradCAMElementWise(m, MNIST_LAYER),
+    "EigenGradCAM": lambda m: camkit.EigenGradCAM(m, MNIST_LAYER),
+    "ShapleyCAM": lambda m: camkit.ShapleyCAM(m, MNIST_LAYER),
+    "SmoothGradCAMPlusPlus": lambda m: camkit.SmoothGradCAMPlusPlus(m, MNIST_LAYER, seed=0),
+    "FinerCAM": lambda m: camkit.FinerCAM(m, MNIST_LAYER),
+    "FEM": lambda m: camkit.FEM(m, MNIST_LAYER),
+    "SSCAM": lambda m: camkit.SSCAM(m, MNIST_LAYER, samples=2, seed=0, batch_size=16),
+    "ISCAM": lambda m: camkit.ISCAM(m, MNIST_LAYER, samples=2, batch_size=16),
+    "RandomCAM": lambda m: camkit.RandomCAM(m, MNIST_LAYER, seed=0),
     "two layers": lambda m: camkit.GradCAM(m, ["features.conv1", MNIST_LAYER]),
 }
 

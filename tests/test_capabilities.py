@@ -11,6 +11,7 @@ import torch
 import torchvision.models as tvm
 from torch import Tensor, nn
 
+import camkit
 from camkit import (
     CAM,
     AblationCAM,
@@ -46,6 +47,15 @@ METHODS: dict[str, Factory] = {
     "ScoreCAM": lambda m, layer: ScoreCAM(m, layer, batch_size=16),
     "AblationCAM": lambda m, layer: AblationCAM(m, layer, batch_size=16),
     "CAM": lambda m, layer: CAM(m, layer, fc="4"),
+    "GradCAMElementWise": camkit.GradCAMElementWise,
+    "EigenGradCAM": camkit.EigenGradCAM,
+    "ShapleyCAM": camkit.ShapleyCAM,
+    "SmoothGradCAMPlusPlus": lambda m, layer: camkit.SmoothGradCAMPlusPlus(
+        m, layer, samples=2, seed=0
+    ),
+    "FEM": camkit.FEM,
+    "SSCAM": lambda m, layer: camkit.SSCAM(m, layer, samples=2, seed=0, batch_size=16),
+    "ISCAM": lambda m, layer: camkit.ISCAM(m, layer, samples=2, batch_size=16),
 }
 
 
@@ -296,6 +306,8 @@ ALL: dict[str, Factory] = {
     "CAM": lambda m, layer: CAM(m, layer, fc="6"),
     "GuidedBackprop": lambda m, layer: GuidedBackprop(m),
     "GuidedGradCAM": GuidedGradCAM,
+    "RandomCAM": lambda m, layer: camkit.RandomCAM(m, layer, seed=0),
+    "FinerCAM": camkit.FinerCAM,
 }
 
 

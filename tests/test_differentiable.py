@@ -34,9 +34,18 @@ GRADIENT_METHODS: dict[str, Make] = {
     "LayerCAM": lambda m: camkit.LayerCAM(m, "1"),
     "LayerCAM tanh": lambda m: camkit.LayerCAM(m, "1", tanh_scale=2.0),
     "EigenCAM": lambda m: camkit.EigenCAM(m, "1"),
+    "GradCAMElementWise": lambda m: camkit.GradCAMElementWise(m, "1"),
+    "EigenGradCAM": lambda m: camkit.EigenGradCAM(m, "1"),
+    "FinerCAM": lambda m: camkit.FinerCAM(m, "1", similar=1),
 }
-SUPPORTED = ["GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenCAM"]
-REFUSED = ["ScoreCAM", "AblationCAM", "GuidedBackprop", "GuidedGradCAM"]
+SUPPORTED = [
+    *("GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "EigenCAM"),
+    *("GradCAMElementWise", "EigenGradCAM", "FinerCAM", "FEM"),
+]
+REFUSED = [
+    *("ScoreCAM", "AblationCAM", "GuidedBackprop", "GuidedGradCAM", "SSCAM", "ISCAM"),
+    *("ShapleyCAM", "SmoothGradCAMPlusPlus", "RandomCAM"),
+]
 
 
 def smooth_net() -> nn.Sequential:
@@ -292,3 +301,17 @@ def test_one_forward_pass_serves_both_losses(method: str) -> None:
             assert len(runs) == 1  # the backward pass runs no forward
     finally:
         handle.remove()
+
+
+def test_the_error_messages_list_exactly_the_differentiable_methods() -> None:
+    from camkit.base import DIFFERENTIABLE_METHODS
+
+    listed = set(DIFFERENTIABLE_METHODS.replace(" and ", ", ").split(", "))
+    methods = {name: getattr(camkit, name) for name in camkit.methods.__all__}
+    differentiable = {
+        name
+        for name, method in methods.items()
+        if issubclass(method, camkit.BaseCAM) and method.differentiable_maps
+    }
+    assert listed == differentiable
+    assert set(SUPPORTED) <= differentiable

@@ -25,8 +25,9 @@ from tests.helpers import MNIST_EXPLAINERS, READS, Recorder
 
 HOST = {"Tensor.cpu", "TensorBase.cpu", "Tensor.numpy", "TensorBase.numpy"}
 HOST |= {"Tensor.tolist", "TensorBase.tolist", "Tensor.item", "TensorBase.item"}
-# The documented minimum: one read per forward pass of the input (the finite check).
-PASSES = {"GuidedGradCAM": 2}
+# The documented minimum: one read per forward pass of the input (the finite check), and the
+# check of Ablation-CAM's split (see docs/reliability.rst).
+PASSES = {"GuidedGradCAM": 2, "AblationCAM": 2}
 
 
 def _devices_named(args: tuple[Any, ...], kwargs: dict[str, Any]) -> set[str]:

@@ -253,7 +253,7 @@ def test_finer_target_keeps_its_classes_for_rescored_copies() -> None:
     target = FinerTarget(None, similar=2)
     explained = target(logits)
     assert target.compared is not None
-    assert target.compared.tolist() == [[1, 3], [2, 1]]
+    assert target.compared.tolist() == [[[1, 3]], [[2, 1]]]
     # a perturbed copy of sample 0 whose logits reorder is still compared with 1 and 3
     copy = torch.tensor([[0.0, 4.0, 3.9, 1.0]])
     p = copy.softmax(1)[0]
@@ -265,7 +265,6 @@ def test_finer_target_keeps_its_classes_for_rescored_copies() -> None:
 @pytest.mark.parametrize(
     ("make", "error", "message"),
     [
-        (lambda: FinerTarget([[0, 1]]), CamkitValueError, "one class per sample"),
         (lambda: FinerTarget(similar=0), CamkitValueError, "similar: got 0"),
         (lambda: FinerTarget(alpha="1"), CamkitValueError, "alpha: got '1'"),
     ],
@@ -273,6 +272,15 @@ def test_finer_target_keeps_its_classes_for_rescored_copies() -> None:
 def test_finer_target_options_are_checked(make: Any, error: type, message: str) -> None:
     with pytest.raises(error, match=message):
         make()
+
+
+def test_finer_target_with_k_classes_equals_k_separate_targets() -> None:
+    logits = torch.randn(4, 7)
+    classes = torch.randint(0, 7, (4, 3))
+    together = FinerTarget(classes, alpha=0.7)(logits)
+    for t in range(3):
+        alone = FinerTarget(classes[:, t], alpha=0.7)(logits)
+        torch.testing.assert_close(together[:, t], alone)
 
 
 def test_finer_cam_refuses_a_callable_and_too_few_classes() -> None:

@@ -43,6 +43,7 @@ class RandomCAM(BaseCAM):
 
     needs_gradients = False
     differentiable_maps = False
+    not_differentiable_because = "its weights are random draws, a baseline and not a signal"
 
     def __init__(
         self,

@@ -315,6 +315,8 @@ class ShapleyCAM(BaseCAM):
     """
 
     needs_hessian = True
+    differentiable_maps = False
+    not_differentiable_because = "its Hessian term is computed outside the autograd graph"
 
     def weights(self, context: LayerContext) -> Tensor:
         r"""Return :math:`\alpha_k^c`."""
@@ -365,6 +367,7 @@ class SmoothGradCAMPlusPlus(BaseCAM):
     """
 
     differentiable_maps = False
+    not_differentiable_because = "its gradients come from noisy copies run outside the graph"
 
     def __init__(
         self,

@@ -12,7 +12,7 @@ from camkit._hooks import Hooks
 from camkit._model import eval_mode
 from camkit._outputs import logits_in
 from camkit._pipeline import Request, check_finite, explained_by, maps_only, result, scored
-from camkit.base import LayerSpec
+from camkit.base import DIFFERENTIABLE_METHODS, LayerSpec
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.methods.gradient import GradCAM
 from camkit.result import CAMResult
@@ -47,7 +47,7 @@ def _refuse_differentiable(differentiable: bool, method: str) -> None:
         raise CamkitValueError(
             f"differentiable: {method} replaces the ReLUs' backward pass, so its maps are "
             f"not a function autograd can differentiate; differentiable maps come from "
-            f"GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, CAM and EigenCAM"
+            f"{DIFFERENTIABLE_METHODS}"
         )
 
 
