@@ -12,15 +12,25 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from camkit import (
+    FEM,
+    ISCAM,
+    SSCAM,
     AblationCAM,
+    BaseCAM,
     EigenCAM,
+    EigenGradCAM,
+    FinerCAM,
     GradCAM,
+    GradCAMElementWise,
     GradCAMPlusPlus,
     GuidedBackprop,
     GuidedGradCAM,
     HiResCAM,
     LayerCAM,
+    RandomCAM,
     ScoreCAM,
+    ShapleyCAM,
+    SmoothGradCAMPlusPlus,
     XGradCAM,
 )
 from camkit.metrics import (
@@ -68,8 +78,18 @@ def _magnitude(method: Callable[[Tensor, Tensor], Tensor]) -> Explainer:
     return lambda x, classes: _unit(method(x, classes).abs().sum(dim=1))
 
 
+def _of_log_probability(cam: BaseCAM) -> Explainer:
+    """The maps of each class's log-probability, the score the Shapley-CAM paper pairs it
+    with (on this net's piecewise-linear head, the logit would give Grad-CAM's maps)."""
+
+    def explain(x: Tensor, classes: Tensor) -> Tensor:
+        return cam(x, lambda out: out.log_softmax(1).gather(1, classes[:, None])[:, 0])
+
+    return explain
+
+
 def explainers(model: nn.Module) -> dict[str, Explainer]:
-    """Every camkit method applicable to the MNIST net, plus two baselines."""
+    """Every camkit method applicable to the MNIST net, plus two map baselines."""
     cams: dict[str, Explainer] = {
         "Grad-CAM": GradCAM(model, LAYER),
         "Grad-CAM++": GradCAMPlusPlus(model, LAYER),
@@ -77,10 +97,20 @@ def explainers(model: nn.Module) -> dict[str, Explainer]:
         "HiResCAM": HiResCAM(model, LAYER),
         "LayerCAM": LayerCAM(model, LAYER),
         "Eigen-CAM": EigenCAM(model, LAYER),
+        "Element-wise Grad-CAM": GradCAMElementWise(model, LAYER),
+        "Eigen-Grad-CAM": EigenGradCAM(model, LAYER),
+        "Shapley-CAM": _of_log_probability(ShapleyCAM(model, LAYER)),
+        "Smooth Grad-CAM++": SmoothGradCAMPlusPlus(model, LAYER, seed=0),
+        "Finer-CAM": FinerCAM(model, LAYER),
+        "FEM": FEM(model, LAYER),
         "Score-CAM": ScoreCAM(model, LAYER, batch_size=512),
+        "Faster Score-CAM": ScoreCAM(model, LAYER, batch_size=512, top_channels=4),
+        "SS-CAM": SSCAM(model, LAYER, batch_size=512, seed=0),
+        "IS-CAM": ISCAM(model, LAYER, batch_size=512),
         "Ablation-CAM": AblationCAM(model, LAYER, batch_size=512),
         "Guided Backprop": _magnitude(GuidedBackprop(model)),
         "Guided Grad-CAM": _magnitude(GuidedGradCAM(model, LAYER)),
+        "Random-CAM": RandomCAM(model, LAYER, seed=0),
     }
     cams["uniform random"] = lambda x, c: uniform_random_maps(len(x), (28, 28), seed=1)
     cams["centre Gaussian"] = lambda x, c: centre_gaussian_maps(len(x), (28, 28)).clone()
