@@ -144,15 +144,71 @@ def first_direction(pixels: Tensor) -> Tensor:
     return first.to(pixels.dtype)
 
 
-def first_component(weighted: Tensor) -> Tensor:
+def first_component(weighted: Tensor, centred: bool = False) -> Tensor:
     """Project ``(B, C, *spatial)`` on its first principal direction over channels.
 
-    The direction is that of the uncentred ``pixels x channels`` matrix (as in
-    Eigen-CAM), signed by :func:`first_direction`.
+    By default the direction is that of the uncentred ``pixels x channels``
+    matrix (as in Eigen-CAM), signed by :func:`first_direction`. With
+    ``centred``, each channel's mean over the pixels is subtracted first and the
+    projection is signed so that its largest magnitude is positive (as
+    Seg-Eigen-CAM and pytorch-grad-cam's projections do).
     """
     flat = weighted.flatten(2).transpose(1, 2)  # (B, pixels, C)
+    if centred:
+        flat = flat - flat.mean(dim=1, keepdim=True)
     projection = flat @ first_direction(flat)[:, :, None]  # (B, pixels, 1)
+    if centred:
+        low, high = (
+            projection.amin(dim=(1, 2), keepdim=True),
+            projection.amax(dim=(1, 2), keepdim=True),
+        )
+        projection = torch.where(low.abs() > high.abs(), -projection, projection)
     return projection.view(weighted.shape[0], *weighted.shape[2:])
+
+
+KERNELS = ("sigmoid", "rbf", "poly", "cosine", "linear")
+"""The kernels of :func:`kernel_component`, as scikit-learn names them."""
+
+
+def kernel_component(
+    weighted: Tensor, kernel: str, gamma: float | None, coef0: float, degree: int
+) -> Tensor:
+    """Project ``(B, C, *spatial)`` on its first kernel principal component over channels.
+
+    Kernel PCA as scikit-learn's ``KernelPCA(n_components=1)`` computes it on the
+    channel-centred ``pixels x channels`` rows: the kernel matrix, centred in
+    feature space, its top eigenvector times the square root of its eigenvalue,
+    signed so that the largest magnitude is positive. In float64.
+    """
+    rows = weighted.flatten(2).transpose(1, 2).double()  # (B, pixels, C)
+    rows = rows - rows.mean(dim=1, keepdim=True)
+    scale = 1.0 / rows.shape[2] if gamma is None else gamma
+    dot = rows @ rows.mT
+    if kernel == "sigmoid":
+        gram = torch.tanh(scale * dot + coef0)
+    elif kernel == "poly":
+        gram = (scale * dot + coef0) ** degree
+    elif kernel == "rbf":
+        squared = dot.diagonal(dim1=1, dim2=2)
+        distance = (squared[:, :, None] + squared[:, None, :] - 2 * dot).clamp_min(0)
+        gram = torch.exp(-scale * distance)
+    elif kernel == "cosine":
+        norms = rows.norm(dim=2)
+        outer = norms[:, :, None] * norms[:, None, :]
+        gram = torch.where(outer > 0, dot / torch.where(outer > 0, outer, 1.0), 0.0)
+    else:
+        gram = dot
+    gram = (
+        gram
+        - gram.mean(dim=1, keepdim=True)
+        - gram.mean(dim=2, keepdim=True)
+        + gram.mean(dim=(1, 2), keepdim=True)
+    )
+    values, vectors = _eigh((gram + gram.mT) / 2)
+    projection = vectors[..., -1] * values[..., -1:].clamp_min(0).sqrt()  # (B, pixels)
+    peak = projection.gather(1, projection.abs().argmax(dim=1, keepdim=True))
+    projection = torch.where(peak < 0, -projection, projection)
+    return projection.to(weighted.dtype).view(weighted.shape[0], *weighted.shape[2:])
 
 
 _EIGH_CHUNK = 64

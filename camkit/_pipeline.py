@@ -92,10 +92,6 @@ class Request:
             args, kwargs = select_rows(args, kwargs, rows, self.batch_size)
         return forward(model, self.x if inputs is None else inputs, args, kwargs)
 
-    def flipped(self) -> Request:
-        """The same request with ``x`` flipped along its last axis (test-time augmentation)."""
-        return Request(self.x.flip(-1), self.target, self.forward_args, self.forward_kwargs)
-
 
 def scored(request: Request, output: Any) -> tuple[BoundTarget, Tensor]:
     """The target bound to ``output``, and its scores ``(N, k)`` (in the autograd graph)."""

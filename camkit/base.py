@@ -34,8 +34,9 @@ from camkit._pipeline import (
 from camkit._refs import LayerRef, resolve_layer
 from camkit._tail import TailRunner, split
 from camkit._targets import BoundTarget, CheckedTarget
+from camkit.augment import Augmentation, horizontal_flip
 from camkit.context import LayerContext
-from camkit.errors import CamkitModelError, CamkitValueError
+from camkit.errors import CamkitModelError, CamkitTypeError, CamkitValueError
 from camkit.result import CAMResult
 from camkit.targets import Target
 
@@ -43,7 +44,7 @@ __all__ = ["BaseCAM", "LayerSpec"]
 
 DIFFERENTIABLE_METHODS = (
     "GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, GradCAMElementWise, "
-    "EigenGradCAM, FinerCAM, CAM, EigenCAM and FEM"
+    "EigenGradCAM, SegEigenCAM, FinerCAM, RefineCAM, CAM, EigenCAM, KPCACAM and FEM"
 )
 """The methods whose maps can stay in the autograd graph, as error messages list them."""
 
@@ -99,6 +100,11 @@ class BaseCAM(ABC):
             distillation) to drop before arranging the rest on a grid.
         grid: With ``layout="tokens"``: the token grid, such as ``(14, 14)``;
             inferred as a square when omitted.
+        fuse: How the maps of several layers become one, each first upsampled to
+            the input and scaled to [0, 1]: ``"mean"`` (the default) or
+            ``"product"``, which keeps only what every layer shows (the
+            multi-layer refinement of :class:`~camkit.RefineCAM`); the fused
+            map is scaled again.
 
     Raises:
         CamkitValueError: If the model has no such layer (the message lists
@@ -119,10 +125,6 @@ class BaseCAM(ABC):
     """Whether :meth:`weights` uses :meth:`LayerContext.hessian_times` (second derivatives of
     the score at the layer; the gradients are then taken with ``create_graph=True``)."""
 
-    projects_maps: ClassVar[bool] = False
-    """Whether the map is always the first principal component of the weighted activations
-    (as ``eigen_smooth=True`` makes it for any method), not their sum."""
-
     differentiable_maps: ClassVar[bool] = True
     """Whether the method offers ``explain(..., differentiable=True)``: maps that stay in the
     autograd graph (a method whose weights come from re-running the model does not)."""
@@ -140,6 +142,7 @@ class BaseCAM(ABC):
         layout: str = "channels_first",
         prefix_tokens: int = 1,
         grid: tuple[int, ...] | None = None,
+        fuse: str = "mean",
     ) -> None:
         specs = list(layer) if isinstance(layer, (list, tuple)) else [cast(LayerSpec, layer)]
         if not specs:
@@ -151,6 +154,9 @@ class BaseCAM(ABC):
             raise CamkitValueError(f"layer: {self.layer_names} names a layer twice")
         self.layout = Layout(layout, prefix_tokens, grid)
         self.model = model
+        if fuse not in _FUSIONS:
+            raise CamkitValueError(f"fuse: got {fuse!r}; allowed: {', '.join(map(repr, _FUSIONS))}")
+        self.fuse = fuse
 
     @property
     def layer_name(self) -> str:
@@ -170,6 +176,16 @@ class BaseCAM(ABC):
             Channel weights ``(N, k, C)`` or pixel weights ``(N, k, C, *spatial)``;
             the map is ``sum_c weights_c * A^c``.
         """
+
+    def combine(self, weighted: Tensor) -> Tensor:
+        """Turn weighted activations ``w_c A^c`` ``(B, C, *spatial)`` into maps ``(B, *spatial)``;
+        their sum over channels by default.
+
+        Methods whose map is not a sum (the principal component of Eigen-Grad-CAM,
+        the kernel principal component of KPCA-CAM) override it;
+        ``eigen_smooth=True`` replaces it by the first principal component.
+        """
+        return weighted.sum(dim=1)
 
     def refine(self, maps: Tensor, context: LayerContext) -> Tensor:
         """Optionally transform a layer's signed map ``(N, k, *spatial)``; identity by default.
@@ -195,6 +211,7 @@ class BaseCAM(ABC):
         counterfactual: bool = False,
         eigen_smooth: bool = False,
         aug_smooth: bool = False,
+        augment: Sequence[Augmentation] = (),
         differentiable: bool = False,
         forward_args: Sequence[Any] = (),
         forward_kwargs: Mapping[str, Any] | None = None,
@@ -222,7 +239,12 @@ class BaseCAM(ABC):
                 weighted activations ``w_c A^c`` on their first principal
                 direction over channels, which removes much of the noise.
             aug_smooth: Average the maps of ``x`` and of ``x`` flipped along its
-                last axis (flipped back), a test-time augmentation.
+                last axis (flipped back), a test-time augmentation: the same as
+                ``augment=[camkit.augment.horizontal_flip]``.
+            augment: Test-time augmentations (see :mod:`camkit.augment`): the map
+                is the mean of ``x``'s map and of each augmented copy's map,
+                brought back to ``x``'s frame by the augmentation's inverse.
+                Every copy explains the classes explained on ``x``.
             differentiable: Keep the maps in the autograd graph, for a loss on
                 them during training (see the "Training with explanations"
                 page). The whole forward pass is recorded, the gradients at the
@@ -265,10 +287,17 @@ class BaseCAM(ABC):
                 f"counterfactual: {type(self).__name__} does not use gradients; "
                 f"counterfactual maps need a gradient method such as GradCAM"
             )
+        augmentations = _augmentations(augment, aug_smooth)
         if aug_smooth and not getattr(target, "flip_invariant", True):
             raise CamkitValueError(
                 f"aug_smooth: the target {target!r} scores pixel or box positions, which the "
                 f"flip of aug_smooth moves; explain without aug_smooth"
+            )
+        moving = [a.name for a in augmentations if a.moves_pixels]
+        if moving and not getattr(target, "flip_invariant", True):
+            raise CamkitValueError(
+                f"augment: the target {target!r} scores pixel or box positions, which "
+                f"{moving} move; use photometric augmentations only, or none"
             )
         if not upsample and len(self.layers) > 1:
             raise CamkitValueError(
@@ -280,13 +309,36 @@ class BaseCAM(ABC):
             options = _Options(relu, upsample, counterfactual, eigen_smooth, differentiable)
             run = self._layer_maps(request, options)
             layer_maps = run.layer_maps
-            if aug_smooth:
-                flipped = self._layer_maps(request.flipped(), options).layer_maps
-                layer_maps = {n: (m + flipped[n].flip(-1)) / 2 for n, m in layer_maps.items()}
-            maps, layer_maps = _finished(layer_maps, normalize, differentiable)
+            if augmentations:
+                layer_maps = self._augmented(request, run, augmentations, options)
+            maps, layer_maps = _finished(layer_maps, normalize, differentiable, self.fuse)
         return result(maps, layer_maps, run.output, run.target, run.scores, differentiable)
 
     __call__ = maps_only(explain)
+
+    def _augmented(
+        self, request: Request, run: _Run, augmentations: list[Augmentation], options: _Options
+    ) -> dict[str, Tensor]:
+        """The mean of ``run``'s maps and of each augmented copy's, in ``x``'s frame."""
+        target = request.target
+        if run.target.classes is not None:  # the copies explain the classes explained on x
+            target = CheckedTarget(run.target.classes, None, multi=True)
+        total = dict(run.layer_maps)
+        for augmentation in augmentations:
+            copy = Request(
+                augmentation.apply(request.x), target, request.forward_args, request.forward_kwargs
+            )
+            for name, maps in self._layer_maps(copy, options).layer_maps.items():
+                size = tuple(total[name].shape[2:])
+                back = augmentation.invert(maps, size)
+                if back.shape != total[name].shape:
+                    raise CamkitValueError(
+                        f"augment: {augmentation.name!r} brought a map of shape "
+                        f"{tuple(maps.shape)} back as {tuple(back.shape)}; its inverse must "
+                        f"give {tuple(total[name].shape)}, the shape of x's map"
+                    )
+                total[name] = total[name] + back
+        return {name: maps / (1 + len(augmentations)) for name, maps in total.items()}
 
     def _layer_maps(self, request: Request, options: _Options) -> _Run:
         """One forward (and backward) pass: each layer's map ``(N, k, *spatial)``, unscaled."""
@@ -328,8 +380,7 @@ class BaseCAM(ABC):
                         options,
                     )
                     try:
-                        project = options.eigen_smooth or self.projects_maps
-                        signed[context.layer] = self._layer_map(context, project)
+                        signed[context.layer] = self._layer_map(context, options.eigen_smooth)
                     except Exception:
                         check_scores_finite(request.x, scores)  # a NaN input explains it better
                         raise
@@ -477,16 +528,18 @@ class BaseCAM(ABC):
                 f"expected ({n}, {k}, {channels}) or ({n}, {k}, {channels}, *spatial)"
             )
         spatial = activations.shape[3:]
-        if weights.dim() == 3 and not eigen_smooth:  # one batched matrix product
+        summed = type(self).combine is BaseCAM.combine and not eigen_smooth
+        if weights.dim() == 3 and summed:  # one batched matrix product
             maps = (weights @ activations[:, 0].flatten(2)).view(n, k, *spatial)
             return self.refine(maps, context)
         if weights.dim() == 3:
             weights = weights.view(*weights.shape, *([1] * len(spatial)))
         weighted = weights * activations  # (N, k, C, *spatial)
-        if eigen_smooth:
-            maps = _maps.first_component(weighted.flatten(0, 1)).view(n, k, *spatial)
-        else:
+        if summed:
             maps = weighted.sum(dim=2)
+        else:
+            combine = _maps.first_component if eigen_smooth else self.combine
+            maps = combine(weighted.flatten(0, 1)).view(n, k, *spatial)
         return self.refine(maps, context)
 
     def _reached(self, capture: LayerCapture) -> list[CapturedCall]:
@@ -546,6 +599,20 @@ class _Options:
     differentiable: bool
 
 
+def _augmentations(augment: Sequence[Augmentation], aug_smooth: bool) -> list[Augmentation]:
+    given: list[Any] = list(augment) if isinstance(augment, (list, tuple)) else [augment]
+    augmentations: list[Augmentation] = []
+    for augmentation in given:
+        if not isinstance(augmentation, Augmentation):
+            raise CamkitTypeError(
+                f"augment: got {augmentation!r}; allowed: a list of camkit.augment.Augmentation "
+                f"(horizontal_flip, vertical_flip, rotation(k), scaled(f), photometric(f) or "
+                f"your own)"
+            )
+        augmentations.append(augmentation)
+    return augmentations + ([horizontal_flip] if aug_smooth else [])
+
+
 def _full_precision(devices: set[str]) -> ExitStack:
     """camkit's own arithmetic (weights times activations, upsampling) outside any
     ``torch.autocast`` region the caller opened, so that maps are float32 (or float64)."""
@@ -566,15 +633,18 @@ class _Run:
     scores: Tensor
 
 
+_FUSIONS = ("mean", "product")
+
+
 def _finished(
-    layer_maps: dict[str, Tensor], normalize: bool, differentiable: bool
+    layer_maps: dict[str, Tensor], normalize: bool, differentiable: bool, fuse: str = "mean"
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The fused map and each layer's own, scaled to [0, 1] when ``normalize``.
 
     One layer's map is the result (``layer_maps`` shares it); several layers
-    are fused as the mean of their maps, each scaled to [0, 1] first. In
-    place on camkit's own tensors, or out of place (and differentiable) for
-    maps in the autograd graph.
+    are fused as the mean (or the product) of their maps, each scaled to
+    [0, 1] first. In place on camkit's own tensors, or out of place (and
+    differentiable) for maps in the autograd graph.
     """
     scale = _maps.scaled_maps if differentiable else _maps.scale_maps_
     if len(layer_maps) == 1:
@@ -582,7 +652,8 @@ def _finished(
         maps = scale(only) if normalize else only
         return maps, {name: maps}  # shared, not copied: a copy would cost memory (see CAMResult)
     fresh = _maps.scaled_maps if differentiable else lambda m: _maps.scale_maps_(m.clone())
-    fused = torch.stack([fresh(m) for m in layer_maps.values()]).mean(0)
+    stacked = torch.stack([fresh(m) for m in layer_maps.values()])
+    fused = stacked.mean(0) if fuse == "mean" else stacked.prod(0)
     if not normalize:
         return fused, layer_maps
     return scale(fused), {n: scale(m) for n, m in layer_maps.items()}

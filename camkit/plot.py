@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["blend", "compare", "grid", "overlay"]
+__all__ = ["blend", "compare", "concepts", "grid", "overlay"]
 
 ArrayLike = Tensor | np.ndarray
 
@@ -263,6 +263,76 @@ def compare(
         std=std,
         suptitle=suptitle,
     )
+
+
+def concepts(
+    image: ArrayLike,
+    maps: ArrayLike,
+    *,
+    labels: Sequence[str] | None = None,
+    ax: Axes | None = None,
+    cmap: str = "tab10",
+    alpha: float = 0.7,
+    mean: Sequence[float] | float | None = None,
+    std: Sequence[float] | float | None = None,
+    title: str | None = None,
+) -> Axes:
+    """Draw several concepts' maps over one image, one colour per concept.
+
+    Each pixel takes the colour of the concept whose map is largest there,
+    blended in with opacity ``alpha`` times that map's value (as
+    :func:`blend` does for one map), so that the concepts of a
+    :class:`~camkit.DeepFeatureFactorization` show side by side.
+
+    Args:
+        image: The image, as for :func:`blend`.
+        maps: ``(K, H, W)`` concept maps, values in [0, 1].
+        labels: One legend entry per concept (such as the classes it votes for).
+        ax: Axes to draw on; a new figure is made when ``None``.
+        cmap: A qualitative matplotlib colormap; concept ``k`` gets its ``k``-th colour.
+        alpha: Opacity where a map is 1.
+        mean: Standardization mean to undo, as for :func:`blend`.
+        std: Standardization std to undo, as for :func:`blend`.
+        title: Axes title.
+
+    Returns:
+        The axes drawn on.
+
+    Example:
+        >>> import torch
+        >>> ax = concepts(torch.rand(3, 8, 8), torch.rand(2, 8, 8), labels=["a", "b"])
+        >>> len(ax.get_legend().get_texts())
+        2
+    """
+    import matplotlib as mpl
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    if not 0.0 <= alpha <= 1.0:
+        raise CamkitValueError(f"alpha: got {alpha}; allowed: a number in [0, 1]")
+    rgb = _as_rgb(image, mean, std)
+    m = _as_array(maps, "maps")
+    if m.ndim != 3 or m.shape[1:] != rgb.shape[:2]:
+        raise CamkitValueError(
+            f"maps: expected (K, H, W) maps with (H, W) = {rgb.shape[:2]}, got shape {m.shape}"
+        )
+    if labels is not None and len(labels) != len(m):
+        raise CamkitValueError(f"labels: got {len(labels)} for {len(m)} concepts")
+    palette = mpl.colormaps[cmap]
+    colours = np.array([palette(k % palette.N)[:3] for k in range(len(m))])
+    strongest = m.argmax(axis=0)
+    weight = alpha * np.clip(m.max(axis=0), 0.0, 1.0)[..., None]
+    blended = (1 - weight) * rgb + weight * colours[strongest]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(3, 3))
+    ax.imshow(np.clip(blended, 0.0, 1.0))
+    ax.set_axis_off()
+    if title is not None:
+        ax.set_title(title, fontsize=9)
+    if labels is not None:
+        handles = [Patch(color=colours[k], label=label) for k, label in enumerate(labels)]
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
+    return ax
 
 
 def _as_array(value: Any, name: str) -> np.ndarray:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from camkit import (
     FEM,
     ISCAM,
+    KPCACAM,
     SSCAM,
     CamkitTypeError,
     CamkitValueError,
@@ -25,8 +26,11 @@ from camkit import (
     FinerTarget,
     GradCAM,
     GradCAMElementWise,
+    GradCAMPlusPlus,
     HiResCAM,
     RandomCAM,
+    RefineCAM,
+    SegEigenCAM,
     ShapleyCAM,
     SmoothGradCAMPlusPlus,
 )
@@ -409,8 +413,211 @@ def test_is_cam_matches_its_formula(dims: int) -> None:
         (lambda m: RandomCAM(m, "4", seed="0"), "seed: got '0'"),
         (lambda m: FEM(m, "4", k=-2), "k: got -2"),
         (lambda m: FinerCAM(m, "4", similar=0), "similar: got 0"),
+        (lambda m: KPCACAM(m, "4", kernel="laplacian"), "kernel: got 'laplacian'"),
+        (lambda m: KPCACAM(m, "4", gamma=0), "gamma: got 0"),
     ],
 )
 def test_new_method_options_are_checked(make: Any, message: str) -> None:
     with pytest.raises(CamkitValueError, match=message):
         make(conv_net(2))
+
+
+# --- Seg-Eigen-CAM and RefineCAM ---
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_seg_eigen_cam_projects_centred_absolute_gradient_times_activation(dims: int) -> None:
+    model = conv_net(dims)
+    x = torch.randn(SHAPES[dims])
+    a, g = _reference(model, "4", x)
+    raw = _raw(SegEigenCAM(model, "4"), x)
+    for i in range(len(x)):
+        for t in range(CLASSES.shape[1]):
+            matrix = (g[i, t].abs() * a[i]).flatten(1).T.numpy()  # positions x channels
+            matrix = matrix - matrix.mean(axis=0)
+            _, _, vt = np.linalg.svd(matrix, full_matrices=False)
+            projection = matrix @ vt[0]
+            if abs(projection.min()) > abs(projection.max()):
+                projection = -projection
+            expected = torch.from_numpy(projection).view(a.shape[2:])
+            torch.testing.assert_close(raw[i, t], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_refine_cam_multiplies_the_scaled_maps_of_its_layers() -> None:
+    model = conv_net(2)
+    x = torch.randn(SHAPES[2])
+    layers = ["2", "4", "6"]
+    per_layer = [GradCAMPlusPlus(model, layer)(x, CLASSES) for layer in layers]  # each in [0, 1]
+    product = per_layer[0] * per_layer[1] * per_layer[2]
+    flat = product.flatten(2)
+    low, high = flat.amin(2, keepdim=True), flat.amax(2, keepdim=True)
+    expected = torch.where(high > low, (flat - low) / (high - low), 0.0).view_as(product)
+    result = RefineCAM(model, layers).explain(x, CLASSES)
+    torch.testing.assert_close(result.maps, expected, rtol=1e-4, atol=1e-5)
+    for layer, maps in zip(layers, per_layer, strict=True):
+        torch.testing.assert_close(result.layer_maps[layer], maps)
+    mean = GradCAMPlusPlus(model, layers)(x, CLASSES)  # the default fusion differs
+    assert not torch.allclose(mean, result.maps, atol=1e-3)
+
+
+def test_any_method_fuses_its_layers_by_product() -> None:
+    model = conv_net(2)
+    x = torch.randn(SHAPES[2])
+    torch.testing.assert_close(
+        GradCAM(model, ["2", "4"], fuse="product")(x, 1),
+        _scaled_product(GradCAM(model, "2")(x, 1), GradCAM(model, "4")(x, 1)),
+    )
+    with pytest.raises(CamkitValueError, match="fuse: got 'max'; allowed: 'mean', 'product'"):
+        GradCAM(model, ["2", "4"], fuse="max")
+
+
+def _scaled_product(a: Tensor, b: Tensor) -> Tensor:
+    product = (a * b).flatten(1)
+    low, high = product.amin(1, keepdim=True), product.amax(1, keepdim=True)
+    return ((product - low) / (high - low)).view_as(a)
+
+
+# --- test-time augmentation ---
+
+
+def _manual_augmented(cam: Any, x: Tensor, classes: Tensor, pairs: list[Any]) -> Tensor:
+    """The mean of x's raw map and each copy's, brought back by hand."""
+    options = {"normalize": False}
+    total = cam(x, classes, **options)
+    for apply, back in pairs:
+        total = total + back(cam(apply(x), classes, **options))
+    return total / (1 + len(pairs))
+
+
+def test_augmentations_average_the_maps_brought_back() -> None:
+    from camkit.augment import horizontal_flip, photometric, rotation, scaled, vertical_flip
+
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(3))
+    model.append(nn.Flatten()).append(nn.Linear(36, 5)).eval()
+    x = torch.randn(3, 2, 12, 12)
+    classes = torch.tensor([1, 4, 0])
+    cam = GradCAM(model, "1")
+    pairs = [
+        (lambda t: t.flip(-1), lambda m: m.flip(-1)),
+        (lambda t: t.flip(-2), lambda m: m.flip(-2)),
+        (lambda t: torch.rot90(t, 1, (-2, -1)), lambda m: torch.rot90(m, -1, (-2, -1))),
+        (
+            lambda t: F.interpolate(t, size=(18, 18), mode="bilinear"),
+            lambda m: F.interpolate(m[:, None], size=(12, 12), mode="bilinear")[:, 0],
+        ),
+        (lambda t: 0.5 * t, lambda m: m),
+    ]
+    expected = _manual_augmented(cam, x, classes, pairs)
+    augment = [horizontal_flip, vertical_flip, rotation(1), scaled(1.5)]
+    augment.append(photometric(lambda t: 0.5 * t))
+    got = cam(x, classes, normalize=False, augment=augment)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_aug_smooth_is_the_horizontal_flip_augmentation() -> None:
+    from camkit.augment import horizontal_flip
+
+    model = conv_net(2)
+    x = torch.randn(SHAPES[2])
+    cam = GradCAM(model, ["2", "4"])
+    torch.testing.assert_close(
+        cam(x, CLASSES, aug_smooth=True), cam(x, CLASSES, augment=[horizontal_flip])
+    )
+
+
+def test_augmented_copies_explain_the_classes_explained_on_x() -> None:
+    from camkit.augment import rotation
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten())
+    model.append(nn.Linear(400, 5)).eval()
+    x = torch.randn(6, 2, 10, 10)
+    predicted = model(x).argmax(1)
+    copies = model(torch.rot90(x, 1, (-2, -1))).argmax(1)
+    assert not torch.equal(predicted, copies)  # some copy alone would explain another class
+    cam = GradCAM(model, "1")
+    torch.testing.assert_close(
+        cam(x, augment=[rotation(1)]), cam(x, predicted, augment=[rotation(1)])
+    )
+
+
+def test_augmentation_errors_name_the_argument_and_leave_the_model_untouched() -> None:
+    from camkit import SegmentationTarget
+    from camkit.augment import Augmentation, horizontal_flip, photometric
+    from tests.helpers import assert_untouched, snapshot
+
+    model = conv_net(2)
+    x = torch.randn(SHAPES[2])
+    before = snapshot(model, x)
+    cam = GradCAM(model, "4")
+    with pytest.raises(CamkitTypeError, match="augment: got 'flip'"):
+        cam(x, 1, augment=["flip"])
+    bad = Augmentation(lambda t: t, lambda maps, size: maps[..., 1:], "crop")
+    with pytest.raises(CamkitValueError, match="augment: 'crop' brought a map"):
+        cam(x, 1, augment=[bad])
+    pixels = SegmentationTarget(1, mask=torch.ones(11, 9, dtype=torch.bool))
+    with pytest.raises(CamkitValueError, match=r"augment: the target .*horizontal flip"):
+        cam(x, pixels, augment=[horizontal_flip])
+    assert_untouched(before, snapshot(model, x))
+    cam(x, 1, augment=[photometric(lambda t: 2 * t)])  # values only: allowed
+
+
+# --- KPCA-CAM ---
+
+
+def _kernel(rows: np.ndarray, kernel: str, gamma: float) -> np.ndarray:
+    n = len(rows)
+    out = np.zeros((n, n))
+    for p in range(n):
+        for q in range(n):
+            a, b = rows[p], rows[q]
+            if kernel == "sigmoid":
+                out[p, q] = np.tanh(gamma * a @ b + 1.0)
+            elif kernel == "rbf":
+                out[p, q] = np.exp(-gamma * ((a - b) ** 2).sum())
+            elif kernel == "poly":
+                out[p, q] = (gamma * a @ b + 1.0) ** 3
+            elif kernel == "cosine":
+                norm = np.linalg.norm(a) * np.linalg.norm(b)
+                out[p, q] = a @ b / norm if norm > 0 else 0.0
+            else:
+                out[p, q] = a @ b
+    return out
+
+
+@pytest.mark.parametrize("kernel", ["sigmoid", "rbf", "poly", "cosine", "linear"])
+def test_kpca_cam_is_the_first_kernel_principal_component(kernel: str) -> None:
+    model = conv_net(2)
+    x = torch.randn(2, 2, 8, 6)
+    a, _ = _reference(model, "4", x)
+    raw = _raw(KPCACAM(model, "4", kernel=kernel), x)
+    for i in range(len(x)):
+        rows = a[i].flatten(1).T.numpy()
+        rows = rows - rows.mean(axis=0)
+        k = _kernel(rows, kernel, 1.0 / rows.shape[1])
+        ones = np.full_like(k, 1.0 / len(k))
+        centred = k - ones @ k - k @ ones + ones @ k @ ones
+        values, vectors = np.linalg.eigh(centred)
+        projection = vectors[:, -1] * np.sqrt(max(values[-1], 0.0))
+        if projection[np.abs(projection).argmax()] < 0:
+            projection = -projection
+        expected = torch.from_numpy(projection).view(a.shape[2:])
+        for t in range(CLASSES.shape[1]):
+            torch.testing.assert_close(raw[i, t], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_kpca_cam_with_the_linear_kernel_is_centred_pca() -> None:
+    model = conv_net(2)
+    x = torch.randn(2, 2, 8, 6)
+    a, _ = _reference(model, "4", x)
+    raw = _raw(KPCACAM(model, "4", kernel="linear"), x)
+    for i in range(len(x)):
+        rows = a[i].flatten(1).T.numpy()
+        rows = rows - rows.mean(axis=0)
+        _, _, vt = np.linalg.svd(rows, full_matrices=False)
+        projection = rows @ vt[0]
+        if projection[np.abs(projection).argmax()] < 0:
+            projection = -projection
+        torch.testing.assert_close(
+            raw[i, 0], torch.from_numpy(projection).view(a.shape[2:]), rtol=1e-4, atol=1e-6
+        )

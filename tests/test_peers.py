@@ -76,6 +76,9 @@ PYTORCH_GRAD_CAM: dict[str, tuple[Callable[[nn.Module], Any], str, str]] = {
     ),
     "ShapleyCAM": (lambda m: camkit.ShapleyCAM(m, "3"), "ShapleyCAM", "3"),
     "FEM": (lambda m: camkit.FEM(m, "3"), "FEM", "3"),
+    "SegEigenCAM": (lambda m: camkit.SegEigenCAM(m, "3"), "SegEigenCAM", "3"),
+    "KPCA_CAM": (lambda m: camkit.KPCACAM(m, "3"), "KPCA_CAM", "3"),
+    "KPCA_CAM rbf": (lambda m: camkit.KPCACAM(m, "3", kernel="rbf"), "KPCA_CAM", "3"),
     "ScoreCAM": (lambda m: camkit.ScoreCAM(m, "2", batch_size=16), "ScoreCAM", "2"),
     "AblationCAM": (lambda m: camkit.AblationCAM(m, "3", batch_size=16), "AblationCAM", "3"),
 }
@@ -86,7 +89,8 @@ def test_maps_agree_with_pytorch_grad_cam(name: str) -> None:
     make, method, layer = PYTORCH_GRAD_CAM[name]
     model = peer_net()
     x, classes = _inputs()
-    theirs = torch.from_numpy(_pytorch_grad_cam(method, layer)(model, x, classes))
+    options = {"kernel": "rbf"} if name.endswith("rbf") else {}
+    theirs = torch.from_numpy(_pytorch_grad_cam(method, layer, **options)(model, x, classes))
     ours = make(model)(x, classes)
     assert float(ours.amax(dim=(1, 2)).min()) == 1.0  # not a blank map
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
@@ -105,6 +109,52 @@ def test_gradcam_pp_agrees_with_pytorch_grad_cam_where_its_epsilon_is_negligible
     theirs = torch.from_numpy(_pytorch_grad_cam("GradCAMPlusPlus", "3")(model, x, classes))
     ours = camkit.GradCAMPlusPlus(model, "3")(x, classes)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("base", ["GradCAM", "GradCAMPlusPlus"])
+def test_refine_cam_agrees_with_pytorch_grad_cam(base: str) -> None:
+    from pytorch_grad_cam import RefineCAM
+
+    model = peer_net()
+    with torch.no_grad():
+        model[-1].weight.mul_(1000)  # gradients well above Grad-CAM++'s epsilon (see above)
+    x, classes = _inputs()
+    layers = [model.get_submodule("1"), model.get_submodule("3")]
+    cam = RefineCAM(model, layers, base_method=getattr(pytorch_grad_cam, base))
+    theirs = torch.from_numpy(cam(x, [ClassifierOutputTarget(c) for c in classes]))
+    for each in cam.base_cam_per_layer:
+        each.activations_and_grads.release()
+    if base == "GradCAM":
+        ours = camkit.GradCAM(model, ["1", "3"], fuse="product")(x, classes)
+    else:
+        ours = camkit.RefineCAM(model, ["1", "3"])(x, classes)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_fullgrad_agrees_with_pytorch_grad_cam() -> None:
+    from pytorch_grad_cam import FullGrad
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * SIZE * SIZE, 10),
+    )
+    model[1].running_mean.uniform_(-1, 1)
+    model[1].running_var.uniform_(0.5, 2)
+    model.eval()
+    x, classes = _inputs()
+    cam = FullGrad(model, [])
+    theirs = torch.from_numpy(cam(x, [ClassifierOutputTarget(c) for c in classes]))
+    cam.activations_and_grads.release()
+    ours = camkit.FullGrad(model)(x, classes)
+    # pytorch-grad-cam scales each channel as (v - min) / (max - min + 1e-7), which moves
+    # channels of small range by up to about 1e-4 each; summed over channels, up to 1e-3
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-3)
 
 
 def test_finer_cam_agrees_with_pytorch_grad_cam() -> None:

@@ -2,17 +2,24 @@
 
 * :mod:`camkit.methods.gradient`: channels or pixels weighted by gradients
   (Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, LayerCAM, element-wise
-  Grad-CAM, Eigen-Grad-CAM, Shapley-CAM, Smooth Grad-CAM++, Finer-CAM).
-* :mod:`camkit.methods.activation`: no gradients (CAM, Eigen-CAM, FEM).
+  Grad-CAM, Eigen-Grad-CAM, Seg-Eigen-CAM, Shapley-CAM, Smooth Grad-CAM++,
+  Finer-CAM, RefineCAM).
+* :mod:`camkit.methods.activation`: no gradients (CAM, Eigen-CAM, KPCA-CAM, FEM).
 * :mod:`camkit.methods.perturbation`: weights from re-running the model
   (Score-CAM, SS-CAM, IS-CAM, Ablation-CAM).
 * :mod:`camkit.methods.guided`: input-resolution maps (Guided Backprop,
   Guided Grad-CAM).
+* :mod:`camkit.methods.fullgrad`: the input's and every bias's gradient (FullGrad).
+* :mod:`camkit.methods.sess`: any CAM over patches at many scales (SESS).
 * :mod:`camkit.methods.baseline`: random weights (Random-CAM), for the metrics.
+* :mod:`camkit.methods.factorization`: concepts without a target (Deep Feature
+  Factorization).
 """
 
-from camkit.methods.activation import CAM, FEM, EigenCAM
+from camkit.methods.activation import CAM, FEM, KPCACAM, EigenCAM
 from camkit.methods.baseline import RandomCAM
+from camkit.methods.factorization import DeepFeatureFactorization, Factorization
+from camkit.methods.fullgrad import FullGrad
 from camkit.methods.gradient import (
     EigenGradCAM,
     FinerCAM,
@@ -21,22 +28,30 @@ from camkit.methods.gradient import (
     GradCAMPlusPlus,
     HiResCAM,
     LayerCAM,
+    RefineCAM,
+    SegEigenCAM,
     ShapleyCAM,
     SmoothGradCAMPlusPlus,
     XGradCAM,
 )
 from camkit.methods.guided import GuidedBackprop, GuidedGradCAM
 from camkit.methods.perturbation import ISCAM, SSCAM, AblationCAM, ScoreCAM
+from camkit.methods.sess import SESS
 
 __all__ = [
     "CAM",
     "FEM",
     "ISCAM",
+    "KPCACAM",
+    "SESS",
     "SSCAM",
     "AblationCAM",
+    "DeepFeatureFactorization",
     "EigenCAM",
     "EigenGradCAM",
+    "Factorization",
     "FinerCAM",
+    "FullGrad",
     "GradCAM",
     "GradCAMElementWise",
     "GradCAMPlusPlus",
@@ -45,7 +60,9 @@ __all__ = [
     "HiResCAM",
     "LayerCAM",
     "RandomCAM",
+    "RefineCAM",
     "ScoreCAM",
+    "SegEigenCAM",
     "ShapleyCAM",
     "SmoothGradCAMPlusPlus",
     "XGradCAM",

@@ -8,6 +8,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
+from camkit import _maps
 from camkit._checks import non_negative, positive_int, seed_or_none
 from camkit.base import BaseCAM, LayerSpec
 from camkit.context import LayerContext
@@ -22,6 +23,8 @@ __all__ = [
     "GradCAMPlusPlus",
     "HiResCAM",
     "LayerCAM",
+    "RefineCAM",
+    "SegEigenCAM",
     "ShapleyCAM",
     "SmoothGradCAMPlusPlus",
     "XGradCAM",
@@ -220,6 +223,80 @@ class LayerCAM(BaseCAM):
         return torch.tanh(self.tanh_scale * maps / torch.where(peak > 0, peak, 1.0))
 
 
+class RefineCAM(GradCAMPlusPlus):
+    r"""RefineCAM: Grad-CAM++ maps of several layers, multiplied to keep what all of them show.
+
+    pytorch-grad-cam's ``RefineCAM`` (multi-layer refinement, which denoises the
+    maps of early layers): each layer's map :math:`L_l` is upsampled to the
+    input and scaled to :math:`[0, 1]`, and the maps are multiplied,
+
+    .. math::
+
+        L = \prod_l rac{L_l - \min L_l}{\max L_l - \min L_l},
+
+    then scaled again. It is Grad-CAM++ with ``fuse="product"``; any other
+    method refines its layers the same way with that option (pytorch-grad-cam's
+    ``base_method``).
+
+    Args:
+        model: As for :class:`~camkit.BaseCAM`.
+        layer: The layers to refine, such as a deep layer and an early one.
+        **options: ``layout``, ``prefix_tokens``, ``grid`` as for :class:`~camkit.BaseCAM`.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(
+        ...     nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(),
+        ...     nn.Flatten(), nn.Linear(64, 2))
+        >>> RefineCAM(model, ["1", "3"])(torch.randn(3, 1, 8, 8)).shape
+        torch.Size([3, 8, 8])
+    """
+
+    def __init__(
+        self, model: nn.Module, layer: LayerSpec | list[LayerSpec], **options: object
+    ) -> None:
+        super().__init__(model, layer, **{"fuse": "product", **options})  # type: ignore[arg-type]
+
+
+class SegEigenCAM(BaseCAM):
+    r"""Seg-Eigen-CAM: the first principal component of absolute gradients times activations.
+
+    Chung & Ying, *Seg-Eigen-CAM: Eigen-Value-Based Visual Explanations for
+    Semantic Segmentation Models*, Applied Sciences 15(13) 7562, 2025,
+    https://doi.org/10.3390/app15137562.
+
+    Made for segmentation (pair it with :class:`~camkit.SegmentationTarget`):
+    with :math:`G = |\partial y^c / \partial A| \odot A` (their Eq. 10)
+    arranged as a (positions x channels) matrix, centred per channel
+    (:math:`ar G`), and :math:`v_1` its first right singular vector,
+
+    .. math::
+
+        P = ar G\, v_1, \qquad
+        L^c = \mathrm{ReLU}ig(\operatorname{sign} \cdot Pig),
+
+    where the sign makes the larger of :math:`|\min P|` and :math:`|\max P|`
+    positive (their Eq. 13). Centring and sign follow pytorch-grad-cam's
+    ``SegEigenCAM``, with which camkit's maps agree.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
+        >>> SegEigenCAM(model, "1")(torch.randn(3, 1, 8, 8)).shape
+        torch.Size([3, 8, 8])
+    """
+
+    def weights(self, context: LayerContext) -> Tensor:
+        """Return the absolute gradients as pixel weights."""
+        return context.gradients.abs()
+
+    def combine(self, weighted: Tensor) -> Tensor:
+        r"""Project :math:`|g| \odot A`, centred, on its first principal direction."""
+        return _maps.first_component(weighted, centred=True)
+
+
 class GradCAMElementWise(BaseCAM):
     r"""Element-wise Grad-CAM: the positive part of gradient times activation, then the sum.
 
@@ -274,11 +351,13 @@ class EigenGradCAM(BaseCAM):
         torch.Size([3, 8, 8])
     """
 
-    projects_maps = True
-
     def weights(self, context: LayerContext) -> Tensor:
-        """Return the gradients as pixel weights; the base projects :math:`g \\odot A`."""
+        """Return the gradients as pixel weights."""
         return context.gradients
+
+    def combine(self, weighted: Tensor) -> Tensor:
+        r"""Project :math:`g \odot A` on its first principal direction."""
+        return _maps.first_component(weighted)
 
 
 class ShapleyCAM(BaseCAM):

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -14,12 +15,16 @@ from tqdm import tqdm
 from camkit import (
     FEM,
     ISCAM,
+    KPCACAM,
+    SESS,
     SSCAM,
     AblationCAM,
     BaseCAM,
+    DeepFeatureFactorization,
     EigenCAM,
     EigenGradCAM,
     FinerCAM,
+    FullGrad,
     GradCAM,
     GradCAMElementWise,
     GradCAMPlusPlus,
@@ -28,11 +33,14 @@ from camkit import (
     HiResCAM,
     LayerCAM,
     RandomCAM,
+    RefineCAM,
     ScoreCAM,
+    SegEigenCAM,
     ShapleyCAM,
     SmoothGradCAMPlusPlus,
     XGradCAM,
 )
+from camkit.augment import Augmentation, scaled
 from camkit.metrics import (
     RandomizationResult,
     average_drop,
@@ -48,6 +56,7 @@ from examples.mnist.localization import centre_gaussian_maps, stroke_mask, unifo
 from examples.mnist.train import Checkpoint
 
 LAYER = "1.features.relu"  # inside the raw-pixel wrapper below
+FIRST_LAYER = "1.features.relu1"
 Explainer = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -88,6 +97,48 @@ def _of_log_probability(cam: BaseCAM) -> Explainer:
     return explain
 
 
+AUGMENTATIONS = [
+    scaled(0.9),
+    scaled(1.1),
+    Augmentation(lambda t: t.roll(1, -1), lambda m, size: m.roll(-1, -1), "shift right"),
+    Augmentation(lambda t: t.roll(-1, -1), lambda m, size: m.roll(1, -1), "shift left"),
+]
+"""Test-time augmentations that keep a digit a digit (no flips or rotations)."""
+
+
+def _augmented(cam: BaseCAM) -> Explainer:
+    return lambda x, classes: cam(x, classes, augment=AUGMENTATIONS)
+
+
+CONCEPTS = 5
+
+
+def concept_head(model: nn.Module) -> Callable[[Tensor], Tensor]:
+    """A concept's class scores: its direction spread over the 8 x 8 layer, then the net's
+    own pooling and classifier (``model`` is :func:`raw_pixel_model`'s)."""
+    net = model[1]
+
+    def head(directions: Tensor) -> Tensor:
+        spread = directions[:, :, None, None].expand(-1, -1, 8, 8)
+        scores: Tensor = net.classifier(net.features.pool2(spread))
+        return scores
+
+    return head
+
+
+def _best_concept(model: nn.Module) -> Explainer:
+    """Deep Feature Factorization as a class map: each image's map of the concept that
+    votes most for the explained class."""
+    factorize = DeepFeatureFactorization(model, LAYER, concepts=CONCEPTS, head=concept_head(model))
+
+    def explain(x: Tensor, classes: Tensor) -> Tensor:
+        found = factorize(x)
+        votes = cast(Tensor, found.scores)[:, classes].T  # (N, concepts)
+        return found.maps[torch.arange(len(x)), votes.argmax(1)]
+
+    return explain
+
+
 def explainers(model: nn.Module) -> dict[str, Explainer]:
     """Every camkit method applicable to the MNIST net, plus two map baselines."""
     cams: dict[str, Explainer] = {
@@ -108,6 +159,13 @@ def explainers(model: nn.Module) -> dict[str, Explainer]:
         "SS-CAM": SSCAM(model, LAYER, batch_size=512, seed=0),
         "IS-CAM": ISCAM(model, LAYER, batch_size=512),
         "Ablation-CAM": AblationCAM(model, LAYER, batch_size=512),
+        "Seg-Eigen-CAM": SegEigenCAM(model, LAYER),
+        "RefineCAM": RefineCAM(model, [FIRST_LAYER, LAYER]),
+        "KPCA-CAM": KPCACAM(model, LAYER),
+        "FullGrad": FullGrad(model),
+        "SESS": SESS(GradCAM(model, LAYER), num_scales=4, batch_size=256),
+        "Grad-CAM TTA": _augmented(GradCAM(model, LAYER)),
+        "Deep Feature Factorization": _best_concept(model),
         "Guided Backprop": _magnitude(GuidedBackprop(model)),
         "Guided Grad-CAM": _magnitude(GuidedGradCAM(model, LAYER)),
         "Random-CAM": RandomCAM(model, LAYER, seed=0),

@@ -1,0 +1,180 @@
+"""FullGrad: the input gradient and every bias's gradient, summed into one map."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+
+from camkit import _maps
+from camkit._hooks import Hooks
+from camkit._model import eval_mode
+from camkit._pipeline import Request, check_finite, explained_by, maps_only, result, scored
+from camkit.errors import CamkitTypeError, CamkitValueError
+from camkit.result import CAMResult
+from camkit.targets import Target
+
+__all__ = ["FullGrad"]
+
+_BIASED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class FullGrad:
+    r"""FullGrad: input-gradient times input, plus every bias's gradient map, each normalized.
+
+    Srinivas & Fleuret, *Full-Gradient Representation for Neural Network
+    Visualization*, NeurIPS 2019, https://arxiv.org/abs/1905.00780.
+
+    A ReLU network's output is exactly :math:`\nabla_x f \cdot x + \sum_l
+    \nabla_{b_l} f \cdot b_l`; FullGrad shows both parts. With :math:`z_l` the
+    output of each convolution and batch normalization with a bias (over the
+    whole model), :math:`b_l` its bias (for batch normalization, the effective
+    bias :math:`\beta - \mu \gamma / \sqrt{\sigma^2 + \epsilon}` of eval mode),
+    and :math:`\psi` = absolute value, (bi/tri)linear upsampling to the input,
+    and min-max scaling to :math:`[0, 1]`, applied to each channel of each
+    sample,
+
+    .. math::
+
+        S = \sum_{c} \psi\big(\nabla_x y^c \odot x\big)_c
+            + \sum_l \sum_c \psi\big(b_{l,c}\, \nabla_{z_l} y^c\big)_c,
+
+    then scaled to :math:`[0, 1]`. ``(N, *spatial)`` maps like a CAM's
+    (``(N, k, *spatial)`` for ``k`` targets). pytorch-grad-cam's ``FullGrad``
+    computes the same sum with its biased layers restricted to ``Conv2d`` and
+    ``BatchNorm2d``, and scales each channel before resizing it (camkit
+    resizes first, as the paper's :math:`\psi` reads); where no resizing is
+    needed, the two agree.
+
+    Args:
+        model: Any :class:`torch.nn.Module`; it is not modified.
+        layers: The biased layers to include (names or modules); by default every
+            convolution and batch normalization with a bias.
+
+    Raises:
+        CamkitValueError: If the model has no biased layer and none is given.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+        ...                       nn.Flatten(), nn.Linear(144, 2)).eval()
+        >>> FullGrad(model)(torch.randn(3, 1, 8, 8), target=1).shape
+        torch.Size([3, 8, 8])
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str | nn.Module] | None = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise CamkitTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        named = dict(model.named_modules())
+        chosen: list[tuple[str, nn.Module]]
+        if layers is None:
+            chosen = [
+                (name, m)
+                for name, m in named.items()
+                if isinstance(m, _BIASED) and getattr(m, "bias", None) is not None
+            ]
+        else:
+            by_module = {id(m): name for name, m in named.items()}
+            chosen = []
+            for layer in layers:
+                module = named.get(layer) if isinstance(layer, str) else layer
+                if not isinstance(module, _BIASED) or id(module) not in by_module:
+                    raise CamkitValueError(
+                        f"layers: {layer!r} is not a convolution or batch normalization of "
+                        f"the model"
+                    )
+                chosen.append((by_module[id(module)], module))
+        if not chosen:
+            raise CamkitValueError(
+                "model: has no convolution or batch normalization with a bias, so FullGrad "
+                "would be input-gradient times input alone; pass layers= or use another method"
+            )
+        self.layers: list[tuple[str, nn.Module]] = chosen
+
+    def explain(
+        self,
+        x: Tensor,
+        target: Target = None,
+        *,
+        forward_args: Sequence[Any] = (),
+        forward_kwargs: Mapping[str, Any] | None = None,
+    ) -> CAMResult:
+        """Run the model on ``x`` and sum the normalized full-gradient maps of ``target``.
+
+        Args:
+            x: The input batch, a floating-point tensor ``(N, C, *spatial)``.
+            target: As for :meth:`camkit.BaseCAM.explain`.
+            forward_args: Further positional inputs of the model.
+            forward_kwargs: Keyword inputs of the model.
+
+        Returns:
+            The maps (scaled to [0, 1]), with the output, scores and classes; the
+            ``layer_maps`` hold each term before the final scaling: ``"input"``
+            and one per biased layer.
+
+        Raises:
+            CamkitTypeError: For an input or target of the wrong type.
+            CamkitValueError: For an empty batch, classes out of range, or a NaN
+                or infinite score.
+        """
+        with torch.inference_mode(False):
+            request = Request.check(x, target, forward_args, forward_kwargs)
+            recorder = _Outputs(self.layers)
+            with eval_mode(self.model), recorder, torch.enable_grad():
+                leaf = x.detach().clone().requires_grad_(True)
+                output = request.run(self.model, leaf)
+                bound, scores = scored(request, output)
+                reached = [i for i, out in enumerate(recorder.outputs) if out is not None]
+                tensors = [leaf, *(cast(Tensor, recorder.outputs[i]) for i in reached)]
+                names = ["the input", *(f"layer {self.layers[i][0]!r}" for i in reached)]
+                gradients = explained_by(scores, tensors, names)
+            size = tuple(x.shape[2:])
+            terms = {"input": _psi(gradients[0] * leaf.detach()[:, None], size)}
+            for i, gradient in zip(reached, gradients[1:], strict=True):
+                name, module = self.layers[i]
+                bias = _bias(module).view(1, 1, -1, *[1] * (gradient.dim() - 3))
+                terms[name] = _psi(gradient * bias, size)
+        total = torch.stack(list(terms.values())).sum(0)
+        check_finite(x, scores, terms)
+        maps = _maps.scale_maps_(total.contiguous())
+        return result(maps, terms, output, bound, scores)
+
+    __call__ = maps_only(explain)
+
+
+class _Outputs(Hooks):
+    """Keep each biased layer's (last) output, in the autograd graph."""
+
+    def __init__(self, layers: list[tuple[str, nn.Module]]) -> None:
+        super().__init__(layers)
+        self.outputs: list[Tensor | None] = [None] * len(layers)
+
+    def on_output(self, index: int, output: Any) -> Any:
+        self.outputs[index] = output
+        return output.clone()  # an in-place ReLU after the layer must not rewrite it
+
+
+def _bias(module: nn.Module) -> Tensor:
+    """The layer's bias; batch normalization's effective bias in eval mode."""
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        mean, var = module.running_mean, module.running_var
+        bias = cast(Tensor, module.bias)
+        if mean is None or var is None:  # no running statistics: batch statistics, no fixed bias
+            return bias.detach().float()
+        scale = module.weight if module.weight is not None else torch.ones_like(mean)
+        return (bias - mean * scale / torch.sqrt(var + module.eps)).detach().float()
+    return cast(Tensor, module.bias).detach().float()
+
+
+def _psi(values: Tensor, size: tuple[int, ...]) -> Tensor:
+    """``(N, k, C, *spatial)``: absolute value, upsampled, each channel scaled to [0, 1],
+    summed over channels: ``(N, k, *size)``."""
+    n, k, c = values.shape[:3]
+    flat = values.detach().abs().float().flatten(0, 2)
+    resized = _maps.upsample(flat, size) if len(size) == flat.dim() - 1 else flat
+    scaled = _maps.min_max_normalize_(resized.contiguous())
+    return scaled.view(n, k, c, *scaled.shape[1:]).sum(dim=2)
