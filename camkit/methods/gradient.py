@@ -232,7 +232,7 @@ class RefineCAM(GradCAMPlusPlus):
 
     .. math::
 
-        L = \prod_l rac{L_l - \min L_l}{\max L_l - \min L_l},
+        L = \prod_l \frac{L_l - \min L_l}{\max L_l - \min L_l},
 
     then scaled again. It is Grad-CAM++ with ``fuse="product"``; any other
     method refines its layers the same way with that option (pytorch-grad-cam's
