@@ -118,12 +118,14 @@ def test_metrics_on_device_equal_the_cpu(device: str) -> None:
 
 # Documented waits for the device in a successful call with target=None (docs/reliability.rst):
 # one per forward pass of the input, torch's own linear-algebra check in Eigen-CAM and
-# Eigen-Grad-CAM, and the check of Ablation-CAM's split.
+# Eigen-Grad-CAM, the check of Ablation-CAM's split, and the channels Score-CAM skips.
 DEVICE_WAITS = {
     "GuidedGradCAM": 2,
     "EigenCAM": 2,
     "EigenGradCAM": 2,
     "AblationCAM": 2,
+    "ScoreCAM": 2,
+    "ISCAM": 2,
 }
 
 

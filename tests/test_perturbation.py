@@ -233,3 +233,40 @@ def test_top_channels_at_or_above_the_channel_count_is_every_channel(method: typ
 def test_score_cam_options_are_checked(options: dict[str, Any], message: str) -> None:
     with pytest.raises(CamkitValueError, match=message):
         ScoreCAM(conv_net(2), "4", **options)
+
+
+class RowCounter:
+    """Counts the input rows the model runs on."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.rows = 0
+        self.handle = model.register_forward_pre_hook(self.count)
+
+    def count(self, module: nn.Module, args: Any) -> None:
+        self.rows += len(args[0])
+
+
+@pytest.mark.parametrize("method", [ScoreCAM, ISCAM], ids=lambda m: m.__name__)
+def test_constant_channels_are_scored_once_per_sample(method: type) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 64, 4)
+    ).eval()
+    with torch.no_grad():
+        model[0].bias[[1, 4]] = -100.0  # channels 1 and 4 are all zeros after the ReLU
+    x = torch.randn(3, 2, 8, 8)
+    options = {"samples": 2} if method is ISCAM else {}
+    cam = method(model, "1", batch_size=5, **options)
+    counter = RowCounter(model)
+    maps = _raw(cam, x, torch.tensor([0, 1, 2]))
+    counter.handle.remove()
+    passes = options.get("samples", 1)
+    assert counter.rows == 3 + passes * 3 * 4 + 3  # explained, 4 live channels, zero input
+    # the same maps as running every channel
+    unskipped = type("Unskipped", (method,), {"zero_masks_stay_zero": False})
+    counter = RowCounter(model)
+    expected = _raw(unskipped(model, "1", batch_size=5, **options), x, torch.tensor([0, 1, 2]))
+    counter.handle.remove()
+    assert counter.rows == 3 + passes * 3 * 6
+    torch.testing.assert_close(maps, expected)
+    assert torch.isfinite(maps).all()

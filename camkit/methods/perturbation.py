@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,9 @@ class ScoreCAM(BaseCAM):
     The weights sum to 1 over channels. A softmax does not change when the
     same number is subtracted from all its inputs, so :math:`y^c(X_b)` cancels
     and is not computed. The ``N x C`` masked forward passes run
-    ``batch_size`` at a time, without gradients.
+    ``batch_size`` at a time, without gradients; a constant channel (all
+    zeros after a ReLU), whose mask is all zeros, masks the input to zeros,
+    so its score is computed once per sample instead of once per channel.
 
     **Top channels only** (the "Faster Score-CAM" of the Score-CAM authors'
     code): with ``top_channels=K``, only the ``K`` channels of each sample
@@ -77,6 +80,10 @@ class ScoreCAM(BaseCAM):
     """How many masked copies per channel :meth:`varied` makes (1: the mask itself)."""
     seed: int | None = None
     """The seed of the random numbers :meth:`varied` draws (``None``: torch's global generator)."""
+    zero_masks_stay_zero = True
+    """Whether :meth:`varied` keeps an all-zero mask all zeros. Then a constant channel (all
+    zeros after a ReLU, commonly), whose mask is all zeros, is not run: its score is that of
+    an all-zero input, computed once per sample. The maps are the same either way."""
 
     def __init__(
         self,
@@ -121,6 +128,10 @@ class ScoreCAM(BaseCAM):
         chosen = self._chosen(a)  # (N, K)
         kept = chosen.shape[1]
         rows = torch.arange(n * kept, device=a.device)
+        if self.zero_masks_stay_zero:  # skip the rows of constant channels: all-zero masks
+            flat = a.flatten(2).gather(1, chosen[:, :, None].expand(-1, -1, a[0, 0].numel()))
+            varying = flat.amax(dim=2) != flat.amin(dim=2)
+            rows = rows[varying.flatten().nonzero()[:, 0]]  # the one read of the device
         generator = None
         if self.seed is not None:
             generator = torch.Generator(a.device).manual_seed(self.seed)
@@ -133,12 +144,27 @@ class ScoreCAM(BaseCAM):
                 masks = self.varied(masks, smoothing, generator)
                 masked = x[sample] * masks[:, None].to(x.dtype)
                 scores.append(context.score_inputs(masked, sample))
-            passes.append(torch.cat(scores))
-        mean = torch.stack(passes).mean(0).view(n, kept, -1)
+            passes.append(torch.cat(scores) if scores else None)
+        mean = self._every_row(passes, rows, n * kept, context).view(n, kept, -1)
         softmax = F.softmax(mean, dim=1)
         weights = softmax.new_zeros(n, channels, softmax.shape[2])
         weights.scatter_(1, chosen[:, :, None].expand_as(softmax), softmax)
         return weights.transpose(1, 2)
+
+    def _every_row(
+        self, passes: list[Tensor | None], rows: Tensor, total: int, context: LayerContext
+    ) -> Tensor:
+        """The mean score of every row, ``(total, k)``: the masked passes' for ``rows``, and
+        for the others (all-zero masks) the score of an all-zero input, once per sample."""
+        parts = [p for p in passes if p is not None]
+        mean = torch.stack(parts).mean(0) if parts else None
+        if len(rows) == total:
+            return cast(Tensor, mean)
+        inputs = context.inputs
+        samples = torch.arange(len(inputs), device=inputs.device)
+        zeros = context.score_inputs(torch.zeros_like(inputs), samples)  # (N, k)
+        every = zeros.repeat_interleave(total // len(inputs), dim=0)
+        return every if mean is None else every.index_copy(0, rows, mean)
 
     def _chosen(self, a: Tensor) -> Tensor:
         """The channels that mask the input, ``(N, K)``: all, or the top ``top_channels``."""
@@ -216,6 +242,8 @@ class SSCAM(ScoreCAM):
         self.smoothing_samples = positive_int(samples, "samples")
         self.noise_std = non_negative(noise_std, "noise_std")
         self.seed = seed_or_none(seed)
+
+    zero_masks_stay_zero = False  # the noise makes them noise
 
     def varied(self, masks: Tensor, sample: int, generator: torch.Generator | None) -> Tensor:
         """Add :math:`\varepsilon_i`, drawn from ``generator``."""
