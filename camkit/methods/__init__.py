@@ -11,6 +11,7 @@
   Guided Grad-CAM).
 * :mod:`camkit.methods.fullgrad`: the input's and every bias's gradient (FullGrad).
 * :mod:`camkit.methods.sess`: any CAM over patches at many scales (SESS).
+* :mod:`camkit.methods.legrad`: attention-map gradients of vision transformers (LeGrad).
 * :mod:`camkit.methods.baseline`: random weights (Random-CAM), for the metrics.
 * :mod:`camkit.methods.factorization`: concepts without a target (Deep Feature
   Factorization).
@@ -35,6 +36,7 @@ from camkit.methods.gradient import (
     XGradCAM,
 )
 from camkit.methods.guided import GuidedBackprop, GuidedGradCAM
+from camkit.methods.legrad import LeGrad
 from camkit.methods.perturbation import ISCAM, SSCAM, AblationCAM, ScoreCAM
 from camkit.methods.sess import SESS
 
@@ -59,6 +61,7 @@ __all__ = [
     "GuidedGradCAM",
     "HiResCAM",
     "LayerCAM",
+    "LeGrad",
     "RandomCAM",
     "RefineCAM",
     "ScoreCAM",
