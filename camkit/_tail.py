@@ -12,11 +12,14 @@ zeroes one channel per copy) needs only the network *after* the layer. Where
 The split is checked before it is used: the tail, fed the prefix's values
 with the samples in reverse order, must reproduce the model's scores. A model
 fx cannot trace, a layer inside a traced-through function, or a failed check
-means ``None``: the caller re-runs the whole model, with the same maps.
+means ``None``: the caller re-runs the whole model, with the same maps. The
+model is traced once, when the explainer is built (see :func:`trace`); each
+call cuts the graph.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -58,15 +61,30 @@ class Split:
     tail: fx.GraphModule
 
 
-def split(model: nn.Module, ref: LayerRef, number: int) -> Split | None:
-    """Cut ``model`` at call ``number`` (0 the first) of ``ref``'s module, or ``None`` where
-    fx cannot trace the model or find that call."""
+_TRACING = threading.Lock()
+
+
+def trace(model: nn.Module, ref: LayerRef) -> fx.Graph | None:
+    """``model``'s fx graph with ``ref``'s module kept whole, or ``None`` where fx cannot
+    trace it.
+
+    Call it when an explainer is built, not during a call: while it traces, fx
+    patches ``torch.nn.Module.__call__`` for the whole process, so a forward pass
+    in another thread at that moment would be traced too (and fail). A lock keeps
+    camkit's own traces one at a time.
+    """
     if not ref.path:
         return None
-    try:
-        graph = _LeafAt(ref.path).trace(model)
-    except Exception:  # any tracing failure means: re-run the whole model
-        return None
+    with _TRACING:
+        try:
+            return _LeafAt(ref.path).trace(model)
+        except Exception:  # any tracing failure means: re-run the whole model
+            return None
+
+
+def split(model: nn.Module, graph: fx.Graph, ref: LayerRef, number: int) -> Split | None:
+    """Cut ``model``'s traced ``graph`` at call ``number`` (0 the first) of ``ref``'s module,
+    or ``None`` where the graph has no such call."""
     nodes = list(graph.nodes)
     calls = [n for n in nodes if n.op == "call_module" and n.target == ref.path]
     if number >= len(calls):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 from camkit import _maps
 from camkit._detection import rowwise_box_heads
@@ -32,7 +32,7 @@ from camkit._pipeline import (
     scored,
 )
 from camkit._refs import LayerRef, resolve_layer
-from camkit._tail import TailRunner, split
+from camkit._tail import TailRunner, split, trace
 from camkit._targets import BoundTarget, CheckedTarget
 from camkit.augment import Augmentation, horizontal_flip
 from camkit.context import LayerContext
@@ -118,8 +118,9 @@ class BaseCAM(ABC):
 
     split_tail: bool = True
     """Whether :meth:`LayerContext.score_activations` runs only the part of the network after
-    the layer, where :mod:`torch.fx` can split the model there (checked against the model's
-    scores before use); ``False`` always re-runs the whole model. The scores agree either way."""
+    the layer, where the model was traced by :mod:`torch.fx` (see :meth:`trace_layers`) and
+    can be split there (checked against the model's scores before use); ``False`` always
+    re-runs the whole model. The scores agree either way."""
 
     needs_hessian: ClassVar[bool] = False
     """Whether :meth:`weights` uses :meth:`LayerContext.hessian_times` (second derivatives of
@@ -157,6 +158,16 @@ class BaseCAM(ABC):
         if fuse not in _FUSIONS:
             raise CamkitValueError(f"fuse: got {fuse!r}; allowed: {', '.join(map(repr, _FUSIONS))}")
         self.fuse = fuse
+        self._traced: dict[int, fx.Graph | None] = {}
+
+    def trace_layers(self) -> None:
+        """Trace the model with :mod:`torch.fx` once, so that re-scoring with a layer's output
+        replaced can run only the network after the layer (Ablation-CAM calls it when built).
+
+        fx patches ``torch.nn.Module.__call__`` for the whole process while it traces, so
+        no forward pass may run in another thread meanwhile: trace before starting threads.
+        """
+        self._traced = {id(ref): trace(self.model, ref) for ref in self.layers}
 
     @property
     def layer_name(self) -> str:
@@ -507,7 +518,8 @@ class BaseCAM(ABC):
     ) -> TailRunner | None:
         """The network after call ``call`` of the layer, checked against ``scores``; ``None``
         where it cannot be split off (see :mod:`camkit._tail`)."""
-        found = split(self.model, ref, call)
+        graph = self._traced.get(id(ref))
+        found = None if graph is None else split(self.model, graph, ref, call)
         if found is None:
             return None
         try:

@@ -352,9 +352,12 @@ class AblationCAM(BaseCAM):
     (torchvision's CNNs, most ``nn.Sequential`` stacks), the traced graph is
     cut at the layer; the part before it runs once per call, and each batch of
     copies runs through the rest (for a ResNet's ``layer4``, pooling and the
-    linear layer). Before use, the cut is checked to reproduce the model's
-    scores. Where fx cannot trace the model (data-dependent control flow, a
-    layer inside a traced-through function), or the check fails, or with
+    linear layer). The model is traced once, when the explainer is built: fx
+    patches ``torch.nn.Module.__call__`` for the whole process while it
+    traces, so build explainers before starting threads that run models.
+    Before use, the cut is checked to reproduce the model's scores. Where fx
+    cannot trace the model (data-dependent control flow, a layer inside a
+    traced-through function), or the check fails, or with
     ``split_tail=False``, every copy re-runs the whole model with the layer's
     output replaced through a hook that is removed afterwards, even on error.
     The maps are the same either way.
@@ -392,6 +395,8 @@ class AblationCAM(BaseCAM):
         if not isinstance(split_tail, bool):
             raise CamkitValueError(f"split_tail: got {split_tail!r}; allowed: True or False")
         self.split_tail = split_tail
+        if split_tail:
+            self.trace_layers()
 
     def weights(self, context: LayerContext) -> Tensor:
         """Return :math:`w_k^c`, the relative score drop of each ablated channel."""
