@@ -22,28 +22,19 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
+from torch import nn  # noqa: E402
 
 import camkit  # noqa: E402
+from benchmarks.cases import Case  # noqa: E402
 from examples.mnist.model import MnistNet  # noqa: E402
 
 Call = Callable[[], object]
-
-
-@dataclass
-class Case:
-    name: str
-    model: nn.Module
-    x: Tensor
-    classes: Tensor
-    layer: str
 
 
 def build(name: str, images: int, size: int) -> Case:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from camkit._checks import finite_number, positive_int
 from camkit._outputs import field_of
 from camkit.errors import CamkitTypeError, CamkitValueError
 
@@ -476,13 +477,9 @@ class FinerTarget:
         if classes is not None:
             self.classes, self._multi = _class_table(classes, "classes")
             self._largest = _python_max(classes)
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha != alpha:
-            raise CamkitValueError(f"alpha: got {alpha!r}; allowed: a number")
-        if isinstance(similar, bool) or not isinstance(similar, int) or similar < 1:
-            raise CamkitValueError(f"similar: got {similar!r}; allowed: a positive int")
         self._predicted = classes is None
-        self.alpha = float(alpha)
-        self.similar = similar
+        self.alpha = finite_number(alpha, "alpha")
+        self.similar = positive_int(similar, "similar")
         self.key = key
         self.compared: Tensor | None = None
         """The similar classes ``(N, k, similar)`` of the last explained pass."""

@@ -97,15 +97,11 @@ class ScoreCAM(BaseCAM):
     ) -> None:
         super().__init__(model, layer, **options)  # type: ignore[arg-type]
         self.batch_size = positive_int(batch_size, "batch_size")
-        if top_channels is not None and (
-            isinstance(top_channels, bool) or not isinstance(top_channels, int) or top_channels < 1
-        ):
-            raise CamkitValueError(
-                f"top_channels: got {top_channels!r}; allowed: a positive int, or None for all"
-            )
         if rank_by not in _RANKINGS:
             raise CamkitValueError(f"rank_by: got {rank_by!r}; allowed: {sorted(_RANKINGS)}")
-        self.top_channels = top_channels
+        self.top_channels = (
+            None if top_channels is None else positive_int(top_channels, "top_channels")
+        )
         self.rank_by = rank_by
 
     def varied(self, masks: Tensor, sample: int, generator: torch.Generator | None) -> Tensor:
