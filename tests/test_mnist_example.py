@@ -11,7 +11,7 @@ import matplotlib.image as mpimg
 import pytest
 import torch
 
-from camkit import GradCAM
+from camkit import GradCAM, LeGrad
 from examples.mnist.__main__ import main
 from examples.mnist.data import DEFAULT_ROOT, FILES, MnistDataError, load_split
 from examples.mnist.localization import (
@@ -21,6 +21,7 @@ from examples.mnist.localization import (
 )
 from examples.mnist.model import MnistNet
 from examples.mnist.train import accuracy, load, train
+from examples.mnist.vit import DEFAULT_VIT_WEIGHTS, MnistViT
 
 LABELS = FILES["test"][1]
 
@@ -101,6 +102,51 @@ def test_truncated_gzip(tmp_path: Path) -> None:
         load_split("test", root)
 
 
+def test_the_vit_has_its_attention_probabilities_on_named_modules() -> None:
+    torch.manual_seed(0)
+    model = MnistViT().eval()
+    assert sum(p.numel() for p in model.parameters()) == 28_202
+    seen = []
+    for i in range(3):
+        model.get_submodule(f"blocks.{i}.attn.probs").register_forward_hook(
+            lambda m, args, out: seen.append(out)
+        )
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert [tuple(p.shape) for p in seen] == [(2, 4, 50, 50)] * 3  # 7 x 7 patches and CLS
+    for probs in seen:
+        torch.testing.assert_close(probs.sum(-1), torch.ones(2, 4, 50))
+        assert bool((probs >= 0).all())
+
+
+def test_the_vit_output_is_its_head_on_the_last_blocks_tokens() -> None:
+    torch.manual_seed(0)
+    model = MnistViT().eval()
+    x = torch.randn(3, 1, 28, 28)
+    captured = []
+    model.blocks[-1].register_forward_hook(lambda m, args, out: captured.append(out))
+    output = model(x)
+    torch.testing.assert_close(model.classify(captured[0]), output)
+
+
+def test_shipped_vit_weights_and_legrad_on_strokes() -> None:
+    checkpoint, history = load(DEFAULT_VIT_WEIGHTS, MnistViT)
+    test = load_split("test")
+    score = accuracy(checkpoint, test)
+    assert score >= 0.965
+    assert history.test_accuracy[-1] == pytest.approx(score, abs=1e-6)
+    vit = checkpoint.model
+    blocks = ["blocks.1", "blocks.2"]  # the last two, as the paper's code
+    legrad = LeGrad(vit, [f"{b}.attn.probs" for b in blocks], blocks=blocks, head=vit.classify)
+    images = test.images[:300]
+    maps = legrad(checkpoint.prepare(images))
+    assert maps.shape == (300, 28, 28)
+    strokes = stroke_mask(images)
+    random_mass = localize(uniform_random_maps(300, (28, 28)), strokes).mass.nanmean()
+    # This small ViT spreads its evidence over the background too (so does Grad-CAM on it):
+    # LeGrad is above chance on strokes, not far above.
+    assert localize(maps, strokes).mass.nanmean() > 1.15 * random_mass
+
+
 def test_shipped_weights_reach_99_percent() -> None:
     checkpoint, history = load()
     score = accuracy(checkpoint, load_split("test"))
@@ -146,13 +192,17 @@ def test_smoke_run_writes_every_figure_and_the_report(tmp_path: Path) -> None:
             "512",
             "--limit-test",
             "300",
+            "--vit-epochs",
+            "1",
+            "--eval-images",
+            "100",
             "--quiet",
         ]
     )
     assert code == 0
     report = (out / "report.md").read_text()
     figures = sorted((out / "figures").glob("*.png"))
-    assert len(figures) == 18
+    assert len(figures) == 19
     for path in figures:
         pixels = mpimg.imread(path)
         assert pixels.ndim == 3
@@ -163,12 +213,16 @@ def test_smoke_run_writes_every_figure_and_the_report(tmp_path: Path) -> None:
         "## Accuracy",
         "## Localization on strokes",
         "## Evaluating the explanations",
+        "## A vision transformer: LeGrad",
+        "| LeGrad |",
         "## Sanity checks",
         "## Results and discussion",
     ):
         assert section in report
     _, history = load(out / "weights.pt")
     assert len(history.loss) == 1
+    _, vit_history = load(out / "vit-weights.pt", MnistViT)
+    assert len(vit_history.loss) == 1
 
 
 def test_training_is_reproducible() -> None:

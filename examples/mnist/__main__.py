@@ -16,7 +16,15 @@ from tqdm import tqdm
 from camkit import GradCAM
 from examples.mnist import figures
 from examples.mnist.classification import Scores, classification_scores
-from examples.mnist.comparison import sanity_checks, score_all
+from examples.mnist.comparison import (
+    LAYER,
+    Explainer,
+    Table,
+    raw_pixel_model,
+    sanity_checks,
+    score_all,
+    vit_explainers,
+)
 from examples.mnist.data import DEFAULT_ROOT, Split, load_split
 from examples.mnist.localization import (
     centre_gaussian_maps,
@@ -26,19 +34,23 @@ from examples.mnist.localization import (
     uniform_random_maps,
 )
 from examples.mnist.model import CLASSES
-from examples.mnist.report import Setup, write_report
+from examples.mnist.report import Setup, VitSetup, write_report
 from examples.mnist.train import (
     DEFAULT_WEIGHTS,
     Checkpoint,
     History,
+    accuracy,
     count_parameters,
     load,
     predict,
     save,
     train,
 )
+from examples.mnist.vit import DEFAULT_VIT_WEIGHTS, MnistViT
 
 BATCH_SIZE = 128
+VIT_EPOCHS = 4
+VIT_LR = 0.003
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,7 +75,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--weights", type=Path, default=DEFAULT_WEIGHTS, help="checkpoint to load with --no-train"
     )
+    parser.add_argument(
+        "--vit-weights",
+        type=Path,
+        default=DEFAULT_VIT_WEIGHTS,
+        help="the vision transformer's checkpoint to load with --no-train",
+    )
     parser.add_argument("--epochs", type=int, default=18)
+    parser.add_argument(
+        "--vit-epochs", type=int, default=VIT_EPOCHS, help="epochs of the vision transformer"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--limit-train",
@@ -161,6 +182,61 @@ def make_figures(
     return made
 
 
+def train_vit(
+    train_set: Split, test_set: Split, *, epochs: int, seed: int, progress: bool
+) -> tuple[Checkpoint, History]:
+    """The vision transformer, trained with the ConvNet's recipe at a lower learning rate."""
+    return train(
+        train_set,
+        test_set,
+        epochs=epochs,
+        batch_size=BATCH_SIZE,
+        lr=VIT_LR,
+        seed=seed,
+        progress=progress,
+        build=MnistViT,
+    )
+
+
+def transformer(
+    checkpoint: Checkpoint,
+    vit_checkpoint: Checkpoint,
+    vit_history: History,
+    test_set: Split,
+    evaluated: int,
+    made: dict[str, Path],
+    out: Path,
+    progress: bool,
+    trained_here: bool,
+) -> tuple[VitSetup, Table]:
+    """The vision transformer's accuracy, its LeGrad figure (added to ``made``) and its
+    metric table on the first ``evaluated`` test images."""
+    score = accuracy(vit_checkpoint, test_set)
+    print(f"vision transformer: test accuracy {100 * score:.2f} %")
+    images = test_set.images
+    vit = raw_pixel_model(vit_checkpoint)
+    with torch.no_grad():
+        classes = vit(images[:8]).argmax(1)
+    cams = vit_explainers(vit)
+    shown: dict[str, Explainer] = {
+        "LeGrad (ViT)": cams["LeGrad"],
+        "Grad-CAM (ViT)": cams["Grad-CAM"],
+        "Grad-CAM (ConvNet)": GradCAM(raw_pixel_model(checkpoint), LAYER),
+    }
+    made["transformer"] = figures.transformer_maps(
+        shown, images[:8], classes, out / "figures" / "transformer.png"
+    )
+    table = score_all(vit_checkpoint, images[:evaluated], progress, vit_explainers)
+    setup = VitSetup(
+        parameters=count_parameters(vit_checkpoint.model),
+        trained_here=trained_here,
+        epochs=len(vit_history.loss),
+        train_seconds=vit_history.seconds,
+        accuracy=score,
+    )
+    return setup, table
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     progress = not args.quiet
@@ -171,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.no_train:
         checkpoint, history = load(args.weights)
+        vit_checkpoint, vit_history = load(args.vit_weights, MnistViT)
         train_images = 60_000
     else:
         train_set = _limit(load_split("train", args.data), args.limit_train)
@@ -183,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
             progress=progress,
         )
         save(checkpoint, history, out / "weights.pt")
+        vit_checkpoint, vit_history = train_vit(
+            train_set, test_set, epochs=args.vit_epochs, seed=args.seed, progress=progress
+        )
+        save(vit_checkpoint, vit_history, out / "vit-weights.pt")
         train_images = len(train_set.labels)
     model = checkpoint.model
 
@@ -202,6 +283,17 @@ def main(argv: list[str] | None = None) -> int:
     sanity = sanity_checks(checkpoint, images[: min(100, len(labels))])
     made["sanity_curves"] = figures.sanity_curves(sanity, out / "figures" / "sanity_curves.png")
     made["sanity_maps"] = figures.sanity_maps(sanity, images, out / "figures" / "sanity_maps.png")
+    vit_setup, vit_table = transformer(
+        checkpoint,
+        vit_checkpoint,
+        vit_history,
+        test_set,
+        evaluated,
+        made,
+        out,
+        progress,
+        trained_here=not args.no_train,
+    )
     setup = Setup(
         parameters=count_parameters(model),
         trained_here=not args.no_train,
@@ -224,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         table,
         sanity,
         evaluated,
+        vit_setup,
+        vit_table,
     )
     print(f"report: {report}")
     return 0

@@ -32,6 +32,7 @@ from camkit import (
     GuidedGradCAM,
     HiResCAM,
     LayerCAM,
+    LeGrad,
     RandomCAM,
     RefineCAM,
     ScoreCAM,
@@ -182,6 +183,29 @@ def explainers(model: nn.Module) -> dict[str, Explainer]:
     return cams
 
 
+def vit_explainers(model: nn.Module) -> dict[str, Explainer]:
+    """LeGrad on :func:`raw_pixel_model`'s wrapped :class:`~examples.mnist.vit.MnistViT`,
+    with Grad-CAM on the same network and the same baselines, to read its row against.
+
+    LeGrad uses the last two blocks, as the paper's code does by default, each scored
+    through the model's own head on its tokens (the paper's per-layer scores); Grad-CAM
+    explains the last block's ``norm1`` tokens, the layer pytorch-grad-cam's ViT recipe uses.
+    """
+    vit = model[1]
+    blocks = [f"1.blocks.{i}" for i in range(len(vit.blocks))][-2:]
+    last = f"{blocks[-1]}.norm1"
+    cams: dict[str, Explainer] = {
+        "LeGrad": LeGrad(
+            model, [f"{b}.attn.probs" for b in blocks], blocks=blocks, head=vit.classify
+        ),
+        "Grad-CAM": GradCAM(model, last, layout="tokens", prefix_tokens=1),
+        "Random-CAM": RandomCAM(model, last, layout="tokens", prefix_tokens=1, seed=0),
+    }
+    cams["uniform random"] = lambda x, c: uniform_random_maps(len(x), (28, 28), seed=1)
+    cams["centre Gaussian"] = lambda x, c: centre_gaussian_maps(len(x), (28, 28)).clone()
+    return cams
+
+
 METRICS = {
     "Avg Drop % ↓": average_drop,
     "Increase % ↑": increase_in_confidence,
@@ -200,8 +224,14 @@ class Table:
     seconds: dict[str, float]
 
 
-def score_all(checkpoint: Checkpoint, images: Tensor, progress: bool = True) -> Table:
-    """Every explainer scored by every metric on ``images`` (raw [0, 1] pixels)."""
+def score_all(
+    checkpoint: Checkpoint,
+    images: Tensor,
+    progress: bool = True,
+    explainers_of: Callable[[nn.Module], dict[str, Explainer]] = explainers,
+) -> Table:
+    """Every explainer of ``explainers_of`` (the ConvNet's by default) scored by every
+    metric on ``images`` (raw [0, 1] pixels)."""
     model = raw_pixel_model(checkpoint)
     with torch.no_grad():
         classes = model(images).argmax(1)
@@ -209,7 +239,7 @@ def score_all(checkpoint: Checkpoint, images: Tensor, progress: bool = True) -> 
     rows: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
     for name, explain in tqdm(
-        explainers(model).items(), desc="scoring methods", disable=not progress, mininterval=0.5
+        explainers_of(model).items(), desc="scoring methods", disable=not progress, mininterval=0.5
     ):
         started = time.perf_counter()
         maps = torch.cat(

@@ -217,3 +217,27 @@ def sanity_maps(
         suptitle="Maps as the network's layers are randomized, from the logits down",
     )
     return _save(fig, path)
+
+
+def transformer_maps(
+    explained: dict[str, Callable[[Tensor, Tensor], Tensor]],
+    images: Tensor,
+    classes: Tensor,
+    path: Path,
+) -> Path:
+    """One row per explainer (such as LeGrad and Grad-CAM on the ViT, Grad-CAM on the
+    ConvNet), one column per image, each map of the class ``classes`` gives."""
+    panels, maps, titles = [], [], []
+    for name, explain in explained.items():
+        panels += list(images)
+        maps += list(explain(images, classes))
+        titles += [f"{name}, {int(c)}" if i == 0 else str(int(c)) for i, c in enumerate(classes)]
+    fig = grid(
+        panels,
+        maps,
+        titles=titles,
+        ncols=len(images),
+        size=1.5,
+        suptitle="A vision transformer's maps beside the ConvNet's (title: the explained class)",
+    )
+    return _save(fig, path)

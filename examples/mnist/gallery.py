@@ -23,12 +23,15 @@ from camkit.plot import concepts, grid
 from examples.mnist.comparison import (
     CONCEPTS,
     LAYER,
+    Explainer,
     concept_head,
     explainers,
     raw_pixel_model,
+    vit_explainers,
 )
 from examples.mnist.data import DEFAULT_ROOT, load_split
 from examples.mnist.train import DEFAULT_WEIGHTS, load
+from examples.mnist.vit import DEFAULT_VIT_WEIGHTS, MnistViT
 
 SAMPLES = [3, 2, 1, 18, 4, 8, 11, 0, 61, 7]  # one test image of each digit 0-9
 
@@ -64,11 +67,34 @@ def concepts_figure(model: nn.Module, images: Tensor, more: Tensor, path: Path) 
     return path
 
 
+def figure(
+    name: str, explain: Explainer, images: Tensor, classes: Tensor, out: Path, model: str
+) -> Path:
+    """``name``'s maps of ``classes`` on ``images``, saved as ``out/<slug>.png``."""
+    maps = explain(images, classes)
+    fig = grid(
+        images,
+        maps,
+        titles=[f"pred {int(c)}" for c in classes],
+        ncols=10,
+        size=1.3,
+        suptitle=f"{name} on {model}, predicted class",
+    )
+    path = out / f"{slug(name)}.png"
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/methods"))
     parser.add_argument("--data", type=Path, default=DEFAULT_ROOT)
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--vit-weights", type=Path, default=DEFAULT_VIT_WEIGHTS)
+    parser.add_argument(
+        "--only", nargs="+", metavar="METHOD", help="draw these methods only (default: all)"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     checkpoint, _ = load(args.weights)
@@ -77,25 +103,22 @@ def main(argv: list[str] | None = None) -> int:
     model = raw_pixel_model(checkpoint)
     with torch.no_grad():
         classes = model(images).argmax(1)
+    wanted = set(args.only) if args.only else None
     for name, explain in explainers(model).items():
+        if wanted is not None and name not in wanted:
+            continue
         if name == "Deep Feature Factorization":  # its own figure: every concept at once
             path = concepts_figure(model, images, test.images[:490], args.out / f"{slug(name)}.png")
             print(path)
             continue
-        maps = explain(images, classes)
-        titles = [f"pred {int(c)}" for c in classes]
-        fig = grid(
-            images,
-            maps,
-            titles=titles,
-            ncols=10,
-            size=1.3,
-            suptitle=f"{name} on the MNIST example, predicted class",
-        )
-        path = args.out / f"{slug(name)}.png"
-        fig.savefig(path, dpi=90, bbox_inches="tight")
-        plt.close(fig)
-        print(path)
+        print(figure(name, explain, images, classes, args.out, "the MNIST example"))
+    if wanted is not None and "LeGrad" not in wanted:
+        return 0
+    vit = raw_pixel_model(load(args.vit_weights, MnistViT)[0])
+    with torch.no_grad():
+        classes = vit(images).argmax(1)
+    legrad = vit_explainers(vit)["LeGrad"]
+    print(figure("LeGrad", legrad, images, classes, args.out, "the MNIST example's ViT"))
     return 0
 
 

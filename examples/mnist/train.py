@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,7 @@ class History:
 class Checkpoint:
     """A trained network with the input standardization it was trained with."""
 
-    model: MnistNet
+    model: nn.Module
     mean: float
     std: float
 
@@ -51,8 +52,10 @@ def train(
     shift: int = 2,
     seed: int = 0,
     progress: bool = True,
+    build: Callable[[], nn.Module] = MnistNet,
 ) -> tuple[Checkpoint, History]:
-    """Train a fresh :class:`MnistNet`; the test set, if given, is scored after each epoch.
+    """Train a fresh ``build()`` (the ConvNet by default); the test set, if given, is
+    scored after each epoch.
 
     Each batch is shifted by up to ``shift`` pixels in each direction (one
     random shift per batch, padded with background), which is what lifts this
@@ -62,7 +65,7 @@ def train(
     generator = torch.Generator().manual_seed(seed)
     mean, std = float(train_set.images.mean()), float(train_set.images.std())
     x, y = standardize(train_set.images, mean, std), train_set.labels
-    model = MnistNet()
+    model = build()
     optimizer, schedule = one_cycle(model, lr, epochs * math.ceil(len(x) / batch_size))
     background = standardize(torch.zeros(()), mean, std).item()
     history = History()
@@ -149,10 +152,13 @@ def save(checkpoint: Checkpoint, history: History, path: Path) -> None:
     torch.save(state, path)
 
 
-def load(path: Path = DEFAULT_WEIGHTS) -> tuple[Checkpoint, History]:
-    """Load what :func:`save` wrote, with ``weights_only=True`` (no code is unpickled)."""
+def load(
+    path: Path = DEFAULT_WEIGHTS, build: Callable[[], nn.Module] = MnistNet
+) -> tuple[Checkpoint, History]:
+    """Load what :func:`save` wrote into a fresh ``build()``, with ``weights_only=True``
+    (no code is unpickled)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
-    model = MnistNet()
+    model = build()
     model.load_state_dict(state["state_dict"])
     checkpoint = Checkpoint(model.eval(), float(state["mean"]), float(state["std"]))
     return checkpoint, History(**state["history"])
