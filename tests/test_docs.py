@@ -48,6 +48,23 @@ def test_snippets_run(page: Path) -> None:
         exec(compile(block, str(page), "exec"), namespace)
 
 
+def test_every_method_of_the_example_has_its_figure_on_the_methods_page() -> None:
+    from examples.mnist.comparison import explainers, raw_pixel_model, vit_explainers
+    from examples.mnist.gallery import slug
+    from examples.mnist.train import load
+    from examples.mnist.vit import DEFAULT_VIT_WEIGHTS, MnistViT
+
+    page = (ROOT / "docs" / "methods.rst").read_text()
+    names = [*explainers(raw_pixel_model(load()[0])), "LeGrad"]
+    assert "LeGrad" in vit_explainers(raw_pixel_model(load(DEFAULT_VIT_WEIGHTS, MnistViT)[0]))
+    for name in names:
+        if name in ("uniform random", "centre Gaussian"):  # the report's map baselines
+            continue
+        assert f".. image:: methods/{slug(name)}.png" in page, name
+    for shown in re.findall(r"\.\. image:: (methods/\S+)", page):
+        assert (ROOT / "docs" / shown).stat().st_size > 10_000, shown
+
+
 @pytest.mark.parametrize("page", FAMILY_PAGES, ids=[p.stem for p in FAMILY_PAGES])
 def test_family_pages_show_the_figure_their_recipe_draws(page: Path) -> None:
     namespace: dict[str, object] = {"__name__": "__snippet__"}
