@@ -89,13 +89,25 @@ def upsample(maps: Tensor, size: tuple[int, ...]) -> Tensor:
     return out.contiguous()
 
 
+ROUNDING_ULPS = 16
+"""A map whose range is at most this many units of rounding of its magnitude
+(``ROUNDING_ULPS * eps * max |L|``) is constant up to rounding, and scales to all zeros."""
+
+
 def min_max_normalize_(maps: Tensor) -> Tensor:
-    """Scale each map to min 0 and max 1, in place; a constant map becomes all zeros."""
+    """Scale each map to min 0 and max 1, in place; a map that is constant, or constant up
+    to rounding (see :data:`ROUNDING_ULPS`), becomes all zeros.
+
+    Without the rounding rule, a map whose every value is the same up to the last bit
+    (a layer whose units are all off, so every position holds the same bias term)
+    would be stretched to [0, 1]: pure rounding noise shown as a full-contrast map.
+    """
     flat = maps.view(len(maps), -1)
     # amin and amax are two passes, yet several times faster than aminmax on the CPU
     low, high = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
     span = high - low
-    flat.sub_(low).div_(span.where(span > 0, 1.0))
+    noise = (ROUNDING_ULPS * torch.finfo(maps.dtype).eps) * torch.maximum(high.abs(), low.abs())
+    flat.sub_(low).div_(span.where(span > noise, torch.inf))  # x / inf = 0 for a finite x
     return maps
 
 
@@ -114,12 +126,15 @@ def scaled_maps(maps: Tensor) -> Tensor:
     """Min-max scale each map of ``(N, k, *spatial)`` maps, out of place and differentiable.
 
     ``(L - min L) / max(max L - min L, SCALE_EPSILON)``: the values of
-    :func:`scale_maps_` unless a map's range is below the epsilon (a constant
-    map still becomes all zeros), and a finite gradient everywhere.
+    :func:`scale_maps_` unless a map's range is below the epsilon (a map constant up
+    to rounding still becomes all zeros), and a finite gradient everywhere.
     """
     flat = maps.flatten(2)
     low, high = flat.amin(dim=2, keepdim=True), flat.amax(dim=2, keepdim=True)
-    return ((flat - low) / (high - low).clamp_min(SCALE_EPSILON)).view_as(maps)
+    span = high - low
+    noise = (ROUNDING_ULPS * torch.finfo(maps.dtype).eps) * torch.maximum(high.abs(), low.abs())
+    scaled = (flat - low) / span.clamp_min(SCALE_EPSILON) * (span > noise)
+    return scaled.view_as(maps)
 
 
 def first_direction(pixels: Tensor) -> Tensor:

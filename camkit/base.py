@@ -241,8 +241,10 @@ class BaseCAM(ABC):
             upsample: Resize the map to ``x``'s spatial size by (bi/tri)linear
                 interpolation (``align_corners=False``). With ``False`` the map
                 keeps the layer's resolution (one layer only).
-            normalize: Scale each map to min 0 and max 1 (a constant map becomes
-                all zeros), after the ReLU and the upsampling.
+            normalize: Scale each map to min 0 and max 1, after the ReLU and the
+                upsampling. A constant map, or one constant up to rounding (its
+                range within 16 units of rounding of its largest magnitude),
+                becomes all zeros.
             counterfactual: Negate the gradients (Selvaraju et al., Sec. 3.3):
                 the map shows what speaks *against* the target. Gradient
                 methods only.

@@ -32,6 +32,7 @@ from camkit import (
     GuidedGradCAM,
     LayerCAM,
     ScoreCAM,
+    _maps,
 )
 from tests.helpers import assert_untouched, snapshot
 from tests.models import conv_net
@@ -563,3 +564,28 @@ def test_metrics_read_the_logits_in_output_containers(container: str) -> None:
         )
     with pytest.raises(CamkitTypeError, match="metrics need"):
         metrics.average_drop(ContainerOut(lambda t: {"scores": t}), x, maps, 2)
+
+
+def test_a_map_constant_up_to_rounding_scales_to_zeros_not_to_noise() -> None:
+    c = torch.tensor(0.0257, dtype=torch.float32)
+    ulp = torch.nextafter(c, torch.tensor(1.0)) - c
+    flat = torch.full((2, 1, 6), float(c))
+    flat[0, 0, 2] += ulp  # one unit of rounding: constant up to rounding
+    flat[1, 0, 2] += 1000 * ulp  # a real, if small, variation
+    for scaled in (_maps.scale_maps_(flat.clone()), _maps.scaled_maps(flat)):
+        assert scaled[0].eq(0).all()
+        assert scaled[1].amax() == 1 and scaled[1].amin() == 0
+    # The case the property test found: a 1-D net whose layer "6" holds the same bias
+    # term at every position of sample 2, so its map differs only in the last bits.
+    torch.manual_seed(289)
+    model = conv_net(1, in_channels=1, classes=5).double()
+    x = torch.randn(3, 1, 15, dtype=torch.float64) * 0.1
+    cam = GradCAM(model, "6")
+    raw = cam(x, lambda out: 3 * out[:, 2], normalize=False)
+    top, bottom = raw.amax(1), raw.amin(1)
+    assert (top > bottom).any()  # rounding makes one map non-constant
+    flat_up_to_rounding = top - bottom <= 16 * torch.finfo(torch.float32).eps * top
+    assert flat_up_to_rounding.any()
+    maps = cam(x, lambda out: 3 * out[:, 2])
+    assert maps[flat_up_to_rounding].eq(0).all()
+    torch.testing.assert_close(maps, cam(x, lambda out: out[:, 2]))
