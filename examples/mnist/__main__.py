@@ -231,6 +231,7 @@ def transformer(
         parameters=count_parameters(vit_checkpoint.model),
         trained_here=trained_here,
         epochs=len(vit_history.loss),
+        learning_rate=VIT_LR,
         train_seconds=vit_history.seconds,
         accuracy=score,
     )
@@ -260,9 +261,11 @@ def main(argv: list[str] | None = None) -> int:
             progress=progress,
         )
         save(checkpoint, history, out / "weights.pt")
+        print("training the vision transformer, the network for LeGrad")
         vit_checkpoint, vit_history = train_vit(
             train_set, test_set, epochs=args.vit_epochs, seed=args.seed, progress=progress
         )
+        print(f"vision transformer training time: {vit_history.seconds:.1f} s")
         save(vit_checkpoint, vit_history, out / "vit-weights.pt")
         train_images = len(train_set.labels)
     model = checkpoint.model
