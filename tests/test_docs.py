@@ -86,10 +86,12 @@ def test_tutorial_report_and_its_figures_are_in_the_docs() -> None:
     report = ROOT / "docs" / "tutorial" / "mnist" / "report.md"
     text = report.read_text()
     linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
-    assert len(linked) == 18
+    assert len(linked) == 19
     for path in linked:
         assert (report.parent / path).stat().st_size > 1000, path
     assert "## Results and discussion" in text
+    assert "## A vision transformer: LeGrad" in text
+    assert "| LeGrad |" in text
 
 
 class _Resources(HTMLParser):
