@@ -94,6 +94,13 @@ ROUNDING_ULPS = 16
 (``ROUNDING_ULPS * eps * max |L|``) is constant up to rounding, and scales to all zeros."""
 
 
+def _varies(low: Tensor, high: Tensor, span: Tensor) -> Tensor:
+    """Whether each map's range ``span = high - low`` exceeds its rounding (see
+    :data:`ROUNDING_ULPS`); ``low <= high``, so the magnitude is ``max(high, -low)``."""
+    rounding = ROUNDING_ULPS * torch.finfo(span.dtype).eps
+    return span > rounding * torch.maximum(high, -low)
+
+
 def min_max_normalize_(maps: Tensor) -> Tensor:
     """Scale each map to min 0 and max 1, in place; a map that is constant, or constant up
     to rounding (see :data:`ROUNDING_ULPS`), becomes all zeros.
@@ -106,8 +113,7 @@ def min_max_normalize_(maps: Tensor) -> Tensor:
     # amin and amax are two passes, yet several times faster than aminmax on the CPU
     low, high = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
     span = high - low
-    noise = (ROUNDING_ULPS * torch.finfo(maps.dtype).eps) * torch.maximum(high.abs(), low.abs())
-    flat.sub_(low).div_(span.where(span > noise, torch.inf))  # x / inf = 0 for a finite x
+    flat.sub_(low).div_(span.where(_varies(low, high, span), torch.inf))  # x / inf = 0
     return maps
 
 
@@ -132,8 +138,7 @@ def scaled_maps(maps: Tensor) -> Tensor:
     flat = maps.flatten(2)
     low, high = flat.amin(dim=2, keepdim=True), flat.amax(dim=2, keepdim=True)
     span = high - low
-    noise = (ROUNDING_ULPS * torch.finfo(maps.dtype).eps) * torch.maximum(high.abs(), low.abs())
-    scaled = (flat - low) / span.clamp_min(SCALE_EPSILON) * (span > noise)
+    scaled = (flat - low) / span.clamp_min(SCALE_EPSILON) * _varies(low, high, span)
     return scaled.view_as(maps)
 
 

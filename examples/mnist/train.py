@@ -1,4 +1,4 @@
-"""Training the MNIST ConvNet: seeded, shift-augmented, Adam with a one-cycle schedule."""
+"""Training the MNIST networks: seeded, shift-augmented, Adam with a one-cycle schedule."""
 
 from __future__ import annotations
 
@@ -58,8 +58,8 @@ def train(
     scored after each epoch.
 
     Each batch is shifted by up to ``shift`` pixels in each direction (one
-    random shift per batch, padded with background), which is what lifts this
-    4,010-parameter network past 99 % test accuracy.
+    random shift per batch, padded with background), which is what lifts the
+    4,010-parameter ConvNet past 99 % test accuracy.
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
