@@ -21,6 +21,7 @@ from camkit.errors import (
     CamkitTypeError,
     CamkitValueError,
 )
+from camkit.explainer import Explainer
 from camkit.layers import find_layer, list_layers
 from camkit.methods import (
     CAM,
@@ -90,6 +91,7 @@ __all__ = [
     "DetectionTarget",
     "EigenCAM",
     "EigenGradCAM",
+    "Explainer",
     "Factorization",
     "FinerCAM",
     "FinerTarget",

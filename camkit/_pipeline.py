@@ -1,56 +1,43 @@
 """The stages every explainer's call goes through, named once and shared.
 
-``Request.check`` validates the input and the target before anything runs;
-:func:`scored` binds the target to the model output and computes the scores;
+:func:`run_pass` is the one runner every explainer's ``explain`` calls: it
+refuses the options the explainer does not declare, validates the input and
+the target (``Request.check``) before anything runs, holds the model in eval
+mode (unless the maps are to be differentiable, when the model runs as the
+caller set it), runs the method's own ``compute``, makes the call's one check
+that the numbers are finite (:func:`check_finite`) and shapes the
+:class:`~camkit.CAMResult` (:func:`result`). Inside ``compute``, :func:`scored`
+binds the target to the model output and computes the scores, and
 :func:`explained_by` finds the gradient of the scores with respect to what is
-explained (a layer's output, or the input); :func:`check_finite` makes the
-call's one check that the numbers are finite; :func:`result` shapes the
-:class:`~camkit.CAMResult`. :class:`~camkit.BaseCAM` and the guided methods
-read as these stages in order, around their own hooked forward pass.
+explained (a layer's output, or the input).
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from camkit._gradients import score_gradients
-from camkit._model import check_finite_input, check_input, detached, forward, select_rows
+from camkit._model import (
+    check_finite_input,
+    check_input,
+    detached,
+    eval_mode,
+    forward,
+    select_rows,
+)
 from camkit._targets import BoundTarget, CheckedTarget, bind_target, check_target
 from camkit.errors import CamkitValueError
 from camkit.result import CAMResult
 from camkit.targets import Target
 
-_P = ParamSpec("_P")
-_E = TypeVar("_E")
-
-
-def maps_only(
-    explain: Callable[Concatenate[_E, _P], CAMResult],
-) -> Callable[Concatenate[_E, _P], Tensor]:
-    """An explainer's ``__call__``, made from its ``explain``: the same arguments, declared
-    once, and only the maps returned."""
-
-    def call(self: _E, /, *args: _P.args, **kwargs: _P.kwargs) -> Tensor:
-        explained: CAMResult = getattr(self, "explain")(*args, **kwargs)  # noqa: B009
-        return explained.maps
-
-    # help(), IDEs and Sphinx show explain's arguments, and the maps as what comes back
-    signature = inspect.signature(explain).replace(return_annotation="Tensor")
-    call.__signature__ = signature  # type: ignore[attr-defined]
-    call.__annotations__ = {**explain.__annotations__, "return": "Tensor"}
-    call.__module__ = explain.__module__
-    call.__name__ = "__call__"
-    call.__qualname__ = explain.__qualname__.replace("explain", "__call__")
-    call.__doc__ = (
-        "Return only the maps: ``explain(...).maps``, with the same arguments as :meth:`explain`."
-    )
-    return call
+if TYPE_CHECKING:
+    from camkit.explainer import Explainer
 
 
 @dataclass(frozen=True)
@@ -185,3 +172,43 @@ def result(
         classes = None if classes is None else classes[:, 0]
         layer_maps = {name: m[:, 0] for name, m in layer_maps.items()}
     return CAMResult(maps, output, scores, classes, layer_maps)
+
+
+@dataclass(frozen=True)
+class Explained:
+    """What an explainer's own computation produced for one call: maps ``(N, k, ...)``
+    (finished: upsampled and scaled as asked), each layer's own (or each term's), and the
+    output, target and scores of the forward pass."""
+
+    maps: Tensor
+    layer_maps: dict[str, Tensor]
+    output: Any
+    target: BoundTarget
+    scores: Tensor
+
+
+def run_pass(
+    explainer: Explainer,
+    x: Tensor,
+    target: Target,
+    compute: Callable[[Request], Explained],
+    *,
+    upsample: bool = True,
+    differentiable: bool = False,
+    forward_args: Sequence[Any] = (),
+    forward_kwargs: Mapping[str, Any] | None = None,
+) -> CAMResult:
+    """One call of ``explainer``: the shared stages around its own ``compute(request)``.
+
+    Refuses the options ``explainer`` does not declare, validates ``x`` and
+    ``target``, holds the model in eval mode (not for differentiable maps,
+    which follow the caller's mode), checks once that scores and maps are
+    finite, and shapes the result.
+    """
+    explainer.check_options(upsample=upsample, differentiable=differentiable)
+    with torch.inference_mode(False):  # a target made here must not be an inference tensor
+        request = Request.check(x, target, forward_args, forward_kwargs)
+        with nullcontext() if differentiable else eval_mode(explainer.model):
+            done = compute(request)
+    check_finite(x, done.scores, done.layer_maps or {"maps": done.maps})
+    return result(done.maps, done.layer_maps, done.output, done.target, done.scores, differentiable)

@@ -8,7 +8,7 @@ map, check the numbers once, finish.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -21,14 +21,12 @@ from camkit import _maps
 from camkit._detection import rowwise_box_heads
 from camkit._hooks import CapturedCall, LayerCapture, ReplaceOutput, capture
 from camkit._layout import Layout
-from camkit._model import eval_mode
 from camkit._pipeline import (
+    Explained,
     Request,
-    check_finite,
     check_scores_finite,
     explained_by,
-    maps_only,
-    result,
+    run_pass,
     scored,
 )
 from camkit._refs import LayerRef, resolve_layer
@@ -37,23 +35,18 @@ from camkit._targets import BoundTarget, CheckedTarget
 from camkit.augment import Augmentation, horizontal_flip
 from camkit.context import LayerContext
 from camkit.errors import CamkitModelError, CamkitTypeError, CamkitValueError
+from camkit.explainer import Explainer, setting
 from camkit.result import CAMResult
 from camkit.targets import Target
 
 __all__ = ["BaseCAM", "LayerSpec"]
-
-DIFFERENTIABLE_METHODS = (
-    "GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, GradCAMElementWise, "
-    "EigenGradCAM, SegEigenCAM, FinerCAM, RefineCAM, CAM, EigenCAM, KPCACAM and FEM"
-)
-"""The methods whose maps can stay in the autograd graph, as error messages list them."""
 
 LayerSpec = str | nn.Module
 """A layer: its name in the model (a dotted module name, optionally with ``@call`` and
 ``[key]`` parts, see :mod:`camkit.layers`), or the module itself."""
 
 
-class BaseCAM(ABC):
+class BaseCAM(Explainer):
     """A class activation map method bound to one or more layers of a model.
 
     Constructing a CAM only looks the layers up; it attaches nothing to the
@@ -126,14 +119,17 @@ class BaseCAM(ABC):
     """Whether :meth:`weights` uses :meth:`LayerContext.hessian_times` (second derivatives of
     the score at the layer; the gradients are then taken with ``create_graph=True``)."""
 
-    differentiable_maps: ClassVar[bool] = True
+    differentiable: ClassVar[bool] = True
     """Whether the method offers ``explain(..., differentiable=True)``: maps that stay in the
     autograd graph (a method whose weights come from re-running the model does not)."""
 
-    not_differentiable_because: ClassVar[str] = (
-        "its weights come from forward passes run without gradients"
-    )
-    """Why not, for the error message, where :attr:`differentiable_maps` is ``False``."""
+    layer_resolution: bool = True
+    """A CAM's maps can stay at the layer's resolution (``upsample=False``), with one layer."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "differentiable_maps" in cls.__dict__:  # the attribute's name before camkit 0.2
+            cls.differentiable = bool(cls.__dict__["differentiable_maps"])
 
     def __init__(
         self,
@@ -150,6 +146,7 @@ class BaseCAM(ABC):
             raise CamkitValueError("layer: got an empty list; name at least one layer")
         self.layers: list[LayerRef] = [resolve_layer(model, spec) for spec in specs]
         self.layer_names = [ref.name for ref in self.layers]
+        self.layer_resolution = len(self.layers) == 1
         places = [(id(ref.module), ref.call, ref.keys) for ref in self.layers]
         if len(set(places)) != len(places):
             raise CamkitValueError(f"layer: {self.layer_names} names a layer twice")
@@ -159,6 +156,18 @@ class BaseCAM(ABC):
             raise CamkitValueError(f"fuse: got {fuse!r}; allowed: {', '.join(map(repr, _FUSIONS))}")
         self.fuse = fuse
         self._traced: dict[int, fx.Graph | None] = {}
+
+    def settings(self) -> dict[str, Any]:
+        """The method, the layers, and the layout and fusion options (see
+        :meth:`Explainer.settings`); methods with options of their own add them."""
+        layout = self.layout
+        return {
+            **super().settings(),
+            "layout": layout.kind,
+            "prefix_tokens": layout.prefix_tokens,
+            "grid": setting(layout.grid),
+            "fuse": self.fuse,
+        }
 
     def trace_layers(self) -> None:
         """Trace the model with :mod:`torch.fx` once, so that re-scoring with a layer's output
@@ -289,12 +298,6 @@ class BaseCAM(ABC):
                 not fit the method (``differentiable=True`` for a method that
                 re-runs the model).
         """
-        if differentiable and not self.differentiable_maps:
-            raise CamkitValueError(
-                f"differentiable: {type(self).__name__}'s maps cannot be differentiated: "
-                f"{self.not_differentiable_because}; differentiable maps come from "
-                f"{DIFFERENTIABLE_METHODS}"
-            )
         if counterfactual and not self.needs_gradients:
             raise CamkitValueError(
                 f"counterfactual: {type(self).__name__} does not use gradients; "
@@ -317,17 +320,32 @@ class BaseCAM(ABC):
                 "upsample: fusing several layers needs upsample=True, since their maps "
                 "have different resolutions"
             )
-        with torch.inference_mode(False):  # a target made here must not be an inference tensor
-            request = Request.check(x, self.target_for(target), forward_args, forward_kwargs)
-            options = _Options(relu, upsample, counterfactual, eigen_smooth, differentiable)
-            run = self._layer_maps(request, options)
-            layer_maps = run.layer_maps
-            if augmentations:
-                layer_maps = self._augmented(request, run, augmentations, options)
-            maps, layer_maps = _finished(layer_maps, normalize, differentiable, self.fuse)
-        return result(maps, layer_maps, run.output, run.target, run.scores, differentiable)
+        options = _Options(relu, upsample, counterfactual, eigen_smooth, differentiable)
+        return run_pass(
+            self,
+            x,
+            self.target_for(target),
+            lambda request: self._explained(request, options, normalize, augmentations),
+            upsample=upsample,
+            differentiable=differentiable,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+        )
 
-    __call__ = maps_only(explain)
+    def _explained(
+        self,
+        request: Request,
+        options: _Options,
+        normalize: bool,
+        augmentations: list[Augmentation],
+    ) -> Explained:
+        """The finished maps of one call (with its augmented copies, if any)."""
+        run = self._layer_maps(request, options)
+        layer_maps = run.layer_maps
+        if augmentations:
+            layer_maps = self._augmented(request, run, augmentations, options)
+        maps, layer_maps = _finished(layer_maps, normalize, options.differentiable, self.fuse)
+        return Explained(maps, layer_maps, run.output, run.target, run.scores)
 
     def _augmented(
         self, request: Request, run: _Run, augmentations: list[Augmentation], options: _Options
@@ -358,7 +376,6 @@ class BaseCAM(ABC):
         differentiable = options.differentiable
         with ExitStack() as modes:
             if not differentiable:  # a training step runs the model as the caller set it
-                modes.enter_context(eval_mode(self.model))
                 modes.enter_context(rowwise_box_heads(self.model))
             hooked, output = capture(
                 self.layers, lambda: request.run(self.model), record_all=differentiable
@@ -397,7 +414,6 @@ class BaseCAM(ABC):
                     except Exception:
                         check_scores_finite(request.x, scores)  # a NaN input explains it better
                         raise
-            check_finite(request.x, scores, signed)
             layer_maps = {}
             for name, maps in signed.items():
                 if options.relu:

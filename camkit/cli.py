@@ -403,7 +403,7 @@ def _device(name: str) -> torch.device:
 def _explain(
     arguments: argparse.Namespace,
     dataset: ImageFiles,
-    cam: camkit.BaseCAM,
+    cam: camkit.Explainer,
     loader: DataLoader[Any],
     target: Any,
     device: torch.device,
@@ -462,7 +462,7 @@ def _save_overlays(
 def _evaluate(
     arguments: argparse.Namespace,
     model: nn.Module,
-    cam: camkit.BaseCAM,
+    cam: camkit.Explainer,
     loader: DataLoader[Any],
     target: Any,
     device: torch.device,

@@ -25,7 +25,8 @@ leaves at most a shard in progress, which the next run into the same folder
 writes again. Shards are cut from the dataset's batches exactly as one
 process would batch it, so a resumed run, or one spread over processes,
 writes the same maps as an uninterrupted single-process run. A run into a
-folder written with another method, layer, model, dataset length, batch size
+folder written with other explainer settings (method, layers, every option; see
+:meth:`camkit.Explainer.settings`), another model, dataset length, batch size
 or option refuses to start, naming what differs.
 
 **Distributed.** Under ``torchrun --nproc_per_node=P`` the same call deals the
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import inspect
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 from camkit._distributed import Batches, World, barrier, mine, world
 from camkit._outputs import logits_in
 from camkit.errors import CamkitStorageError, CamkitTypeError, CamkitValueError
+from camkit.explainer import Explainer
 from camkit.result import CAMResult
 
 __all__ = ["MapRecord", "MapStore", "explain_dataset", "pseudo_masks"]
@@ -80,7 +81,7 @@ OnBatch = Callable[[Tensor, Tensor, CAMResult], None]
 
 
 def explain_dataset(
-    explainer: Any,
+    explainer: Explainer,
     loader: Any,
     out: str | os.PathLike[str] | None,
     *,
@@ -102,8 +103,9 @@ def explain_dataset(
     ranks; the call returns on every rank once the manifest is complete.
 
     Args:
-        explainer: Any camkit explainer (a :class:`~camkit.BaseCAM` such as
-            :class:`~camkit.GradCAM`, or Guided Backprop / Guided Grad-CAM).
+        explainer: Any camkit :class:`~camkit.Explainer`, such as
+            :class:`~camkit.GradCAM`; its :meth:`~camkit.Explainer.settings` are
+            recorded, and a run with other settings refuses to resume.
         loader: A :class:`~torch.utils.data.DataLoader` over a map-style dataset,
             with a ``batch_size``, yielding ``x`` or ``(x, labels, ...)``.
         out: The folder to write (created if needed), or ``None`` to write
@@ -148,12 +150,12 @@ def explain_dataset(
         >>> len(store), store.map(7).shape
         (10, torch.Size([8, 8]))
     """
-    model = _model_of(explainer)
+    explainer = _check_explainer(explainer)
     batches = Batches.of(loader)
     _check_options(dtype, shard_batches, upsample, explainer, target)
-    config = _config(explainer, model, batches, target, dtype, upsample, shard_batches)
+    config = _config(explainer, batches, target, dtype, upsample, shard_batches)
     shards = -(-batches.count // shard_batches)
-    device = device if device is not None else _device_of(model)
+    device = device if device is not None else _device_of(explainer.model)
     folder = None if out is None else Path(out)
     with world() as team:
         done = _prepare(folder, config, team) if folder is not None else set()
@@ -172,7 +174,7 @@ def explain_dataset(
 
 
 def _explain_shards(
-    explainer: Any,
+    explainer: Explainer,
     batches: Batches,
     shards: Sequence[int],
     shard_batches: int,
@@ -393,16 +395,13 @@ def pseudo_masks(
     return torch.where(maps < low, torch.zeros_like(masks), masks)
 
 
-def _model_of(explainer: Any) -> nn.Module:
-    model = getattr(explainer, "model", None)
-    if model is None:  # Guided Grad-CAM holds its model in its two parts
-        model = getattr(getattr(explainer, "gradcam", None), "model", None)
-    if not isinstance(model, nn.Module) or not callable(getattr(explainer, "explain", None)):
+def _check_explainer(explainer: object) -> Explainer:
+    if not isinstance(explainer, Explainer):
         raise CamkitTypeError(
             f"explainer: expected a camkit explainer such as GradCAM(model, layer), got "
             f"{type(explainer).__name__}"
         )
-    return model
+    return explainer
 
 
 def _device_of(model: nn.Module) -> torch.device:
@@ -412,17 +411,13 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _check_options(
-    dtype: str, shard_batches: int, upsample: bool, explainer: Any, target: DatasetTarget
+    dtype: str, shard_batches: int, upsample: bool, explainer: Explainer, target: DatasetTarget
 ) -> None:
     if dtype not in DTYPES:
         raise CamkitValueError(f"dtype: got {dtype!r}; allowed: {', '.join(map(repr, DTYPES))}")
     if isinstance(shard_batches, bool) or not isinstance(shard_batches, int) or shard_batches < 1:
         raise CamkitValueError(f"shard_batches: got {shard_batches!r}; allowed: a positive int")
-    if not upsample and "upsample" not in inspect.signature(explainer.explain).parameters:
-        raise CamkitValueError(
-            f"upsample: {type(explainer).__name__} has only input-resolution maps; "
-            f"pass upsample=True"
-        )
+    explainer.check_options(upsample=upsample, differentiable=False)
     if isinstance(target, str) and target != "label":
         raise CamkitValueError(
             f"target: got {target!r}; allowed: None, 'label', a class index, or a function "
@@ -446,8 +441,7 @@ def _target_name(target: DatasetTarget) -> str:
 
 
 def _config(
-    explainer: Any,
-    model: nn.Module,
+    explainer: Explainer,
     batches: Batches,
     target: DatasetTarget,
     dtype: str,
@@ -458,10 +452,9 @@ def _config(
     return {
         "format": FORMAT,
         "version": VERSION,
-        "method": type(explainer).__name__,
-        "layers": list(getattr(explainer, "layer_names", None) or []),
-        "model": type(model).__qualname__,
-        "weights": _fingerprint(model),
+        "explainer": explainer.settings(),
+        "model": type(explainer.model).__qualname__,
+        "weights": _fingerprint(explainer.model),
         "dataset_length": batches.length,
         "batch_size": batches.batch_size,
         "shard_batches": shard_batches,
@@ -483,7 +476,7 @@ def _fingerprint(model: nn.Module) -> str:
 
 
 def _explain_batch(
-    explainer: Any,
+    explainer: Explainer,
     batch: Any,
     indices: Tensor,
     target: DatasetTarget,
@@ -511,8 +504,7 @@ def _explain_batch(
     else:
         chosen = target
     x = x.to(device)
-    options = {} if upsample else {"upsample": False}
-    result = explainer.explain(x, chosen, **options)
+    result = explainer.explain(x, chosen, upsample=upsample)
     if result.scores.dim() != 1:
         raise CamkitValueError(
             f"target: gave {tuple(result.scores.shape)} scores for {len(x)} samples; a "
@@ -581,11 +573,16 @@ def _read_manifest(folder: Path) -> dict[str, Any] | None:
     return manifest
 
 
-def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    keys = sorted(set(old) | set(new))
-    return [
-        f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)
-    ]
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any], within: str = "") -> list[str]:
+    """What differs between two configurations, naming nested settings by dotted keys."""
+    found = []
+    for key in sorted(set(old) | set(new)):
+        before, now = old.get(key), new.get(key)
+        if isinstance(before, Mapping) and isinstance(now, Mapping):
+            found += _differences(before, now, f"{within}{key}.")
+        elif before != now:
+            found.append(f"{within}{key}: {before!r} there, {now!r} now")
+    return found
 
 
 def _prepare(folder: Path, config: dict[str, Any], team: World) -> set[int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,6 +11,7 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 import camkit
+from camkit.testing import ModelState, assert_model_unchanged, model_state
 
 MNIST_LAYER = "features.relu"
 # Every explainer on the MNIST net's last conv ReLU, by name: model -> explainer.
@@ -83,70 +83,9 @@ def finish(raw: Tensor, size: tuple[int, ...]) -> Tensor:
     return out.view_as(m)
 
 
-@dataclass
-class Snapshot:
-    hooks: list[tuple[str, int]]
-    grads: dict[str, Tensor | None]
-    requires_grad: dict[str, bool]
-    buffers: dict[str, Tensor]
-    training: dict[str, bool]
-    output: Tensor | None
-
-
-_HOOK_DICTS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_pre_hooks_with_kwargs",
-    "_state_dict_hooks",
-)
-
-
-def snapshot(model: nn.Module, x: Tensor | None = None) -> Snapshot:
-    """Everything about a model that a CAM call must leave as it was."""
-    hooks = [
-        (f"{name}.{attr}", len(getattr(m, attr)))
-        for name, m in model.named_modules()
-        for attr in _HOOK_DICTS
-        if hasattr(m, attr)
-    ]
-    training = {n: m.training for n, m in model.named_modules()}
-    output = None
-    if x is not None:
-        with torch.no_grad():
-            model.eval()
-            output = model(x).clone()
-        for name, module in model.named_modules():
-            module.training = training[name]
-    return Snapshot(
-        hooks=hooks,
-        grads={n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
-        requires_grad={n: p.requires_grad for n, p in model.named_parameters()},
-        buffers={n: b.clone() for n, b in model.named_buffers()},
-        training=training,
-        output=output,
-    )
-
-
-def assert_untouched(before: Snapshot, after: Snapshot) -> None:
-    assert after.hooks == before.hooks
-    assert after.requires_grad == before.requires_grad
-    assert after.training == before.training
-    assert before.grads.keys() == after.grads.keys()
-    for name, grad in before.grads.items():
-        other = after.grads[name]
-        if grad is None:
-            assert other is None, name
-        else:
-            assert other is not None and torch.equal(grad, other), name
-    assert before.buffers.keys() == after.buffers.keys()
-    for name, buf in before.buffers.items():
-        assert torch.equal(buf, after.buffers[name]), name
-    if before.output is not None:
-        assert after.output is not None
-        assert torch.equal(before.output, after.output)
+Snapshot = ModelState
+snapshot = model_state
+assert_untouched = assert_model_unchanged
 
 
 def reference_activations_and_gradients(

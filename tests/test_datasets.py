@@ -193,6 +193,21 @@ def test_a_run_with_other_settings_refuses_to_mix(
     assert sorted(p.name for p in reference.path.iterdir()) == before
 
 
+def test_a_run_whose_explainer_settings_differ_refuses_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    loader = DataLoader(Digits(LENGTH), batch_size=BATCH_SIZE)
+    options: dict[str, Any] = {"shard_batches": SHARD_BATCHES, "progress": False}
+    net = model()
+    explain_dataset(camkit.ScoreCAM(net, MNIST_LAYER, top_channels=2), loader, tmp_path, **options)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(CamkitValueError, match=r"explainer\.top_channels: 2 there, 3 now"):
+        explain_dataset(
+            camkit.ScoreCAM(net, MNIST_LAYER, top_channels=3), loader, tmp_path, **options
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_a_full_disk_ends_in_a_clear_error_and_keeps_what_was_written(
     reference: MapStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -34,7 +34,7 @@ def identity_net() -> nn.Sequential:
 
 def test_planted_concepts_are_found() -> None:
     x, _, h0 = planted()
-    found = DeepFeatureFactorization(identity_net(), "0", concepts=3, iterations=500)(x)
+    found = DeepFeatureFactorization(identity_net(), "0", concepts=3, iterations=500).factorize(x)
     assert found.error < 1e-2
     assert found.maps.shape == (4, 3, 6, 6)
     # each planted concept's positions match one found map's (up to order and scale)
@@ -53,7 +53,7 @@ def test_more_iterations_never_raise_the_error() -> None:
     x, _, _ = planted()
     x = x + 0.05 * torch.rand_like(x)  # not exactly of rank 3
     errors = [
-        DeepFeatureFactorization(identity_net(), "0", concepts=2, iterations=i)(x).error
+        DeepFeatureFactorization(identity_net(), "0", concepts=2, iterations=i).factorize(x).error
         for i in (1, 5, 25, 125)
     ]
     assert errors == sorted(errors, reverse=True)
@@ -63,14 +63,18 @@ def test_more_iterations_never_raise_the_error() -> None:
 def test_concepts_head_maps_and_scaling() -> None:
     x, _, _ = planted()
     head = nn.Linear(8, 5)
-    found = DeepFeatureFactorization(identity_net(), "0", concepts=3, head=head, seed=1)(x)
+    found = DeepFeatureFactorization(identity_net(), "0", concepts=3, head=head, seed=1).factorize(
+        x
+    )
     assert found.concepts.shape == (8, 3)
     assert found.scores is not None
     torch.testing.assert_close(found.scores, head(found.concepts.T))
     flat = found.maps.flatten(2)
     torch.testing.assert_close(flat.amax(2), torch.ones(4, 3))
     torch.testing.assert_close(flat.amin(2), torch.zeros(4, 3))
-    again = DeepFeatureFactorization(identity_net(), "0", concepts=3, head=head, seed=1)(x)
+    again = DeepFeatureFactorization(identity_net(), "0", concepts=3, head=head, seed=1).factorize(
+        x
+    )
     torch.testing.assert_close(again.maps, found.maps)  # seeded: the same concepts
 
 
@@ -79,9 +83,11 @@ def test_upsampled_to_the_input_and_model_untouched() -> None:
     model.train()
     x = torch.randn(5, 1, 8, 8)
     before = snapshot(model, x)
-    found = DeepFeatureFactorization(model, "1", concepts=2)(x)
+    found = DeepFeatureFactorization(model, "1", concepts=2).factorize(x)
     assert found.maps.shape == (5, 2, 8, 8)
-    assert DeepFeatureFactorization(model, "1", concepts=2)(x, upsample=False).maps.shape == (
+    assert DeepFeatureFactorization(model, "1", concepts=2).factorize(
+        x, upsample=False
+    ).maps.shape == (
         5,
         2,
         6,
@@ -94,7 +100,7 @@ def test_bad_requests_are_refused() -> None:
     model = identity_net()
     x, _, _ = planted()
     with pytest.raises(CamkitValueError, match="concepts: got 9; the layer has only 8"):
-        DeepFeatureFactorization(model, "0", concepts=9)(x)
+        DeepFeatureFactorization(model, "0", concepts=9).factorize(x)
     with pytest.raises(CamkitValueError, match="concepts: got 0"):
         DeepFeatureFactorization(model, "0", concepts=0)
     with pytest.raises(CamkitTypeError, match="layer: got 2 layers"):

@@ -89,8 +89,23 @@ def test_average_drop_and_increase_of_a_pixel_sum_by_hand() -> None:
     drop = average_drop(SumOfPixels(), x, maps, 0)
     torch.testing.assert_close(drop.values, 100 * (y - o) / y, rtol=1e-5, atol=1e-6)
     assert increase_in_confidence(SumOfPixels(), x, maps, 0).summary == 0.0
-    # A map above 1 can only come from a user; showing "more" than the image raises confidence.
-    assert increase_in_confidence(SumOfPixels(), x, torch.full((3, 4, 4), 1.5), 0).summary == 100
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(1.5, "1.5 to 1.5"), (-0.25, "-0.25 to -0.25"), (float("nan"), "nan to nan")],
+)
+@pytest.mark.parametrize("metric", [average_drop, increase_in_confidence, deletion, road])
+def test_maps_outside_zero_to_one_are_refused_by_name(
+    metric: Any, value: float, shown: str
+) -> None:
+    x = _positive_images()
+    maps = torch.rand(3, 4, 4)
+    maps[1, 2, 3] = value  # one value out of range, in one sample
+    with pytest.raises(CamkitValueError, match=r"^maps: values must lie in \[0, 1\], got .*"):
+        metric(SumOfPixels(), x, maps, 0)
+    with pytest.raises(CamkitValueError, match=rf"got {shown};"):
+        metric(SumOfPixels(), x, torch.full((3, 4, 4), value), 0)
 
 
 def test_a_model_that_ignores_its_input_gives_neutral_values() -> None:

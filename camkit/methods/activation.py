@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from camkit import _maps
@@ -64,6 +66,10 @@ class CAM(BaseCAM):
                 f"nn.Linear classifier that follows the global pooling"
             )
         self.fc = fc_module
+
+    def settings(self) -> dict[str, Any]:
+        """The shared settings and the classifier's name, ``fc``."""
+        return {**super().settings(), "fc": self.fc_name}
 
     def weights(self, context: LayerContext) -> Tensor:
         """Return the classifier weights :math:`w_k^c` of each target class."""
@@ -164,6 +170,10 @@ class FEM(BaseCAM):
         super().__init__(model, layer, **options)  # type: ignore[arg-type]
         self.k = non_negative(k, "k")
 
+    def settings(self) -> dict[str, Any]:
+        """The shared settings and ``k``."""
+        return {**super().settings(), "k": self.k}
+
     def weights(self, context: LayerContext) -> Tensor:
         """Return :math:`w_k`, the fraction of strong responses, repeated for every target."""
         flat = context.activations[:, 0].flatten(2)  # (N, C, positions)
@@ -238,6 +248,16 @@ class KPCACAM(BaseCAM):
         self.gamma = None if gamma is None else positive_number(gamma, "gamma")
         self.coef0 = finite_number(coef0, "coef0")
         self.degree = positive_int(degree, "degree")
+
+    def settings(self) -> dict[str, Any]:
+        """The shared settings and the kernel: ``kernel``, ``gamma``, ``coef0``, ``degree``."""
+        return {
+            **super().settings(),
+            "kernel": self.kernel,
+            "gamma": self.gamma,
+            "coef0": self.coef0,
+            "degree": self.degree,
+        }
 
     def weights(self, context: LayerContext) -> Tensor:
         """Return ones: :meth:`combine` reads the activations themselves."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -42,7 +44,7 @@ class RandomCAM(BaseCAM):
     """
 
     needs_gradients = False
-    differentiable_maps = False
+    differentiable = False
     not_differentiable_because = "its weights are random draws, a baseline and not a signal"
 
     def __init__(
@@ -55,6 +57,10 @@ class RandomCAM(BaseCAM):
     ) -> None:
         super().__init__(model, layer, **options)  # type: ignore[arg-type]
         self.seed = seed_or_none(seed)
+
+    def settings(self) -> dict[str, Any]:
+        """The shared settings and ``seed``."""
+        return {**super().settings(), "seed": self.seed}
 
     def weights(self, context: LayerContext) -> Tensor:
         """Return weights drawn from :math:`\\mathcal{U}(-1, 1)`, ``(N, k, C)``."""

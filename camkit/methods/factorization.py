@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -14,10 +14,13 @@ from camkit._checks import positive_int, seed_or_none
 from camkit._hooks import Hooks
 from camkit._layout import Layout
 from camkit._model import eval_mode
-from camkit._pipeline import Request
+from camkit._pipeline import Explained, Request, run_pass, scored
 from camkit._refs import resolve_layer
 from camkit.base import LayerSpec
 from camkit.errors import CamkitTypeError, CamkitValueError
+from camkit.explainer import Explainer, setting
+from camkit.result import CAMResult
+from camkit.targets import Target
 
 __all__ = ["DeepFeatureFactorization", "Factorization"]
 
@@ -44,7 +47,7 @@ class Factorization:
     error: float
 
 
-class DeepFeatureFactorization:
+class DeepFeatureFactorization(Explainer):
     r"""Deep Feature Factorization: non-negative matrix factorization of a layer's activations.
 
     Collins et al., *Deep Feature Factorization for Concept Discovery*, ECCV
@@ -67,6 +70,11 @@ class DeepFeatureFactorization:
     concept can be named by the classes it votes for. No target, no
     gradients: one forward pass up to the layer.
 
+    As an explainer (:meth:`explain`, ``__call__``), each sample's map for a
+    class is the map of the concept that votes most for that class (the
+    largest of ``head``'s scores for it), which needs a ``head``;
+    :meth:`factorize` returns everything the factorization found.
+
     NMF has many solutions; camkit's are not pytorch-grad-cam's (scikit-learn's
     coordinate descent) value for value, but both minimize the same objective
     (the tests check the reconstruction and that planted concepts are found).
@@ -87,10 +95,14 @@ class DeepFeatureFactorization:
         >>> import torch
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 2))
-        >>> found = DeepFeatureFactorization(model, "1", concepts=2)(torch.randn(3, 1, 8, 8))
+        >>> dff = DeepFeatureFactorization(model, "1", concepts=2)
+        >>> found = dff.factorize(torch.randn(3, 1, 8, 8))
         >>> found.maps.shape, found.concepts.shape
         (torch.Size([3, 2, 8, 8]), torch.Size([4, 2]))
     """
+
+    not_differentiable_because = "its factorization runs iterative updates outside the graph"
+    layer_resolution = True
 
     def __init__(
         self,
@@ -118,8 +130,89 @@ class DeepFeatureFactorization:
         self.iterations = positive_int(iterations, "iterations")
         self.seed = seed_or_none(seed)
         self.layout = Layout(layout, prefix_tokens, grid)
+        self.layer_names = [self.layer.name]
 
-    def __call__(
+    def settings(self) -> dict[str, Any]:
+        """The method, the layer, and ``concepts``, ``head``, ``iterations``, ``seed``,
+        ``layout``, ``prefix_tokens``, ``grid``."""
+        return {
+            **super().settings(),
+            "concepts": self.concepts,
+            "head": setting(self.head),
+            "iterations": self.iterations,
+            "seed": self.seed,
+            "layout": self.layout.kind,
+            "prefix_tokens": self.layout.prefix_tokens,
+            "grid": setting(self.layout.grid),
+        }
+
+    def explain(
+        self,
+        x: Tensor,
+        target: Target = None,
+        *,
+        upsample: bool = True,
+        differentiable: bool = False,
+        forward_args: Sequence[Any] = (),
+        forward_kwargs: Mapping[str, Any] | None = None,
+    ) -> CAMResult:
+        """Each sample's map of the concept that votes most for ``target``'s class.
+
+        Args:
+            x: The input batch ``(N, C, *spatial)``, factorized as a whole.
+            target: Classes, as for :meth:`camkit.BaseCAM.explain` (not a callable).
+            upsample: Resize the concept maps to ``x``'s spatial size.
+            differentiable: Only ``False`` (see :attr:`not_differentiable_because`).
+            forward_args: Further positional inputs of the model.
+            forward_kwargs: Keyword inputs of the model.
+
+        Returns:
+            The chosen concept's map per sample (and class), with the output,
+            scores and classes of the model; ``layer_maps`` holds the same maps
+            under the layer's name (:meth:`factorize` gives every concept's).
+
+        Raises:
+            CamkitValueError: Without a ``head``, for a callable target, or for
+                the errors of :meth:`factorize`.
+        """
+        if self.head is None:
+            raise CamkitValueError(
+                "head: Deep Feature Factorization explains a class by the concept that votes "
+                "most for it, which needs head= (the layers after the explained one); "
+                "factorize(x) gives the concepts without one"
+            )
+        return run_pass(
+            self,
+            x,
+            target,
+            lambda request: self._explained(request, upsample),
+            upsample=upsample,
+            differentiable=differentiable,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+        )
+
+    def _explained(self, request: Request, upsample: bool) -> Explained:
+        if request.target.function is not None:
+            raise CamkitTypeError(
+                "target: Deep Feature Factorization picks concepts by their class votes, so it "
+                "needs class indices or None, not a callable"
+            )
+        found, output = self._factorized(request, upsample)
+        bound, scores = scored(request, output)
+        classes = cast(Tensor, bound.classes)  # (N, k)
+        votes = cast(Tensor, found.scores)  # (K, classes)
+        if votes.dim() != 2 or votes.shape[0] != self.concepts:
+            raise CamkitValueError(
+                f"head: returned shape {tuple(votes.shape)} for {self.concepts} concepts; "
+                f"expected ({self.concepts}, classes)"
+            )
+        best = votes[:, classes.to(votes.device)].argmax(dim=0)  # (N, k)
+        rows = torch.arange(len(classes), device=found.maps.device)[:, None]
+        maps = found.maps[rows, best.to(found.maps.device)]  # (N, k, *spatial)
+        return Explained(maps, {self.layer.name: maps}, output, bound, scores)
+
+    def factorize(
         self,
         x: Tensor,
         *,
@@ -143,9 +236,15 @@ class DeepFeatureFactorization:
                 wrong shape, or there are more concepts than channels.
         """
         request = Request.check(x, None, forward_args, forward_kwargs)
+        with torch.inference_mode(False), eval_mode(self.model):
+            return self._factorized(request, upsample)[0]
+
+    def _factorized(self, request: Request, upsample: bool) -> tuple[Factorization, Any]:
+        """The factorization of the batch, and the model output (run in eval mode)."""
+        x = request.x
         recorder = _Recorder(self.layer.name, self.layer.module)
-        with torch.inference_mode(False), torch.no_grad(), eval_mode(self.model), recorder:
-            request.run(self.model)
+        with torch.no_grad(), recorder:
+            output = request.run(self.model)
         outputs = recorder.outputs
         if not outputs:
             raise CamkitValueError(
@@ -183,7 +282,7 @@ class DeepFeatureFactorization:
         if self.head is not None:
             with torch.no_grad():
                 scores = self.head(directions.T.contiguous())
-        return Factorization(maps, directions, scores, error)
+        return Factorization(maps, directions, scores, error), output
 
 
 class _Recorder(Hooks):

@@ -10,9 +10,9 @@ from torch import Tensor, nn
 
 from camkit import _maps
 from camkit._hooks import Hooks
-from camkit._model import eval_mode
-from camkit._pipeline import Request, check_finite, explained_by, maps_only, result, scored
+from camkit._pipeline import Explained, Request, explained_by, run_pass, scored
 from camkit.errors import CamkitTypeError, CamkitValueError
+from camkit.explainer import Explainer
 from camkit.result import CAMResult
 from camkit.targets import Target
 
@@ -21,7 +21,7 @@ __all__ = ["FullGrad"]
 _BIASED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-class FullGrad:
+class FullGrad(Explainer):
     r"""FullGrad: input-gradient times input, plus every bias's gradient map, each normalized.
 
     Srinivas & Fleuret, *Full-Gradient Representation for Neural Network
@@ -65,6 +65,8 @@ class FullGrad:
         torch.Size([3, 8, 8])
     """
 
+    not_differentiable_because = "each term is scaled per channel outside the autograd graph"
+
     def __init__(self, model: nn.Module, layers: Sequence[str | nn.Module] | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise CamkitTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -94,12 +96,15 @@ class FullGrad:
                 "would be input-gradient times input alone; pass layers= or use another method"
             )
         self.layers: list[tuple[str, nn.Module]] = chosen
+        self.layer_names = [name for name, _ in chosen]
 
     def explain(
         self,
         x: Tensor,
         target: Target = None,
         *,
+        upsample: bool = True,
+        differentiable: bool = False,
         forward_args: Sequence[Any] = (),
         forward_kwargs: Mapping[str, Any] | None = None,
     ) -> CAMResult:
@@ -108,6 +113,8 @@ class FullGrad:
         Args:
             x: The input batch, a floating-point tensor ``(N, C, *spatial)``.
             target: As for :meth:`camkit.BaseCAM.explain`.
+            upsample: Only ``True``: FullGrad's terms are summed at the input's resolution.
+            differentiable: Only ``False`` (see :attr:`not_differentiable_because`).
             forward_args: Further positional inputs of the model.
             forward_kwargs: Keyword inputs of the model.
 
@@ -118,32 +125,40 @@ class FullGrad:
 
         Raises:
             CamkitTypeError: For an input or target of the wrong type.
-            CamkitValueError: For an empty batch, classes out of range, or a NaN
-                or infinite score.
+            CamkitValueError: For an empty batch, classes out of range, a NaN
+                or infinite score, ``upsample=False`` or ``differentiable=True``.
         """
-        with torch.inference_mode(False):
-            request = Request.check(x, target, forward_args, forward_kwargs)
-            recorder = _Outputs(self.layers)
-            with eval_mode(self.model), recorder, torch.enable_grad():
-                leaf = x.detach().clone().requires_grad_(True)
-                output = request.run(self.model, leaf)
-                bound, scores = scored(request, output)
-                reached = [i for i, out in enumerate(recorder.outputs) if out is not None]
-                tensors = [leaf, *(cast(Tensor, recorder.outputs[i]) for i in reached)]
-                names = ["the input", *(f"layer {self.layers[i][0]!r}" for i in reached)]
-                gradients = explained_by(scores, tensors, names)
-            size = tuple(x.shape[2:])
-            terms = {"input": _psi(gradients[0] * leaf.detach()[:, None], size)}
-            for i, gradient in zip(reached, gradients[1:], strict=True):
-                name, module = self.layers[i]
-                bias = _bias(module).view(1, 1, -1, *[1] * (gradient.dim() - 3))
-                terms[name] = _psi(gradient * bias, size)
-        total = torch.stack(list(terms.values())).sum(0)
-        check_finite(x, scores, terms)
-        maps = _maps.scale_maps_(total.contiguous())
-        return result(maps, terms, output, bound, scores)
+        return run_pass(
+            self,
+            x,
+            target,
+            self._explained,
+            upsample=upsample,
+            differentiable=differentiable,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+        )
 
-    __call__ = maps_only(explain)
+    def _explained(self, request: Request) -> Explained:
+        x = request.x
+        recorder = _Outputs(self.layers)
+        with recorder, torch.enable_grad():
+            leaf = x.detach().clone().requires_grad_(True)
+            output = request.run(self.model, leaf)
+            bound, scores = scored(request, output)
+            reached = [i for i, out in enumerate(recorder.outputs) if out is not None]
+            tensors = [leaf, *(cast(Tensor, recorder.outputs[i]) for i in reached)]
+            names = ["the input", *(f"layer {self.layers[i][0]!r}" for i in reached)]
+            gradients = explained_by(scores, tensors, names)
+        size = tuple(x.shape[2:])
+        terms = {"input": _psi(gradients[0] * leaf.detach()[:, None], size)}
+        for i, gradient in zip(reached, gradients[1:], strict=True):
+            name, module = self.layers[i]
+            bias = _bias(module).view(1, 1, -1, *[1] * (gradient.dim() - 3))
+            terms[name] = _psi(gradient * bias, size)
+        total = torch.stack(list(terms.values())).sum(0)
+        maps = _maps.scale_maps_(total.contiguous())
+        return Explained(maps, terms, output, bound, scores)
 
 
 class _Outputs(Hooks):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -211,6 +211,10 @@ class LayerCAM(BaseCAM):
             raise CamkitValueError(f"tanh_scale: got {tanh_scale}; allowed: a positive number")
         self.tanh_scale = tanh_scale
 
+    def settings(self) -> dict[str, Any]:
+        """The shared settings and ``tanh_scale``."""
+        return {**super().settings(), "tanh_scale": self.tanh_scale}
+
     def weights(self, context: LayerContext) -> Tensor:
         """Return the positive part of the gradients as pixel weights."""
         return context.gradients.clamp_min(0)
@@ -394,7 +398,7 @@ class ShapleyCAM(BaseCAM):
     """
 
     needs_hessian = True
-    differentiable_maps = False
+    differentiable = False
     not_differentiable_because = "its Hessian term is computed outside the autograd graph"
 
     def weights(self, context: LayerContext) -> Tensor:
@@ -445,7 +449,7 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         torch.Size([3, 8, 8])
     """
 
-    differentiable_maps = False
+    differentiable = False
     not_differentiable_because = "its gradients come from noisy copies run outside the graph"
 
     def __init__(
@@ -462,6 +466,15 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         self.samples = positive_int(samples, "samples")
         self.noise_std = non_negative(noise_std, "noise_std")
         self.seed = seed_or_none(seed)
+
+    def settings(self) -> dict[str, Any]:
+        """The shared settings and the noise: ``samples``, ``noise_std``, ``seed``."""
+        return {
+            **super().settings(),
+            "samples": self.samples,
+            "noise_std": self.noise_std,
+            "seed": self.seed,
+        }
 
     def weights(self, context: LayerContext) -> Tensor:
         """Return :math:`w_k^c` from the derivatives averaged over the noisy copies."""
@@ -532,6 +545,10 @@ class FinerCAM(GradCAM):
         FinerTarget(None, alpha=alpha, similar=similar)  # checks the options
         self.alpha = alpha
         self.similar = similar
+
+    def settings(self) -> dict[str, Any]:
+        """The shared settings and the comparison: ``alpha``, ``similar``."""
+        return {**super().settings(), "alpha": self.alpha, "similar": self.similar}
 
     def target_for(self, target: Target) -> Target:
         """The :class:`~camkit.targets.FinerTarget` of the class(es) ``target`` names."""

@@ -9,11 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from camkit._hooks import Hooks
-from camkit._model import eval_mode
 from camkit._outputs import logits_in
-from camkit._pipeline import Request, check_finite, explained_by, maps_only, result, scored
-from camkit.base import DIFFERENTIABLE_METHODS, LayerSpec
+from camkit._pipeline import Explained, Request, explained_by, run_pass, scored
+from camkit.base import LayerSpec
 from camkit.errors import CamkitTypeError, CamkitValueError
+from camkit.explainer import Explainer
 from camkit.methods.gradient import GradCAM
 from camkit.result import CAMResult
 from camkit.targets import Target, class_scores
@@ -42,16 +42,13 @@ class _GuidedReLUs(Hooks):
         return result
 
 
-def _refuse_differentiable(differentiable: bool, method: str) -> None:
-    if differentiable:
-        raise CamkitValueError(
-            f"differentiable: {method} replaces the ReLUs' backward pass, so its maps are "
-            f"not a function autograd can differentiate; differentiable maps come from "
-            f"{DIFFERENTIABLE_METHODS}"
-        )
+_GUIDED = (
+    "it replaces the ReLUs' backward pass, so its maps are not a function autograd can "
+    "differentiate"
+)
 
 
-class GuidedBackprop:
+class GuidedBackprop(Explainer):
     r"""Guided Backpropagation: the input gradient with only positive signals let through ReLUs.
 
     Springenberg et al., *Striving for Simplicity: The All Convolutional Net*,
@@ -86,11 +83,15 @@ class GuidedBackprop:
         torch.Size([3, 1, 8, 8])
     """
 
+    not_differentiable_because = _GUIDED
+    input_channels = True
+
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
             raise CamkitTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         self.model = model
         self.relus = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+        self.layer_names = []
         if not self.relus:
             raise CamkitValueError(
                 "model: has no nn.ReLU module to guide; Guided Backprop would be the plain "
@@ -102,6 +103,7 @@ class GuidedBackprop:
         x: Tensor,
         target: Target = None,
         *,
+        upsample: bool = True,
         differentiable: bool = False,
         forward_args: Sequence[Any] = (),
         forward_kwargs: Mapping[str, Any] | None = None,
@@ -111,6 +113,7 @@ class GuidedBackprop:
         Args:
             x: The input batch, a floating-point tensor ``(N, C, *spatial)``.
             target: As for :meth:`camkit.BaseCAM.explain`.
+            upsample: Only ``True``: the maps are gradients at the input.
             differentiable: Not offered: the guided backward pass replaces the
                 ReLUs' gradient, so the maps are not a function autograd can
                 differentiate; ``True`` raises an error.
@@ -125,24 +128,29 @@ class GuidedBackprop:
             CamkitTypeError: For an input or target of the wrong type.
             CamkitValueError: For an empty batch, classes out of range, a score
                 that does not depend on the input, a NaN or infinite score
-                or gradient, or ``differentiable=True``.
+                or gradient, ``upsample=False`` or ``differentiable=True``.
         """
-        _refuse_differentiable(differentiable, type(self).__name__)
-        with torch.inference_mode(False):  # a target made here must not be an inference tensor
-            request = Request.check(x, target, forward_args, forward_kwargs)
-            with eval_mode(self.model), _GuidedReLUs(self.relus), torch.enable_grad():
-                leaf = x.detach().clone().requires_grad_(True)
-                output = request.run(self.model, leaf)
-                bound, scores = scored(request, output)
-                (gradients,) = explained_by(scores, [leaf], ["the input"])
-        maps = gradients.float()
-        check_finite(x, scores, {"input": maps})
-        return result(maps, {}, output, bound, scores)
+        return run_pass(
+            self,
+            x,
+            target,
+            self._explained,
+            upsample=upsample,
+            differentiable=differentiable,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+        )
 
-    __call__ = maps_only(explain)
+    def _explained(self, request: Request) -> Explained:
+        with _GuidedReLUs(self.relus), torch.enable_grad():
+            leaf = request.x.detach().clone().requires_grad_(True)
+            output = request.run(self.model, leaf)
+            bound, scores = scored(request, output)
+            (gradients,) = explained_by(scores, [leaf], ["the input"])
+        return Explained(gradients.float(), {}, output, bound, scores)
 
 
-class GuidedGradCAM:
+class GuidedGradCAM(Explainer):
     r"""Guided Grad-CAM: Guided Backprop masked by the (upsampled) Grad-CAM map.
 
     Selvaraju et al., IJCV 2020, Sec. 3.2, https://arxiv.org/abs/1610.02391:
@@ -167,15 +175,21 @@ class GuidedGradCAM:
         torch.Size([3, 1, 8, 8])
     """
 
+    not_differentiable_because = _GUIDED
+    input_channels = True
+
     def __init__(self, model: nn.Module, layer: LayerSpec) -> None:
         self.guided = GuidedBackprop(model)
         self.gradcam = GradCAM(model, layer)
+        self.model = model
+        self.layer_names = self.gradcam.layer_names
 
     def explain(
         self,
         x: Tensor,
         target: Target = None,
         *,
+        upsample: bool = True,
         differentiable: bool = False,
         forward_args: Sequence[Any] = (),
         forward_kwargs: Mapping[str, Any] | None = None,
@@ -185,21 +199,29 @@ class GuidedGradCAM:
         The arguments are those of :meth:`GuidedBackprop.explain`. The Grad-CAM
         map of the same classes is in the result's ``layer_maps``.
         """
-        _refuse_differentiable(differentiable, type(self).__name__)
-        options: dict[str, Any] = {"forward_args": forward_args, "forward_kwargs": forward_kwargs}
-        guided = self.guided.explain(x, target, **options)
-        cam_target: Target = target
-        if target is None and guided.classes is not None:  # the predicted class, on the device
-            predicted = guided.classes  # (read as a target tensor, it would go to the host)
-            cam_target = lambda out: class_scores(logits_in(out), predicted)  # noqa: E731
-        cam = self.gradcam.explain(x, cam_target, **options)
-        weight = cam.maps.unsqueeze(guided.maps.dim() - x.dim() + 1)
-        return CAMResult(
-            guided.maps * weight,
-            guided.output,
-            guided.scores,
-            guided.classes,
-            {self.gradcam.layer_name: cam.maps},
+        return run_pass(
+            self,
+            x,
+            target,
+            self._explained,
+            upsample=upsample,
+            differentiable=differentiable,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
         )
 
-    __call__ = maps_only(explain)
+    def _explained(self, request: Request) -> Explained:
+        guided = self.guided._explained(request)
+        classes = guided.target.classes  # (N, k) on the device: Grad-CAM explains the same
+        cam_target = request.target.function
+        if classes is not None:
+            cam_target = lambda out: class_scores(logits_in(out), classes)  # noqa: E731
+        options: dict[str, Any] = {
+            "forward_args": request.forward_args,
+            "forward_kwargs": request.forward_kwargs,
+        }
+        cam = self.gradcam.explain(request.x, cam_target, **options).maps
+        cam = cam if cam.dim() > request.x.dim() - 1 else cam[:, None]  # (N, k, *spatial)
+        layer_maps = {self.gradcam.layer_name: cam}
+        weighted = guided.maps * cam.unsqueeze(2)  # guided maps are (N, k, C, *spatial)
+        return Explained(weighted, layer_maps, guided.output, guided.target, guided.scores)

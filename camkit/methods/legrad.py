@@ -11,18 +11,18 @@ from torch import Tensor, nn
 from camkit import _maps
 from camkit._hooks import capture
 from camkit._layout import Layout
-from camkit._model import eval_mode
-from camkit._pipeline import Request, check_finite, explained_by, maps_only, result, scored
+from camkit._pipeline import Explained, Request, explained_by, run_pass, scored
 from camkit._refs import resolve_layer
 from camkit.base import LayerSpec
 from camkit.errors import CamkitTypeError, CamkitValueError
+from camkit.explainer import Explainer, setting
 from camkit.result import CAMResult
 from camkit.targets import Target
 
 __all__ = ["LeGrad"]
 
 
-class LeGrad:
+class LeGrad(Explainer):
     r"""LeGrad: gradients with respect to the attention maps of a vision transformer.
 
     Bousselham et al., *LeGrad: An Explainability Method for Vision
@@ -93,6 +93,9 @@ class LeGrad:
         torch.Size([2, 16, 16])
     """
 
+    not_differentiable_because = "its attention gradients are taken without a graph of their own"
+    layer_resolution = True
+
     def __init__(
         self,
         model: nn.Module,
@@ -127,12 +130,26 @@ class LeGrad:
         self.blocks = [] if blocks is None else [resolve_layer(model, spec) for spec in blocks]
         self.head = head
         self.layout = Layout("tokens", prefix_tokens, grid)
+        self.layer_names = [ref.name for ref in self.attentions]
+
+    def settings(self) -> dict[str, Any]:
+        """The method, the attention layers, and ``blocks``, ``head``, ``prefix_tokens``,
+        ``grid``."""
+        return {
+            **super().settings(),
+            "blocks": [ref.name for ref in self.blocks],
+            "head": setting(self.head),
+            "prefix_tokens": self.layout.prefix_tokens,
+            "grid": setting(self.layout.grid),
+        }
 
     def explain(
         self,
         x: Tensor,
         target: Target = None,
         *,
+        upsample: bool = True,
+        differentiable: bool = False,
         forward_args: Sequence[Any] = (),
         forward_kwargs: Mapping[str, Any] | None = None,
     ) -> CAMResult:
@@ -143,6 +160,9 @@ class LeGrad:
             target: As for :meth:`camkit.BaseCAM.explain`; with ``head``, each
                 layer's score is that target read from ``head``'s output (class
                 targets keep the classes of the model's output).
+            upsample: Resize the map from the token grid to the input; with
+                ``False`` it stays on the grid.
+            differentiable: Only ``False`` (see :attr:`not_differentiable_because`).
             forward_args: Further positional inputs of the model.
             forward_kwargs: Keyword inputs of the model.
 
@@ -155,49 +175,56 @@ class LeGrad:
                 forward pass does not reach or whose output is not
                 ``(N, heads, T, T)``, or a score that does not depend on it.
         """
-        with torch.inference_mode(False):
-            request = Request.check(x, target, forward_args, forward_kwargs)
-            refs = [*self.attentions, *self.blocks]
-            with eval_mode(self.model):
-                hooked, output = capture(refs, lambda: request.run(self.model))
-            captured = []
-            for index, ref in enumerate(refs):
-                call = hooked.captured(index)
-                if call is None:
-                    raise CamkitValueError(
-                        f"attentions: {ref.name!r} was not reached in the forward pass"
-                    )
-                captured.append(call.activation)
-            attention, tokens = captured[: len(self.attentions)], captured[len(self.attentions) :]
-            names = [ref.name for ref in self.attentions]
-            for name, probs in zip(names, attention, strict=True):
-                if probs.dim() != 4 or probs.shape[-1] != probs.shape[-2]:
-                    raise CamkitValueError(
-                        f"attentions: {name!r} returned shape {tuple(probs.shape)}; "
-                        f"attention probabilities are (N, heads, T, T)"
-                    )
-            labels = [f"attention {name!r}" for name in names]
-            with torch.enable_grad():
-                bound, scores = scored(request, output)
-                if self.head is None:  # one score for every layer: one backward pass
-                    gradients = explained_by(scores, attention, labels)
-                else:  # each layer's own score, through the head
-                    gradients = [
-                        explained_by(bound.scores(self.head(t)), [probs], [label])[0]
-                        for t, probs, label in zip(tokens, attention, labels, strict=True)
-                    ]
-            layer_maps = {
-                name: self._grid(g.detach().float().clamp_min(0).mean(dim=(2, 3)), name)
-                for name, g in zip(names, gradients, strict=True)
-            }  # each (N, k, h, w)
-        total = torch.stack(list(layer_maps.values())).sum(0)
-        check_finite(x, scores, layer_maps)
-        size = tuple(x.shape[2:])
-        resized = _maps.upsample(total.flatten(0, 1), size) if total.dim() == x.dim() else total
-        maps = _maps.scale_maps_(resized.reshape(*total.shape[:2], *resized.shape[1:]).clone())
-        return result(maps, layer_maps, output, bound, scores)
+        return run_pass(
+            self,
+            x,
+            target,
+            lambda request: self._explained(request, upsample),
+            upsample=upsample,
+            differentiable=differentiable,
+            forward_args=forward_args,
+            forward_kwargs=forward_kwargs,
+        )
 
-    __call__ = maps_only(explain)
+    def _explained(self, request: Request, upsample: bool) -> Explained:
+        refs = [*self.attentions, *self.blocks]
+        hooked, output = capture(refs, lambda: request.run(self.model))
+        captured = []
+        for index, ref in enumerate(refs):
+            call = hooked.captured(index)
+            if call is None:
+                raise CamkitValueError(
+                    f"attentions: {ref.name!r} was not reached in the forward pass"
+                )
+            captured.append(call.activation)
+        attention, tokens = captured[: len(self.attentions)], captured[len(self.attentions) :]
+        for name, probs in zip(self.layer_names, attention, strict=True):
+            if probs.dim() != 4 or probs.shape[-1] != probs.shape[-2]:
+                raise CamkitValueError(
+                    f"attentions: {name!r} returned shape {tuple(probs.shape)}; "
+                    f"attention probabilities are (N, heads, T, T)"
+                )
+        labels = [f"attention {name!r}" for name in self.layer_names]
+        with torch.enable_grad():
+            bound, scores = scored(request, output)
+            if self.head is None:  # one score for every layer: one backward pass
+                gradients = explained_by(scores, attention, labels)
+            else:  # each layer's own score, through the head
+                gradients = [
+                    explained_by(bound.scores(self.head(t)), [probs], [label])[0]
+                    for t, probs, label in zip(tokens, attention, labels, strict=True)
+                ]
+        layer_maps = {
+            name: self._grid(g.detach().float().clamp_min(0).mean(dim=(2, 3)), name)
+            for name, g in zip(self.layer_names, gradients, strict=True)
+        }  # each (N, k, h, w)
+        total = torch.stack(list(layer_maps.values())).sum(0)
+        x = request.x
+        if upsample and total.dim() == x.dim():
+            resized = _maps.upsample(total.flatten(0, 1), tuple(x.shape[2:]))
+            total = resized.reshape(*total.shape[:2], *resized.shape[1:])
+        maps = _maps.scale_maps_(total.contiguous())
+        return Explained(maps, layer_maps, output, bound, scores)
 
     def _grid(self, relevance: Tensor, name: str) -> Tensor:
         """Per-key-token relevance ``(N, k, T)`` on the patch grid ``(N, k, h, w)``."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +75,7 @@ class ScoreCAM(BaseCAM):
     """
 
     needs_gradients = False
-    differentiable_maps = False
+    differentiable = False
     smoothing_samples = 1
     """How many masked copies per channel :meth:`varied` makes (1: the mask itself)."""
     seed: int | None = None
@@ -103,6 +103,11 @@ class ScoreCAM(BaseCAM):
             None if top_channels is None else positive_int(top_channels, "top_channels")
         )
         self.rank_by = rank_by
+
+    def settings(self) -> dict[str, Any]:
+        """The shared settings and the masking: ``batch_size``, ``top_channels``, ``rank_by``."""
+        own = {"batch_size": self.batch_size, "top_channels": self.top_channels}
+        return {**super().settings(), **own, "rank_by": self.rank_by}
 
     def varied(self, masks: Tensor, sample: int, generator: torch.Generator | None) -> Tensor:
         """The masks ``(M, *spatial)`` of smoothing sample ``sample`` (``0 <= sample <
@@ -239,6 +244,11 @@ class SSCAM(ScoreCAM):
         self.noise_std = non_negative(noise_std, "noise_std")
         self.seed = seed_or_none(seed)
 
+    def settings(self) -> dict[str, Any]:
+        """Score-CAM's settings and the noise: ``samples``, ``noise_std``, ``seed``."""
+        noise = {"samples": self.smoothing_samples, "noise_std": self.noise_std}
+        return {**super().settings(), **noise, "seed": self.seed}
+
     zero_masks_stay_zero = False  # the noise makes them noise
 
     def varied(self, masks: Tensor, sample: int, generator: torch.Generator | None) -> Tensor:
@@ -305,6 +315,10 @@ class ISCAM(ScoreCAM):
             **options,
         )
         self.smoothing_samples = positive_int(samples, "samples")
+
+    def settings(self) -> dict[str, Any]:
+        """Score-CAM's settings and ``samples``."""
+        return {**super().settings(), "samples": self.smoothing_samples}
 
     def varied(self, masks: Tensor, sample: int, generator: torch.Generator | None) -> Tensor:
         """Scale by :math:`c_i` (``sample`` is :math:`i - 1`)."""
@@ -375,7 +389,7 @@ class AblationCAM(BaseCAM):
     """
 
     needs_gradients = False
-    differentiable_maps = False
+    differentiable = False
 
     def __init__(
         self,
@@ -393,6 +407,11 @@ class AblationCAM(BaseCAM):
         self.split_tail = split_tail
         if split_tail:
             self.trace_layers()
+
+    def settings(self) -> dict[str, Any]:
+        """The shared settings, ``batch_size`` and ``split_tail``."""
+        own = {"batch_size": self.batch_size, "split_tail": self.split_tail}
+        return {**super().settings(), **own}
 
     def weights(self, context: LayerContext) -> Tensor:
         """Return :math:`w_k^c`, the relative score drop of each ablated channel."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -10,16 +11,17 @@ from torch import Tensor
 
 from camkit import _maps
 from camkit._checks import positive_int, positive_number
-from camkit._model import check_input, eval_mode
 from camkit._outputs import logits_in
-from camkit._targets import check_target
-from camkit.base import BaseCAM
+from camkit._pipeline import Explained, Request, run_pass, scored
 from camkit.errors import CamkitTypeError, CamkitValueError
+from camkit.explainer import Explainer
+from camkit.result import CAMResult
+from camkit.targets import Target
 
 __all__ = ["SESS"]
 
 
-class SESS:
+class SESS(Explainer):
     r"""SESS: Saliency Enhancing with Scaling and Sliding, around any CAM method.
 
     Tianyi et al., *SESS: Saliency Enhancing with Scaling and Sliding*, ECCV
@@ -66,9 +68,13 @@ class SESS:
         torch.Size([2, 16, 16])
     """
 
+    not_differentiable_because = (
+        "its maps are pasted together from patches explained outside the autograd graph"
+    )
+
     def __init__(
         self,
-        explainer: BaseCAM,
+        explainer: Explainer,
         *,
         scales: Sequence[int] | None = None,
         num_scales: int = 12,
@@ -82,16 +88,18 @@ class SESS:
         softmax_scores: bool = True,
         batch_size: int = 32,
     ) -> None:
-        if not isinstance(explainer, BaseCAM):
+        if not isinstance(explainer, Explainer) or explainer.input_channels:
             raise CamkitTypeError(
-                f"explainer: got {type(explainer).__name__}; allowed: a camkit CAM such as "
-                f"camkit.GradCAM(model, layer)"
+                f"explainer: got {type(explainer).__name__}; allowed: a camkit explainer with "
+                f"one map per image, such as camkit.GradCAM(model, layer)"
             )
         if pool not in ("mean", "max"):
             raise CamkitValueError(f"pool: got {pool!r}; allowed: 'mean', 'max'")
         if not 0.0 <= pre_filter < 1.0:
             raise CamkitValueError(f"pre_filter: got {pre_filter!r}; allowed: a number in [0, 1)")
         self.explainer = explainer
+        self.model = explainer.model
+        self.layer_names = explainer.layer_names
         self.scales = None if scales is None else [positive_int(s, "scales") for s in scales]
         self.num_scales = positive_int(num_scales, "num_scales")
         self.scale_step_ratio = positive_number(scale_step_ratio, "scale_step_ratio")
@@ -104,39 +112,82 @@ class SESS:
         self.softmax_scores = softmax_scores
         self.batch_size = positive_int(batch_size, "batch_size")
 
-    def __call__(self, x: Tensor, target: int | Sequence[int] | Tensor | None = None) -> Tensor:
-        """The fused maps ``(N, H, W)`` in [0, 1] of ``x`` ``(N, C, H, W)``.
+    def settings(self) -> dict[str, Any]:
+        """The wrapped explainer's settings and every option of the scaling and sliding."""
+        return {
+            **super().settings(),
+            "explainer": self.explainer.settings(),
+            "scales": self.scales,
+            "num_scales": self.num_scales,
+            "scale_step_ratio": self.scale_step_ratio,
+            "window": self.window,
+            "step": self.step,
+            "pre_filter": self.pre_filter,
+            "theta": self.theta,
+            "pool": self.pool,
+            "smooth": self.smooth,
+            "softmax_scores": self.softmax_scores,
+            "batch_size": self.batch_size,
+        }
+
+    def explain(
+        self,
+        x: Tensor,
+        target: Target = None,
+        *,
+        upsample: bool = True,
+        differentiable: bool = False,
+        forward_args: Sequence[Any] = (),
+        forward_kwargs: Mapping[str, Any] | None = None,
+    ) -> CAMResult:
+        """The fused maps ``(N, H, W)`` in [0, 1] of the images ``x`` ``(N, C, H, W)``.
 
         Args:
             x: The images.
             target: ``None`` for each image's predicted class (on the whole image),
                 an ``int``, or one class per image.
+            upsample: Only ``True``: the patches' maps are pasted at the image's resolution.
+            differentiable: Only ``False`` (see :attr:`not_differentiable_because`).
+            forward_args: Only empty: the patches are run through the model alone.
+            forward_kwargs: Only ``None``, as ``forward_args``.
+
+        Returns:
+            The maps, with the output, scores (the target's logits) and classes of
+            the model on the whole images.
 
         Raises:
             CamkitValueError: For an input that is not a batch of images, a scale
-                below the window, or a target that is not one class per image.
+                below the window, a target that is not one class per image, or
+                further inputs of the model.
         """
-        n = check_input(x)
+        if forward_args or forward_kwargs:
+            raise CamkitValueError(
+                "forward_args: SESS runs the model on patches of x alone; a model with "
+                "further inputs cannot be explained with SESS"
+            )
+        return run_pass(
+            self, x, target, self._explained, upsample=upsample, differentiable=differentiable
+        )
+
+    def _explained(self, request: Request) -> Explained:
+        x = request.x
         if x.dim() != 4:
             raise CamkitValueError(
                 f"x: SESS slides a window over images, (N, C, H, W); got {tuple(x.shape)}"
             )
-        if callable(target):
+        if request.target.function is not None:
             raise CamkitTypeError(
                 "target: SESS scores each patch by its class probability, so it needs class "
                 "indices or None, not a callable"
             )
-        checked = check_target(target, n)
-        if checked.multi:
+        if request.target.multi:
             raise CamkitValueError("target: SESS explains one class per image, not (N, k)")
-        model = self.explainer.model
-        if checked.classes is None:
-            with torch.no_grad(), eval_mode(model):
-                classes = logits_in(model(x)).argmax(1).tolist()
-        else:
-            classes = checked.classes[:, 0].tolist()
-        maps = torch.stack([self._image(x[i : i + 1], int(classes[i])) for i in range(n)])
-        return _maps.min_max_normalize_(maps)
+        with torch.no_grad():
+            output = request.run(self.model)
+            bound, scores = scored(request, output)
+        classes = cast(Tensor, bound.classes)[:, 0].tolist()
+        maps = torch.stack([self._image(x[i : i + 1], int(c)) for i, c in enumerate(classes)])
+        return Explained(_maps.min_max_normalize_(maps)[:, None], {}, output, bound, scores)
 
     def _image(self, image: Tensor, label: int) -> Tensor:
         height, width = image.shape[-2:]
@@ -194,11 +245,10 @@ class SESS:
         return patches, places
 
     def _scores(self, patches: list[Tensor], label: int) -> Tensor:
-        model = self.explainer.model
         scores = []
-        with torch.no_grad(), eval_mode(model):
+        with torch.no_grad():
             for start in range(0, len(patches), self.batch_size):
-                logits = logits_in(model(torch.cat(patches[start : start + self.batch_size])))
+                logits = logits_in(self.model(torch.cat(patches[start : start + self.batch_size])))
                 values = logits.softmax(-1) if self.softmax_scores else logits
                 scores.append(values[:, label].float().cpu())
         return torch.cat(scores).clamp_min(0)

@@ -13,11 +13,13 @@ from camkit import _maps
 from camkit._model import check_input, eval_mode, forward
 from camkit._outputs import logits_in
 from camkit._targets import check_target
-from camkit.base import BaseCAM
 from camkit.errors import CamkitTypeError, CamkitValueError
+from camkit.explainer import Explainer
 from camkit.targets import Target
 
-Maps = Tensor | BaseCAM | Callable[[Tensor, Tensor], Tensor]
+Maps = Tensor | Explainer | Callable[[Tensor, Tensor], Tensor]
+"""Maps ``(N, *spatial)`` in [0, 1], or what computes them from ``(x, classes)``: a camkit
+explainer, or any function ``maps(x, classes)``."""
 
 
 @dataclass(frozen=True)
@@ -86,24 +88,38 @@ def probabilities(model: nn.Module, x: Tensor, classes: Tensor, batch_size: int)
 
 
 def maps_for(maps: Maps, x: Tensor, classes: Tensor) -> Tensor:
-    """Maps ``(N, *x spatial)`` in [0, 1], computed by a CAM or given (and checked)."""
+    """Maps ``(N, *x spatial)`` in [0, 1], computed by an explainer or a function, or given;
+    checked for their shape and their range (maps at a layer's resolution are upsampled)."""
     if isinstance(maps, Tensor):
         result = maps.detach()
+    elif isinstance(maps, Explainer):
+        if maps.input_channels:
+            raise CamkitValueError(
+                f"maps: {type(maps).__name__}'s maps have the input's channels, (N, C, "
+                f"*spatial); metrics need one value per position: reduce them first (such as "
+                f"the largest absolute value over channels, scaled to [0, 1])"
+            )
+        result = maps.explain(x, classes).maps
     elif callable(maps):
         result = maps(x, classes)
     else:
         raise CamkitTypeError(
-            f"maps: got {type(maps).__name__}; allowed: a tensor of maps (N, *spatial) or a "
-            f"CAM (any callable explainer(x, classes))"
+            f"maps: got {type(maps).__name__}; allowed: a tensor of maps (N, *spatial), a "
+            f"camkit explainer, or a function maps(x, classes)"
         )
-    if result.shape[0] != len(x) or tuple(result.shape[1:]) != tuple(x.shape[2:]):
-        if result.dim() == x.dim() - 1 and result.shape[0] == len(x):
-            result = _maps.upsample(result.float(), tuple(x.shape[2:]))
-        else:
-            raise CamkitValueError(
-                f"maps: got shape {tuple(result.shape)}; expected one map per sample, "
-                f"({len(x)}, *spatial) with the input's {x.dim() - 2} spatial dims"
-            )
+    if result.dim() != x.dim() - 1 or result.shape[0] != len(x):
+        raise CamkitValueError(
+            f"maps: got shape {tuple(result.shape)}; expected one map per sample, "
+            f"({len(x)}, *spatial) with the input's {x.dim() - 2} spatial dims"
+        )
+    low, high = (float(v) for v in torch.stack([result.amin(), result.amax()]).cpu())
+    if not 0.0 <= low <= high <= 1.0:  # NaN fails too
+        raise CamkitValueError(
+            f"maps: values must lie in [0, 1], got {low:.4g} to {high:.4g}; scale each map "
+            f"to [0, 1] (camkit's explainers do, with normalize=True)"
+        )
+    if tuple(result.shape[1:]) != tuple(x.shape[2:]):
+        result = _maps.upsample(result.float(), tuple(x.shape[2:]))
     return result.to(x.device, torch.float32)
 
 

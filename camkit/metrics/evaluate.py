@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from camkit._distributed import Batches, World, gather, mine, world
 from camkit.errors import CamkitValueError
-from camkit.metrics._common import MetricResult, classes_of, summarize
+from camkit.metrics._common import Maps, MetricResult, classes_of, maps_for, summarize
 
 __all__ = ["evaluate"]
 
@@ -20,7 +20,7 @@ Metric = Callable[..., MetricResult]
 
 def evaluate(
     model: nn.Module,
-    explainer: Callable[[Tensor, Tensor], Tensor],
+    explainer: Maps,
     loader: Iterable[Any],
     metrics: Mapping[str, Metric],
     *,
@@ -37,7 +37,8 @@ def evaluate(
 
     Args:
         model: The classifier; left unchanged.
-        explainer: Computes maps as ``explainer(x, classes)``, e.g. a CAM.
+        explainer: A camkit explainer, or a function ``maps(x, classes)``; its maps
+            are checked (one per sample, in [0, 1]) once per batch.
         loader: Yields ``x`` or tuples whose first two items are ``x`` and labels; under
             torchrun, a :class:`~torch.utils.data.DataLoader` with a ``batch_size``.
         metrics: Name to metric function, e.g.
@@ -80,7 +81,7 @@ def evaluate(
 
 def _collect(
     model: nn.Module,
-    explainer: Callable[[Tensor, Tensor], Tensor],
+    explainer: Maps,
     loader: Iterable[Any],
     metrics: Mapping[str, Metric],
     target: str,
@@ -106,7 +107,7 @@ def _collect(
             classes = torch.as_tensor(labels).cpu()
         else:
             classes = classes_of(model, x, None, len(x))
-        maps = explainer(x, classes)
+        maps = maps_for(explainer, x, classes)
         for name, metric in metrics.items():
             collected[name].append(metric(model, x, maps, classes))
     return collected

@@ -6,7 +6,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -134,19 +133,6 @@ def concept_head(model: nn.Module) -> Callable[[Tensor], Tensor]:
     return head
 
 
-def _best_concept(model: nn.Module) -> Explainer:
-    """Deep Feature Factorization as a class map: each image's map of the concept that
-    votes most for the explained class."""
-    factorize = DeepFeatureFactorization(model, LAYER, concepts=CONCEPTS, head=concept_head(model))
-
-    def explain(x: Tensor, classes: Tensor) -> Tensor:
-        found = factorize(x)
-        votes = cast(Tensor, found.scores)[:, classes].T  # (N, concepts)
-        return found.maps[torch.arange(len(x)), votes.argmax(1)]
-
-    return explain
-
-
 def explainers(model: nn.Module) -> dict[str, Explainer]:
     """Every camkit method applicable to the MNIST net, plus two map baselines."""
     cams: dict[str, Explainer] = {
@@ -173,7 +159,9 @@ def explainers(model: nn.Module) -> dict[str, Explainer]:
         "FullGrad": FullGrad(model),
         "SESS": SESS(GradCAM(model, LAYER), num_scales=4, batch_size=256),
         "Grad-CAM TTA": _augmented(GradCAM(model, LAYER)),
-        "Deep Feature Factorization": _best_concept(model),
+        "Deep Feature Factorization": DeepFeatureFactorization(
+            model, LAYER, concepts=CONCEPTS, head=concept_head(model)
+        ),
         "Guided Backprop": _magnitude(GuidedBackprop(model)),
         "Guided Grad-CAM": _magnitude(GuidedGradCAM(model, LAYER)),
         "Random-CAM": RandomCAM(model, LAYER, seed=0),

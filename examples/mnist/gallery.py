@@ -47,7 +47,7 @@ def concepts_figure(model: nn.Module, images: Tensor, more: Tensor, path: Path) 
     factorize = DeepFeatureFactorization(
         model, LAYER, concepts=CONCEPTS, head=concept_head(model), seed=0
     )
-    found = factorize(torch.cat([images, more]))
+    found = factorize.factorize(torch.cat([images, more]))
     votes = cast(Tensor, found.scores).softmax(1)
     labels = [
         f"concept {k}: digit {int(p.argmax())} ({100 * float(p.max()):.0f} %)"

@@ -1,0 +1,260 @@
+"""The explainer contract: every camkit explainer declares what it can do, and it is true.
+
+One shared check (:func:`camkit.testing.check_explainer`) runs on each of the
+explainers camkit exports; a second test checks that every option of every
+constructor is part of the explainer's settings (what the map store compares
+before it resumes), and that changing it changes them.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import camkit
+from camkit import Explainer
+from camkit.explainer import differentiable_methods, setting
+from camkit.testing import check_explainer
+from examples.mnist.vit import MnistViT
+
+
+def smooth_net() -> nn.Sequential:
+    """Smooth (Tanh, Softplus) so that gradcheck meets no kink; layer "1" is 3 x 6 x 6."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.Tanh(), nn.Conv2d(3, 2, 3), nn.Softplus(), nn.Flatten(),
+        nn.Linear(2 * 4 * 4, 3),
+    ).eval()  # fmt: skip
+
+
+def pooled_net() -> nn.Sequential:
+    """Global pooling then linear layers, as CAM and a concept head need (two of them, so
+    that CAM's ``fc`` has a second choice)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 3),
+        nn.Linear(3, 3),
+    ).eval()  # fmt: skip
+
+
+def relu_net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 3)
+    ).eval()
+
+
+def vit() -> MnistViT:
+    torch.manual_seed(0)
+    return MnistViT().eval()
+
+
+def concept_head(net: nn.Sequential) -> Callable[[Tensor], Tensor]:
+    def head(directions: Tensor) -> Tensor:
+        scores: Tensor = net[4](directions)
+        return scores
+
+    return head
+
+
+IMAGE = (1, 8, 8)
+Case = tuple[Callable[[], nn.Module], Callable[[Any], Explainer], tuple[int, ...]]
+CASES: dict[str, Case] = {
+    "GradCAM": (smooth_net, lambda m: camkit.GradCAM(m, "1"), IMAGE),
+    "GradCAMPlusPlus": (smooth_net, lambda m: camkit.GradCAMPlusPlus(m, "1"), IMAGE),
+    "XGradCAM": (smooth_net, lambda m: camkit.XGradCAM(m, "1"), IMAGE),
+    "HiResCAM": (smooth_net, lambda m: camkit.HiResCAM(m, "1"), IMAGE),
+    "LayerCAM": (smooth_net, lambda m: camkit.LayerCAM(m, "1"), IMAGE),
+    "GradCAMElementWise": (smooth_net, lambda m: camkit.GradCAMElementWise(m, "1"), IMAGE),
+    "EigenGradCAM": (smooth_net, lambda m: camkit.EigenGradCAM(m, "1"), IMAGE),
+    "SegEigenCAM": (smooth_net, lambda m: camkit.SegEigenCAM(m, "1"), IMAGE),
+    "ShapleyCAM": (smooth_net, lambda m: camkit.ShapleyCAM(m, "1"), IMAGE),
+    "SmoothGradCAMPlusPlus": (
+        smooth_net,
+        lambda m: camkit.SmoothGradCAMPlusPlus(m, "1", seed=0),
+        IMAGE,
+    ),
+    "FinerCAM": (smooth_net, lambda m: camkit.FinerCAM(m, "1", similar=1), IMAGE),
+    "RefineCAM": (smooth_net, lambda m: camkit.RefineCAM(m, ["1", "3"]), IMAGE),
+    "CAM": (pooled_net, lambda m: camkit.CAM(m, "1", fc="5"), IMAGE),
+    "EigenCAM": (smooth_net, lambda m: camkit.EigenCAM(m, "1"), IMAGE),
+    "KPCACAM": (smooth_net, lambda m: camkit.KPCACAM(m, "1"), IMAGE),
+    "FEM": (smooth_net, lambda m: camkit.FEM(m, "1"), IMAGE),
+    "ScoreCAM": (smooth_net, lambda m: camkit.ScoreCAM(m, "1"), IMAGE),
+    "SSCAM": (smooth_net, lambda m: camkit.SSCAM(m, "1", samples=2, seed=0), IMAGE),
+    "ISCAM": (smooth_net, lambda m: camkit.ISCAM(m, "1", samples=2), IMAGE),
+    "AblationCAM": (smooth_net, lambda m: camkit.AblationCAM(m, "1"), IMAGE),
+    "RandomCAM": (smooth_net, lambda m: camkit.RandomCAM(m, "1", seed=0), IMAGE),
+    "FullGrad": (smooth_net, lambda m: camkit.FullGrad(m), IMAGE),
+    "SESS": (smooth_net, lambda m: camkit.SESS(camkit.GradCAM(m, "1"), num_scales=2), IMAGE),
+    "DeepFeatureFactorization": (
+        pooled_net,
+        lambda m: camkit.DeepFeatureFactorization(m, "1", concepts=2, head=concept_head(m)),
+        IMAGE,
+    ),
+    "LeGrad": (
+        vit,
+        lambda m: camkit.LeGrad(
+            m,
+            ["blocks.1.attn.probs", "blocks.2.attn.probs"],
+            blocks=["blocks.1", "blocks.2"],
+            head=m.classify,
+        ),
+        (1, 28, 28),
+    ),
+    "GuidedBackprop": (relu_net, lambda m: camkit.GuidedBackprop(m), IMAGE),
+    "GuidedGradCAM": (relu_net, lambda m: camkit.GuidedGradCAM(m, "1"), IMAGE),
+}
+EXPLAINERS = [
+    name
+    for name in camkit.methods.__all__
+    if isinstance(getattr(camkit, name), type) and issubclass(getattr(camkit, name), Explainer)
+]
+
+
+def test_every_explainer_camkit_exports_has_a_case() -> None:
+    assert len(EXPLAINERS) == 27  # the 28 methods: Faster Score-CAM is ScoreCAM(top_channels=)
+    assert sorted(CASES) == sorted(EXPLAINERS)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_each_explainer_keeps_the_contract(name: str) -> None:
+    make_model, make, shape = CASES[name]
+    explainer = make(make_model())
+    assert type(explainer).__name__ == name
+    torch.manual_seed(1)
+    check_explainer(explainer, torch.randn(2, *shape), target=[0, 2])
+
+
+def test_the_check_catches_a_broken_declaration() -> None:
+    """The shared check fails an explainer whose declarations are false."""
+
+    class Ignores(Explainer):
+        """Declares nothing, and ignores the options it does not offer instead of refusing."""
+
+        def __init__(self, cam: Explainer) -> None:
+            self.cam, self.model, self.layer_names = cam, cam.model, cam.layer_names
+
+        def explain(self, x: Tensor, target: Any = None, **options: Any) -> camkit.CAMResult:
+            return self.cam.explain(x, target)
+
+    x = torch.randn(2, *IMAGE)
+    check_explainer(camkit.GradCAM(smooth_net(), "1"), x, target=[0, 1])
+    with pytest.raises(AssertionError, match="upsample is not declared, yet it was not refused"):
+        check_explainer(Ignores(camkit.GradCAM(smooth_net(), "1")), x, target=[0, 1])
+
+    class Pretends(camkit.ScoreCAM):
+        differentiable = True  # but its weights come from passes without gradients
+
+    with pytest.raises((AssertionError, RuntimeError)):  # maps outside the graph
+        check_explainer(Pretends(smooth_net(), "1"), x, target=[0, 1])
+
+
+def test_the_differentiable_methods_are_those_that_declare_it() -> None:
+    declared = {n for n in EXPLAINERS if getattr(camkit, n).differentiable}
+    assert set(differentiable_methods().replace(" and ", ", ").split(", ")) == declared
+    assert declared == {
+        *("GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM"),
+        *("GradCAMElementWise", "EigenGradCAM", "SegEigenCAM", "FinerCAM", "RefineCAM"),
+        *("CAM", "EigenCAM", "KPCACAM", "FEM"),
+    }
+
+
+# A value other than the default for every constructor option (by name, where the type of
+# the default does not tell one); options that must change together change together.
+# Candidates, the first whose setting differs from the explainer's is used.
+OTHER: dict[str, list[Any]] = {
+    "layout": ["tokens"], "fuse": ["product", "mean"], "rank_by": ["mean"], "kernel": ["rbf"],
+    "pool": ["max"], "tanh_scale": [2.0], "top_channels": [2], "gamma": [0.5],
+    "grid": [(6, 6)], "window": [6], "step": [2], "scales": [[8, 9]], "seed": [7],
+    "fc": ["4", "5"], "layers": [["0"]], "alpha": [0.5],
+}  # fmt: skip
+TOGETHER = {("LeGrad", "blocks"): ("head",), ("LeGrad", "head"): ("blocks",)}
+RENAMED = {"layer": "layers", "attentions": "layers", "samples": "samples"}
+NOT_OPTIONS = {"self", "model", "layer", "attentions", "explainer"}
+
+
+def _options(cls: type) -> dict[str, inspect.Parameter]:
+    """Every keyword option of the constructor, up the classes it passes ``**options`` to."""
+    options: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in klass.__dict__ or klass in (Explainer, object):
+            continue
+        for parameter in inspect.signature(klass.__init__).parameters.values():
+            if parameter.kind is parameter.VAR_KEYWORD or parameter.name in NOT_OPTIONS:
+                continue
+            options.setdefault(parameter.name, parameter)
+    return options
+
+
+def _other(name: str, parameter: inspect.Parameter, current: Any) -> Any:
+    default = parameter.default
+    if name == "head":
+        return lambda t: t
+    if name == "blocks":
+        return ["blocks.2", "blocks.1"]
+    if name in OTHER:
+        return next(v for v in OTHER[name] if setting(v) != current)
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int):
+        return default + 1
+    if isinstance(default, float):
+        return default / 2 + 0.125
+    raise AssertionError(f"no other value for option {name!r} (default {default!r})")
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_constructor_option_is_in_the_settings_and_changes_them(name: str) -> None:
+    make_model, make, _ = CASES[name]
+    model = make_model()
+    explainer = make(model)
+    cls = type(explainer)
+    base = explainer.settings()
+    options = _options(cls)
+    missing = [o for o in options if RENAMED.get(o, o) not in base]
+    assert not missing, f"{name}.settings() lacks {missing}"
+    for option, parameter in options.items():
+        changed = {option: _other(option, parameter, base[RENAMED.get(option, option)])}
+        for partner in TOGETHER.get((name, option), ()):
+            changed[partner] = _other(partner, options[partner], base[partner])
+        other = _rebuilt(name, model, changed)
+        assert other.settings() != base, f"{name}: changing {option} left the settings equal"
+
+
+def _rebuilt(name: str, model: nn.Module, changed: dict[str, Any]) -> Explainer:
+    """The case's explainer built again with ``changed`` options."""
+    cls = getattr(camkit, name)
+    if name == "SESS":
+        return cls(camkit.GradCAM(model, "1"), **{"num_scales": 2, **changed})  # type: ignore[no-any-return]
+    if name == "LeGrad":
+        attention = ["blocks.1.attn.probs", "blocks.2.attn.probs"]
+        defaults = {"blocks": ["blocks.1", "blocks.2"], "head": model.classify}
+        return cls(model, attention, **{**defaults, **changed})  # type: ignore[no-any-return]
+    if name in ("FullGrad", "GuidedBackprop"):
+        return cls(model, **changed)  # type: ignore[no-any-return]
+    layer: Any = ["1", "3"] if name == "RefineCAM" else "1"
+    defaults = {"CAM": {"fc": "5"}}.get(name, {})
+    return cls(model, layer, **{**defaults, **changed})  # type: ignore[no-any-return]
+
+
+def test_the_wrapped_explainer_settings_are_part_of_sess_settings() -> None:
+    model = smooth_net()
+    plain = camkit.SESS(camkit.GradCAM(model, "1"))
+    other = camkit.SESS(camkit.GradCAM(model, "1", fuse="product"))
+    assert plain.settings()["explainer"] == camkit.GradCAM(model, "1").settings()
+    assert plain.settings() != other.settings()
+
+
+def test_the_old_name_of_the_differentiable_declaration_still_counts() -> None:
+    class Old(camkit.GradCAM):
+        differentiable_maps = False  # the name before the contract
+
+    assert Old.differentiable is False
+    with pytest.raises(camkit.CamkitValueError, match=r"^differentiable: Old's maps"):
+        Old(smooth_net(), "1").explain(torch.randn(2, *IMAGE), differentiable=True)
