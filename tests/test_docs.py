@@ -189,3 +189,60 @@ def test_training_page_shows_the_example_table_and_figures() -> None:
         assert f".. image:: training/{figure}" in page
         assert (folder / figure).stat().st_size > 10_000
     assert "ratio" in (folder / "cost.rst").read_text()
+
+
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# A LaTeX command shown as text: what a docstring's math turns into when its backslashes are
+# eaten (a "\b" in a non-raw docstring becomes a backspace) or its :math: role is missing.
+LATEX = re.compile(r"\\(?:frac|sum|mathrm|math[a-z]+|partial|odot|alpha|beta|big|bar|sqrt|cdot)\b")
+
+
+def _docstrings() -> list[tuple[str, str]]:
+    import importlib
+    import inspect
+    import pkgutil
+
+    import camkit
+
+    found = []
+    for info in pkgutil.walk_packages(camkit.__path__, "camkit."):
+        if info.name.endswith("__main__"):  # importing it runs the command
+            continue
+        module = importlib.import_module(info.name)
+        found.append((info.name, module.__doc__ or ""))
+        for name, member in vars(module).items():
+            if getattr(member, "__module__", None) != info.name:
+                continue
+            found.append((f"{info.name}.{name}", inspect.getdoc(member) or ""))
+            for attribute, value in vars(member).items() if inspect.isclass(member) else []:
+                found.append((f"{info.name}.{name}.{attribute}", inspect.getdoc(value) or ""))
+    return found
+
+
+def test_no_docstring_holds_a_control_character() -> None:
+    docstrings = _docstrings()
+    assert len(docstrings) > 300
+    bad = [(where, CONTROL.findall(text)) for where, text in docstrings if CONTROL.search(text)]
+    assert not bad
+
+
+def test_the_built_pages_hold_no_control_character_nor_unrendered_latex(built_docs: Path) -> None:
+    shown_as_math = re.compile(
+        r'<(span|div) class="math[^"]*"[^>]*>.*?</\1>|<pre>.*?</pre>|<code[^>]*>.*?</code>'
+        r"|<script.*?</script>",
+        re.S,
+    )
+    pages = sorted(built_docs.rglob("*.html"))
+    for page in pages:
+        html = page.read_text()
+        assert not CONTROL.search(html), page.relative_to(built_docs)
+        text = shown_as_math.sub("", html)
+        assert not LATEX.findall(text), (page.relative_to(built_docs), LATEX.findall(text)[:5])
+    api = (built_docs / "api.html").read_text()
+    assert r"\bar G" in api  # Seg-Eigen-CAM's formula reaches MathJax intact
+    assert LATEX.search(shown_as_math.sub("", "<p>a \\frac{1}{Z} b</p>")) is not None
+
+
+def test_the_checks_would_catch_a_backspace_in_a_docstring() -> None:
+    eaten = "centred per channel (:math:`\bar G`)"
+    assert CONTROL.search(eaten)

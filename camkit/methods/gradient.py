@@ -273,12 +273,12 @@ class SegEigenCAM(BaseCAM):
     Made for segmentation (pair it with :class:`~camkit.SegmentationTarget`):
     with :math:`G = |\partial y^c / \partial A| \odot A` (their Eq. 10)
     arranged as a (positions x channels) matrix, centred per channel
-    (:math:`ar G`), and :math:`v_1` its first right singular vector,
+    (:math:`\bar G`), and :math:`v_1` its first right singular vector,
 
     .. math::
 
-        P = ar G\, v_1, \qquad
-        L^c = \mathrm{ReLU}ig(\operatorname{sign} \cdot Pig),
+        P = \bar G\, v_1, \qquad
+        L^c = \mathrm{ReLU}\big(\operatorname{sign} \cdot P\big),
 
     where the sign makes the larger of :math:`|\min P|` and :math:`|\max P|`
     positive (their Eq. 13). Centring and sign follow pytorch-grad-cam's

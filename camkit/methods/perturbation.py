@@ -252,7 +252,7 @@ class SSCAM(ScoreCAM):
     zero_masks_stay_zero = False  # the noise makes them noise
 
     def varied(self, masks: Tensor, sample: int, generator: torch.Generator | None) -> Tensor:
-        """Add :math:`\varepsilon_i`, drawn from ``generator``."""
+        r"""Add :math:`\varepsilon_i`, drawn from ``generator``."""
         noise = torch.randn(masks.shape, generator=generator, device=masks.device)
         return masks.add_(noise.to(masks.dtype), alpha=self.noise_std)
 
