@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -115,3 +116,50 @@ def detached(output: Any) -> Any:
             copied[key] = detached(value)
         return copied
     return output
+
+
+_AUTOCAST_DEVICES = tuple(
+    d
+    for d in ("cpu", "cuda", "mps", "xpu", "hpu", "mtia", "xla")
+    if torch.amp.is_autocast_available(d)
+)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The ``torch.autocast`` regions the caller had open when a call began.
+
+    camkit's own arithmetic (weights times activations, upsampling) runs with
+    them closed (:meth:`full`), so that maps are float32; every re-run of the
+    model (Score-CAM's masked inputs, Ablation-CAM's tail, Smooth Grad-CAM++'s
+    noisy copies) runs with them open again (:meth:`callers`), as the caller's
+    own forward pass did. Every device type with autocast counts, not only
+    the CPU and CUDA.
+    """
+
+    regions: tuple[tuple[str, torch.dtype], ...]
+
+    @classmethod
+    def of_caller(cls) -> Precision:
+        """The regions open now."""
+        return cls(
+            tuple(
+                (device, torch.get_autocast_dtype(device))
+                for device in _AUTOCAST_DEVICES
+                if torch.is_autocast_enabled(device)
+            )
+        )
+
+    def full(self) -> ExitStack:
+        """Close the caller's autocast regions for the block."""
+        stack = ExitStack()
+        for device, _ in self.regions:
+            stack.enter_context(torch.autocast(device, enabled=False))
+        return stack
+
+    def callers(self) -> ExitStack:
+        """Open the caller's autocast regions again for the block."""
+        stack = ExitStack()
+        for device, dtype in self.regions:
+            stack.enter_context(torch.autocast(device, dtype=dtype))
+        return stack

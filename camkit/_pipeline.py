@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from camkit._gradients import score_gradients
 from camkit._model import (
+    Precision,
     check_finite_input,
     check_input,
     detached,
@@ -46,8 +47,10 @@ class Request:
 
     x: Tensor
     target: CheckedTarget
-    forward_args: tuple[Any, ...] = ()
-    forward_kwargs: Mapping[str, Any] | None = None
+    forward_args: tuple[Any, ...]
+    forward_kwargs: Mapping[str, Any] | None
+    precision: Precision
+    """The autocast regions the caller had open: every run of the model opens them again."""
 
     @classmethod
     def check(
@@ -59,7 +62,8 @@ class Request:
     ) -> Request:
         """Validate ``x`` and ``target`` before the forward pass."""
         batch_size = check_input(x)
-        return cls(x, check_target(target, batch_size), tuple(forward_args), forward_kwargs)
+        checked = check_target(target, batch_size)
+        return cls(x, checked, tuple(forward_args), forward_kwargs, Precision.of_caller())
 
     @property
     def batch_size(self) -> int:
@@ -77,7 +81,8 @@ class Request:
         args, kwargs = self.forward_args, self.forward_kwargs
         if rows is not None:
             args, kwargs = select_rows(args, kwargs, rows, self.batch_size)
-        return forward(model, self.x if inputs is None else inputs, args, kwargs)
+        with self.precision.callers():
+            return forward(model, self.x if inputs is None else inputs, args, kwargs)
 
 
 def scored(request: Request, output: Any) -> tuple[BoundTarget, Tensor]:
@@ -202,13 +207,16 @@ def run_pass(
 
     Refuses the options ``explainer`` does not declare, validates ``x`` and
     ``target``, holds the model in eval mode (not for differentiable maps,
-    which follow the caller's mode), checks once that scores and maps are
-    finite, and shapes the result.
+    which follow the caller's mode), runs ``compute`` outside the caller's
+    autocast regions (every run of the model through :meth:`Request.run`
+    opens them again), checks once that scores and maps are finite, and
+    shapes the result.
     """
     explainer.check_options(upsample=upsample, differentiable=differentiable)
     with torch.inference_mode(False):  # a target made here must not be an inference tensor
         request = Request.check(x, target, forward_args, forward_kwargs)
-        with nullcontext() if differentiable else eval_mode(explainer.model):
+        mode = nullcontext() if differentiable else eval_mode(explainer.model)
+        with mode, request.precision.full():  # camkit's own arithmetic gives float32 maps
             done = compute(request)
     check_finite(x, done.scores, done.layer_maps or {"maps": done.maps})
     return result(done.maps, done.layer_maps, done.output, done.target, done.scores, differentiable)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, cast
 
 import torch
@@ -356,9 +356,7 @@ class BaseCAM(Explainer):
             target = CheckedTarget(run.target.classes, None, multi=True)
         total = dict(run.layer_maps)
         for augmentation in augmentations:
-            copy = Request(
-                augmentation.apply(request.x), target, request.forward_args, request.forward_kwargs
-            )
+            copy = replace(request, x=augmentation.apply(request.x), target=target)
             for name, maps in self._layer_maps(copy, options).layer_maps.items():
                 size = tuple(total[name].shape[2:])
                 back = augmentation.invert(maps, size)
@@ -395,8 +393,6 @@ class BaseCAM(Explainer):
                     else [None] * len(natives)
                 )
             signed: dict[str, Tensor] = {}
-            devices = {request.x.device.type, *(n.device.type for n in natives)}
-            modes.enter_context(_full_precision(devices))
             with torch.set_grad_enabled(differentiable):
                 for index, (native, grads) in enumerate(zip(natives, gradients, strict=True)):
                     context = self._context(
@@ -474,7 +470,7 @@ class BaseCAM(Explainer):
             fixed = request.target  # a callable, scored anew; else the classes explained
             if target.classes is not None:
                 fixed = CheckedTarget(target.classes, None, multi=True)
-            other = Request(inputs, fixed, request.forward_args, request.forward_kwargs)
+            other = replace(request, x=inputs, target=fixed)
             hooked, output = capture([ref], lambda: other.run(self.model))
             captured = hooked.captured(0)
             if captured is None:
@@ -509,13 +505,14 @@ class BaseCAM(Explainer):
         def score_activations(replacement: Tensor, samples: Tensor) -> Tensor:
             rows = native[samples]
             swapped = self.layout.from_channels_first(replacement, rows).to(rows.dtype)
-            if self.split_tail and not tails:
-                tails.append(self._tail(request, ref, call, target, scores))
-            if self.split_tail and tails[0] is not None:
-                output = tails[0].run(swapped, samples)
-            else:
-                with ReplaceOutput(ref, call, swapped):
-                    output = request.run(self.model, request.x[samples], samples)
+            with request.precision.callers():  # the tail is part of the caller's model
+                if self.split_tail and not tails:
+                    tails.append(self._tail(request, ref, call, target, scores))
+                if self.split_tail and tails[0] is not None:
+                    output = tails[0].run(swapped, samples)
+                else:
+                    with ReplaceOutput(ref, call, swapped):
+                        output = request.run(self.model, request.x[samples], samples)
             return target.scores(output, samples).float()
 
         return LayerContext(
@@ -641,15 +638,6 @@ def _augmentations(augment: Sequence[Augmentation], aug_smooth: bool) -> list[Au
             )
         augmentations.append(augmentation)
     return augmentations + ([horizontal_flip] if aug_smooth else [])
-
-
-def _full_precision(devices: set[str]) -> ExitStack:
-    """camkit's own arithmetic (weights times activations, upsampling) outside any
-    ``torch.autocast`` region the caller opened, so that maps are float32 (or float64)."""
-    stack = ExitStack()
-    for device in devices & {"cpu", "cuda"}:
-        stack.enter_context(torch.autocast(device, enabled=False))
-    return stack
 
 
 @dataclass(frozen=True)

@@ -258,3 +258,34 @@ def test_the_old_name_of_the_differentiable_declaration_still_counts() -> None:
     assert Old.differentiable is False
     with pytest.raises(camkit.CamkitValueError, match=r"^differentiable: Old's maps"):
         Old(smooth_net(), "1").explain(torch.randn(2, *IMAGE), differentiable=True)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_each_explainer_runs_under_cpu_autocast(name: str) -> None:
+    """Re-runs of the model (masked inputs, ablated tails, noisy copies) run in the caller's
+    precision, camkit's own arithmetic in float32: the maps are float32 and well formed."""
+    make_model, make, shape = CASES[name]
+    explainer = make(make_model())
+    x = torch.randn(2, *shape)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = explainer.explain(x, [0, 2])
+    assert result.maps.dtype == torch.float32
+    assert bool(torch.isfinite(result.maps).all())
+    if not explainer.input_channels:
+        assert tuple(result.maps.shape) == (2, *shape[1:])
+        assert 0 <= float(result.maps.min()) <= float(result.maps.max()) <= 1
+
+
+def test_ablation_cam_on_resnet18_under_autocast_equals_full_reruns() -> None:
+    """The issue's case: the fx tail, fed bfloat16 activations, once failed with a dtype
+    mismatch; now it runs in the caller's autocast, like re-running the whole model."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        tail = camkit.AblationCAM(model, "layer4", batch_size=256)(x, target=3)
+        full = camkit.AblationCAM(model, "layer4", batch_size=256, split_tail=False)(x, target=3)
+    assert tail.dtype == torch.float32
+    rounding = 8 * torch.finfo(torch.bfloat16).eps  # maps in [0, 1]
+    torch.testing.assert_close(tail, full, rtol=0, atol=rounding)

@@ -236,7 +236,7 @@ class DeepFeatureFactorization(Explainer):
                 wrong shape, or there are more concepts than channels.
         """
         request = Request.check(x, None, forward_args, forward_kwargs)
-        with torch.inference_mode(False), eval_mode(self.model):
+        with torch.inference_mode(False), eval_mode(self.model), request.precision.full():
             return self._factorized(request, upsample)[0]
 
     def _factorized(self, request: Request, upsample: bool) -> tuple[Factorization, Any]:
@@ -280,8 +280,8 @@ class DeepFeatureFactorization(Explainer):
         directions = (w + offset).float()
         scores = None
         if self.head is not None:
-            with torch.no_grad():
-                scores = self.head(directions.T.contiguous())
+            with torch.no_grad(), request.precision.callers():  # part of the model
+                scores = self.head(directions.T.contiguous()).float()
         return Factorization(maps, directions, scores, error), output
 
 

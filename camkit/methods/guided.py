@@ -220,7 +220,8 @@ class GuidedGradCAM(Explainer):
             "forward_args": request.forward_args,
             "forward_kwargs": request.forward_kwargs,
         }
-        cam = self.gradcam.explain(request.x, cam_target, **options).maps
+        with request.precision.callers():  # Grad-CAM's own pass runs as the caller asked
+            cam = self.gradcam.explain(request.x, cam_target, **options).maps
         cam = cam if cam.dim() > request.x.dim() - 1 else cam[:, None]  # (N, k, *spatial)
         layer_maps = {self.gradcam.layer_name: cam}
         weighted = guided.maps * cam.unsqueeze(2)  # guided maps are (N, k, C, *spatial)

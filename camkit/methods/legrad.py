@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -211,7 +211,7 @@ class LeGrad(Explainer):
                 gradients = explained_by(scores, attention, labels)
             else:  # each layer's own score, through the head
                 gradients = [
-                    explained_by(bound.scores(self.head(t)), [probs], [label])[0]
+                    explained_by(bound.scores(self._head(request, t)), [probs], [label])[0]
                     for t, probs, label in zip(tokens, attention, labels, strict=True)
                 ]
         layer_maps = {
@@ -225,6 +225,12 @@ class LeGrad(Explainer):
             total = resized.reshape(*total.shape[:2], *resized.shape[1:])
         maps = _maps.scale_maps_(total.contiguous())
         return Explained(maps, layer_maps, output, bound, scores)
+
+    def _head(self, request: Request, tokens: Tensor) -> Any:
+        """The model's head on a block's tokens, in the caller's precision like the model."""
+        head = cast(Callable[[Tensor], Any], self.head)
+        with request.precision.callers():
+            return head(tokens)
 
     def _grid(self, relevance: Tensor, name: str) -> Tensor:
         """Per-key-token relevance ``(N, k, T)`` on the patch grid ``(N, k, h, w)``."""

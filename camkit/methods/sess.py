@@ -186,15 +186,16 @@ class SESS(Explainer):
             output = request.run(self.model)
             bound, scores = scored(request, output)
         classes = cast(Tensor, bound.classes)[:, 0].tolist()
-        maps = torch.stack([self._image(x[i : i + 1], int(c)) for i, c in enumerate(classes)])
+        images = [self._image(request, x[i : i + 1], int(c)) for i, c in enumerate(classes)]
+        maps = torch.stack(images)
         return Explained(_maps.min_max_normalize_(maps)[:, None], {}, output, bound, scores)
 
-    def _image(self, image: Tensor, label: int) -> Tensor:
+    def _image(self, request: Request, image: Tensor, label: int) -> Tensor:
         height, width = image.shape[-2:]
         window = self.window if self.window is not None else min(height, width)
         step = self.step if self.step is not None else window
         patches, places = self._patches(image, window, step)
-        scores = self._scores(patches, label)
+        scores = self._scores(request, patches, label)
         order = scores.argsort(stable=True)[int(len(scores) * self.pre_filter) :]
         best = scores[order[-1]]
         weights = scores[order] / best if best > 0 else torch.ones(len(order))
@@ -203,7 +204,8 @@ class SESS(Explainer):
         for start in range(0, len(order), self.batch_size):
             chosen = order[start : start + self.batch_size]
             batch = torch.cat([patches[int(i)] for i in chosen])
-            cams = self.explainer(batch, torch.full((len(chosen),), label)).float()
+            with request.precision.callers():  # the wrapped explainer runs as the caller asked
+                cams = self.explainer(batch, torch.full((len(chosen),), label)).float()
             batch_weights = weights[start : start + len(chosen)]
             for cam, weight, index in zip(cams, batch_weights, chosen, strict=True):
                 pasted = _pasted(cam * float(weight), places[int(index)], (height, width))
@@ -244,11 +246,12 @@ class SESS(Explainer):
                     places.append((left, top, cols, rows))
         return patches, places
 
-    def _scores(self, patches: list[Tensor], label: int) -> Tensor:
+    def _scores(self, request: Request, patches: list[Tensor], label: int) -> Tensor:
         scores = []
         with torch.no_grad():
             for start in range(0, len(patches), self.batch_size):
-                logits = logits_in(self.model(torch.cat(patches[start : start + self.batch_size])))
+                batch = torch.cat(patches[start : start + self.batch_size])
+                logits = logits_in(request.run(self.model, batch))
                 values = logits.softmax(-1) if self.softmax_scores else logits
                 scores.append(values[:, label].float().cpu())
         return torch.cat(scores).clamp_min(0)
