@@ -163,3 +163,19 @@ class Precision:
         for device, dtype in self.regions:
             stack.enter_context(torch.autocast(device, dtype=dtype))
         return stack
+
+
+def eager(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile``'d model wraps, or the model itself.
+
+    camkit hooks layers and re-runs parts of the network, which a compiled graph
+    does not allow; it explains the eager module instead (the same parameters,
+    the same maps), and accepts its layer names with or without ``_orig_mod.``.
+    """
+    compiled = type(model).__name__ == "OptimizedModule"  # torch._dynamo's, not imported here
+    inner = getattr(model, "_orig_mod", None) if compiled else None
+    return inner if isinstance(inner, nn.Module) else model
+
+
+COMPILED_PREFIX = "_orig_mod."
+"""What ``torch.compile`` puts before every layer name of the model it wraps."""

@@ -10,10 +10,11 @@ import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 
+from camkit._model import COMPILED_PREFIX, eager
 from camkit.errors import CamkitTypeError, CamkitValueError
 
 _SUGGESTIONS = 5
@@ -103,6 +104,7 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> LayerRef:
         ('0', -1, (0,))
     """
     path, module = find_layer(model, layer)
+    layer = _eager_name(eager(model), layer)
     if not isinstance(layer, str) or layer == path:
         return LayerRef(path, path, module)
     _, call, keys = _parse(layer)
@@ -137,6 +139,8 @@ def find_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module
     """
     if not isinstance(model, nn.Module):
         raise CamkitTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    model = eager(model)
+    layer = _eager_name(model, layer)
     names = {name: module for name, module in model.named_modules() if name}
     if isinstance(layer, nn.Module):
         for name, module in names.items():
@@ -168,6 +172,15 @@ def find_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module
         f"layer: the model has no submodule named {path!r}; {hint}: "
         f"{_preview(close or list(names), names)}"
     )
+
+
+def _eager_name(model: nn.Module, layer: str | nn.Module) -> str | nn.Module:
+    """A name from a ``torch.compile``'d model's ``named_modules`` (``"_orig_mod.layer4"``)
+    as a name in the eager module it wraps (``"layer4"``)."""
+    compiled = isinstance(layer, str) and layer.startswith(COMPILED_PREFIX)
+    if compiled and not hasattr(model, COMPILED_PREFIX[:-1]):
+        return cast(str, layer)[len(COMPILED_PREFIX) :]
+    return layer
 
 
 def _parse(layer: str) -> tuple[str, int, tuple[Key, ...]]:

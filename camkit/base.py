@@ -21,6 +21,7 @@ from camkit import _maps
 from camkit._detection import rowwise_box_heads
 from camkit._hooks import CapturedCall, LayerCapture, ReplaceOutput, capture
 from camkit._layout import Layout
+from camkit._model import eager
 from camkit._pipeline import (
     Explained,
     Request,
@@ -141,6 +142,7 @@ class BaseCAM(Explainer):
         grid: tuple[int, ...] | None = None,
         fuse: str = "mean",
     ) -> None:
+        model = eager(model)  # a torch.compile'd model: its eager module, the same maps
         specs = list(layer) if isinstance(layer, (list, tuple)) else [cast(LayerSpec, layer)]
         if not specs:
             raise CamkitValueError("layer: got an empty list; name at least one layer")

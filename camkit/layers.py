@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from camkit._hooks import Hooks
-from camkit._model import check_input, eval_mode, forward
+from camkit._model import check_input, eager, eval_mode, forward
 from camkit._refs import Key, LayerRef, elements, find_layer, format_key, resolve_layer
 from camkit.errors import CamkitTypeError
 
@@ -107,6 +107,7 @@ def list_layers(
     """
     if not isinstance(model, nn.Module):
         raise CamkitTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    model = eager(model)  # a torch.compile'd model: the layers of the module it wraps
     batch_size = check_input(x)
     modules = [(name, module) for name, module in model.named_modules() if name]
     survey = _Survey(modules, batch_size, tuple(x.shape[2:]))

@@ -407,3 +407,30 @@ def test_a_fused_level_the_score_does_not_read_adds_a_zero_map() -> None:
     torch.testing.assert_close(result.maps, camkit.GradCAM(model, "fpn[0]")(x, target=1))
     with pytest.raises(camkit.CamkitValueError, match=r"does not depend on layer 'fpn\[1\]'"):
         camkit.GradCAM(model, "fpn[1]")(x, target=1)
+
+
+@pytest.mark.parametrize("name", ["1", "_orig_mod.1"])
+def test_a_compiled_model_is_explained_as_its_eager_module(name: str) -> None:
+    """``torch.compile`` wraps the model (its layers become ``_orig_mod.*``, and compiled
+    graphs skip hooks): camkit explains the eager module, with the eager model's maps."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 3), nn.Flatten(), nn.Linear(48, 3)
+    ).eval()
+    compiled = torch.compile(model)
+    x = torch.randn(2, 1, 8, 8)
+    before = snapshot(model)
+    pairs = [
+        (camkit.GradCAM(compiled, name), camkit.GradCAM(model, "1")),
+        (camkit.ScoreCAM(compiled, name), camkit.ScoreCAM(model, "1")),
+        (camkit.FullGrad(compiled), camkit.FullGrad(model)),
+        (camkit.GuidedBackprop(compiled), camkit.GuidedBackprop(model)),
+    ]
+    for on_compiled, on_eager in pairs:
+        assert on_compiled.model is model
+        assert on_compiled.layer_names == on_eager.layer_names
+        assert torch.equal(on_compiled(x, target=[0, 2]), on_eager(x, target=[0, 2]))
+    assert camkit.find_layer(compiled, name) == ("1", model[1])
+    listed = [info.name for info in camkit.list_layers(compiled, x)]
+    assert listed == [info.name for info in camkit.list_layers(model, x)]
+    assert_untouched(before, snapshot(model))

@@ -13,7 +13,7 @@ from camkit import _maps
 from camkit._checks import positive_int, seed_or_none
 from camkit._hooks import Hooks
 from camkit._layout import Layout
-from camkit._model import eval_mode
+from camkit._model import eager, eval_mode
 from camkit._pipeline import Explained, Request, run_pass, scored
 from camkit._refs import resolve_layer
 from camkit.base import LayerSpec
@@ -121,6 +121,7 @@ class DeepFeatureFactorization(Explainer):
             raise CamkitTypeError(
                 f"layer: got {len(layer)} layers; Deep Feature Factorization takes one"
             )
+        model = eager(model)
         self.model = model
         self.layer = resolve_layer(model, layer)
         self.concepts = positive_int(concepts, "concepts")

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from camkit import _maps
 from camkit._hooks import Hooks
+from camkit._model import eager
 from camkit._pipeline import Explained, Request, explained_by, run_pass, scored
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.explainer import Explainer
@@ -70,6 +71,7 @@ class FullGrad(Explainer):
     def __init__(self, model: nn.Module, layers: Sequence[str | nn.Module] | None = None) -> None:
         if not isinstance(model, nn.Module):
             raise CamkitTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        model = eager(model)
         self.model = model
         named = dict(model.named_modules())
         chosen: list[tuple[str, nn.Module]]

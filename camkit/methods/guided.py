@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from camkit._hooks import Hooks
+from camkit._model import eager
 from camkit._outputs import logits_in
 from camkit._pipeline import Explained, Request, explained_by, run_pass, scored
 from camkit.base import LayerSpec
@@ -89,6 +90,7 @@ class GuidedBackprop(Explainer):
     def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, nn.Module):
             raise CamkitTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        model = eager(model)
         self.model = model
         self.relus = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
         self.layer_names = []
@@ -181,7 +183,7 @@ class GuidedGradCAM(Explainer):
     def __init__(self, model: nn.Module, layer: LayerSpec) -> None:
         self.guided = GuidedBackprop(model)
         self.gradcam = GradCAM(model, layer)
-        self.model = model
+        self.model = self.guided.model
         self.layer_names = self.gradcam.layer_names
 
     def explain(

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from camkit import _maps
 from camkit._hooks import capture
 from camkit._layout import Layout
+from camkit._model import eager
 from camkit._pipeline import Explained, Request, explained_by, run_pass, scored
 from camkit._refs import resolve_layer
 from camkit.base import LayerSpec
@@ -125,6 +126,7 @@ class LeGrad(Explainer):
             )
         if head is not None and not callable(head):
             raise CamkitTypeError(f"head: got {type(head).__name__}; allowed: a callable")
+        model = eager(model)
         self.model = model
         self.attentions = [resolve_layer(model, spec) for spec in attentions]
         self.blocks = [] if blocks is None else [resolve_layer(model, spec) for spec in blocks]
