@@ -289,3 +289,20 @@ def test_ablation_cam_on_resnet18_under_autocast_equals_full_reruns() -> None:
     assert tail.dtype == torch.float32
     rounding = 8 * torch.finfo(torch.bfloat16).eps  # maps in [0, 1]
     torch.testing.assert_close(tail, full, rtol=0, atol=rounding)
+
+
+@pytest.mark.parametrize("device", ["cpu", "mps", "xpu"])  # cuda: without a GPU it warns, stays off
+def test_full_precision_closes_the_callers_autocast_on_every_device_type(device: str) -> None:
+    """camkit's arithmetic leaves the caller's autocast on any device type (mps and xpu
+    were once skipped), and the model's re-runs open it again with the caller's dtype."""
+    from camkit._model import Precision
+
+    dtype = torch.bfloat16 if device == "cpu" else torch.float16
+    with torch.autocast(device, dtype=dtype):
+        precision = Precision.of_caller()
+        with precision.full():
+            assert not torch.is_autocast_enabled(device)
+            with precision.callers():
+                assert torch.is_autocast_enabled(device)
+                assert torch.get_autocast_dtype(device) == dtype
+    assert precision.regions == ((device, dtype),)
