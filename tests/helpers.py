@@ -88,6 +88,36 @@ snapshot = model_state
 assert_untouched = assert_model_unchanged
 
 
+FLOAT32_EPS = torch.finfo(torch.float32).eps
+
+
+class GradCAMMagnitude(camkit.BaseCAM):
+    """``sum_k |alpha_k| |A^k|``: the size of the terms a Grad-CAM map sums, which bounds its
+    rounding. Two computations of one map whose inputs agree to float32's rounding differ by
+    at most ``(2 K + 1) eps`` times it (``K`` channels summed in any order, each weight off
+    by one rounding); :func:`assert_gradcam_close` checks that bound."""
+
+    channels = 0
+    """``K``, the layer's channels, once a call has run."""
+
+    def weights(self, context: camkit.LayerContext) -> Tensor:
+        self.channels = context.activations.shape[2]
+        return context.gradients.mean(dim=context.spatial_dims).abs()
+
+    def combine(self, weighted: Tensor) -> Tensor:
+        return weighted.abs().sum(dim=1)
+
+
+def assert_gradcam_close(got: Tensor, expected: Tensor, magnitude: Tensor, channels: int) -> None:
+    """Raw Grad-CAM maps equal up to the rounding of float32 arithmetic on terms of size
+    ``magnitude`` (from :class:`GradCAMMagnitude`): a bound that follows from the
+    computation, not from one machine's kernels."""
+    bound = (2 * channels + 1) * FLOAT32_EPS * magnitude.double()
+    excess = (got.double() - expected.double()).abs() - bound
+    assert float(excess.max()) <= 0, f"off by {float(excess.max())} beyond the rounding bound"
+    assert float(magnitude.max()) > 0  # the bound is not vacuous
+
+
 def reference_activations_and_gradients(
     model: nn.Module, layer: nn.Module, x: Tensor, classes: Tensor
 ) -> tuple[Tensor, Tensor]:
