@@ -172,7 +172,7 @@ OTHER: dict[str, list[Any]] = {
     "layout": ["tokens"], "fuse": ["product", "mean"], "rank_by": ["mean"], "kernel": ["rbf"],
     "pool": ["max"], "tanh_scale": [2.0], "top_channels": [2], "gamma": [0.5],
     "grid": [(6, 6)], "window": [6], "step": [2], "scales": [[8, 9]], "seed": [7],
-    "fc": ["4", "5"], "layers": [["0"]], "alpha": [0.5],
+    "fc": ["4", "5"], "layers": [["0"]], "alpha": [0.5], "scaling": ["per_channel"],
 }  # fmt: skip
 TOGETHER = {("LeGrad", "blocks"): ("head",), ("LeGrad", "head"): ("blocks",)}
 RENAMED = {"layer": "layers", "attentions": "layers", "samples": "samples"}

@@ -41,8 +41,11 @@ def bn_net(dims: int = 2) -> nn.Sequential:
 SHAPES = {1: (3, 2, 12), 2: (3, 2, 10, 8), 3: (3, 2, 6, 4, 8)}
 
 
-def _reference(model: nn.Sequential, x: Tensor, classes: Tensor) -> Tensor:
-    """FullGrad by its definition, with full backward passes and explicit loops."""
+def _reference(model: nn.Sequential, x: Tensor, classes: Tensor, scaling: str) -> Tensor:
+    """FullGrad by its definition, with full backward passes and explicit loops; each term
+    scaled as the authors' code does (``_postProcess`` on the whole sample, then
+    ``interpolate(..., align_corners=True)``) or as pytorch-grad-cam does (each channel,
+    dividing by its range plus 1e-7, then resized)."""
     model(x)  # initialize the lazy layer
     model.eval()
     biased = [m for m in model if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
@@ -65,11 +68,19 @@ def _reference(model: nn.Sequential, x: Tensor, classes: Tensor) -> Tensor:
     def psi(values: Tensor) -> Tensor:
         total = torch.zeros(len(x), *x.shape[2:], dtype=torch.float64)
         for i in range(len(x)):
+            sample = values[i].abs().double()
+            if scaling == "authors":
+                sample = sample - sample.min()
+                sample = sample / (sample.max() + 1e-6)
             for c in range(values.shape[1]):
-                up = F.interpolate(values[i, c][None, None].abs(), size=x.shape[2:], mode=mode)
-                up = up[0, 0].double()
-                span = up.max() - up.min()
-                total[i] += (up - up.min()) / span if span > 0 else 0.0
+                channel = sample[c]
+                if scaling == "per_channel":
+                    channel = (channel - channel.min()) / (channel.max() - channel.min() + 1e-7)
+                up = F.interpolate(
+                    channel[None, None], size=x.shape[2:], mode=mode,
+                    align_corners=scaling == "authors",
+                )  # fmt: skip
+                total[i] += up[0, 0]
         return total
 
     total = psi(grads[0] * x)
@@ -85,14 +96,25 @@ def _reference(model: nn.Sequential, x: Tensor, classes: Tensor) -> Tensor:
     return ((flat - low) / (high - low)).view_as(total)
 
 
+@pytest.mark.parametrize("scaling", ["authors", "per_channel"])
 @pytest.mark.parametrize("dims", [1, 2, 3])
-def test_fullgrad_matches_its_definition(dims: int) -> None:
+def test_fullgrad_matches_its_definition(dims: int, scaling: str) -> None:
     model = bn_net(dims)
     x = torch.randn(SHAPES[dims])
     classes = torch.tensor([1, 4, 0])
-    expected = _reference(model, x, classes)
-    maps = FullGrad(model)(x, classes)
+    expected = _reference(model, x, classes, scaling)
+    maps = FullGrad(model, scaling=scaling)(x, classes)
     torch.testing.assert_close(maps.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_two_scalings_differ_where_terms_are_resized() -> None:
+    model = bn_net()
+    x = torch.randn(SHAPES[2])
+    authors = FullGrad(model)(x, 1)
+    per_channel = FullGrad(model, scaling="per_channel")(x, 1)
+    assert float((authors - per_channel).abs().max()) > 0.05
+    with pytest.raises(CamkitValueError, match=r"^scaling: got 'paper'; allowed: 'authors'"):
+        FullGrad(model, scaling="paper")
 
 
 def test_fullgrad_terms_and_k_targets() -> None:

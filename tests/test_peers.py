@@ -151,10 +151,8 @@ def test_fullgrad_agrees_with_pytorch_grad_cam() -> None:
     cam = FullGrad(model, [])
     theirs = torch.from_numpy(cam(x, [ClassifierOutputTarget(c) for c in classes]))
     cam.activations_and_grads.release()
-    ours = camkit.FullGrad(model)(x, classes)
-    # pytorch-grad-cam scales each channel as (v - min) / (max - min + 1e-7), which moves
-    # channels of small range by up to about 1e-4 each; summed over channels, up to 1e-3
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-3)
+    ours = camkit.FullGrad(model, scaling="per_channel")(x, classes)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
 def test_finer_cam_agrees_with_pytorch_grad_cam() -> None:
@@ -226,3 +224,19 @@ def test_the_documented_differences_are_real() -> None:
         theirs = cam(class_idx=classes, scores=scores)[0]
     ours = camkit.SmoothGradCAMPlusPlus(model, "3", seed=2)(x, classes, upsample=False)
     assert not torch.allclose(ours, theirs, atol=1e-3)
+
+
+def test_ss_cam_differs_from_torchcam_where_the_layer_is_smaller_than_the_input() -> None:
+    """TorchCAM scales each channel before upsampling it, camkit after: the same at the
+    input's resolution (above), not at a pooled layer."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 4, 3, padding=1),
+        nn.ReLU(), nn.Flatten(), nn.Linear(4 * (SIZE // 2) ** 2, 10),
+    ).eval()  # fmt: skip
+    x, classes = _inputs()
+    torch.manual_seed(5)
+    theirs = _torchcam("SSCAM", batch_size=4, num_samples=3, std=0.5)(model, x, classes)
+    torch.manual_seed(5)
+    ours = camkit.SSCAM(model, "4", samples=3, noise_std=0.5, batch_size=4)
+    assert not torch.allclose(ours(x, classes, upsample=False), theirs, atol=1e-3)

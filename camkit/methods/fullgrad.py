@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from camkit import _maps
@@ -33,29 +34,37 @@ class FullGrad(Explainer):
     output of each convolution and batch normalization with a bias (over the
     whole model), :math:`b_l` its bias (for batch normalization, the effective
     bias :math:`\beta - \mu \gamma / \sqrt{\sigma^2 + \epsilon}` of eval mode),
-    and :math:`\psi` = absolute value, (bi/tri)linear upsampling to the input,
-    and min-max scaling to :math:`[0, 1]`, applied to each channel of each
-    sample,
 
     .. math::
 
         S = \sum_{c} \psi\big(\nabla_x y^c \odot x\big)_c
             + \sum_l \sum_c \psi\big(b_{l,c}\, \nabla_{z_l} y^c\big)_c,
 
-    then scaled to :math:`[0, 1]`. ``(N, *spatial)`` maps like a CAM's
-    (``(N, k, *spatial)`` for ``k`` targets). pytorch-grad-cam's ``FullGrad``
-    computes the same sum with its biased layers restricted to ``Conv2d`` and
-    ``BatchNorm2d``, and scales each channel before resizing it (camkit
-    resizes first, as the paper's :math:`\psi` reads); where no resizing is
-    needed, the two agree.
+    then scaled to :math:`[0, 1]`: ``(N, *spatial)`` maps like a CAM's
+    (``(N, k, *spatial)`` for ``k`` targets). :math:`\psi` takes the absolute
+    value, scales it and resizes it to the input; how, ``scaling`` says:
+
+    * ``"authors"`` (the default), as the authors' code does
+      (idiap/fullgrad-saliency, ``_postProcess`` then ``F.interpolate``): each
+      sample's term, all its channels together, is shifted to minimum 0 and
+      divided by its maximum plus :math:`10^{-6}`, *then* resized,
+      (bi/tri)linearly with ``align_corners=True``.
+    * ``"per_channel"``, as pytorch-grad-cam's ``FullGrad`` does: each channel
+      of each sample is scaled to [0, 1] on its own (dividing by its range plus
+      :math:`10^{-7}`), then resized (``align_corners=False``, as its OpenCV
+      resize). pytorch-grad-cam includes only ``Conv2d`` and ``BatchNorm2d``
+      layers; on those, the two give the same maps.
 
     Args:
         model: Any :class:`torch.nn.Module`; it is not modified.
         layers: The biased layers to include (names or modules); by default every
             convolution and batch normalization with a bias.
+        scaling: How each term is scaled before it is resized and summed:
+            ``"authors"`` or ``"per_channel"`` (see above).
 
     Raises:
-        CamkitValueError: If the model has no biased layer and none is given.
+        CamkitValueError: If the model has no biased layer and none is given, or
+            ``scaling`` is not one of the two.
 
     Example:
         >>> import torch
@@ -68,7 +77,18 @@ class FullGrad(Explainer):
 
     not_differentiable_because = "each term is scaled per channel outside the autograd graph"
 
-    def __init__(self, model: nn.Module, layers: Sequence[str | nn.Module] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[str | nn.Module] | None = None,
+        *,
+        scaling: str = "authors",
+    ) -> None:
+        if scaling not in _SCALINGS:
+            raise CamkitValueError(
+                f"scaling: got {scaling!r}; allowed: {', '.join(map(repr, _SCALINGS))}"
+            )
+        self.scaling = scaling
         if not isinstance(model, nn.Module):
             raise CamkitTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         model = eager(model)
@@ -99,6 +119,10 @@ class FullGrad(Explainer):
             )
         self.layers: list[tuple[str, nn.Module]] = chosen
         self.layer_names = [name for name, _ in chosen]
+
+    def settings(self) -> dict[str, Any]:
+        """The method, the biased layers and ``scaling``."""
+        return {**super().settings(), "scaling": self.scaling}
 
     def explain(
         self,
@@ -153,11 +177,11 @@ class FullGrad(Explainer):
             names = ["the input", *(f"layer {self.layers[i][0]!r}" for i in reached)]
             gradients = explained_by(scores, tensors, names)
         size = tuple(x.shape[2:])
-        terms = {"input": _psi(gradients[0] * leaf.detach()[:, None], size)}
+        terms = {"input": _psi(gradients[0] * leaf.detach()[:, None], size, self.scaling)}
         for i, gradient in zip(reached, gradients[1:], strict=True):
             name, module = self.layers[i]
             bias = _bias(module).view(1, 1, -1, *[1] * (gradient.dim() - 3))
-            terms[name] = _psi(gradient * bias, size)
+            terms[name] = _psi(gradient * bias, size, self.scaling)
         total = torch.stack(list(terms.values())).sum(0)
         maps = _maps.scale_maps_(total.contiguous())
         return Explained(maps, terms, output, bound, scores)
@@ -187,11 +211,33 @@ def _bias(module: nn.Module) -> Tensor:
     return cast(Tensor, module.bias).detach().float()
 
 
-def _psi(values: Tensor, size: tuple[int, ...]) -> Tensor:
-    """``(N, k, C, *spatial)``: absolute value, upsampled, each channel scaled to [0, 1],
-    summed over channels: ``(N, k, *size)``."""
+_SCALINGS = ("authors", "per_channel")
+_AUTHORS_EPSILON = 1e-6
+_PER_CHANNEL_EPSILON = 1e-7
+_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def _psi(values: Tensor, size: tuple[int, ...], scaling: str) -> Tensor:
+    """``(N, k, C, *spatial)``: absolute value, scaled and resized to ``size`` as
+    ``scaling`` says (see :class:`FullGrad`), summed over channels: ``(N, k, *size)``."""
     n, k, c = values.shape[:3]
-    flat = values.detach().abs().float().flatten(0, 2)
-    resized = _maps.upsample(flat, size) if len(size) == flat.dim() - 1 else flat
-    scaled = _maps.min_max_normalize_(resized.contiguous())
-    return scaled.view(n, k, c, *scaled.shape[1:]).sum(dim=2)
+    magnitude = values.detach().abs().float()
+    if scaling == "authors":
+        flat = magnitude.flatten(2)  # each sample's (and target's) channels together
+        shifted = flat - flat.amin(dim=2, keepdim=True)
+        scaled = (shifted / (shifted.amax(dim=2, keepdim=True) + _AUTHORS_EPSILON)).view_as(
+            magnitude
+        )
+        resized = scaled.flatten(0, 2)
+        if len(size) == resized.dim() - 1 and tuple(resized.shape[1:]) != size:
+            mode = _MODES[len(size)]
+            resized = F.interpolate(resized[:, None], size, mode=mode, align_corners=True)[:, 0]
+    else:
+        flat = magnitude.flatten(3)  # each channel on its own
+        low = flat.amin(dim=3, keepdim=True)
+        span = flat.amax(dim=3, keepdim=True) - low
+        scaled = ((flat - low) / (span + _PER_CHANNEL_EPSILON)).view_as(magnitude)
+        resized = scaled.flatten(0, 2)
+        if len(size) == resized.dim() - 1:
+            resized = _maps.upsample(resized.contiguous(), size)
+    return resized.reshape(n, k, c, *resized.shape[1:]).sum(dim=2)

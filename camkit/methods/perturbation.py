@@ -196,8 +196,12 @@ class SSCAM(ScoreCAM):
     The defaults are the paper's (and TorchCAM's): :math:`S = 35` samples,
     :math:`\sigma = 2`. ``S x N x C`` forward passes (``S x N x K`` with
     ``top_channels``). The noise of sample :math:`i` is drawn for every mask
-    before sample :math:`i + 1`'s, as TorchCAM draws it: seeded alike on the
-    CPU, the two give the same maps (a test checks this).
+    before sample :math:`i + 1`'s, as TorchCAM draws it. TorchCAM scales each
+    channel to [0, 1] at the layer's resolution and then upsamples it, while
+    camkit (like the paper's :math:`H^k`) upsamples and then scales; so,
+    seeded alike on the CPU, the two give the same maps for a layer at the
+    input's resolution (a test checks this), and different maps where the
+    layer is smaller than the input.
 
     Args:
         model: As for :class:`~camkit.BaseCAM`.
@@ -275,8 +279,11 @@ class ISCAM(ScoreCAM):
 
     :math:`c_i` is the running sum of TorchCAM's implementation (TorchCAM's
     docstring writes the sum from :math:`j = 0` to :math:`i - 1`; its code,
-    which camkit follows, adds :math:`j = 1` to :math:`i`). ``S x N x C``
-    forward passes; :math:`S = 10` by default, as in TorchCAM.
+    which camkit follows, adds :math:`j = 1` to :math:`i`). As for
+    :class:`SSCAM`, TorchCAM scales each channel before upsampling it and
+    camkit after, so the two agree for a layer at the input's resolution
+    only. ``S x N x C`` forward passes; :math:`S = 10` by default, as in
+    TorchCAM.
 
     Args:
         model: As for :class:`~camkit.BaseCAM`.
