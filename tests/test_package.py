@@ -69,8 +69,22 @@ def _test_line(text: str) -> str:
 def test_ci_runs_the_readme_test_command_and_it_installs_what_tests_need() -> None:
     root = Path(__file__).parents[1]
     line = _test_line((root / "README.md").read_text())
-    assert line == _test_line((root / ".ci" / "run").read_text())
+    ci = (root / ".ci" / "run").read_text().rstrip().splitlines()
+    assert ci[-1] == line  # the README's line, last, so that its result is the run's
     assert re.fullmatch(r'pip install "\.\[test\]" && python -m pytest', line)
+
+
+def test_ci_reruns_the_numeric_tests_on_other_kernels_and_one_thread() -> None:
+    root = Path(__file__).parents[1]
+    ci = (root / ".ci" / "run").read_text()
+    assert "ATEN_CPU_CAPABILITY=default python -m pytest" in ci
+    assert "OMP_NUM_THREADS=1 python -m pytest" in ci
+    listed = re.search(r"NUMERIC=\(([^)]*)\)", ci)
+    assert listed is not None
+    names = listed.group(1).split()
+    assert len(names) > 15
+    for name in names:  # a renamed test file would silently drop out of the reruns
+        assert (root / "tests" / f"test_{name}.py").is_file(), name
 
 
 def test_dependencies_set_no_upper_bound() -> None:
