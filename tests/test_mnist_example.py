@@ -197,6 +197,7 @@ def test_smoke_run_writes_every_figure_and_the_report(tmp_path: Path) -> None:
             "--eval-images",
             "100",
             "--quiet",
+            "--full",
         ]
     )
     assert code == 0
@@ -223,6 +224,25 @@ def test_smoke_run_writes_every_figure_and_the_report(tmp_path: Path) -> None:
     assert len(history.loss) == 1
     _, vit_history = load(out / "vit-weights.pt", MnistViT)
     assert len(vit_history.loss) == 1
+
+
+def test_the_default_run_scores_the_main_methods_and_names_the_full_run(tmp_path: Path) -> None:
+    from examples.mnist.comparison import MAIN_METHODS
+
+    out = tmp_path / "report"
+    argv = ["--out", str(out), "--epochs", "1", "--limit-train", "512", "--limit-test", "300"]
+    assert main([*argv, "--eval-images", "100", "--quiet"]) == 0
+    report = (out / "report.md").read_text()
+    figures = sorted((out / "figures").glob("*.png"))
+    assert len(figures) == 18  # all but the vision transformer's
+    for path in figures:
+        assert f"figures/{path.name}" in report
+    rows = {line.split("|")[1].strip() for line in report.splitlines() if line.startswith("| ")}
+    assert set(MAIN_METHODS) <= rows
+    assert not {"LeGrad", "SESS", "FullGrad", "Score-CAM TTA"} & rows
+    assert "## More methods, and a vision transformer" in report
+    assert "python -m examples.mnist --full" in report
+    assert not (out / "vit-weights.pt").exists()
 
 
 def test_training_is_reproducible() -> None:

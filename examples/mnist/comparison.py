@@ -171,6 +171,19 @@ def explainers(model: nn.Module) -> dict[str, Explainer]:
     return cams
 
 
+MAIN_METHODS = (
+    *("Grad-CAM", "Grad-CAM++", "XGrad-CAM", "HiResCAM", "LayerCAM", "Eigen-CAM"),
+    *("Score-CAM", "Ablation-CAM", "Random-CAM", "uniform random", "centre Gaussian"),
+)
+"""What the example scores without ``--full``: the methods most used, with the baselines."""
+
+
+def main_explainers(model: nn.Module) -> dict[str, Explainer]:
+    """The explainers of :data:`MAIN_METHODS`, as :func:`explainers` builds them."""
+    every = explainers(model)
+    return {name: every[name] for name in MAIN_METHODS}
+
+
 def vit_explainers(model: nn.Module) -> dict[str, Explainer]:
     """LeGrad on :func:`raw_pixel_model`'s wrapped :class:`~examples.mnist.vit.MnistViT`,
     with Grad-CAM on the same network and the same baselines, to read its row against.

@@ -288,13 +288,47 @@ def write_report(
     table: Table,
     sanity: dict[str, RandomizationResult],
     evaluated: int,
-    vit: VitSetup,
-    vit_table: Table,
+    vit: VitSetup | None = None,
+    vit_table: Table | None = None,
+    *,
+    full: bool = True,
 ) -> Path:
-    """Write ``report.md`` in ``out``; figures are linked by their paths relative to it."""
+    """Write ``report.md`` in ``out``; figures are linked by their paths relative to it.
+
+    Without ``vit`` (a run without ``--full``), the vision transformer's section says how
+    to get it."""
 
     def fig(key: str, caption: str) -> str:
         return f"![{caption}]({figures[key].relative_to(out).as_posix()})\n\n*{caption}*"
+
+    scored = "Every camkit method that applies" if full else "The main camkit methods that apply"
+    if vit is None or vit_table is None:
+        transformer_section = (
+            "## More methods, and a vision transformer\n\n"
+            "This run scored the main methods. `python -m examples.mnist --full` scores every "
+            "camkit method that applies to this network (30 explainers), and trains a small "
+            "vision transformer to explain with LeGrad beside Grad-CAM (15 to 30 minutes in "
+            "all on 2 CPU cores).\n\n"
+        )
+    else:
+        transformer_section = f"""## A vision transformer: LeGrad
+
+LeGrad (Bousselham et al., 2024) explains vision transformers through their attention,
+which the ConvNet has none of. So the example also trains a small ViT: 4x4 patches (a 7x7
+grid of tokens) and a CLS token, three pre-norm blocks of width 32 with 4 heads, the class
+read from the CLS token; {vit.parameters:,} parameters, {_vit_weights(vit)}, reaching
+**{100 * vit.accuracy:.2f} %** test accuracy. LeGrad uses the last two blocks' attention
+(the default of the paper's code), each block scored through the network's own head on its
+tokens; Grad-CAM explains the last block's `norm1` tokens (pytorch-grad-cam's ViT recipe).
+Both are scored as above, on the same {evaluated:,} images, for the ViT's predicted class.
+
+{fig("transformer", "LeGrad and Grad-CAM on the ViT, Grad-CAM on the ConvNet, same class")}
+
+{table_markdown(vit_table)}
+
+{transformer_discussion(vit_table, table)}
+
+"""
 
     class_figs = "\n\n".join(fig(f"class_{d}", f"Digit {d}") for d in range(CLASSES))
     text = f"""# camkit worked example: MNIST
@@ -358,7 +392,7 @@ average.
 
 ## Evaluating the explanations
 
-Every camkit method that applies to this network, scored with every camkit metric on the
+{scored} to this network, scored with every camkit metric on the
 first {evaluated:,} test images for the predicted class, on raw [0, 1] pixels (a map value
 of 0 shows black), next to a uniform-random and a centre-Gaussian map. Arrows say which
 direction is better. Average Drop and Increase in Confidence: Chattopadhay et al. (2018);
@@ -372,24 +406,7 @@ input gradients, scaled to [0, 1].
 
 {evaluation_discussion(table)}
 
-## A vision transformer: LeGrad
-
-LeGrad (Bousselham et al., 2024) explains vision transformers through their attention,
-which the ConvNet has none of. So the example also trains a small ViT: 4x4 patches (a 7x7
-grid of tokens) and a CLS token, three pre-norm blocks of width 32 with 4 heads, the class
-read from the CLS token; {vit.parameters:,} parameters, {_vit_weights(vit)}, reaching
-**{100 * vit.accuracy:.2f} %** test accuracy. LeGrad uses the last two blocks' attention
-(the default of the paper's code), each block scored through the network's own head on its
-tokens; Grad-CAM explains the last block's `norm1` tokens (pytorch-grad-cam's ViT recipe).
-Both are scored as above, on the same {evaluated:,} images, for the ViT's predicted class.
-
-{fig("transformer", "LeGrad and Grad-CAM on the ViT, Grad-CAM on the ConvNet, same class")}
-
-{table_markdown(vit_table)}
-
-{transformer_discussion(vit_table, table)}
-
-## Sanity checks
+{transformer_section}## Sanity checks
 
 Cascading model-parameter randomization (Adebayo et al., 2018) on 100 test images: the
 layers are re-initialized from the logits down, and each method's maps are compared with
