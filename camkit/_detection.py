@@ -26,9 +26,10 @@ Rerun = Callable[[Sequence[Tensor], Tensor], Tensor]
 """``rerun(features, rows)``: the box head's output rows ``rows``, from the given features."""
 
 
-def _box_heads(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+def box_heads(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     """The box pooling and box head of each torchvision ``RoIHeads`` in ``model`` (found by
-    duck typing: camkit does not import torchvision)."""
+    duck typing: camkit does not import torchvision); an explainer looks them up once, when
+    it is built, so that a call need not walk the model for them."""
     found = []
     for module in model.modules():
         kind = type(module)  # checked first: it is cheap, and most modules are not RoIHeads
@@ -41,12 +42,12 @@ def _box_heads(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
 
 
 @contextmanager
-def rowwise_box_heads(model: nn.Module) -> Iterator[None]:
-    """For the length of the block, back-propagate through each torchvision box head only
-    for the rows (boxes) whose gradient is not zero."""
+def rowwise_box_heads(heads: list[tuple[nn.Module, nn.Module]]) -> Iterator[None]:
+    """For the length of the block, back-propagate through each torchvision box head of
+    ``heads`` (from :func:`box_heads`) only for the rows (boxes) whose gradient is not zero."""
     handles: list[RemovableHandle] = []
     try:
-        for pool, head in _box_heads(model):
+        for pool, head in heads:
             handles += _wrap(pool, head)
         yield
     finally:

@@ -30,7 +30,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     are left alone (the usual case costs one pass over the modules).
     """
     with _LOCK:
-        held = [m for m in model.modules() if m.training or m in _HELD]
+        held = [m for m in _modules(model) if m.training or m in _HELD]
         for module in held:
             count, training = _HELD.get(module, (0, module.training))
             _HELD[module] = (count + 1, training)
@@ -45,6 +45,19 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
                     module.training = training
                 else:
                     _HELD[module] = (count - 1, training)
+
+
+def _modules(model: nn.Module) -> list[nn.Module]:
+    """``model.modules()``, each once, by a plain walk over the children: several times
+    faster than the generator (it builds no names), and a call walks the model every time."""
+    found: dict[int, nn.Module] = {}
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        if id(module) not in found:
+            found[id(module)] = module
+            stack.extend(child for child in module._modules.values() if child is not None)
+    return list(found.values())
 
 
 def check_input(x: object) -> int:

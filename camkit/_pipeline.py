@@ -42,6 +42,17 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class CallOptions:
+    """The options of one :meth:`camkit.BaseCAM.explain` call that shape each pass's maps."""
+
+    relu: bool
+    upsample: bool
+    counterfactual: bool
+    eigen_smooth: bool
+    differentiable: bool
+
+
+@dataclass(frozen=True)
 class Request:
     """A validated call: the input batch, its target, the model's further inputs."""
 

@@ -17,12 +17,13 @@ from typing import Any, ClassVar, cast
 import torch
 from torch import Tensor, fx, nn
 
-from camkit import _maps
-from camkit._detection import rowwise_box_heads
-from camkit._hooks import CapturedCall, LayerCapture, ReplaceOutput, capture
+from camkit import _detection, _maps
+from camkit._finish import FUSIONS, fused_and_scaled, rectified_and_resized
+from camkit._hooks import CapturedCall, LayerCapture, capture
 from camkit._layout import Layout
 from camkit._model import eager
 from camkit._pipeline import (
+    CallOptions,
     Explained,
     Request,
     check_scores_finite,
@@ -31,11 +32,12 @@ from camkit._pipeline import (
     scored,
 )
 from camkit._refs import LayerRef, resolve_layer
-from camkit._tail import TailRunner, split, trace
+from camkit._rescoring import Rescoring, context_dtype
+from camkit._tail import trace
 from camkit._targets import BoundTarget, CheckedTarget
 from camkit.augment import Augmentation, horizontal_flip
 from camkit.context import LayerContext
-from camkit.errors import CamkitModelError, CamkitTypeError, CamkitValueError
+from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.explainer import Explainer, setting
 from camkit.result import CAMResult
 from camkit.targets import Target
@@ -154,10 +156,11 @@ class BaseCAM(Explainer):
             raise CamkitValueError(f"layer: {self.layer_names} names a layer twice")
         self.layout = Layout(layout, prefix_tokens, grid)
         self.model = model
-        if fuse not in _FUSIONS:
-            raise CamkitValueError(f"fuse: got {fuse!r}; allowed: {', '.join(map(repr, _FUSIONS))}")
+        if fuse not in FUSIONS:
+            raise CamkitValueError(f"fuse: got {fuse!r}; allowed: {', '.join(map(repr, FUSIONS))}")
         self.fuse = fuse
         self._traced: dict[int, fx.Graph | None] = {}
+        self._box_heads = _detection.box_heads(model)
 
     def settings(self) -> dict[str, Any]:
         """The method, the layers, and the layout and fusion options (see
@@ -322,7 +325,7 @@ class BaseCAM(Explainer):
                 "upsample: fusing several layers needs upsample=True, since their maps "
                 "have different resolutions"
             )
-        options = _Options(relu, upsample, counterfactual, eigen_smooth, differentiable)
+        options = CallOptions(relu, upsample, counterfactual, eigen_smooth, differentiable)
         return run_pass(
             self,
             x,
@@ -337,7 +340,7 @@ class BaseCAM(Explainer):
     def _explained(
         self,
         request: Request,
-        options: _Options,
+        options: CallOptions,
         normalize: bool,
         augmentations: list[Augmentation],
     ) -> Explained:
@@ -346,11 +349,13 @@ class BaseCAM(Explainer):
         layer_maps = run.layer_maps
         if augmentations:
             layer_maps = self._augmented(request, run, augmentations, options)
-        maps, layer_maps = _finished(layer_maps, normalize, options.differentiable, self.fuse)
+        maps, layer_maps = fused_and_scaled(
+            layer_maps, normalize, options.differentiable, self.fuse
+        )
         return Explained(maps, layer_maps, run.output, run.target, run.scores)
 
     def _augmented(
-        self, request: Request, run: _Run, augmentations: list[Augmentation], options: _Options
+        self, request: Request, run: _Run, augmentations: list[Augmentation], options: CallOptions
     ) -> dict[str, Tensor]:
         """The mean of ``run``'s maps and of each augmented copy's, in ``x``'s frame."""
         target = request.target
@@ -371,12 +376,12 @@ class BaseCAM(Explainer):
                 total[name] = total[name] + back
         return {name: maps / (1 + len(augmentations)) for name, maps in total.items()}
 
-    def _layer_maps(self, request: Request, options: _Options) -> _Run:
+    def _layer_maps(self, request: Request, options: CallOptions) -> _Run:
         """One forward (and backward) pass: each layer's map ``(N, k, *spatial)``, unscaled."""
         differentiable = options.differentiable
         with ExitStack() as modes:
             if not differentiable:  # a training step runs the model as the caller set it
-                modes.enter_context(rowwise_box_heads(self.model))
+                modes.enter_context(_detection.rowwise_box_heads(self._box_heads))
             hooked, output = capture(
                 self.layers, lambda: request.run(self.model), record_all=differentiable
             )
@@ -412,14 +417,13 @@ class BaseCAM(Explainer):
                     except Exception:
                         check_scores_finite(request.x, scores)  # a NaN input explains it better
                         raise
-            layer_maps = {}
-            for name, maps in signed.items():
-                if options.relu:
-                    maps = maps.clamp_min(0) if differentiable else maps.clamp_min_(0)
-                if options.upsample:
-                    resized = _maps.upsample(maps.flatten(0, 1), tuple(request.x.shape[2:]))
-                    maps = resized.view(*maps.shape[:2], *resized.shape[1:])
-                layer_maps[name] = maps.to(request.x.device)
+            size = tuple(request.x.shape[2:]) if options.upsample else None
+            layer_maps = {
+                name: rectified_and_resized(maps, options.relu, size, differentiable).to(
+                    request.x.device
+                )
+                for name, maps in signed.items()
+            }
         return _Run(layer_maps, output, target, scores)
 
     def _context(
@@ -431,92 +435,22 @@ class BaseCAM(Explainer):
         target: BoundTarget,
         scores: Tensor,
         gradients: Tensor | None,
-        options: _Options,
+        options: CallOptions,
     ) -> LayerContext:
-        """The layer's tensors in the channels-first layout, and closures that re-run the model
-        (``native`` is the layer's output at call ``call``, 0 the first, the one explained).
-
-        Float32, or float64 for a float64 layer in differentiable mode (for gradcheck)."""
-        ref = self.layers[index]
-        name = ref.name
-        wide = options.differentiable and native.dtype == torch.float64
-        dtype = torch.float64 if wide else torch.float32
-        recorded, recorded_gradients = native, gradients  # in the autograd graph, if recorded
+        """The layer's tensors in the channels-first layout, and the ways to re-run the model
+        (``native`` is the layer's output at call ``call``, 0 the first, the one explained)."""
+        name = self.layers[index].name
+        rescoring = Rescoring(
+            self, request, index, native, call, target, scores, gradients, options
+        )
+        dtype = context_dtype(native, options.differentiable)
         if not options.differentiable:
             native = native.detach()
         activations = self._channels_first(native, name, request, options.upsample)
-        sign = -1.0 if options.counterfactual else 1.0
         if gradients is not None:
             gradients = self._gradients_channels_first(gradients, name).to(dtype)
             if options.counterfactual:
                 gradients = -gradients
-
-        def hessian_times(vectors: Tensor) -> Tensor:
-            if recorded_gradients is None or not recorded_gradients.requires_grad:
-                raise CamkitValueError(
-                    f"hessian_times: the gradients of layer {name!r} were taken without a "
-                    f"graph; set needs_hessian = True on the method"
-                )
-            v = self.layout.from_channels_first(vectors, recorded).to(recorded.dtype)
-            products = []
-            with torch.enable_grad():
-                for t in range(recorded_gradients.shape[1]):
-                    (product,) = torch.autograd.grad(
-                        recorded_gradients[:, t], recorded, v, retain_graph=True, allow_unused=True
-                    )
-                    products.append(torch.zeros_like(v) if product is None else product.detach())
-            stacked = torch.stack(products, dim=1)
-            return sign * self._gradients_channels_first(stacked, name).to(dtype)
-
-        def rerun(inputs: Tensor) -> LayerContext:
-            fixed = request.target  # a callable, scored anew; else the classes explained
-            if target.classes is not None:
-                fixed = CheckedTarget(target.classes, None, multi=True)
-            other = replace(request, x=inputs, target=fixed)
-            hooked, output = capture([ref], lambda: other.run(self.model))
-            captured = hooked.captured(0)
-            if captured is None:
-                raise CamkitValueError(
-                    f"layer: {name!r} was not reached in the forward pass on the re-run inputs"
-                )
-            with torch.enable_grad():
-                other_target, other_scores = scored(other, output)
-                other_gradients = (
-                    explained_by(other_scores, [captured.activation], [f"layer {name!r}"])[0]
-                    if self.needs_gradients
-                    else None
-                )
-            return self._context(
-                other,
-                index,
-                captured.activation,
-                captured.number,
-                other_target,
-                other_scores,
-                other_gradients,
-                options,
-            )
-
-        @torch.no_grad()
-        def score_inputs(inputs: Tensor, samples: Tensor) -> Tensor:
-            return target.scores(request.run(self.model, inputs, samples), samples).float()
-
-        tails: list[TailRunner | None] = []  # split on first use
-
-        @torch.no_grad()
-        def score_activations(replacement: Tensor, samples: Tensor) -> Tensor:
-            rows = native[samples]
-            swapped = self.layout.from_channels_first(replacement, rows).to(rows.dtype)
-            with request.precision.callers():  # the tail is part of the caller's model
-                if self.split_tail and not tails:
-                    tails.append(self._tail(request, ref, call, target, scores))
-                if self.split_tail and tails[0] is not None:
-                    output = tails[0].run(swapped, samples)
-                else:
-                    with ReplaceOutput(ref, call, swapped):
-                        output = request.run(self.model, request.x[samples], samples)
-            return target.scores(output, samples).float()
-
         return LayerContext(
             layer=name,
             activations=activations.to(dtype)[:, None],
@@ -524,27 +458,11 @@ class BaseCAM(Explainer):
             inputs=request.x,
             classes=target.classes,
             gradients=gradients,
-            score_inputs=score_inputs,
-            score_activations=score_activations,
-            hessian_times=hessian_times,
-            rerun=rerun,
+            score_inputs=rescoring.score_inputs,
+            score_activations=rescoring.score_activations,
+            hessian_times=rescoring.hessian_times,
+            rerun=rescoring.rerun,
         )
-
-    def _tail(
-        self, request: Request, ref: LayerRef, call: int, target: BoundTarget, scores: Tensor
-    ) -> TailRunner | None:
-        """The network after call ``call`` of the layer, checked against ``scores``; ``None``
-        where it cannot be split off (see :mod:`camkit._tail`)."""
-        graph = self._traced.get(id(ref))
-        found = None if graph is None else split(self.model, graph, ref, call)
-        if found is None:
-            return None
-        try:
-            values = request.run(found.prefix)
-        except CamkitModelError:
-            return None
-        runner = TailRunner(found, ref, tuple(values), request.batch_size)
-        return runner if runner.agrees(target.scores, scores.detach()) else None
 
     def _layer_map(self, context: LayerContext, eigen_smooth: bool) -> Tensor:
         weights = self.weights(context)
@@ -617,17 +535,6 @@ class BaseCAM(Explainer):
         return flat.reshape(n, k, *flat.shape[1:])
 
 
-@dataclass(frozen=True)
-class _Options:
-    """The options of one :meth:`BaseCAM.explain` call that shape each pass's maps."""
-
-    relu: bool
-    upsample: bool
-    counterfactual: bool
-    eigen_smooth: bool
-    differentiable: bool
-
-
 def _augmentations(augment: Sequence[Augmentation], aug_smooth: bool) -> list[Augmentation]:
     given: list[Any] = list(augment) if isinstance(augment, (list, tuple)) else [augment]
     augmentations: list[Augmentation] = []
@@ -651,29 +558,3 @@ class _Run:
     output: Any
     target: BoundTarget
     scores: Tensor
-
-
-_FUSIONS = ("mean", "product")
-
-
-def _finished(
-    layer_maps: dict[str, Tensor], normalize: bool, differentiable: bool, fuse: str = "mean"
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """The fused map and each layer's own, scaled to [0, 1] when ``normalize``.
-
-    One layer's map is the result (``layer_maps`` shares it); several layers
-    are fused as the mean (or the product) of their maps, each scaled to
-    [0, 1] first. In place on camkit's own tensors, or out of place (and
-    differentiable) for maps in the autograd graph.
-    """
-    scale = _maps.scaled_maps if differentiable else _maps.scale_maps_
-    if len(layer_maps) == 1:
-        ((name, only),) = layer_maps.items()
-        maps = scale(only) if normalize else only
-        return maps, {name: maps}  # shared, not copied: a copy would cost memory (see CAMResult)
-    fresh = _maps.scaled_maps if differentiable else lambda m: _maps.scale_maps_(m.clone())
-    stacked = torch.stack([fresh(m) for m in layer_maps.values()])
-    fused = stacked.mean(0) if fuse == "mean" else stacked.prod(0)
-    if not normalize:
-        return fused, layer_maps
-    return scale(fused), {n: scale(m) for n, m in layer_maps.items()}

@@ -181,7 +181,7 @@ def test_the_box_head_is_differentiated_for_the_explained_boxes_only(
     import camkit._detection
 
     name, model, x, _ = detector
-    assert len(camkit._detection._box_heads(model)) == 1
+    assert len(camkit._detection.box_heads(model)) == 1
     rows: list[int] = []
     backward = camkit._detection._Rowwise.backward
 
@@ -201,6 +201,6 @@ def test_the_box_head_is_differentiated_for_the_explained_boxes_only(
     assert rows and max(rows) <= 2 * 4  # the explained detections' proposals, not all 40
     sizes = GradCAMMagnitude(model, layer)
     magnitude = sizes(x, target, **options)
-    monkeypatch.setattr(camkit._detection, "_box_heads", lambda model: [])
+    monkeypatch.setattr(camkit._detection, "box_heads", lambda model: [])
     plain = GradCAM(model, layer)(x, target, **options)
     assert_gradcam_close(pruned, plain, magnitude, sizes.channels)

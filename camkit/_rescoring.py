@@ -1,0 +1,163 @@
+"""Re-running the model for one layer of one call: what a method's weights may ask for.
+
+A :class:`Rescoring` holds, explicitly, the state of one explained pass that a
+re-run needs (the request, the layer's output and gradients as recorded, the
+bound target and its scores, the call's options) and offers the four ways a
+:class:`~camkit.LayerContext` re-runs the model: other inputs
+(:meth:`~Rescoring.score_inputs`), the layer's output replaced
+(:meth:`~Rescoring.score_activations`, through the network after the layer
+where :mod:`torch.fx` splits it off), second derivatives
+(:meth:`~Rescoring.hessian_times`) and a whole new pass
+(:meth:`~Rescoring.rerun`). Every run of the model opens the caller's autocast
+regions again (see :class:`camkit._model.Precision`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from camkit._hooks import ReplaceOutput, capture
+from camkit._pipeline import CallOptions, Request, explained_by, scored
+from camkit._tail import TailRunner, split
+from camkit._targets import BoundTarget, CheckedTarget
+from camkit.errors import CamkitModelError, CamkitValueError
+
+if TYPE_CHECKING:
+    from camkit.base import BaseCAM
+    from camkit.context import LayerContext
+
+_UNTRIED = object()
+"""The network after the layer has not been split off yet (it is, on first use)."""
+
+
+class Rescoring:
+    """The re-runs of the model for layer ``index`` of ``cam`` in one explained pass.
+
+    ``recorded`` is the layer's output at call ``call`` as the forward pass made
+    it (in the autograd graph when the pass recorded it), ``gradients`` the
+    scores' gradients at it before any layout change (with a graph for
+    methods that need second derivatives).
+    """
+
+    def __init__(
+        self,
+        cam: BaseCAM,
+        request: Request,
+        index: int,
+        recorded: Tensor,
+        call: int,
+        target: BoundTarget,
+        scores: Tensor,
+        gradients: Tensor | None,
+        options: CallOptions,
+    ) -> None:
+        self.cam, self.request, self.index, self.call = cam, request, index, call
+        self.recorded, self.gradients = recorded, gradients
+        self.target, self.scores, self.options = target, scores, options
+        self.ref = cam.layers[index]
+        self._tail: Any = _UNTRIED
+
+    @torch.no_grad()
+    def score_inputs(self, inputs: Tensor, samples: Tensor) -> Tensor:
+        """The target scores ``(M, k)`` of the model on other inputs, row ``i`` for sample
+        ``samples[i]``."""
+        output = self.request.run(self.cam.model, inputs, samples)
+        return self.target.scores(output, samples).float()
+
+    @torch.no_grad()
+    def score_activations(self, replacement: Tensor, samples: Tensor) -> Tensor:
+        """The target scores ``(M, k)`` with the layer's output replaced by ``replacement``
+        ``(M, C, *spatial)`` (channels first), row ``i`` for sample ``samples[i]``."""
+        rows = self.recorded.detach()[samples]
+        swapped = self.cam.layout.from_channels_first(replacement, rows).to(rows.dtype)
+        with self.request.precision.callers():  # the network after the layer is the model's
+            tail = self._network_after() if self.cam.split_tail else None
+            if tail is not None:
+                output = tail.run(swapped, samples)
+            else:
+                with ReplaceOutput(self.ref, self.call, swapped):
+                    output = self.request.run(self.cam.model, self.request.x[samples], samples)
+        return self.target.scores(output, samples).float()
+
+    def hessian_times(self, vectors: Tensor) -> Tensor:
+        """Second derivatives of each target's score at the layer times ``vectors``
+        ``(N, C, *spatial)``: ``(N, k, C, *spatial)``, in the layout of the activations."""
+        gradients, recorded, name = self.gradients, self.recorded, self.ref.name
+        if gradients is None or not gradients.requires_grad:
+            raise CamkitValueError(
+                f"hessian_times: the gradients of layer {name!r} were taken without a "
+                f"graph; set needs_hessian = True on the method"
+            )
+        v = self.cam.layout.from_channels_first(vectors, recorded).to(recorded.dtype)
+        products = []
+        with torch.enable_grad():
+            for t in range(gradients.shape[1]):
+                (product,) = torch.autograd.grad(
+                    gradients[:, t], recorded, v, retain_graph=True, allow_unused=True
+                )
+                products.append(torch.zeros_like(v) if product is None else product.detach())
+        sign = -1.0 if self.options.counterfactual else 1.0
+        stacked = self.cam._gradients_channels_first(torch.stack(products, dim=1), name)
+        return sign * stacked.to(context_dtype(recorded, self.options.differentiable))
+
+    def rerun(self, inputs: Tensor) -> LayerContext:
+        """The context of the same layer and target classes for other inputs, from a new
+        forward (and backward) pass."""
+        fixed = self.request.target  # a callable, scored anew; else the classes explained
+        if self.target.classes is not None:
+            fixed = CheckedTarget(self.target.classes, None, multi=True)
+        other = replace(self.request, x=inputs, target=fixed)
+        hooked, output = capture([self.ref], lambda: other.run(self.cam.model))
+        captured = hooked.captured(0)
+        if captured is None:
+            raise CamkitValueError(
+                f"layer: {self.ref.name!r} was not reached in the forward pass on the re-run inputs"
+            )
+        with torch.enable_grad():
+            other_target, other_scores = scored(other, output)
+            other_gradients = (
+                explained_by(other_scores, [captured.activation], [f"layer {self.ref.name!r}"])[0]
+                if self.cam.needs_gradients
+                else None
+            )
+        return self.cam._context(
+            other,
+            self.index,
+            captured.activation,
+            captured.number,
+            other_target,
+            other_scores,
+            other_gradients,
+            self.options,
+        )
+
+    def _network_after(self) -> TailRunner | None:
+        """The network after the layer's call, checked against the pass's scores; ``None``
+        where it cannot be split off (see :mod:`camkit._tail`). Split on first use."""
+        if self._tail is _UNTRIED:
+            self._tail = self._split()
+        tail: TailRunner | None = self._tail
+        return tail
+
+    def _split(self) -> TailRunner | None:
+        graph = self.cam._traced.get(id(self.ref))
+        found = None if graph is None else split(self.cam.model, graph, self.ref, self.call)
+        if found is None:
+            return None
+        try:
+            values = self.request.run(found.prefix)
+        except CamkitModelError:
+            return None
+        runner = TailRunner(found, self.ref, tuple(values), self.request.batch_size)
+        return runner if runner.agrees(self.target.scores, self.scores.detach()) else None
+
+
+def context_dtype(recorded: Tensor, differentiable: bool) -> torch.dtype:
+    """The dtype a method computes in: float32, or float64 for a float64 layer in
+    differentiable mode (for gradcheck)."""
+    wide = differentiable and recorded.dtype == torch.float64
+    return torch.float64 if wide else torch.float32
