@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -94,11 +95,16 @@ ROUNDING_ULPS = 16
 (``ROUNDING_ULPS * eps * max |L|``) is constant up to rounding, and scales to all zeros."""
 
 
+_ROUNDING = {
+    dtype: ROUNDING_ULPS * torch.finfo(dtype).eps
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+}  # looked up per call: torch.finfo costs more than the arithmetic on a small map
+
+
 def _varies(low: Tensor, high: Tensor, span: Tensor) -> Tensor:
     """Whether each map's range ``span = high - low`` exceeds its rounding (see
     :data:`ROUNDING_ULPS`); ``low <= high``, so the magnitude is ``max(high, -low)``."""
-    rounding = ROUNDING_ULPS * torch.finfo(span.dtype).eps
-    return span > rounding * torch.maximum(high, -low)
+    return span > _ROUNDING[span.dtype] * torch.maximum(high, -low)
 
 
 def min_max_normalize_(maps: Tensor) -> Tensor:
@@ -250,3 +256,22 @@ def eigh_in_chunks(gram: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
         return values, vectors
     parts = [torch.linalg.eigh(gram[i : i + chunk]) for i in range(0, len(gram), chunk)]
     return torch.cat([p.eigenvalues for p in parts]), torch.cat([p.eigenvectors for p in parts])
+
+
+def channel_maps(
+    weights: Tensor, activations: Tensor, combine: Callable[[Tensor], Tensor] | None
+) -> Tensor:
+    """``sum_c w_c A^c``: maps ``(N, k, *spatial)`` from channel weights ``(N, k, C)`` or
+    pixel weights ``(N, k, C, *spatial)`` and activations ``(N, 1, C, *spatial)``;
+    ``combine`` turns weighted activations ``(B, C, *spatial)`` into maps instead of their
+    channel sum. Channel weights and the sum take one batched matrix product."""
+    n, k = weights.shape[:2]
+    spatial = activations.shape[3:]
+    if weights.dim() == 3 and combine is None:
+        return (weights @ activations[:, 0].flatten(2)).view(n, k, *spatial)
+    if weights.dim() == 3:
+        weights = weights.view(*weights.shape, *([1] * len(spatial)))
+    weighted = weights * activations  # (N, k, C, *spatial)
+    if combine is None:
+        return weighted.sum(dim=2)
+    return combine(weighted.flatten(0, 1)).view(n, k, *spatial)

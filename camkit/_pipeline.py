@@ -140,8 +140,10 @@ def check_finite(x: Tensor, scores: Tensor, maps: Mapping[str, Tensor]) -> None:
     it non-finite). Only then are the parts looked at one by one, to name the
     culprit (or find that the sum merely overflowed).
     """
-    sums = torch.stack([scores.detach().float().sum(), *(m.sum() for m in maps.values())])
-    if bool(sums.sum().isfinite()):
+    total = scores.detach().float().sum()
+    for values in maps.values():
+        total = total + values.sum()
+    if bool(total.isfinite()):
         return
     check_scores_finite(x, scores)
     for name, values in maps.items():

@@ -465,29 +465,20 @@ class BaseCAM(Explainer):
         )
 
     def _layer_map(self, context: LayerContext, eigen_smooth: bool) -> Tensor:
+        """The signed maps ``(N, k, *spatial)`` of one layer: the method's weights, applied."""
         weights = self.weights(context)
         activations = context.activations
         n, k = context.scores.shape
         channels = activations.shape[2]
-        if weights.shape not in {(n, k, channels), (n, k, *activations.shape[2:])}:
+        if weights.shape not in ((n, k, channels), (n, k, *activations.shape[2:])):
             raise CamkitValueError(
                 f"weights: {type(self).__name__}.weights returned shape {tuple(weights.shape)}; "
                 f"expected ({n}, {k}, {channels}) or ({n}, {k}, {channels}, *spatial)"
             )
-        spatial = activations.shape[3:]
-        summed = type(self).combine is BaseCAM.combine and not eigen_smooth
-        if weights.dim() == 3 and summed:  # one batched matrix product
-            maps = (weights @ activations[:, 0].flatten(2)).view(n, k, *spatial)
-            return self.refine(maps, context)
-        if weights.dim() == 3:
-            weights = weights.view(*weights.shape, *([1] * len(spatial)))
-        weighted = weights * activations  # (N, k, C, *spatial)
-        if summed:
-            maps = weighted.sum(dim=2)
-        else:
-            combine = _maps.first_component if eigen_smooth else self.combine
-            maps = combine(weighted.flatten(0, 1)).view(n, k, *spatial)
-        return self.refine(maps, context)
+        combine = None if type(self).combine is BaseCAM.combine else self.combine
+        if eigen_smooth:
+            combine = _maps.first_component
+        return self.refine(_maps.channel_maps(weights, activations, combine), context)
 
     def _reached(self, capture: LayerCapture) -> list[CapturedCall]:
         captured = []
