@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from camkit._refs import Key, LayerRef, elements, format_key
-from camkit.errors import CamkitModelError, CamkitTypeError
+from camkit.errors import CamkitModelError, CamkitTypeError, CamkitValueError
 
 _H = TypeVar("_H", bound="Hooks")
 
@@ -210,6 +210,28 @@ must copy them."""
 
 _IN_PLACE_ON_LEAF = "leaf Variable that requires grad is being used in an in-place operation"
 """Autograd's error when the network writes in place to an activation camkit made a leaf."""
+
+
+def reached(capture: LayerCapture, refs: Sequence[LayerRef]) -> list[CapturedCall]:
+    """The captured call of each layer of ``refs``; a clear error for a layer the forward
+    pass never reached, or reached fewer times than its ``@call`` asks."""
+    captured = []
+    for index, ref in enumerate(refs):
+        call = capture.captured(index)
+        if call is None and not capture.calls[index]:
+            raise CamkitValueError(
+                f"layer: {ref.name!r} was not reached in the forward pass; "
+                f"choose a layer the model runs on this input"
+            )
+        if call is None:
+            runs = capture.calls[index]
+            raise CamkitValueError(
+                f"layer: {ref.name!r} asks for call {ref.call} of {ref.path!r}, which ran "
+                f"{runs} time(s) in the forward pass; allowed: @0 to @{runs - 1}, "
+                f"or @-1 to @-{runs}"
+            )
+        captured.append(call)
+    return captured
 
 
 def capture(

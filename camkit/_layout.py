@@ -67,6 +67,31 @@ class Layout:
         prefix = original[:, : self.prefix_tokens].expand(len(t), -1, -1)
         return torch.cat([prefix.to(t.dtype), moved.reshape(len(t), -1, t.shape[1])], dim=1)
 
+    def activations(self, native: Tensor, name: str, x: Tensor, upsample: bool) -> Tensor:
+        """A layer's output as ``(N, C, *spatial)``, checked against the input batch ``x``
+        (and, with ``upsample``, against resizing to its spatial size)."""
+        activation = self.to_channels_first(native, name)
+        if activation.dim() not in (3, 4, 5) or activation.shape[0] != len(x):
+            raise CamkitValueError(
+                f"layer: {name!r} returned shape {tuple(native.shape)}; a CAM needs "
+                f"(N, C, L), (N, C, H, W) or (N, C, D, H, W) with N = {len(x)} "
+                f"(or set layout= for token or channels-last outputs; "
+                f"camkit.list_layers(model, x) lists the layers that fit, with their options)"
+            )
+        if upsample and activation.dim() != x.dim():
+            raise CamkitValueError(
+                f"upsample: cannot resize the map of {name!r}, with "
+                f"{activation.dim() - 2} spatial dims, to the input's "
+                f"{tuple(x.shape[2:])}; pass upsample=False"
+            )
+        return activation
+
+    def gradients(self, gradients: Tensor, name: str) -> Tensor:
+        """Gradients ``(N, k, *layer output)`` as ``(N, k, C, *spatial)``."""
+        n, k = gradients.shape[:2]
+        flat = self.to_channels_first(gradients.flatten(0, 1), name)
+        return flat.reshape(n, k, *flat.shape[1:])
+
     def _square(self, count: int, name: str) -> tuple[int, int]:
         side = math.isqrt(count)
         if side * side != count:

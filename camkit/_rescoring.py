@@ -101,7 +101,7 @@ class Rescoring:
                 )
                 products.append(torch.zeros_like(v) if product is None else product.detach())
         sign = -1.0 if self.options.counterfactual else 1.0
-        stacked = self.cam._gradients_channels_first(torch.stack(products, dim=1), name)
+        stacked = self.cam.layout.gradients(torch.stack(products, dim=1), name)
         return sign * stacked.to(context_dtype(recorded, self.options.differentiable))
 
     def rerun(self, inputs: Tensor) -> LayerContext:

@@ -11,15 +11,16 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, fx, nn
 
 from camkit import _detection, _maps
+from camkit._augmenting import augmentations_of, averaged
 from camkit._finish import FUSIONS, fused_and_scaled, rectified_and_resized
-from camkit._hooks import CapturedCall, LayerCapture, capture
+from camkit._hooks import capture, reached
 from camkit._layout import Layout
 from camkit._model import eager
 from camkit._pipeline import (
@@ -34,10 +35,10 @@ from camkit._pipeline import (
 from camkit._refs import LayerRef, resolve_layer
 from camkit._rescoring import Rescoring, context_dtype
 from camkit._tail import trace
-from camkit._targets import BoundTarget, CheckedTarget
-from camkit.augment import Augmentation, horizontal_flip
+from camkit._targets import BoundTarget
+from camkit.augment import Augmentation
 from camkit.context import LayerContext
-from camkit.errors import CamkitTypeError, CamkitValueError
+from camkit.errors import CamkitValueError
 from camkit.explainer import Explainer, setting
 from camkit.result import CAMResult
 from camkit.targets import Target
@@ -308,7 +309,7 @@ class BaseCAM(Explainer):
                 f"counterfactual: {type(self).__name__} does not use gradients; "
                 f"counterfactual maps need a gradient method such as GradCAM"
             )
-        augmentations = _augmentations(augment, aug_smooth)
+        augmentations = augmentations_of(augment, aug_smooth)
         if aug_smooth and not getattr(target, "flip_invariant", True):
             raise CamkitValueError(
                 f"aug_smooth: the target {target!r} scores pixel or box positions, which the "
@@ -348,33 +349,17 @@ class BaseCAM(Explainer):
         run = self._layer_maps(request, options)
         layer_maps = run.layer_maps
         if augmentations:
-            layer_maps = self._augmented(request, run, augmentations, options)
+            layer_maps = averaged(
+                request,
+                layer_maps,
+                run.target,
+                augmentations,
+                lambda copy: self._layer_maps(copy, options).layer_maps,
+            )
         maps, layer_maps = fused_and_scaled(
             layer_maps, normalize, options.differentiable, self.fuse
         )
         return Explained(maps, layer_maps, run.output, run.target, run.scores)
-
-    def _augmented(
-        self, request: Request, run: _Run, augmentations: list[Augmentation], options: CallOptions
-    ) -> dict[str, Tensor]:
-        """The mean of ``run``'s maps and of each augmented copy's, in ``x``'s frame."""
-        target = request.target
-        if run.target.classes is not None:  # the copies explain the classes explained on x
-            target = CheckedTarget(run.target.classes, None, multi=True)
-        total = dict(run.layer_maps)
-        for augmentation in augmentations:
-            copy = replace(request, x=augmentation.apply(request.x), target=target)
-            for name, maps in self._layer_maps(copy, options).layer_maps.items():
-                size = tuple(total[name].shape[2:])
-                back = augmentation.invert(maps, size)
-                if back.shape != total[name].shape:
-                    raise CamkitValueError(
-                        f"augment: {augmentation.name!r} brought a map of shape "
-                        f"{tuple(maps.shape)} back as {tuple(back.shape)}; its inverse must "
-                        f"give {tuple(total[name].shape)}, the shape of x's map"
-                    )
-                total[name] = total[name] + back
-        return {name: maps / (1 + len(augmentations)) for name, maps in total.items()}
 
     def _layer_maps(self, request: Request, options: CallOptions) -> _Run:
         """One forward (and backward) pass: each layer's map ``(N, k, *spatial)``, unscaled."""
@@ -385,7 +370,7 @@ class BaseCAM(Explainer):
             hooked, output = capture(
                 self.layers, lambda: request.run(self.model), record_all=differentiable
             )
-            captured = self._reached(hooked)
+            captured = reached(hooked, self.layers)
             natives = [c.activation for c in captured]
             with torch.enable_grad():
                 target, scores = scored(request, output)
@@ -446,9 +431,9 @@ class BaseCAM(Explainer):
         dtype = context_dtype(native, options.differentiable)
         if not options.differentiable:
             native = native.detach()
-        activations = self._channels_first(native, name, request, options.upsample)
+        activations = self.layout.activations(native, name, request.x, options.upsample)
         if gradients is not None:
-            gradients = self._gradients_channels_first(gradients, name).to(dtype)
+            gradients = self.layout.gradients(gradients, name).to(dtype)
             if options.counterfactual:
                 gradients = -gradients
         return LayerContext(
@@ -479,65 +464,6 @@ class BaseCAM(Explainer):
         if eigen_smooth:
             combine = _maps.first_component
         return self.refine(_maps.channel_maps(weights, activations, combine), context)
-
-    def _reached(self, capture: LayerCapture) -> list[CapturedCall]:
-        captured = []
-        for index, ref in enumerate(self.layers):
-            call = capture.captured(index)
-            if call is None and not capture.calls[index]:
-                raise CamkitValueError(
-                    f"layer: {ref.name!r} was not reached in the forward pass; "
-                    f"choose a layer the model runs on this input"
-                )
-            if call is None:
-                runs = capture.calls[index]
-                raise CamkitValueError(
-                    f"layer: {ref.name!r} asks for call {ref.call} of {ref.path!r}, which ran "
-                    f"{runs} time(s) in the forward pass; allowed: @0 to @{runs - 1}, "
-                    f"or @-1 to @-{runs}"
-                )
-            captured.append(call)
-        return captured
-
-    def _channels_first(
-        self, native: Tensor, name: str, request: Request, upsample: bool
-    ) -> Tensor:
-        batch_size, x = request.batch_size, request.x
-        activation = self.layout.to_channels_first(native, name)
-        shape = tuple(activation.shape)
-        if activation.dim() not in (3, 4, 5) or shape[0] != batch_size:
-            raise CamkitValueError(
-                f"layer: {name!r} returned shape {tuple(native.shape)}; a CAM needs "
-                f"(N, C, L), (N, C, H, W) or (N, C, D, H, W) with N = {batch_size} "
-                f"(or set layout= for token or channels-last outputs; "
-                f"camkit.list_layers(model, x) lists the layers that fit, with their options)"
-            )
-        if upsample and activation.dim() != x.dim():
-            raise CamkitValueError(
-                f"upsample: cannot resize the map of {name!r}, with "
-                f"{activation.dim() - 2} spatial dims, to the input's "
-                f"{tuple(x.shape[2:])}; pass upsample=False"
-            )
-        return activation
-
-    def _gradients_channels_first(self, gradients: Tensor, name: str) -> Tensor:
-        n, k = gradients.shape[:2]
-        flat = self.layout.to_channels_first(gradients.flatten(0, 1), name)
-        return flat.reshape(n, k, *flat.shape[1:])
-
-
-def _augmentations(augment: Sequence[Augmentation], aug_smooth: bool) -> list[Augmentation]:
-    given: list[Any] = list(augment) if isinstance(augment, (list, tuple)) else [augment]
-    augmentations: list[Augmentation] = []
-    for augmentation in given:
-        if not isinstance(augmentation, Augmentation):
-            raise CamkitTypeError(
-                f"augment: got {augmentation!r}; allowed: a list of camkit.augment.Augmentation "
-                f"(horizontal_flip, vertical_flip, rotation(k), scaled(f), photometric(f) or "
-                f"your own)"
-            )
-        augmentations.append(augmentation)
-    return augmentations + ([horizontal_flip] if aug_smooth else [])
 
 
 @dataclass(frozen=True)
