@@ -11,6 +11,7 @@ torch.Size([5, 8, 8])
 from importlib.metadata import PackageNotFoundError, version
 
 from camkit import augment, datasets, metrics, plot
+from camkit._state import clear_caches
 from camkit.base import BaseCAM
 from camkit.context import LayerContext
 from camkit.datasets import MapStore, explain_dataset
@@ -121,6 +122,7 @@ __all__ = [
     "__version__",
     "augment",
     "class_scores",
+    "clear_caches",
     "datasets",
     "explain_dataset",
     "find_layer",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -18,7 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from camkit._refs import Key, LayerRef, elements, format_key
+from camkit._refs import LayerRef, elements, format_key
+from camkit._state import WRITES_IN_PLACE, WRITES_LOCK
 from camkit.errors import CamkitModelError, CamkitTypeError, CamkitValueError
 
 _H = TypeVar("_H", bound="Hooks")
@@ -202,12 +202,6 @@ class LayerCapture(Hooks):
         )
 
 
-_WRITES_IN_PLACE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Key, ...], bool]] = (
-    weakref.WeakKeyDictionary()
-)
-"""Per module, the parts of its output (by keys) the network modifies in place, so camkit
-must copy them."""
-
 _IN_PLACE_ON_LEAF = "leaf Variable that requires grad is being used in an in-place operation"
 """Autograd's error when the network writes in place to an activation camkit made a leaf."""
 
@@ -255,7 +249,8 @@ def capture(
         with LayerCapture(layers, [True] * len(layers)) as hooked, torch.enable_grad():
             output = run()
         return hooked, output
-    clone = [_WRITES_IN_PLACE.get(ref.module, {}).get(ref.keys, False) for ref in layers]
+    with WRITES_LOCK:
+        clone = [WRITES_IN_PLACE.get(ref.module, {}).get(ref.keys, False) for ref in layers]
     try:
         hooked, output = _run_hooked(layers, clone, run)
         rerun = hooked.overwritten()
@@ -266,9 +261,11 @@ def capture(
     if rerun:  # outside the except block: a failure now is not chained to the first
         clone = [True] * len(clone)
         hooked, output = _run_hooked(layers, clone, run)
-    for ref, copied, modified in zip(layers, clone, hooked.modified_after(), strict=True):
-        if copied:
-            _WRITES_IN_PLACE.setdefault(ref.module, {})[ref.keys] = modified
+    learnt = zip(layers, clone, hooked.modified_after(), strict=True)
+    with WRITES_LOCK:
+        for ref, copied, modified in learnt:
+            if copied:
+                WRITES_IN_PLACE.setdefault(ref.module, {})[ref.keys] = modified
     return hooked, output
 
 

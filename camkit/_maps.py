@@ -2,50 +2,12 @@
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-_CACHE_BYTES = 16 * 2**20
-"""The most memory the interpolation matrices kept between calls may take, all devices together."""
-
-
-class _MatrixCache:
-    """Least-recently-used interpolation matrices, bounded by their total size in bytes."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._entries: OrderedDict[tuple[int, int, torch.dtype, str], Tensor] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, size_in: int, size_out: int, dtype: torch.dtype, device: str) -> Tensor:
-        key = (size_in, size_out, dtype, device)
-        with self._lock:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                return self._entries[key]
-        matrix = _linear_weights(size_in, size_out).to(dtype=dtype, device=device)
-        size = matrix.numel() * matrix.element_size()
-        with self._lock:
-            if size <= self.max_bytes and key not in self._entries:
-                self._entries[key] = matrix
-                self.bytes += size
-                while self.bytes > self.max_bytes:
-                    _, evicted = self._entries.popitem(last=False)
-                    self.bytes -= evicted.numel() * evicted.element_size()
-        return matrix
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-            self.bytes = 0
-
-
-_MATRICES = _MatrixCache(_CACHE_BYTES)
+from camkit._state import MATRICES
 
 
 def _linear_weights(size_in: int, size_out: int) -> Tensor:
@@ -66,6 +28,12 @@ def _linear_weights(size_in: int, size_out: int) -> Tensor:
     return weights
 
 
+def _matrix(size_in: int, size_out: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The interpolation matrix, kept between calls (see :mod:`camkit._state`)."""
+    key = (size_in, size_out, dtype, str(device))
+    return MATRICES.get(key, lambda: _linear_weights(size_in, size_out).to(device, dtype))
+
+
 def upsample(maps: Tensor, size: tuple[int, ...]) -> Tensor:
     """Resize ``(N, *spatial)`` maps to ``size`` by (bi/tri)linear interpolation.
 
@@ -78,14 +46,14 @@ def upsample(maps: Tensor, size: tuple[int, ...]) -> Tensor:
     if tuple(maps.shape[1:]) == tuple(size):
         return maps
     if len(size) == 2:  # the common case: two products, no transposes, contiguous result
-        rows = _MATRICES.get(maps.shape[1], size[0], maps.dtype, str(maps.device))
-        cols = _MATRICES.get(maps.shape[2], size[1], maps.dtype, str(maps.device))
+        rows = _matrix(maps.shape[1], size[0], maps.dtype, maps.device)
+        cols = _matrix(maps.shape[2], size[1], maps.dtype, maps.device)
         return torch.matmul(torch.matmul(rows, maps), cols.T)
     out = maps
     for axis, target in enumerate(size, start=1):
         if out.shape[axis] == target:
             continue
-        weights = _MATRICES.get(out.shape[axis], target, out.dtype, str(out.device))
+        weights = _matrix(out.shape[axis], target, out.dtype, out.device)
         out = (out.movedim(axis, -1) @ weights.T).movedim(-1, axis)
     return out.contiguous()
 

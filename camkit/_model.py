@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -12,11 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from camkit._state import HELD, HELD_LOCK
 from camkit.errors import CamkitError, CamkitModelError, CamkitTypeError, CamkitValueError
-
-_LOCK = threading.Lock()
-_HELD: dict[nn.Module, tuple[int, bool]] = {}
-"""Modules that calls in progress hold in eval mode: how many calls, and the flag to restore."""
 
 
 @contextmanager
@@ -29,22 +25,22 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     to let it go restores it. Modules already in eval mode that no call holds
     are left alone (the usual case costs one pass over the modules).
     """
-    with _LOCK:
-        held = [m for m in _modules(model) if m.training or m in _HELD]
+    with HELD_LOCK:
+        held = [m for m in _modules(model) if m.training or m in HELD]
         for module in held:
-            count, training = _HELD.get(module, (0, module.training))
-            _HELD[module] = (count + 1, training)
+            count, training = HELD.get(module, (0, module.training))
+            HELD[module] = (count + 1, training)
             module.training = False
     try:
         yield
     finally:
-        with _LOCK:
+        with HELD_LOCK:
             for module in held:
-                count, training = _HELD.pop(module)
+                count, training = HELD.pop(module)
                 if count == 1:
                     module.training = training
                 else:
-                    _HELD[module] = (count - 1, training)
+                    HELD[module] = (count - 1, training)
 
 
 def _modules(model: nn.Module) -> list[nn.Module]:

@@ -19,7 +19,6 @@ call cuts the graph.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from camkit._refs import LayerRef
+from camkit._state import TRACING
 
 Score = Callable[[Any, Tensor], Tensor]
 """``score(output, samples) -> (M, k)``: the target scores of a model output."""
@@ -61,9 +61,6 @@ class Split:
     tail: fx.GraphModule
 
 
-_TRACING = threading.Lock()
-
-
 def trace(model: nn.Module, ref: LayerRef) -> fx.Graph | None:
     """``model``'s fx graph with ``ref``'s module kept whole, or ``None`` where fx cannot
     trace it.
@@ -75,7 +72,7 @@ def trace(model: nn.Module, ref: LayerRef) -> fx.Graph | None:
     """
     if not ref.path:
         return None
-    with _TRACING:
+    with TRACING:
         try:
             return _LeafAt(ref.path).trace(model)
         except Exception:  # any tracing failure means: re-run the whole model

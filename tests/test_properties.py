@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch import Tensor, nn
 
 from camkit import GradCAM
 from camkit._maps import ROUNDING_ULPS
@@ -105,21 +106,42 @@ def test_predicted_class_equals_explicit_argmax(
 
 
 def test_interpolation_matrices_kept_between_calls_stay_within_their_bound() -> None:
-    from camkit import _maps
+    from camkit import _maps, _state
 
-    cache = _maps._MatrixCache(max_bytes=64 * 1024)
-    first = cache.get(7, 224, torch.float32, "cpu")
-    assert cache.get(7, 224, torch.float32, "cpu") is first  # kept
+    cache = _state.MatrixCache(max_bytes=64 * 1024)
+
+    def get(size_in: int, size_out: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        key = (size_in, size_out, dtype, "cpu")
+        return cache.get(key, lambda: _maps._linear_weights(size_in, size_out).to(dtype))
+
+    first = get(7, 224)
+    assert get(7, 224) is first  # kept
     for size_out in range(100, 400, 10):  # 30 matrices of 7 x ~1 KiB ... 11 KiB each
-        matrix = cache.get(7, size_out, torch.float32, "cpu")
+        matrix = get(7, size_out)
         assert matrix.shape == (size_out, 7)
         assert cache.bytes <= cache.max_bytes
-    assert cache.get(7, 224, torch.float32, "cpu") is not first  # the oldest went first
-    assert cache.get(3, 10**5, torch.float64, "cpu").shape == (10**5, 3)  # too big to keep
+    assert get(7, 224) is not first  # the oldest went first
+    assert get(3, 10**5, torch.float64).shape == (10**5, 3)  # too big to keep
     assert cache.bytes <= cache.max_bytes
     cache.clear()
     assert cache.bytes == 0
-    assert _maps._MATRICES.max_bytes == 16 * 2**20  # the bound the docs state
+    assert _state.MATRICES.max_bytes == 16 * 2**20  # the bound the docs state
+
+
+def test_clear_caches_forgets_what_calls_keep_and_the_maps_stay_the_same() -> None:
+    import camkit
+    from camkit import _state
+
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(108, 2)
+    ).eval()
+    cam = GradCAM(model, "0")  # its output is overwritten in place by the ReLU
+    x = torch.randn(2, 1, 8, 8)
+    before = cam(x, target=1)
+    assert _state.MATRICES.bytes > 0 and model[0] in _state.WRITES_IN_PLACE
+    camkit.clear_caches()
+    assert _state.MATRICES.bytes == 0 and model[0] not in _state.WRITES_IN_PLACE
+    assert torch.equal(cam(x, target=1), before)
 
 
 def test_eigh_in_chunks_equals_one_batched_call() -> None:
