@@ -64,14 +64,16 @@ def _case(name: str) -> tuple[torch.nn.Module, DataLoader[Any], str]:
 def worker(name: str, repeats: int) -> None:
     """One rank: time the plain loop and explain_dataset, alternately; rank 0 prints JSON."""
     import camkit
-    from camkit._distributed import Batches, barrier, mine, world
+    from camkit._engine.distributed import Batches, barrier, process_group, rank_share
 
     torch.set_num_threads(1)
     model, loader, layer = _case(name)
     cam = camkit.GradCAM(model, layer)
-    with world() as team:
+    with process_group() as team:
         batches = Batches.of(loader)  # one process loops over the loader itself
-        share = loader if team.size == 1 else batches.loader_for(mine(range(batches.count), team))
+        share = (
+            loader if team.size == 1 else batches.loader_for(rank_share(range(batches.count), team))
+        )
         next(iter(share))
         with torch.no_grad():
             model(next(iter(share))[0])  # warm-up
@@ -86,7 +88,7 @@ def worker(name: str, repeats: int) -> None:
             barrier(team)
             plain.append(time.perf_counter() - started)
             folder = tempfile.mkdtemp() if team.main else ""
-            folder = camkit._distributed.gather(team, folder)[0]
+            folder = camkit._engine.distributed.gather(team, folder)[0]
             barrier(team)
             started = time.perf_counter()
             camkit.explain_dataset(cam, loader, folder, progress=False)

@@ -11,7 +11,7 @@ torch.Size([5, 8, 8])
 from importlib.metadata import PackageNotFoundError, version
 
 from camkit import augment, datasets, metrics, plot
-from camkit._state import clear_caches
+from camkit._engine.state import clear_caches
 from camkit.base import BaseCAM
 from camkit.context import LayerContext
 from camkit.datasets import MapStore, explain_dataset

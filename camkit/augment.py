@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from camkit._checks import positive_number
+from camkit._engine.option_checks import positive_number
 from camkit.errors import CamkitValueError
 
 __all__ = [

@@ -1,6 +1,6 @@
 """The CAM base class: a method says how weights come from a layer; the base does the rest.
 
-:meth:`BaseCAM.explain` reads as the pipeline of :mod:`camkit._pipeline`:
+:meth:`BaseCAM.explain` reads as the pipeline of :mod:`camkit._engine.pipeline`:
 validate the request, run the model with the layers hooked, score the
 target, take the gradients at the layers, turn each layer's weights into a
 map, check the numbers once, finish.
@@ -17,25 +17,24 @@ from typing import Any, ClassVar, cast
 import torch
 from torch import Tensor, fx, nn
 
-from camkit import _detection, _maps
-from camkit._augmenting import augmentations_of, averaged
-from camkit._finish import FUSIONS, fused_and_scaled, rectified_and_resized
-from camkit._hooks import capture, reached
-from camkit._layout import Layout
-from camkit._model import eager
-from camkit._pipeline import (
+from camkit._engine import detection, map_ops
+from camkit._engine.augmenting import augmentations_of, averaged
+from camkit._engine.finishing import FUSIONS, fused_and_scaled, rectified_and_resized
+from camkit._engine.hooks import capture, reached
+from camkit._engine.layers import LayerRef, Layout, resolve_layer
+from camkit._engine.model import eager
+from camkit._engine.network_after import trace
+from camkit._engine.pipeline import (
     CallOptions,
     Explained,
     Request,
+    bind_and_score,
     check_scores_finite,
-    explained_by,
+    gradients_at,
     run_pass,
-    scored,
 )
-from camkit._refs import LayerRef, resolve_layer
-from camkit._rescoring import Rescoring, context_dtype
-from camkit._tail import trace
-from camkit._targets import BoundTarget
+from camkit._engine.rescoring import Rescoring, context_dtype
+from camkit._engine.targets import BoundTarget
 from camkit.augment import Augmentation
 from camkit.context import LayerContext
 from camkit.errors import CamkitValueError
@@ -161,7 +160,7 @@ class BaseCAM(Explainer):
             raise CamkitValueError(f"fuse: got {fuse!r}; allowed: {', '.join(map(repr, FUSIONS))}")
         self.fuse = fuse
         self._traced: dict[int, fx.Graph | None] = {}
-        self._box_heads = _detection.box_heads(model)
+        self._box_heads = detection.box_heads(model)
 
     def settings(self) -> dict[str, Any]:
         """The method, the layers, and the layout and fusion options (see
@@ -366,16 +365,16 @@ class BaseCAM(Explainer):
         differentiable = options.differentiable
         with ExitStack() as modes:
             if not differentiable:  # a training step runs the model as the caller set it
-                modes.enter_context(_detection.rowwise_box_heads(self._box_heads))
+                modes.enter_context(detection.rowwise_box_heads(self._box_heads))
             hooked, output = capture(
                 self.layers, lambda: request.run(self.model), record_all=differentiable
             )
             captured = reached(hooked, self.layers)
             natives = [c.activation for c in captured]
             with torch.enable_grad():
-                target, scores = scored(request, output)
+                target, scores = bind_and_score(request, output)
                 gradients: Sequence[Tensor | None] = (
-                    explained_by(
+                    gradients_at(
                         scores,
                         natives,
                         [f"layer {n!r}" for n in self.layer_names],
@@ -462,8 +461,8 @@ class BaseCAM(Explainer):
             )
         combine = None if type(self).combine is BaseCAM.combine else self.combine
         if eigen_smooth:
-            combine = _maps.first_component
-        return self.refine(_maps.channel_maps(weights, activations, combine), context)
+            combine = map_ops.first_component
+        return self.refine(map_ops.channel_maps(weights, activations, combine), context)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 import camkit
-from camkit._distributed import World, world
+from camkit._engine.distributed import Rank, process_group
 from camkit.errors import CamkitError, CamkitTypeError, CamkitValueError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -359,14 +359,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``camkit`` command; return its exit status."""
     arguments = parser().parse_args(argv)
     try:
-        with world() as team:  # one process group for the whole command under torchrun
+        with process_group() as team:  # one process group for the whole command under torchrun
             return _run(arguments, team)
     except CamkitError as error:
         print(f"camkit {arguments.command}: error: {error}", file=sys.stderr)
         return 2
 
 
-def _run(arguments: argparse.Namespace, team: World) -> int:
+def _run(arguments: argparse.Namespace, team: Rank) -> int:
     for option in ("batch_size", "workers"):
         value = getattr(arguments, option)
         if value < (1 if option == "batch_size" else 0):
@@ -408,7 +408,7 @@ def _explain(
     target: Any,
     device: torch.device,
     standardization: tuple[Sequence[float], Sequence[float]],
-    team: World,
+    team: Rank,
 ) -> int:
     if arguments.store is None and arguments.overlays is None:
         raise CamkitValueError("--store, --overlays: give at least one place to write to")
@@ -466,7 +466,7 @@ def _evaluate(
     loader: DataLoader[Any],
     target: Any,
     device: torch.device,
-    team: World,
+    team: Rank,
 ) -> int:
     if isinstance(target, int):
         raise CamkitValueError("--target: evaluate explains 'predicted' or 'label' classes")

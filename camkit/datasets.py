@@ -34,7 +34,7 @@ shards to the ranks round-robin; each rank writes its own shards and appends
 a line per finished shard to its own part of the manifest
 (``manifest.rank-00001.jsonl``), and rank 0 merges the parts into
 ``manifest.json`` at the end
-(see :mod:`camkit._distributed`).
+(see :mod:`camkit._engine.distributed`).
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from camkit._distributed import Batches, World, barrier, mine, world
-from camkit._outputs import logits_in
+from camkit._engine.distributed import Batches, Rank, barrier, process_group, rank_share
+from camkit._engine.model_outputs import logits_in
 from camkit.errors import CamkitStorageError, CamkitTypeError, CamkitValueError
 from camkit.explainer import Explainer
 from camkit.result import CAMResult
@@ -157,9 +157,9 @@ def explain_dataset(
     shards = -(-batches.count // shard_batches)
     device = device if device is not None else _device_of(explainer.model)
     folder = None if out is None else Path(out)
-    with world() as team:
+    with process_group() as team:
         done = _prepare(folder, config, team) if folder is not None else set()
-        todo = mine([s for s in range(shards) if s not in done], team)
+        todo = rank_share([s for s in range(shards) if s not in done], team)
         writer = _ShardWriter(folder, team) if folder is not None else None
         with writer or nullcontext():
             _explain_shards(explainer, batches, todo, shard_batches, writer, team, progress,
@@ -179,7 +179,7 @@ def _explain_shards(
     shards: Sequence[int],
     shard_batches: int,
     writer: _ShardWriter | None,
-    team: World,
+    team: Rank,
     progress: bool,
     options: tuple[DatasetTarget, torch.device | str, str, bool, OnBatch | None],
 ) -> None:
@@ -585,7 +585,7 @@ def _differences(old: Mapping[str, Any], new: Mapping[str, Any], within: str = "
     return found
 
 
-def _prepare(folder: Path, config: dict[str, Any], team: World) -> set[int]:
+def _prepare(folder: Path, config: dict[str, Any], team: Rank) -> set[int]:
     """Check the folder against ``config``, tidy it (rank 0), and return the finished shards."""
     if team.main:
         try:
@@ -636,7 +636,7 @@ class _ShardWriter:
     ends.
     """
 
-    def __init__(self, folder: Path, team: World) -> None:
+    def __init__(self, folder: Path, team: Rank) -> None:
         self.folder = folder
         self.path = folder / _part_name(team.rank)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="camkit-writer")

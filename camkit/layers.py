@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from camkit._hooks import Hooks
-from camkit._model import check_input, eager, eval_mode, forward
-from camkit._refs import Key, LayerRef, elements, find_layer, format_key, resolve_layer
+from camkit._engine.hooks import Hooks
+from camkit._engine.layers import Key, LayerRef, elements, find_layer, format_key, resolve_layer
+from camkit._engine.model import check_input, eager, eval_mode, forward
 from camkit.errors import CamkitTypeError
 
 __all__ = ["LayerInfo", "LayerRef", "find_layer", "list_layers", "resolve_layer"]

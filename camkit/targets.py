@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from camkit._checks import finite_number, positive_int
-from camkit._outputs import field_of
+from camkit._engine.model_outputs import field_of
+from camkit._engine.option_checks import finite_number, positive_int
 from camkit.errors import CamkitTypeError, CamkitValueError
 
 __all__ = [

@@ -295,7 +295,7 @@ def test_ablation_cam_on_resnet18_under_autocast_equals_full_reruns() -> None:
 def test_full_precision_closes_the_callers_autocast_on_every_device_type(device: str) -> None:
     """camkit's arithmetic leaves the caller's autocast on any device type (mps and xpu
     were once skipped), and the model's re-runs open it again with the caller's dtype."""
-    from camkit._model import Precision
+    from camkit._engine.model import Precision
 
     dtype = torch.bfloat16 if device == "cpu" else torch.float16
     with torch.autocast(device, dtype=dtype):

@@ -103,7 +103,7 @@ def test_no_numpy_in_the_computation() -> None:
         p.relative_to(package).as_posix() for p in package.rglob("*.py") if "numpy" in _imports(p)
     }
     # plot draws with matplotlib; numpy arrays are accepted as targets (the Target type in
-    # targets.py) and converted to tensors before the forward pass (_targets.py); finished
+    # targets.py) and converted to tensors before the forward pass (_engine/targets.py); finished
     # maps are stored as .npy files (datasets.py), and the command reads images (cli.py)
-    assert users == {"plot.py", "targets.py", "_targets.py", "datasets.py", "cli.py"}
+    assert users == {"plot.py", "targets.py", "_engine/targets.py", "datasets.py", "cli.py"}
     assert "numpy" in _imports(package / "plot.py")  # the scan does find imports

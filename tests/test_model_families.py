@@ -178,18 +178,18 @@ def test_the_backbone_and_its_fpn_name_the_same_levels(
 def test_the_box_head_is_differentiated_for_the_explained_boxes_only(
     detector: tuple[str, nn.Module, Tensor, list[Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import camkit._detection
+    import camkit._engine.detection
 
     name, model, x, _ = detector
-    assert len(camkit._detection.box_heads(model)) == 1
+    assert len(camkit._engine.detection.box_heads(model)) == 1
     rows: list[int] = []
-    backward = camkit._detection._Rowwise.backward
+    backward = camkit._engine.detection._Rowwise.backward
 
     def counting(ctx: Any, grad: Tensor) -> Any:
         rows.append(int(grad.flatten(1).ne(0).any(1).sum()))
         return backward(ctx, grad)
 
-    monkeypatch.setattr(camkit._detection._Rowwise, "backward", staticmethod(counting))
+    monkeypatch.setattr(camkit._engine.detection._Rowwise, "backward", staticmethod(counting))
     layer = next(iter(DETECTORS[name][1]))
     target = DetectionTarget.every(min_score=0.0)
     # In float64 the pruned and the plain backward pass add the same terms in another order
@@ -201,6 +201,6 @@ def test_the_box_head_is_differentiated_for_the_explained_boxes_only(
     assert rows and max(rows) <= 2 * 4  # the explained detections' proposals, not all 40
     sizes = GradCAMMagnitude(model, layer)
     magnitude = sizes(x, target, **options)
-    monkeypatch.setattr(camkit._detection, "box_heads", lambda model: [])
+    monkeypatch.setattr(camkit._engine.detection, "box_heads", lambda model: [])
     plain = GradCAM(model, layer)(x, target, **options)
     assert_gradcam_close(pruned, plain, magnitude, sizes.channels)

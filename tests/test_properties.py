@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from camkit import GradCAM
-from camkit._maps import ROUNDING_ULPS
+from camkit._engine.map_ops import ROUNDING_ULPS
 from tests.models import conv_net
 
 CLASSES = 5
@@ -106,13 +106,13 @@ def test_predicted_class_equals_explicit_argmax(
 
 
 def test_interpolation_matrices_kept_between_calls_stay_within_their_bound() -> None:
-    from camkit import _maps, _state
+    from camkit._engine import map_ops, state
 
-    cache = _state.MatrixCache(max_bytes=64 * 1024)
+    cache = state.MatrixCache(max_bytes=64 * 1024)
 
     def get(size_in: int, size_out: int, dtype: torch.dtype = torch.float32) -> Tensor:
         key = (size_in, size_out, dtype, "cpu")
-        return cache.get(key, lambda: _maps._linear_weights(size_in, size_out).to(dtype))
+        return cache.get(key, lambda: map_ops._linear_weights(size_in, size_out).to(dtype))
 
     first = get(7, 224)
     assert get(7, 224) is first  # kept
@@ -125,12 +125,12 @@ def test_interpolation_matrices_kept_between_calls_stay_within_their_bound() -> 
     assert cache.bytes <= cache.max_bytes
     cache.clear()
     assert cache.bytes == 0
-    assert _state.MATRICES.max_bytes == 16 * 2**20  # the bound the docs state
+    assert state.MATRICES.max_bytes == 16 * 2**20  # the bound the docs state
 
 
 def test_clear_caches_forgets_what_calls_keep_and_the_maps_stay_the_same() -> None:
     import camkit
-    from camkit import _state
+    from camkit._engine import state
 
     model = nn.Sequential(
         nn.Conv2d(1, 3, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(108, 2)
@@ -138,18 +138,18 @@ def test_clear_caches_forgets_what_calls_keep_and_the_maps_stay_the_same() -> No
     cam = GradCAM(model, "0")  # its output is overwritten in place by the ReLU
     x = torch.randn(2, 1, 8, 8)
     before = cam(x, target=1)
-    assert _state.MATRICES.bytes > 0 and model[0] in _state.WRITES_IN_PLACE
+    assert state.MATRICES.bytes > 0 and model[0] in state.WRITES_IN_PLACE
     camkit.clear_caches()
-    assert _state.MATRICES.bytes == 0 and model[0] not in _state.WRITES_IN_PLACE
+    assert state.MATRICES.bytes == 0 and model[0] not in state.WRITES_IN_PLACE
     assert torch.equal(cam(x, target=1), before)
 
 
 def test_eigh_in_chunks_equals_one_batched_call() -> None:
-    from camkit import _maps
+    from camkit._engine import map_ops
 
     a = torch.randn(7, 5, 5, dtype=torch.float64)
     gram = a @ a.mT
-    values, vectors = _maps.eigh_in_chunks(gram, 3)  # chunks of 3, 3 and 1
+    values, vectors = map_ops.eigh_in_chunks(gram, 3)  # chunks of 3, 3 and 1
     expected = torch.linalg.eigh(gram)
     torch.testing.assert_close(values, expected.eigenvalues)
     # eigenvectors are defined up to sign: compare the projections they make

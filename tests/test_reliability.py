@@ -32,8 +32,8 @@ from camkit import (
     GuidedGradCAM,
     LayerCAM,
     ScoreCAM,
-    _maps,
 )
+from camkit._engine import map_ops
 from tests.helpers import assert_untouched, snapshot
 from tests.models import conv_net
 
@@ -110,7 +110,7 @@ def test_two_models_sharing_a_backbone_keep_it_in_eval_mode_across_threads() -> 
 
 
 def test_nested_eval_mode_on_models_sharing_modules_restores_at_the_last_exit() -> None:
-    from camkit._model import eval_mode
+    from camkit._engine.model import eval_mode
 
     shared = nn.BatchNorm1d(3)
     a, b = nn.Sequential(shared, nn.ReLU()).train(), nn.Sequential(nn.Tanh(), shared).train()
@@ -574,7 +574,7 @@ def test_a_map_constant_up_to_rounding_scales_to_zeros_not_to_noise() -> None:
     flat = torch.full((2, 1, 6), float(c))
     flat[0, 0, 2] += ulp  # one unit of rounding: constant up to rounding
     flat[1, 0, 2] += 1000 * ulp  # a real, if small, variation
-    for scaled in (_maps.scale_maps_(flat.clone()), _maps.scaled_maps(flat)):
+    for scaled in (map_ops.scale_maps_(flat.clone()), map_ops.scaled_maps(flat)):
         assert scaled[0].eq(0).all()
         assert scaled[1].amax() == 1 and scaled[1].amin() == 0
     # The case the property test found: a 1-D net whose layer "6" holds the same bias

@@ -363,9 +363,9 @@ def test_regression_targets_read_the_value_and_can_negate_it() -> None:
 def test_many_targets_are_differentiated_in_chunks_equal_to_separate_calls(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import camkit._gradients
+    import camkit._engine.gradients
 
-    monkeypatch.setattr(camkit._gradients, "CHUNK", 2)  # 5 targets: chunks of 2, 2 and 1
+    monkeypatch.setattr(camkit._engine.gradients, "CHUNK", 2)  # 5 targets: chunks of 2, 2 and 1
     model, x = OneLogit(outputs=5).eval(), torch.randn(3, 1, 8, 8)
     cam = camkit.GradCAM(model, "body.1")
     together = cam(x, RegressionTarget(index=[4, 0, 1, 3, 2]))

@@ -6,9 +6,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from camkit import _maps
-from camkit._checks import finite_number, non_negative, positive_int, positive_number
-from camkit._refs import find_layer
+from camkit._engine import map_ops
+from camkit._engine.layers import find_layer
+from camkit._engine.option_checks import finite_number, non_negative, positive_int, positive_number
 from camkit.base import BaseCAM, LayerSpec
 from camkit.context import LayerContext
 from camkit.errors import CamkitTypeError, CamkitValueError
@@ -118,7 +118,7 @@ class EigenCAM(BaseCAM):
     def weights(self, context: LayerContext) -> Tensor:
         """Return :math:`v_1` for each sample, repeated for every target."""
         pixels = context.activations[:, 0].flatten(2).transpose(1, 2)  # (N, pixels, C)
-        first = _maps.first_direction(pixels)
+        first = map_ops.first_direction(pixels)
         return first[:, None, :].expand(-1, context.scores.shape[1], -1)
 
 
@@ -240,9 +240,9 @@ class KPCACAM(BaseCAM):
         **options: object,
     ) -> None:
         super().__init__(model, layer, **options)  # type: ignore[arg-type]
-        if kernel not in _maps.KERNELS:
+        if kernel not in map_ops.KERNELS:
             raise CamkitValueError(
-                f"kernel: got {kernel!r}; allowed: {', '.join(map(repr, _maps.KERNELS))}"
+                f"kernel: got {kernel!r}; allowed: {', '.join(map(repr, map_ops.KERNELS))}"
             )
         self.kernel = kernel
         self.gamma = None if gamma is None else positive_number(gamma, "gamma")
@@ -266,4 +266,4 @@ class KPCACAM(BaseCAM):
 
     def combine(self, weighted: Tensor) -> Tensor:
         """Return the first kernel principal component of the activations."""
-        return _maps.kernel_component(weighted, self.kernel, self.gamma, self.coef0, self.degree)
+        return map_ops.kernel_component(weighted, self.kernel, self.gamma, self.coef0, self.degree)

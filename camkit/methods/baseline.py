@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from camkit._checks import seed_or_none
+from camkit._engine.option_checks import seed_or_none
 from camkit.base import BaseCAM, LayerSpec
 from camkit.context import LayerContext
 

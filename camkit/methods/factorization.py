@@ -9,13 +9,12 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from camkit import _maps
-from camkit._checks import positive_int, seed_or_none
-from camkit._hooks import Hooks
-from camkit._layout import Layout
-from camkit._model import eager, eval_mode
-from camkit._pipeline import Explained, Request, run_pass, scored
-from camkit._refs import resolve_layer
+from camkit._engine import map_ops
+from camkit._engine.hooks import Hooks
+from camkit._engine.layers import Layout, resolve_layer
+from camkit._engine.model import eager, eval_mode
+from camkit._engine.option_checks import positive_int, seed_or_none
+from camkit._engine.pipeline import Explained, Request, bind_and_score, run_pass
 from camkit.base import LayerSpec
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.explainer import Explainer, setting
@@ -200,7 +199,7 @@ class DeepFeatureFactorization(Explainer):
                 "needs class indices or None, not a callable"
             )
         found, output = self._factorized(request, upsample)
-        bound, scores = scored(request, output)
+        bound, scores = bind_and_score(request, output)
         classes = cast(Tensor, bound.classes)  # (N, k)
         votes = cast(Tensor, found.scores)  # (K, classes)
         if votes.dim() != 2 or votes.shape[0] != self.concepts:
@@ -275,9 +274,9 @@ class DeepFeatureFactorization(Explainer):
         w, h, error = nmf(matrix - offset, self.concepts, self.iterations, self.seed)
         maps = h.view(self.concepts, n, *spatial).transpose(0, 1).float().contiguous()
         if upsample and activations.dim() == x.dim():
-            resized = _maps.upsample(maps.flatten(0, 1), tuple(x.shape[2:]))
+            resized = map_ops.upsample(maps.flatten(0, 1), tuple(x.shape[2:]))
             maps = resized.view(n, self.concepts, *resized.shape[1:])
-        maps = _maps.scale_maps_(maps.contiguous())
+        maps = map_ops.scale_maps_(maps.contiguous())
         directions = (w + offset).float()
         scores = None
         if self.head is not None:

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camkit import _maps
-from camkit._hooks import Hooks
-from camkit._model import eager
-from camkit._pipeline import Explained, Request, explained_by, run_pass, scored
+from camkit._engine import map_ops
+from camkit._engine.hooks import Hooks
+from camkit._engine.model import eager
+from camkit._engine.pipeline import Explained, Request, bind_and_score, gradients_at, run_pass
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.explainer import Explainer
 from camkit.result import CAMResult
@@ -171,11 +171,11 @@ class FullGrad(Explainer):
         with recorder, torch.enable_grad():
             leaf = x.detach().clone().requires_grad_(True)
             output = request.run(self.model, leaf)
-            bound, scores = scored(request, output)
+            bound, scores = bind_and_score(request, output)
             reached = [i for i, out in enumerate(recorder.outputs) if out is not None]
             tensors = [leaf, *(cast(Tensor, recorder.outputs[i]) for i in reached)]
             names = ["the input", *(f"layer {self.layers[i][0]!r}" for i in reached)]
-            gradients = explained_by(scores, tensors, names)
+            gradients = gradients_at(scores, tensors, names)
         size = tuple(x.shape[2:])
         terms = {"input": _psi(gradients[0] * leaf.detach()[:, None], size, self.scaling)}
         for i, gradient in zip(reached, gradients[1:], strict=True):
@@ -183,7 +183,7 @@ class FullGrad(Explainer):
             bias = _bias(module).view(1, 1, -1, *[1] * (gradient.dim() - 3))
             terms[name] = _psi(gradient * bias, size, self.scaling)
         total = torch.stack(list(terms.values())).sum(0)
-        maps = _maps.scale_maps_(total.contiguous())
+        maps = map_ops.scale_maps_(total.contiguous())
         return Explained(maps, terms, output, bound, scores)
 
 
@@ -239,5 +239,5 @@ def _psi(values: Tensor, size: tuple[int, ...], scaling: str) -> Tensor:
         scaled = ((flat - low) / (span + _PER_CHANNEL_EPSILON)).view_as(magnitude)
         resized = scaled.flatten(0, 2)
         if len(size) == resized.dim() - 1:
-            resized = _maps.upsample(resized.contiguous(), size)
+            resized = map_ops.upsample(resized.contiguous(), size)
     return resized.reshape(n, k, c, *resized.shape[1:]).sum(dim=2)

@@ -8,8 +8,8 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from camkit import _maps
-from camkit._checks import non_negative, positive_int, seed_or_none
+from camkit._engine import map_ops
+from camkit._engine.option_checks import non_negative, positive_int, seed_or_none
 from camkit.base import BaseCAM, LayerSpec
 from camkit.context import LayerContext
 from camkit.errors import CamkitTypeError, CamkitValueError
@@ -298,7 +298,7 @@ class SegEigenCAM(BaseCAM):
 
     def combine(self, weighted: Tensor) -> Tensor:
         r"""Project :math:`|g| \odot A`, centred, on its first principal direction."""
-        return _maps.first_component(weighted, centred=True)
+        return map_ops.first_component(weighted, centred=True)
 
 
 class GradCAMElementWise(BaseCAM):
@@ -361,7 +361,7 @@ class EigenGradCAM(BaseCAM):
 
     def combine(self, weighted: Tensor) -> Tensor:
         r"""Project :math:`g \odot A` on its first principal direction."""
-        return _maps.first_component(weighted)
+        return map_ops.first_component(weighted)
 
 
 class ShapleyCAM(BaseCAM):

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from camkit._hooks import Hooks
-from camkit._model import eager
-from camkit._outputs import logits_in
-from camkit._pipeline import Explained, Request, explained_by, run_pass, scored
+from camkit._engine.hooks import Hooks
+from camkit._engine.model import eager
+from camkit._engine.model_outputs import logits_in
+from camkit._engine.pipeline import Explained, Request, bind_and_score, gradients_at, run_pass
 from camkit.base import LayerSpec
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.explainer import Explainer
@@ -147,8 +147,8 @@ class GuidedBackprop(Explainer):
         with _GuidedReLUs(self.relus), torch.enable_grad():
             leaf = request.x.detach().clone().requires_grad_(True)
             output = request.run(self.model, leaf)
-            bound, scores = scored(request, output)
-            (gradients,) = explained_by(scores, [leaf], ["the input"])
+            bound, scores = bind_and_score(request, output)
+            (gradients,) = gradients_at(scores, [leaf], ["the input"])
         return Explained(gradients.float(), {}, output, bound, scores)
 
 

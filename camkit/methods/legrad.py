@@ -8,12 +8,11 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from camkit import _maps
-from camkit._hooks import capture
-from camkit._layout import Layout
-from camkit._model import eager
-from camkit._pipeline import Explained, Request, explained_by, run_pass, scored
-from camkit._refs import resolve_layer
+from camkit._engine import map_ops
+from camkit._engine.hooks import capture
+from camkit._engine.layers import Layout, resolve_layer
+from camkit._engine.model import eager
+from camkit._engine.pipeline import Explained, Request, bind_and_score, gradients_at, run_pass
 from camkit.base import LayerSpec
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.explainer import Explainer, setting
@@ -208,12 +207,12 @@ class LeGrad(Explainer):
                 )
         labels = [f"attention {name!r}" for name in self.layer_names]
         with torch.enable_grad():
-            bound, scores = scored(request, output)
+            bound, scores = bind_and_score(request, output)
             if self.head is None:  # one score for every layer: one backward pass
-                gradients = explained_by(scores, attention, labels)
+                gradients = gradients_at(scores, attention, labels)
             else:  # each layer's own score, through the head
                 gradients = [
-                    explained_by(bound.scores(self._head(request, t)), [probs], [label])[0]
+                    gradients_at(bound.scores(self._head(request, t)), [probs], [label])[0]
                     for t, probs, label in zip(tokens, attention, labels, strict=True)
                 ]
         layer_maps = {
@@ -223,9 +222,9 @@ class LeGrad(Explainer):
         total = torch.stack(list(layer_maps.values())).sum(0)
         x = request.x
         if upsample and total.dim() == x.dim():
-            resized = _maps.upsample(total.flatten(0, 1), tuple(x.shape[2:]))
+            resized = map_ops.upsample(total.flatten(0, 1), tuple(x.shape[2:]))
             total = resized.reshape(*total.shape[:2], *resized.shape[1:])
-        maps = _maps.scale_maps_(total.contiguous())
+        maps = map_ops.scale_maps_(total.contiguous())
         return Explained(maps, layer_maps, output, bound, scores)
 
     def _head(self, request: Request, tokens: Tensor) -> Any:

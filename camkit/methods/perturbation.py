@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camkit import _maps
-from camkit._checks import non_negative, positive_int, seed_or_none
+from camkit._engine import map_ops
+from camkit._engine.option_checks import non_negative, positive_int, seed_or_none
 from camkit.base import BaseCAM, LayerSpec
 from camkit.context import LayerContext
 from camkit.errors import CamkitValueError
@@ -341,7 +341,7 @@ _RANKINGS: dict[str, Callable[[Tensor], Tensor]] = {
 
 def _masks(channels: Tensor, size: tuple[int, ...]) -> Tensor:
     """Upsample ``(M, *spatial)`` channels to ``size`` and scale each to [0, 1]."""
-    return _maps.min_max_normalize_(_maps.upsample(channels, size).contiguous())
+    return map_ops.min_max_normalize_(map_ops.upsample(channels, size).contiguous())
 
 
 class AblationCAM(BaseCAM):

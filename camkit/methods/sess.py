@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from camkit import _maps
-from camkit._checks import positive_int, positive_number
-from camkit._outputs import logits_in
-from camkit._pipeline import Explained, Request, run_pass, scored
+from camkit._engine import map_ops
+from camkit._engine.model_outputs import logits_in
+from camkit._engine.option_checks import positive_int, positive_number
+from camkit._engine.pipeline import Explained, Request, bind_and_score, run_pass
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.explainer import Explainer
 from camkit.result import CAMResult
@@ -184,11 +184,11 @@ class SESS(Explainer):
             raise CamkitValueError("target: SESS explains one class per image, not (N, k)")
         with torch.no_grad():
             output = request.run(self.model)
-            bound, scores = scored(request, output)
+            bound, scores = bind_and_score(request, output)
         classes = cast(Tensor, bound.classes)[:, 0].tolist()
         images = [self._image(request, x[i : i + 1], int(c)) for i, c in enumerate(classes)]
         maps = torch.stack(images)
-        return Explained(_maps.min_max_normalize_(maps)[:, None], {}, output, bound, scores)
+        return Explained(map_ops.min_max_normalize_(maps)[:, None], {}, output, bound, scores)
 
     def _image(self, request: Request, image: Tensor, label: int) -> Tensor:
         height, width = image.shape[-2:]

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from camkit import _maps
-from camkit._model import check_input, eval_mode, forward
-from camkit._outputs import logits_in
-from camkit._targets import check_target
+from camkit._engine import map_ops
+from camkit._engine.model import check_input, eval_mode, forward
+from camkit._engine.model_outputs import logits_in
+from camkit._engine.targets import check_target
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.explainer import Explainer
 from camkit.targets import Target
@@ -119,7 +119,7 @@ def maps_for(maps: Maps, x: Tensor, classes: Tensor) -> Tensor:
             f"to [0, 1] (camkit's explainers do, with normalize=True)"
         )
     if tuple(result.shape[1:]) != tuple(x.shape[2:]):
-        result = _maps.upsample(result.float(), tuple(x.shape[2:]))
+        result = map_ops.upsample(result.float(), tuple(x.shape[2:]))
     return result.to(x.device, torch.float32)
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from camkit._distributed import Batches, World, gather, mine, world
+from camkit._engine.distributed import Batches, Rank, gather, process_group, rank_share
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import Maps, MetricResult, classes_of, maps_for, summarize
 
@@ -67,11 +67,11 @@ def evaluate(
         raise CamkitValueError(f"target: got {target!r}; allowed: 'predicted', 'label'")
     if not metrics:
         raise CamkitValueError("metrics: give at least one metric")
-    with world() as team:
+    with process_group() as team:
         batches, numbers = loader, None
         if team.size > 1:
             split = Batches.of(loader)
-            numbers = mine(range(split.count), team)
+            numbers = rank_share(range(split.count), team)
             batches = split.loader_for(numbers)
         collected = _collect(model, explainer, batches, metrics, target, device, progress, team)
         if numbers is not None:
@@ -87,7 +87,7 @@ def _collect(
     target: str,
     device: torch.device | str | None,
     progress: bool,
-    team: World,
+    team: Rank,
 ) -> dict[str, list[MetricResult]]:
     """Each metric's result per batch of ``loader``, in order."""
     collected: dict[str, list[MetricResult]] = {name: [] for name in metrics}
@@ -114,7 +114,7 @@ def _collect(
 
 
 def _in_order(
-    team: World, numbers: list[int], collected: dict[str, list[MetricResult]]
+    team: Rank, numbers: list[int], collected: dict[str, list[MetricResult]]
 ) -> dict[str, list[MetricResult]]:
     """Every rank's per-batch results, gathered and put back in batch order."""
     on_host = {name: [_to_cpu(r) for r in parts] for name, parts in collected.items()}

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from camkit import _maps
-from camkit._model import eval_mode
+from camkit._engine import map_ops
+from camkit._engine.model import eval_mode
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import check_batch, classes_of
 from camkit.targets import Target
@@ -160,7 +160,7 @@ def _reduce(maps: Tensor, x: Tensor) -> Tensor:
 
 
 def _scaled(m: Tensor) -> Tensor:
-    return _maps.min_max_normalize_(m.double().clone())
+    return map_ops.min_max_normalize_(m.double().clone())
 
 
 def randomization_test(

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from camkit._state import MATRICES
+from camkit._engine.state import MATRICES
 
 
 def _linear_weights(size_in: int, size_out: int) -> Tensor:
@@ -29,7 +29,7 @@ def _linear_weights(size_in: int, size_out: int) -> Tensor:
 
 
 def _matrix(size_in: int, size_out: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """The interpolation matrix, kept between calls (see :mod:`camkit._state`)."""
+    """The interpolation matrix, kept between calls (see :mod:`camkit._engine.state`)."""
     key = (size_in, size_out, dtype, str(device))
     return MATRICES.get(key, lambda: _linear_weights(size_in, size_out).to(device, dtype))
 

@@ -8,7 +8,7 @@ caller set it), runs the method's own ``compute``, makes the call's one check
 that the numbers are finite (:func:`check_finite`) and shapes the
 :class:`~camkit.CAMResult` (:func:`result`). Inside ``compute``, :func:`scored`
 binds the target to the model output and computes the scores, and
-:func:`explained_by` finds the gradient of the scores with respect to what is
+:func:`gradients_at` finds the gradient of the scores with respect to what is
 explained (a layer's output, or the input).
 """
 
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from camkit._gradients import score_gradients
-from camkit._model import (
+from camkit._engine.gradients import score_gradients
+from camkit._engine.model import (
     Precision,
     check_finite_input,
     check_input,
@@ -32,7 +32,7 @@ from camkit._model import (
     forward,
     select_rows,
 )
-from camkit._targets import BoundTarget, CheckedTarget, bind_target, check_target
+from camkit._engine.targets import BoundTarget, CheckedTarget, bind_target, check_target
 from camkit.errors import CamkitValueError
 from camkit.result import CAMResult
 from camkit.targets import Target
@@ -96,12 +96,12 @@ class Request:
             return forward(model, self.x if inputs is None else inputs, args, kwargs)
 
 
-def scored(request: Request, output: Any) -> tuple[BoundTarget, Tensor]:
+def bind_and_score(request: Request, output: Any) -> tuple[BoundTarget, Tensor]:
     """The target bound to ``output``, and its scores ``(N, k)`` (in the autograd graph)."""
     return bind_target(request.target, output, request.batch_size)
 
 
-def explained_by(
+def gradients_at(
     scores: Tensor,
     tensors: Sequence[Tensor],
     names: Sequence[str],

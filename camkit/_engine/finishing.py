@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from camkit import _maps
+from camkit._engine import map_ops
 
 
 def rectified_and_resized(
@@ -22,7 +22,7 @@ def rectified_and_resized(
     if relu:
         maps = maps.clamp_min(0) if differentiable else maps.clamp_min_(0)
     if size is not None:
-        resized = _maps.upsample(maps.flatten(0, 1), size)
+        resized = map_ops.upsample(maps.flatten(0, 1), size)
         maps = resized.view(*maps.shape[:2], *resized.shape[1:])
     return maps
 
@@ -41,12 +41,12 @@ def fused_and_scaled(
     [0, 1] first. In place on camkit's own tensors, or out of place (and
     differentiable) for maps in the autograd graph.
     """
-    scale = _maps.scaled_maps if differentiable else _maps.scale_maps_
+    scale = map_ops.scaled_maps if differentiable else map_ops.scale_maps_
     if len(layer_maps) == 1:
         ((name, only),) = layer_maps.items()
         maps = scale(only) if normalize else only
         return maps, {name: maps}  # shared, not copied: a copy would cost memory (see CAMResult)
-    fresh = _maps.scaled_maps if differentiable else lambda m: _maps.scale_maps_(m.clone())
+    fresh = map_ops.scaled_maps if differentiable else lambda m: map_ops.scale_maps_(m.clone())
     stacked = torch.stack([fresh(m) for m in layer_maps.values()])
     fused = stacked.mean(0) if fuse == "mean" else stacked.prod(0)
     if not normalize:

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from camkit._refs import LayerRef, elements, format_key
-from camkit._state import WRITES_IN_PLACE, WRITES_LOCK
+from camkit._engine.layers import LayerRef, elements, format_key
+from camkit._engine.state import WRITES_IN_PLACE, WRITES_LOCK
 from camkit.errors import CamkitModelError, CamkitTypeError, CamkitValueError
 
 _H = TypeVar("_H", bound="Hooks")

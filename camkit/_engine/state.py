@@ -1,13 +1,13 @@
 """Everything camkit keeps in the process between calls, in one place, with its locks.
 
 * :data:`HELD` (under :data:`HELD_LOCK`): the modules that calls in progress hold in
-  eval mode, with the flag to restore (see :func:`camkit._model.eval_mode`). State of
+  eval mode, with the flag to restore (see :func:`camkit._engine.model.eval_mode`). State of
   calls in flight, not a cache: never cleared.
 * :data:`WRITES_IN_PLACE` (under :data:`WRITES_LOCK`): per module, weakly, the parts of
   its output the network modifies in place, which camkit must therefore copy (see
-  :func:`camkit._hooks.capture`). Learnt again when forgotten.
+  :func:`camkit._engine.hooks.capture`). Learnt again when forgotten.
 * :data:`MATRICES`: interpolation matrices of the sizes maps were upsampled to, at most
-  16 MiB in all (see :func:`camkit._maps.upsample`). Made again when forgotten.
+  16 MiB in all (see :func:`camkit._engine.map_ops.upsample`). Made again when forgotten.
 * :data:`TRACING`: one :mod:`torch.fx` trace at a time (fx patches
   ``torch.nn.Module.__call__`` for the whole process while it traces).
 

@@ -24,7 +24,7 @@ from camkit.errors import CamkitTypeError, CamkitValueError
 
 
 @dataclass(frozen=True)
-class World:
+class Rank:
     """This process's rank among ``size`` processes (rank 0 of 1 without torch.distributed)."""
 
     rank: int = 0
@@ -37,7 +37,7 @@ class World:
 
 
 @contextmanager
-def world() -> Iterator[World]:
+def process_group() -> Iterator[Rank]:
     """The process group of the block: the caller's, or one started here under ``torchrun``.
 
     If ``torch.distributed`` is already initialized, its default group is used
@@ -47,10 +47,10 @@ def world() -> Iterator[World]:
     and destroyed after it. Otherwise the block runs as rank 0 of 1.
     """
     if dist.is_available() and dist.is_initialized():
-        yield World(dist.get_rank(), dist.get_world_size())
+        yield Rank(dist.get_rank(), dist.get_world_size())
         return
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        yield World()
+        yield Rank()
         return
     if not dist.is_available():
         raise CamkitValueError(
@@ -62,12 +62,12 @@ def world() -> Iterator[World]:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend)
     try:
-        yield World(dist.get_rank(), dist.get_world_size())
+        yield Rank(dist.get_rank(), dist.get_world_size())
     finally:
         dist.destroy_process_group()
 
 
-def barrier(team: World) -> None:
+def barrier(team: Rank) -> None:
     """Wait for every rank (nothing to wait for in one process)."""
     if team.size > 1:
         if dist.get_backend() == "nccl":
@@ -76,7 +76,7 @@ def barrier(team: World) -> None:
             dist.barrier()
 
 
-def gather(team: World, value: Any) -> list[Any]:
+def gather(team: Rank, value: Any) -> list[Any]:
     """Every rank's ``value`` (picklable), in rank order, on every rank."""
     if team.size == 1:
         return [value]
@@ -85,7 +85,7 @@ def gather(team: World, value: Any) -> list[Any]:
     return values
 
 
-def mine(items: Sequence[int], team: World) -> list[int]:
+def rank_share(items: Sequence[int], team: Rank) -> list[int]:
     """This rank's share of ``items``: every ``size``-th, starting at its rank."""
     return list(items[team.rank :: team.size])
 

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from camkit._refs import LayerRef
-from camkit._state import TRACING
+from camkit._engine.layers import LayerRef
+from camkit._engine.state import TRACING
 
 Score = Callable[[Any, Tensor], Tensor]
 """``score(output, samples) -> (M, k)``: the target scores of a model output."""

@@ -1,4 +1,4 @@
-"""Reading the model output: the class scores or a named field inside its container."""
+"""Reading the model output: the class scores, or a named field, inside its container."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ bound target and its scores, the call's options) and offers the four ways a
 where :mod:`torch.fx` splits it off), second derivatives
 (:meth:`~Rescoring.hessian_times`) and a whole new pass
 (:meth:`~Rescoring.rerun`). Every run of the model opens the caller's autocast
-regions again (see :class:`camkit._model.Precision`).
+regions again (see :class:`camkit._engine.model.Precision`).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from camkit._hooks import ReplaceOutput, capture
-from camkit._pipeline import CallOptions, Request, explained_by, scored
-from camkit._tail import TailRunner, split
-from camkit._targets import BoundTarget, CheckedTarget
+from camkit._engine.hooks import ReplaceOutput, capture
+from camkit._engine.network_after import TailRunner, split
+from camkit._engine.pipeline import CallOptions, Request, bind_and_score, gradients_at
+from camkit._engine.targets import BoundTarget, CheckedTarget
 from camkit.errors import CamkitModelError, CamkitValueError
 
 if TYPE_CHECKING:
@@ -118,9 +118,9 @@ class Rescoring:
                 f"layer: {self.ref.name!r} was not reached in the forward pass on the re-run inputs"
             )
         with torch.enable_grad():
-            other_target, other_scores = scored(other, output)
+            other_target, other_scores = bind_and_score(other, output)
             other_gradients = (
-                explained_by(other_scores, [captured.activation], [f"layer {self.ref.name!r}"])[0]
+                gradients_at(other_scores, [captured.activation], [f"layer {self.ref.name!r}"])[0]
                 if self.cam.needs_gradients
                 else None
             )
@@ -137,7 +137,8 @@ class Rescoring:
 
     def _network_after(self) -> TailRunner | None:
         """The network after the layer's call, checked against the pass's scores; ``None``
-        where it cannot be split off (see :mod:`camkit._tail`). Split on first use."""
+        where it cannot be split off (see :mod:`camkit._engine.network_after`). Split on
+        first use."""
         if self._tail is _UNTRIED:
             self._tail = self._split()
         tail: TailRunner | None = self._tail

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from camkit._outputs import logits_in
+from camkit._engine.model_outputs import logits_in
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.targets import ScoreFunction, Target, class_scores
 

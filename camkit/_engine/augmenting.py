@@ -12,8 +12,8 @@ from typing import Any
 
 from torch import Tensor
 
-from camkit._pipeline import Request
-from camkit._targets import BoundTarget, CheckedTarget
+from camkit._engine.pipeline import Request
+from camkit._engine.targets import BoundTarget, CheckedTarget
 from camkit.augment import Augmentation, horizontal_flip
 from camkit.errors import CamkitTypeError, CamkitValueError
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from camkit._state import HELD, HELD_LOCK
+from camkit._engine.state import HELD, HELD_LOCK
 from camkit.errors import CamkitError, CamkitModelError, CamkitTypeError, CamkitValueError
 
 
