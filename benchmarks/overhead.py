@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1000)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 256])
+    parser.add_argument("--out", type=Path, default=None, help="also write the table here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -86,19 +87,30 @@ def main(argv: list[str] | None = None) -> int:
     model = checkpoint.model.eval()
     layer = model.get_submodule("features.relu")
     cam = camkit.GradCAM(model, "features.relu")
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, 1 thread")
-    print("| batch | plain autograd (ms) | camkit GradCAM (ms) | camkit's overhead (ms) | ratio |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
+    lines = [
+        "# camkit's own cost per call",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} CPU, torch "
+        f"{torch.__version__}, one thread, median of {args.rounds} interleaved rounds. "
+        f"Command: `python benchmarks/overhead.py --rounds {args.rounds}`.",
+        "",
+        "| batch | plain autograd (ms) | camkit GradCAM (ms) | camkit's overhead (ms) | ratio |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    print("\n".join(lines))
     for batch in args.batches:
         x = torch.randn(batch, 1, 28, 28)
         torch.testing.assert_close(cam(x, target=3), plain_gradcam(model, layer, x, 3))
         ours, plain = _median_seconds(
             lambda x=x: cam(x, target=3), lambda x=x: plain_gradcam(model, layer, x, 3), args.rounds
         )
-        print(
+        lines.append(
             f"| {batch} | {1e3 * plain:.3f} | {1e3 * ours:.3f} | {1e3 * (ours - plain):.3f} "
             f"| {ours / plain:.2f}x |"
         )
+        print(lines[-1])
+    if args.out is not None:
+        args.out.write_text("\n".join(lines) + "\n")
     return 0
 
 
