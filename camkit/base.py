@@ -364,7 +364,8 @@ class BaseCAM(Explainer):
         """One forward (and backward) pass: each layer's map ``(N, k, *spatial)``, unscaled."""
         differentiable = options.differentiable
         with ExitStack() as modes:
-            if not differentiable:  # a training step runs the model as the caller set it
+            # a training step (differentiable) runs the model as the caller set it
+            if self._box_heads and not differentiable:
                 modes.enter_context(detection.rowwise_box_heads(self._box_heads))
             hooked, output = capture(
                 self.layers, lambda: request.run(self.model), record_all=differentiable
