@@ -121,3 +121,37 @@ def test_concepts_plot_colours_each_concept() -> None:
     assert tuple(shown[0, 0]) != tuple(shown[3, 0])  # two colours
     with pytest.raises(CamkitValueError, match="labels: got 1 for 2 concepts"):
         draw_concepts(torch.zeros(4, 4), maps, labels=["one"])
+
+
+def test_explain_picks_for_each_class_the_concept_that_votes_most_for_it() -> None:
+    """As an explainer, each sample's map for class c is the map of the concept whose head
+    score for c is largest (checked against factorize), with the model's own scores."""
+    x, _, _ = planted()
+    torch.manual_seed(0)
+    head = nn.Linear(8, 2)  # the model's two classes
+    dff = DeepFeatureFactorization(identity_net(), "0", concepts=3, head=head, seed=1)
+    found = dff.factorize(x)
+    classes = torch.tensor([[0, 1], [1, 0], [1, 1], [0, 0]])
+    result = dff.explain(x, classes)
+    votes = head(found.concepts.T).detach()  # (concepts, classes)
+    assert votes.argmax(0).unique().numel() == 2  # the two classes pick different concepts
+    for i in range(len(x)):
+        for j in range(2):
+            best = int(votes[:, classes[i, j]].argmax())
+            torch.testing.assert_close(result.maps[i, j], found.maps[i, best])
+    torch.testing.assert_close(result.scores, result.output.gather(1, classes))
+    assert torch.equal(dff(x, classes[:, 0]), result.maps[:, 0])
+
+
+def test_explain_needs_a_head_and_class_targets() -> None:
+    x, _, _ = planted()
+    model = identity_net()
+    before = snapshot(model)
+    with pytest.raises(CamkitValueError, match=r"^head: Deep Feature Factorization explains"):
+        DeepFeatureFactorization(model, "0", concepts=2)(x, 1)
+    with_head = DeepFeatureFactorization(model, "0", concepts=2, head=nn.Linear(8, 2))
+    with pytest.raises(CamkitTypeError, match=r"^target: Deep Feature Factorization picks"):
+        with_head(x, lambda out: out[:, 0])
+    with pytest.raises(CamkitValueError, match=r"^differentiable: DeepFeatureFactorization"):
+        with_head(x, 1, differentiable=True)
+    assert_untouched(before, snapshot(model))

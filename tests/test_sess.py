@@ -101,3 +101,9 @@ def test_sess_refusals() -> None:
         SESS(cam)(torch.randn(1, 3, 12, 12), lambda out: out[:, 0])  # type: ignore[arg-type]
     with pytest.raises(CamkitValueError, match="x: SESS slides a window over images"):
         SESS(cam)(torch.randn(1, 3, 12))
+    with pytest.raises(CamkitValueError, match="target: SESS explains one class per image"):
+        SESS(cam)(torch.randn(2, 3, 12, 12), torch.tensor([[0, 1], [1, 0]]))
+    with pytest.raises(CamkitValueError, match="forward_args: SESS runs the model on patches"):
+        SESS(cam).explain(torch.randn(1, 3, 12, 12), forward_args=(torch.zeros(1),))
+    with pytest.raises(CamkitValueError, match=r"^upsample: SESS has only input-resolution"):
+        SESS(cam).explain(torch.randn(1, 3, 12, 12), upsample=False)
