@@ -33,7 +33,7 @@ from camkit._engine.pipeline import (
     gradients_at,
     run_pass,
 )
-from camkit._engine.rescoring import Rescoring, context_dtype
+from camkit._engine.rescoring import RescoredLayer, Rescoring, context_dtype
 from camkit._engine.targets import BoundTarget
 from camkit.augment import Augmentation
 from camkit.context import LayerContext
@@ -424,10 +424,22 @@ class BaseCAM(Explainer):
     ) -> LayerContext:
         """The layer's tensors in the channels-first layout, and the ways to re-run the model
         (``native`` is the layer's output at call ``call``, 0 the first, the one explained)."""
-        name = self.layers[index].name
-        rescoring = Rescoring(
-            self, request, index, native, call, target, scores, gradients, options
-        )
+        ref = self.layers[index]
+        name = ref.name
+
+        def context_of(
+            other: Request,
+            output: Tensor,
+            number: int,
+            bound: BoundTarget,
+            rescores: Tensor,
+            grads: Tensor | None,
+        ) -> LayerContext:
+            return self._context(other, index, output, number, bound, rescores, grads, options)
+
+        graph = self._traced.get(id(ref)) if self.split_tail else None
+        layer = RescoredLayer(self.model, ref, self.layout, graph, self.needs_gradients, context_of)
+        rescoring = Rescoring(layer, request, native, call, target, scores, gradients, options)
         dtype = context_dtype(native, options.differentiable)
         if not options.differentiable:
             native = native.detach()

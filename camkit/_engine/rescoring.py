@@ -14,28 +14,52 @@ regions again (see :class:`camkit._engine.model.Precision`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, fx, nn
 
 from camkit._engine.hooks import ReplaceOutput, capture
+from camkit._engine.layers import LayerRef, Layout
 from camkit._engine.network_after import TailRunner, split
 from camkit._engine.pipeline import CallOptions, Request, bind_and_score, gradients_at
 from camkit._engine.targets import BoundTarget, CheckedTarget
 from camkit.errors import CamkitModelError, CamkitValueError
 
 if TYPE_CHECKING:
-    from camkit.base import BaseCAM
     from camkit.context import LayerContext
 
 _UNTRIED = object()
 """The network after the layer has not been split off yet (it is, on first use)."""
 
 
+class RescoredLayer(NamedTuple):
+    """What re-runs need to know of the explainer for one of its layers.
+
+    Attributes:
+        model: The model.
+        ref: The layer.
+        layout: How the layer lays out its output.
+        graph: The model traced by :mod:`torch.fx` with the layer kept whole, or
+            ``None`` (the whole model re-runs instead of the network after the layer).
+        needs_gradients: Whether a new pass takes the gradients at the layer.
+        context_of: The layer's :class:`~camkit.LayerContext` for a new pass, given its
+            request, the layer's output and call, the bound target, the scores and the
+            gradients.
+    """
+
+    model: nn.Module
+    ref: LayerRef
+    layout: Layout
+    graph: fx.Graph | None
+    needs_gradients: bool
+    context_of: Callable[[Request, Tensor, int, BoundTarget, Tensor, Tensor | None], LayerContext]
+
+
 class Rescoring:
-    """The re-runs of the model for layer ``index`` of ``cam`` in one explained pass.
+    """The re-runs of the model for one layer in one explained pass.
 
     ``recorded`` is the layer's output at call ``call`` as the forward pass made
     it (in the autograd graph when the pass recorded it), ``gradients`` the
@@ -45,9 +69,8 @@ class Rescoring:
 
     def __init__(
         self,
-        cam: BaseCAM,
+        layer: RescoredLayer,
         request: Request,
-        index: int,
         recorded: Tensor,
         call: int,
         target: BoundTarget,
@@ -55,17 +78,17 @@ class Rescoring:
         gradients: Tensor | None,
         options: CallOptions,
     ) -> None:
-        self.cam, self.request, self.index, self.call = cam, request, index, call
+        self.layer, self.request, self.call = layer, request, call
         self.recorded, self.gradients = recorded, gradients
         self.target, self.scores, self.options = target, scores, options
-        self.ref = cam.layers[index]
+        self.ref = layer.ref
         self._tail: Any = _UNTRIED
 
     @torch.no_grad()
     def score_inputs(self, inputs: Tensor, samples: Tensor) -> Tensor:
         """The target scores ``(M, k)`` of the model on other inputs, row ``i`` for sample
         ``samples[i]``."""
-        output = self.request.run(self.cam.model, inputs, samples)
+        output = self.request.run(self.layer.model, inputs, samples)
         return self.target.scores(output, samples).float()
 
     @torch.no_grad()
@@ -73,14 +96,14 @@ class Rescoring:
         """The target scores ``(M, k)`` with the layer's output replaced by ``replacement``
         ``(M, C, *spatial)`` (channels first), row ``i`` for sample ``samples[i]``."""
         rows = self.recorded.detach()[samples]
-        swapped = self.cam.layout.from_channels_first(replacement, rows).to(rows.dtype)
+        swapped = self.layer.layout.from_channels_first(replacement, rows).to(rows.dtype)
         with self.request.precision.callers():  # the network after the layer is the model's
-            tail = self._network_after() if self.cam.split_tail else None
+            tail = self._network_after() if self.layer.graph is not None else None
             if tail is not None:
                 output = tail.run(swapped, samples)
             else:
                 with ReplaceOutput(self.ref, self.call, swapped):
-                    output = self.request.run(self.cam.model, self.request.x[samples], samples)
+                    output = self.request.run(self.layer.model, self.request.x[samples], samples)
         return self.target.scores(output, samples).float()
 
     def hessian_times(self, vectors: Tensor) -> Tensor:
@@ -92,7 +115,7 @@ class Rescoring:
                 f"hessian_times: the gradients of layer {name!r} were taken without a "
                 f"graph; set needs_hessian = True on the method"
             )
-        v = self.cam.layout.from_channels_first(vectors, recorded).to(recorded.dtype)
+        v = self.layer.layout.from_channels_first(vectors, recorded).to(recorded.dtype)
         products = []
         with torch.enable_grad():
             for t in range(gradients.shape[1]):
@@ -101,7 +124,7 @@ class Rescoring:
                 )
                 products.append(torch.zeros_like(v) if product is None else product.detach())
         sign = -1.0 if self.options.counterfactual else 1.0
-        stacked = self.cam.layout.gradients(torch.stack(products, dim=1), name)
+        stacked = self.layer.layout.gradients(torch.stack(products, dim=1), name)
         return sign * stacked.to(context_dtype(recorded, self.options.differentiable))
 
     def rerun(self, inputs: Tensor) -> LayerContext:
@@ -111,7 +134,7 @@ class Rescoring:
         if self.target.classes is not None:
             fixed = CheckedTarget(self.target.classes, None, multi=True)
         other = replace(self.request, x=inputs, target=fixed)
-        hooked, output = capture([self.ref], lambda: other.run(self.cam.model))
+        hooked, output = capture([self.ref], lambda: other.run(self.layer.model))
         captured = hooked.captured(0)
         if captured is None:
             raise CamkitValueError(
@@ -121,18 +144,11 @@ class Rescoring:
             other_target, other_scores = bind_and_score(other, output)
             other_gradients = (
                 gradients_at(other_scores, [captured.activation], [f"layer {self.ref.name!r}"])[0]
-                if self.cam.needs_gradients
+                if self.layer.needs_gradients
                 else None
             )
-        return self.cam._context(
-            other,
-            self.index,
-            captured.activation,
-            captured.number,
-            other_target,
-            other_scores,
-            other_gradients,
-            self.options,
+        return self.layer.context_of(
+            other, captured.activation, captured.number, other_target, other_scores, other_gradients
         )
 
     def _network_after(self) -> TailRunner | None:
@@ -145,8 +161,8 @@ class Rescoring:
         return tail
 
     def _split(self) -> TailRunner | None:
-        graph = self.cam._traced.get(id(self.ref))
-        found = None if graph is None else split(self.cam.model, graph, self.ref, self.call)
+        graph = self.layer.graph
+        found = None if graph is None else split(self.layer.model, graph, self.ref, self.call)
         if found is None:
             return None
         try:
