@@ -129,10 +129,15 @@ class BaseCAM(Explainer):
     layer_resolution: bool = True
     """A CAM's maps can stay at the layer's resolution (``upsample=False``), with one layer."""
 
+    differentiable_maps: ClassVar[bool] = True
+    """The name :attr:`differentiable` had before the explainer contract; setting either on a
+    subclass sets both."""
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "differentiable_maps" in cls.__dict__:  # the attribute's name before camkit 0.2
+        if "differentiable_maps" in cls.__dict__:  # a subclass written for the old name
             cls.differentiable = bool(cls.__dict__["differentiable_maps"])
+        cls.differentiable_maps = cls.differentiable
 
     def __init__(
         self,

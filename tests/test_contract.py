@@ -256,6 +256,8 @@ def test_the_old_name_of_the_differentiable_declaration_still_counts() -> None:
         differentiable_maps = False  # the name before the contract
 
     assert Old.differentiable is False
+    assert camkit.ScoreCAM.differentiable_maps is False  # read under the old name, too
+    assert camkit.GradCAM.differentiable_maps is True
     with pytest.raises(camkit.CamkitValueError, match=r"^differentiable: Old's maps"):
         Old(smooth_net(), "1").explain(torch.randn(2, *IMAGE), differentiable=True)
 
