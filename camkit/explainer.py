@@ -33,7 +33,7 @@ from camkit.errors import CamkitValueError
 from camkit.result import CAMResult
 from camkit.targets import Target
 
-__all__ = ["Explainer", "differentiable_methods"]
+__all__ = ["Explainer", "differentiable_methods", "setting"]
 
 _PUBLIC: list[type[Explainer]] = []
 """camkit's own explainer classes, in the order they were defined."""
@@ -182,9 +182,14 @@ def _is_abstract(cls: type) -> bool:
 
 
 def setting(value: Any) -> Any:
-    """A constructor option as a JSON value: numbers, strings and lists as they are, a
-    module or a function by its name (a function's code is not compared), a float that
-    is not finite as its string."""
+    """A constructor option as a JSON value, for :meth:`Explainer.settings`: numbers,
+    strings and lists as they are, an explainer by its settings, a module or a function by
+    its name (a function's code is not compared), a float that is not finite as its string.
+
+    Example:
+        >>> setting((7, 7)), setting(float("inf"))
+        ([7, 7], 'inf')
+    """
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):

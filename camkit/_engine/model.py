@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,6 +134,9 @@ _AUTOCAST_DEVICES = tuple(
 )
 
 
+_NOTHING = nullcontext()
+
+
 @dataclass(frozen=True)
 class Precision:
     """The ``torch.autocast`` regions the caller had open when a call began.
@@ -159,15 +162,19 @@ class Precision:
             )
         )
 
-    def full(self) -> ExitStack:
+    def full(self) -> AbstractContextManager[Any]:
         """Close the caller's autocast regions for the block."""
+        if not self.regions:  # the usual case, on every call: nothing to enter
+            return _NOTHING
         stack = ExitStack()
         for device, _ in self.regions:
             stack.enter_context(torch.autocast(device, enabled=False))
         return stack
 
-    def callers(self) -> ExitStack:
+    def callers(self) -> AbstractContextManager[Any]:
         """Open the caller's autocast regions again for the block."""
+        if not self.regions:
+            return _NOTHING
         stack = ExitStack()
         for device, dtype in self.regions:
             stack.enter_context(torch.autocast(device, dtype=dtype))

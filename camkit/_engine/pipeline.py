@@ -6,7 +6,7 @@ the target (``Request.check``) before anything runs, holds the model in eval
 mode (unless the maps are to be differentiable, when the model runs as the
 caller set it), runs the method's own ``compute``, makes the call's one check
 that the numbers are finite (:func:`check_finite`) and shapes the
-:class:`~camkit.CAMResult` (:func:`result`). Inside ``compute``, :func:`scored`
+:class:`~camkit.CAMResult` (:func:`result`). Inside ``compute``, :func:`bind_and_score`
 binds the target to the model output and computes the scores, and
 :func:`gradients_at` finds the gradient of the scores with respect to what is
 explained (a layer's output, or the input).
