@@ -3,38 +3,25 @@
 :meth:`BaseCAM.explain` reads as the pipeline of :mod:`camkit._engine.pipeline`:
 validate the request, run the model with the layers hooked, score the
 target, take the gradients at the layers, turn each layer's weights into a
-map, check the numbers once, finish.
+map (:mod:`camkit._engine.layer_pass`), check the numbers once, finish.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
-from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
-import torch
 from torch import Tensor, fx, nn
 
 from camkit._engine import detection, map_ops
 from camkit._engine.augmenting import augmentations_of, averaged
-from camkit._engine.finishing import FUSIONS, fused_and_scaled, rectified_and_resized
-from camkit._engine.hooks import capture, reached
+from camkit._engine.finishing import FUSIONS, fused_and_scaled
+from camkit._engine.layer_pass import layer_pass
 from camkit._engine.layers import LayerRef, Layout, resolve_layer
 from camkit._engine.model import eager
 from camkit._engine.network_after import trace
-from camkit._engine.pipeline import (
-    CallOptions,
-    Explained,
-    Request,
-    bind_and_score,
-    check_scores_finite,
-    gradients_at,
-    run_pass,
-)
-from camkit._engine.rescoring import RescoredLayer, Rescoring, context_dtype
-from camkit._engine.targets import BoundTarget
+from camkit._engine.pipeline import CallOptions, Explained, Request, run_pass
 from camkit.augment import Augmentation
 from camkit.context import LayerContext
 from camkit.errors import CamkitValueError
@@ -350,7 +337,7 @@ class BaseCAM(Explainer):
         augmentations: list[Augmentation],
     ) -> Explained:
         """The finished maps of one call (with its augmented copies, if any)."""
-        run = self._layer_maps(request, options)
+        run = layer_pass(self, request, options)
         layer_maps = run.layer_maps
         if augmentations:
             layer_maps = averaged(
@@ -358,113 +345,12 @@ class BaseCAM(Explainer):
                 layer_maps,
                 run.target,
                 augmentations,
-                lambda copy: self._layer_maps(copy, options).layer_maps,
+                lambda copy: layer_pass(self, copy, options).layer_maps,
             )
         maps, layer_maps = fused_and_scaled(
             layer_maps, normalize, options.differentiable, self.fuse
         )
         return Explained(maps, layer_maps, run.output, run.target, run.scores)
-
-    def _layer_maps(self, request: Request, options: CallOptions) -> _Run:
-        """One forward (and backward) pass: each layer's map ``(N, k, *spatial)``, unscaled."""
-        differentiable = options.differentiable
-        with ExitStack() as modes:
-            # a training step (differentiable) runs the model as the caller set it
-            if self._box_heads and not differentiable:
-                modes.enter_context(detection.rowwise_box_heads(self._box_heads))
-            hooked, output = capture(
-                self.layers, lambda: request.run(self.model), record_all=differentiable
-            )
-            captured = reached(hooked, self.layers)
-            natives = [c.activation for c in captured]
-            with torch.enable_grad():
-                target, scores = bind_and_score(request, output)
-                gradients: Sequence[Tensor | None] = (
-                    gradients_at(
-                        scores,
-                        natives,
-                        [f"layer {n!r}" for n in self.layer_names],
-                        create_graph=differentiable or self.needs_hessian,
-                    )
-                    if self.needs_gradients
-                    else [None] * len(natives)
-                )
-            signed: dict[str, Tensor] = {}
-            with torch.set_grad_enabled(differentiable):
-                for index, (native, grads) in enumerate(zip(natives, gradients, strict=True)):
-                    context = self._context(
-                        request,
-                        index,
-                        native,
-                        captured[index].number,
-                        target,
-                        scores,
-                        grads,
-                        options,
-                    )
-                    try:
-                        signed[context.layer] = self._layer_map(context, options.eigen_smooth)
-                    except Exception:
-                        check_scores_finite(request.x, scores)  # a NaN input explains it better
-                        raise
-            size = tuple(request.x.shape[2:]) if options.upsample else None
-            layer_maps = {
-                name: rectified_and_resized(maps, options.relu, size, differentiable).to(
-                    request.x.device
-                )
-                for name, maps in signed.items()
-            }
-        return _Run(layer_maps, output, target, scores)
-
-    def _context(
-        self,
-        request: Request,
-        index: int,
-        native: Tensor,
-        call: int,
-        target: BoundTarget,
-        scores: Tensor,
-        gradients: Tensor | None,
-        options: CallOptions,
-    ) -> LayerContext:
-        """The layer's tensors in the channels-first layout, and the ways to re-run the model
-        (``native`` is the layer's output at call ``call``, 0 the first, the one explained)."""
-        ref = self.layers[index]
-        name = ref.name
-
-        def context_of(
-            other: Request,
-            output: Tensor,
-            number: int,
-            bound: BoundTarget,
-            rescores: Tensor,
-            grads: Tensor | None,
-        ) -> LayerContext:
-            return self._context(other, index, output, number, bound, rescores, grads, options)
-
-        graph = self._traced.get(id(ref)) if self.split_tail else None
-        layer = RescoredLayer(self.model, ref, self.layout, graph, self.needs_gradients, context_of)
-        rescoring = Rescoring(layer, request, native, call, target, scores, gradients, options)
-        dtype = context_dtype(native, options.differentiable)
-        if not options.differentiable:
-            native = native.detach()
-        activations = self.layout.activations(native, name, request.x, options.upsample)
-        if gradients is not None:
-            gradients = self.layout.gradients(gradients, name).to(dtype)
-            if options.counterfactual:
-                gradients = -gradients
-        return LayerContext(
-            layer=name,
-            activations=activations.to(dtype)[:, None],
-            scores=scores.detach().float(),
-            inputs=request.x,
-            classes=target.classes,
-            gradients=gradients,
-            score_inputs=rescoring.score_inputs,
-            score_activations=rescoring.score_activations,
-            hessian_times=rescoring.hessian_times,
-            rerun=rescoring.rerun,
-        )
 
     def _layer_map(self, context: LayerContext, eigen_smooth: bool) -> Tensor:
         """The signed maps ``(N, k, *spatial)`` of one layer: the method's weights, applied."""
@@ -481,14 +367,3 @@ class BaseCAM(Explainer):
         if eigen_smooth:
             combine = map_ops.first_component
         return self.refine(map_ops.channel_maps(weights, activations, combine), context)
-
-
-@dataclass(frozen=True)
-class _Run:
-    """What one pass produced: each layer's map ``(N, k, *spatial)``, unscaled, and the
-    output, target and scores of its forward pass."""
-
-    layer_maps: dict[str, Tensor]
-    output: Any
-    target: BoundTarget
-    scores: Tensor
