@@ -18,35 +18,45 @@ NumPy, which camkit already depends on (safetensors would have been a new
 dependency with no gain for plain arrays; zarr a heavy one, for chunking and
 compression that maps of a few kilobytes each do not need).
 
-**Nothing lost, nothing twice.** Each file is written under a temporary name,
-flushed to disk, then renamed, and a shard enters the manifest only once
-both its files are complete. A run that is killed (even with ``SIGKILL``)
-leaves at most a shard in progress, which the next run into the same folder
-writes again. Shards are cut from the dataset's batches exactly as one
-process would batch it, so a resumed run, or one spread over processes,
-writes the same maps as an uninterrupted single-process run. A run into a
-folder written with other explainer settings (method, layers, every option; see
-:meth:`camkit.Explainer.settings`), another model, dataset length, batch size
-or option refuses to start, naming what differs.
+**Nothing lost, nothing twice, nothing wrong.** Each file is written under a
+temporary name, flushed to disk, then renamed (and the folder flushed), and a
+shard enters the manifest, with each file's size and SHA-256 checksum, only
+once both its files are complete. A run that is killed (even with
+``SIGKILL``) leaves at most a shard in progress, which the next run into the
+same folder writes again. Shards are cut from the dataset's batches exactly as
+one process would batch it, so a resumed run, or one spread over processes,
+writes the same maps as an uninterrupted single-process run.
+
+Every shard is checked before any of it is read (its files' sizes and
+checksums, its arrays' shapes, its samples' indices), and a rerun checks every
+finished shard and computes the damaged or missing ones again. One run writes a
+folder at a time: a second one is refused while the first holds the folder's
+lock (an operating-system lock, released when its holder ends, however it
+ends). A run into a folder written from another configuration refuses to
+start and names what differs: the explainer's settings (method, layers, every
+option; see :meth:`camkit.Explainer.settings`), the model's weights, the
+dataset (its length and a fingerprint of sampled items), the sources, the
+batch size and the storage options. See the "Whole datasets" page for what can go wrong and what
+camkit does about each.
 
 **Distributed.** Under ``torchrun --nproc_per_node=P`` the same call deals the
 shards to the ranks round-robin; each rank writes its own shards and appends
 a line per finished shard to its own part of the manifest
 (``manifest.rank-00001.jsonl``), and rank 0 merges the parts into
-``manifest.json`` at the end
+``manifest.json`` at the end; rank 0 holds the folder's lock for the whole job
 (see :mod:`camkit._engine.distributed`).
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
-from dataclasses import dataclass
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,21 +65,34 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from camkit._engine.distributed import Batches, Rank, barrier, process_group, rank_share
+from camkit._engine.distributed import (
+    Batches,
+    Rank,
+    barrier,
+    gather,
+    on_main,
+    process_group,
+    rank_share,
+)
 from camkit._engine.model_outputs import logits_in
+from camkit._store import manifest as manifests
+from camkit._store.files import sha256_of, storage_error, sync_folder, write_atomically
+from camkit._store.fingerprints import dataset_fingerprint, model_fingerprint
+from camkit._store.lock import WriterLock
+from camkit._store.manifest import MANIFEST, PARTS, part_name
+from camkit._store.shards import RECORD, open_shard, shard_problem, write_shard
 from camkit.errors import CamkitStorageError, CamkitTypeError, CamkitValueError
 from camkit.explainer import Explainer
 from camkit.result import CAMResult
 
-__all__ = ["MapRecord", "MapStore", "explain_dataset", "pseudo_masks"]
+__all__ = ["MapRecord", "MapStore", "StoreCheck", "explain_dataset", "pseudo_masks"]
 
 FORMAT = "camkit-maps"
-VERSION = 1
-MANIFEST = "manifest.json"
+VERSION = 2
+"""The store format's version: 2 added checksums, the dataset fingerprint and sources."""
+SOURCES = "sources.json"
+"""The file of a store's per-sample sources (a JSON list), when the run gave them."""
 DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
-RECORD = np.dtype([("index", "<i8"), ("target", "<i8"), ("score", "<f4"), ("prediction", "<i8")])
-"""One sample's record: its dataset index, the class explained (-1 for a callable target),
-the explained score, and the model's predicted class (-1 if the output is not class scores)."""
 FIELDS: tuple[str, ...] = RECORD.names or ()
 
 DatasetTarget = None | int | str | Callable[[Any], Any]
@@ -92,6 +115,7 @@ def explain_dataset(
     device: torch.device | str | None = None,
     progress: bool = True,
     on_batch: OnBatch | None = None,
+    sources: Sequence[str] | None = None,
 ) -> MapStore | None:
     """Explain every sample of ``loader`` and write the maps to ``out``, resumably.
 
@@ -124,6 +148,9 @@ def explain_dataset(
         progress: Show a progress bar (on rank 0).
         on_batch: Called as ``on_batch(indices, x, result)`` after each batch,
             for example to save overlays.
+        sources: Where each sample came from, one string per dataset item (a
+            file's path relative to the input folder, say): stored, read back as
+            :attr:`MapRecord.source`, and part of what a resumed run must match.
 
     Returns:
         The :class:`MapStore` of ``out`` (``None`` when ``out`` is ``None``).
@@ -132,9 +159,11 @@ def explain_dataset(
         CamkitValueError: For options out of range, a loader camkit cannot
             batch by index, or an ``out`` folder written with another
             configuration (the message names the differences).
-        CamkitStorageError: If the folder cannot be written or the disk is
-            full; the shards written before are readable with :class:`MapStore`,
-            and a rerun resumes.
+        CamkitStorageError: If another run is writing the folder (the message
+            names it), the folder's manifest is damaged (the message says how to
+            repair it), or the folder cannot be written or the disk is full; the
+            shards written before are readable with :class:`MapStore`, and a
+            rerun resumes.
 
     Example:
         >>> import tempfile
@@ -153,12 +182,15 @@ def explain_dataset(
     explainer = _check_explainer(explainer)
     batches = Batches.of(loader)
     _check_options(dtype, shard_batches, upsample, explainer, target)
-    config = _config(explainer, batches, target, dtype, upsample, shard_batches)
+    source_list = _checked_sources(sources, batches.length)
+    config = _config(explainer, batches, target, dtype, upsample, shard_batches, source_list)
     shards = -(-batches.count // shard_batches)
     device = device if device is not None else _device_of(explainer.model)
     folder = None if out is None else Path(out)
-    with process_group() as team:
-        done = _prepare(folder, config, team) if folder is not None else set()
+    with process_group() as team, ExitStack() as held:
+        if folder is not None:  # rank 0 holds the lock for the job; a refusal reaches all
+            on_main(team, lambda: bool(held.enter_context(_locked(folder))))
+        done = _prepare(folder, config, source_list, team, progress) if folder else set()
         todo = rank_share([s for s in range(shards) if s not in done], team)
         writer = _ShardWriter(folder, team) if folder is not None else None
         with writer or nullcontext():
@@ -167,9 +199,7 @@ def explain_dataset(
         if folder is None:
             return None
         barrier(team)
-        if team.main:
-            _finish(folder, config, shards)
-        barrier(team)
+        on_main(team, lambda: _finish(folder, config, shards))
     return MapStore(folder)
 
 
@@ -217,6 +247,8 @@ class MapRecord:
         target: The class explained, or -1 for a callable target.
         score: The explained score.
         prediction: The model's predicted class, or -1 if its output is not class scores.
+        source: Where the sample came from (the ``sources`` the run was given,
+            such as an image's path relative to the input folder), or ``None``.
     """
 
     index: int
@@ -224,22 +256,55 @@ class MapRecord:
     target: int
     score: float
     prediction: int
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class StoreCheck:
+    """What :meth:`MapStore.verify` found.
+
+    Attributes:
+        checked: How many shards were checked.
+        damaged: The damaged shards, each with what is wrong with it (a file
+            missing, truncated, or failing its checksum; arrays of another shape;
+            another shard's samples).
+        missing: The shards not written yet (the run was interrupted).
+        problems: What is wrong with the store beyond its shards (its sources file).
+    """
+
+    checked: int
+    damaged: dict[int, str] = field(default_factory=dict)
+    missing: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every shard written is intact (an interrupted store can be ``ok``)."""
+        return not self.damaged and not self.problems
 
 
 class MapStore:
-    """The maps of a folder written by :func:`explain_dataset`, read lazily.
+    """The maps of a folder written by :func:`explain_dataset`, read lazily and checked.
 
-    Opening a store reads the manifest only; each shard's files are
-    memory-mapped when first needed, so reading one sample's map reads that
-    map alone. A store whose run was interrupted (or failed on a full disk)
-    is readable too: :attr:`complete` is then ``False`` and it holds the
-    shards finished so far.
+    Opening a store reads the manifest only; each shard's files are checked
+    when first needed (their sizes and SHA-256 checksums against the
+    manifest, their arrays' shapes, their samples' indices) and then
+    memory-mapped, so reading one sample's map reads that map's shard once to
+    check it, and that map alone afterwards. A damaged shard raises
+    :class:`~camkit.errors.CamkitStorageError` instead of returning its data;
+    :meth:`verify` checks every shard at once. A store whose run was
+    interrupted (or failed on a full disk) is readable too: :attr:`complete`
+    is then ``False`` and it holds the shards finished so far.
 
     Args:
         path: The folder.
+        checksums: Check each shard's SHA-256 when it is first opened (reading the
+            shard once); ``False`` checks sizes, shapes and indices only.
 
     Raises:
         CamkitValueError: If the folder holds no camkit map store.
+        CamkitStorageError: If its manifest is damaged (the message says how to
+            repair it).
 
     Example:
         >>> import tempfile
@@ -256,23 +321,32 @@ class MapStore:
         >>> record = store[5]
         >>> record.index, record.target, record.map.shape, store.complete
         (5, 2, torch.Size([8, 8]), True)
+        >>> store.verify().ok
+        True
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, checksums: bool = True) -> None:
         self.path = Path(path)
-        manifest = _read_manifest(self.path)
+        manifest = manifests.read(self.path)
         if manifest is None:
             raise CamkitValueError(
-                f"path: {str(self.path)!r} holds no camkit map store (no {MANIFEST} or "
-                f"manifest parts); write one with camkit.datasets.explain_dataset"
+                f"path: {str(self.path)!r} holds no camkit map store (no {MANIFEST}); "
+                f"write one with camkit.datasets.explain_dataset"
             )
         self.config: dict[str, Any] = manifest["config"]
-        self.complete: bool = bool(manifest.get("complete", False))
+        self.complete: bool = manifest["complete"]
+        self.checksums = checksums
         self._shards: dict[int, dict[str, Any]] = {
             int(s): entry for s, entry in manifest["shards"].items()
         }
-        self._per_shard = int(self.config["batch_size"]) * int(self.config["shard_batches"])
+        try:
+            self._per_shard = int(self.config["batch_size"]) * int(self.config["shard_batches"])
+            self._length = int(self.config["dataset_length"])
+            self._dtype = np.dtype(DTYPES[self.config["dtype"]])
+        except (KeyError, TypeError, ValueError) as error:
+            raise manifests.damaged(self.path / MANIFEST, f"its config lacks {error}") from error
         self._open: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._sources: list[str] | None = None
 
     def __len__(self) -> int:
         return sum(int(e["count"]) for e in self._shards.values())
@@ -280,28 +354,25 @@ class MapStore:
     def __contains__(self, index: object) -> bool:
         if isinstance(index, bool) or not isinstance(index, int):
             return False
-        length = int(self.config["dataset_length"])
-        return 0 <= index < length and self._shard_of(index) in self._shards
+        return 0 <= index < self._length and self._shard_of(index) in self._shards
 
     @property
     def indices(self) -> list[int]:
         """The dataset indices stored, in order."""
-        return [
-            i
-            for s in sorted(self._shards)
-            for i in range(s * self._per_shard, s * self._per_shard + int(self._shards[s]["count"]))
-        ]
+        return [i for s in sorted(self._shards) for i in self._expected(s)]
 
     def __getitem__(self, index: int) -> MapRecord:
         maps, records = self._arrays(index)
         row = index - self._shard_of(index) * self._per_shard
         record = records[row]
+        sources = self._source_list()
         return MapRecord(
             index=int(record["index"]),
             map=_as_float(maps[row]),
             target=int(record["target"]),
             score=float(record["score"]),
             prediction=int(record["prediction"]),
+            source=None if sources is None else sources[index],
         )
 
     def __iter__(self) -> Iterator[MapRecord]:
@@ -315,21 +386,49 @@ class MapStore:
 
     def records(self) -> dict[str, Tensor]:
         """Every stored sample's ``index``, ``target``, ``score`` and ``prediction``, as
-        tensors in index order (the maps are not read)."""
+        tensors in index order (the maps are not read, but each shard is checked once)."""
         parts = [self._load(s)[1] for s in sorted(self._shards)]
         table = np.concatenate(parts) if parts else np.empty(0, RECORD)
         return {name: torch.from_numpy(np.ascontiguousarray(table[name])) for name in FIELDS}
 
+    @property
+    def sources(self) -> list[str] | None:
+        """Each dataset item's source, as the run was given them, or ``None``."""
+        return self._source_list()
+
+    def verify(self) -> StoreCheck:
+        """Check every shard written (sizes, checksums, shapes, indices) and the sources.
+
+        Reads the whole store once. A rerun of :func:`explain_dataset` with the same
+        settings computes the damaged and missing shards again.
+        """
+        damaged = {}
+        for shard in sorted(self._shards):
+            problem = self._problem(shard)
+            if problem:
+                damaged[shard] = problem
+        shards = -(-self._length // self._per_shard)
+        missing = [s for s in range(shards) if s not in self._shards]
+        problems = []
+        try:
+            self._source_list()
+        except CamkitStorageError as error:
+            problems.append(str(error))
+        return StoreCheck(len(self._shards), damaged, missing, problems)
+
     def _shard_of(self, index: int) -> int:
         return index // self._per_shard
+
+    def _expected(self, shard: int) -> range:
+        start = shard * self._per_shard
+        return range(start, start + int(self._shards[shard]["count"]))
 
     def _arrays(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(index, bool) or not isinstance(index, int):
             raise CamkitTypeError(f"index: expected an int, got {type(index).__name__}")
         shard = self._shard_of(index)
-        length = int(self.config["dataset_length"])
-        if not 0 <= index < length:
-            raise IndexError(f"index: got {index}; the dataset has {length} samples")
+        if not 0 <= index < self._length:
+            raise IndexError(f"index: got {index}; the dataset has {self._length} samples")
         if shard not in self._shards:
             raise KeyError(
                 f"index: sample {index} is not stored yet (its shard {shard} is missing; "
@@ -337,13 +436,42 @@ class MapStore:
             )
         return self._load(shard)
 
+    def _problem(self, shard: int) -> str:
+        entry = self._shards[shard]
+        return shard_problem(self.path, entry, self._expected(shard), self._dtype, self.checksums)
+
     def _load(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
         if shard not in self._open:
-            entry = self._shards[shard]
-            maps = np.load(self.path / entry["maps"], mmap_mode="r")
-            records = np.load(self.path / entry["records"], mmap_mode="r")
-            self._open[shard] = (maps, records)
+            problem = self._problem(shard)
+            if problem:
+                raise CamkitStorageError(
+                    f"shard {shard} of the store {str(self.path)!r} is damaged: {problem}. "
+                    f"Its maps are not returned. To repair: rerun explain_dataset (or the "
+                    f"camkit command) with the same settings into {str(self.path)!r}; it "
+                    f"computes damaged shards again (`camkit verify {self.path}` lists them)"
+                )
+            self._open[shard] = open_shard(self.path, self._shards[shard])
         return self._open[shard]
+
+    def _source_list(self) -> list[str] | None:
+        expected = self.config.get("sources")
+        if expected is None:
+            return None
+        if self._sources is None:
+            path = self.path / SOURCES
+            try:
+                intact = sha256_of(path) == expected
+                sources = json.loads(path.read_bytes()) if intact else None
+            except (OSError, ValueError):
+                sources = None
+            if not isinstance(sources, list) or len(sources) != self._length:
+                raise CamkitStorageError(
+                    f"{str(path)!r} is missing or damaged (it fails its checksum); rerun "
+                    f"explain_dataset with the same settings into {str(self.path)!r} to "
+                    f"write it again"
+                )
+            self._sources = [str(s) for s in sources]
+        return self._sources
 
 
 def pseudo_masks(
@@ -440,6 +568,22 @@ def _target_name(target: DatasetTarget) -> str:
     return f"function {getattr(target, '__qualname__', type(target).__name__)}"
 
 
+def _checked_sources(sources: Sequence[str] | None, length: int) -> list[str] | None:
+    if sources is None:
+        return None
+    if isinstance(sources, str) or not all(isinstance(s, str) for s in sources):
+        raise CamkitTypeError("sources: expected a sequence of strings, one per dataset item")
+    if len(sources) != length:
+        raise CamkitValueError(
+            f"sources: got {len(sources)}; the dataset has {length} items, give one each"
+        )
+    return list(sources)
+
+
+def _sources_file(sources: list[str]) -> bytes:
+    return json.dumps(sources).encode()
+
+
 def _config(
     explainer: Explainer,
     batches: Batches,
@@ -447,32 +591,25 @@ def _config(
     dtype: str,
     upsample: bool,
     shard_batches: int,
+    sources: list[str] | None,
 ) -> dict[str, Any]:
-    """What must match for a run to continue a folder's earlier runs."""
+    """What decides the maps: a run continues a folder's earlier runs only if it matches."""
+    loader = batches.loader
     return {
         "format": FORMAT,
         "version": VERSION,
         "explainer": explainer.settings(),
         "model": type(explainer.model).__qualname__,
-        "weights": _fingerprint(explainer.model),
+        "weights": model_fingerprint(explainer.model),
         "dataset_length": batches.length,
+        "dataset": dataset_fingerprint(loader.dataset, loader.collate_fn),
+        "sources": None if sources is None else hashlib.sha256(_sources_file(sources)).hexdigest(),
         "batch_size": batches.batch_size,
         "shard_batches": shard_batches,
         "target": _target_name(target),
         "dtype": dtype,
         "upsample": upsample,
     }
-
-
-def _fingerprint(model: nn.Module) -> str:
-    """SHA-256 of the model's parameters and buffers, names and bytes."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        data = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(str((data.dtype, tuple(tensor.shape))).encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    return digest.hexdigest()
 
 
 def _explain_batch(
@@ -541,104 +678,125 @@ def _as_float(row: np.ndarray) -> Tensor:
 # ----------------------------------------------------------------------------- the folder
 
 
-def _shard_files(shard: int) -> tuple[str, str]:
-    return f"shard-{shard:06d}.maps.npy", f"shard-{shard:06d}.records.npy"
+def _locked(folder: Path) -> WriterLock:
+    """The folder's writer lock, to enter; the folder is created if need be, and checked
+    to be writable."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".camkit-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise storage_error(error, folder, folder) from error
+    return WriterLock(folder)
 
 
-PARTS = "manifest.rank-*.jsonl"
-"""The ranks' parts of the manifest during a run: one JSON line per finished shard."""
+def _prepare(
+    folder: Path, config: dict[str, Any], sources: list[str] | None, team: Rank, progress: bool
+) -> set[int]:
+    """Check the folder against ``config`` and tidy it (rank 0, under the lock), and return
+    its intact finished shards, on every rank."""
+    configs = gather(team, config)
+    done: set[int] = on_main(team, lambda: _prepared(folder, configs, sources, progress))
+    barrier(team)  # every rank has the same finished shards before any writes
+    return done
 
 
-def _part_name(rank: int) -> str:
-    return f"manifest.rank-{rank:05d}.jsonl"
-
-
-def _read_manifest(folder: Path) -> dict[str, Any] | None:
-    """The folder's manifest with the shards of the ranks' parts merged in, or ``None``.
-
-    A part's last line may have been cut short by a crash while it was appended:
-    such a line records nothing, and its shard is written again by the next run.
-    """
-    main = folder / MANIFEST
-    if not main.is_file():
-        return None
-    manifest: dict[str, Any] = json.loads(main.read_text())
-    for part in sorted(folder.glob(PARTS)):
-        for line in part.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            manifest["shards"][str(entry.pop("shard"))] = entry
-    return manifest
-
-
-def _differences(old: Mapping[str, Any], new: Mapping[str, Any], within: str = "") -> list[str]:
-    """What differs between two configurations, naming nested settings by dotted keys."""
-    found = []
-    for key in sorted(set(old) | set(new)):
-        before, now = old.get(key), new.get(key)
-        if isinstance(before, Mapping) and isinstance(now, Mapping):
-            found += _differences(before, now, f"{within}{key}.")
-        elif before != now:
-            found.append(f"{within}{key}: {before!r} there, {now!r} now")
-    return found
-
-
-def _prepare(folder: Path, config: dict[str, Any], team: Rank) -> set[int]:
-    """Check the folder against ``config``, tidy it (rank 0), and return the finished shards."""
-    if team.main:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / f".camkit-write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as error:
-            raise _storage_error(error, folder, folder) from error
-        manifest = _read_manifest(folder)
-        if manifest is not None:
-            differences = _differences(manifest["config"], config)
-            if differences:
-                raise CamkitValueError(
-                    f"out: {str(folder)!r} holds maps of another run ({'; '.join(differences)}); "
-                    f"write to an empty folder, or rerun with the same settings to resume"
-                )
-            parts = list(folder.glob(PARTS))
-            if parts:  # an interrupted run: its ranks' parts become one manifest
-                manifest["complete"] = False
-                _write_json(folder / MANIFEST, manifest, folder)
-                for part in parts:
-                    part.unlink()
-        else:  # a new store: readable (and empty) from the start
-            _write_json(folder / MANIFEST, {"config": config, "complete": False, "shards": {}},
-                        folder)  # fmt: skip
-        for stale in folder.glob("*.tmp"):
+def _prepared(
+    folder: Path, configs: list[dict[str, Any]], sources: list[str] | None, progress: bool
+) -> set[int]:
+    config = configs[0]
+    for rank, other in enumerate(configs[1:], start=1):
+        if manifests.differences(config, other):
+            raise CamkitValueError(  # another rank's configuration differs from rank 0's
+                f"out: rank {rank} would write other maps than rank 0 into {str(folder)!r} "
+                f"({'; '.join(manifests.differences(config, other))})"
+            )
+    manifest = manifests.read(folder)
+    parts = list(folder.glob(PARTS))
+    if manifest is None:  # a new store (files of a store whose manifest was deleted are stale)
+        for stale in parts:
             stale.unlink()
-    barrier(team)
-    manifest = _read_manifest(folder)
-    if manifest is not None and _differences(manifest["config"], config):
-        raise CamkitValueError(  # another rank's configuration differs from rank 0's
-            f"out: rank {team.rank} would write other maps than rank 0 into {str(folder)!r} "
-            f"({'; '.join(_differences(manifest['config'], config))})"
+        manifest = {"config": config, "complete": False, "shards": {}}
+    else:
+        _check_same_run(folder, manifest["config"], config)
+    shards = manifest["shards"]
+    damaged = _damaged_shards(folder, shards, config, progress)
+    for shard in damaged:
+        del shards[shard]
+    if damaged:
+        warnings.warn(
+            f"out: {len(damaged)} damaged shard(s) of {str(folder)!r} are computed again: "
+            + "; ".join(f"shard {s}: {why}" for s, why in list(damaged.items())[:5]),
+            RuntimeWarning,
+            stacklevel=4,
         )
-    barrier(team)  # every rank has read the same finished shards before any writes
-    return set() if manifest is None else {int(s) for s in manifest["shards"]}
+    if sources is not None:
+        path = folder / SOURCES
+        intact = path.is_file() and sha256_of(path) == config["sources"]
+        if not intact:
+            text = _sources_file(sources)
+            write_atomically(path, folder, lambda handle: handle.write(text))
+    manifest["complete"] = manifest["complete"] and not damaged and not parts
+    manifests.write(folder, manifest)  # the parts are merged in: they go
+    for stale in [*parts, *folder.glob("*.tmp")]:
+        stale.unlink()
+    sync_folder(folder)
+    return {int(s) for s in shards}
+
+
+def _check_same_run(folder: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    differences = manifests.differences(old, new)
+    if not differences:
+        return
+    hint = ""
+    if any(d.startswith("dataset.sha256") for d in differences):
+        hint = (
+            " (the dataset's sampled items differ: another dataset or order, other "
+            "preprocessing, or random transforms, which give other maps on every run)"
+        )
+    raise CamkitValueError(
+        f"out: {str(folder)!r} holds maps of another run ({'; '.join(differences)}){hint}; "
+        f"write to an empty folder, or rerun with the same settings to resume"
+    )
+
+
+def _damaged_shards(
+    folder: Path, shards: dict[str, Any], config: dict[str, Any], progress: bool
+) -> dict[str, str]:
+    """The finished shards that fail their check, with what is wrong (reads them all)."""
+    per_shard = int(config["batch_size"]) * int(config["shard_batches"])
+    dtype = np.dtype(DTYPES[config["dtype"]])
+    damaged = {}
+    for key in tqdm(
+        sorted(shards, key=int),
+        desc="checking finished shards",
+        unit="shard",
+        disable=not progress or not shards,
+        leave=False,
+    ):
+        start = int(key) * per_shard
+        expected = range(start, start + int(shards[key]["count"]))
+        problem = shard_problem(folder, shards[key], expected, dtype)
+        if problem:
+            damaged[key] = problem
+    return damaged
 
 
 class _ShardWriter:
     """Writes one rank's shards, in a background thread, so that writing a shard (and
     flushing it to disk) overlaps the computation of the next.
 
-    Each file is written atomically, then a line recording the shard is
-    appended to the rank's part of the manifest, in shard order; at most one
-    shard waits to be written. A failed write stops the writes after it and is
-    raised in the caller's thread, at the next :meth:`write` or when the block
-    ends.
+    Each shard's files are written atomically (their checksums computed as they are
+    written), then a line recording the shard is appended to the rank's part of the
+    manifest, in shard order; at most one shard waits to be written. A failed write
+    stops the writes after it and is raised in the caller's thread, at the next
+    :meth:`write` or when the block ends.
     """
 
     def __init__(self, folder: Path, team: Rank) -> None:
         self.folder = folder
-        self.path = folder / _part_name(team.rank)
+        self.path = folder / part_name(team.rank)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="camkit-writer")
         self._pending: Future[None] | None = None
 
@@ -665,32 +823,20 @@ class _ShardWriter:
     def _write(self, shard: int, parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
         maps = np.concatenate([m for m, _ in parts])
         records = np.concatenate([r for _, r in parts])
-        names = _shard_files(shard)
-        for name, array in zip(names, (maps, records), strict=True):
-            _write_atomically(self.folder / name, self.folder, _saver(array))
-        entry = {
-            "shard": shard,
-            "maps": names[0],
-            "records": names[1],
-            "count": len(records),
-        }
-        line = (json.dumps(entry) + "\n").encode()
+        entry = write_shard(self.folder, shard, maps, records)
+        line = (json.dumps({"shard": shard, **entry}) + "\n").encode()
         try:  # an append costs the same however many shards came before
             with open(self.path, "ab") as handle:
                 handle.write(line)
                 handle.flush()
                 os.fsync(handle.fileno())
         except OSError as error:
-            raise _storage_error(error, self.path, self.folder) from error
-
-
-def _saver(array: np.ndarray) -> Callable[[Any], None]:
-    return lambda handle: np.save(handle, array)
+            raise storage_error(error, self.path, self.folder) from error
 
 
 def _finish(folder: Path, config: dict[str, Any], shards: int) -> None:
     """Merge the ranks' parts into ``manifest.json`` and check every shard is there."""
-    manifest = _read_manifest(folder) or {"config": config, "shards": {}}
+    manifest = manifests.read(folder) or {"config": config, "complete": False, "shards": {}}
     missing = [s for s in range(shards) if str(s) not in manifest["shards"]]
     if missing:
         raise CamkitStorageError(
@@ -698,39 +844,7 @@ def _finish(folder: Path, config: dict[str, Any], shards: int) -> None:
         )
     manifest.update(config=config, complete=True)
     manifest["shards"] = dict(sorted(manifest["shards"].items(), key=lambda kv: int(kv[0])))
-    _write_json(folder / MANIFEST, manifest, folder)
+    manifests.write(folder, manifest)
     for part in folder.glob(PARTS):
         part.unlink()
-
-
-def _write_json(path: Path, value: Any, folder: Path) -> None:
-    text = json.dumps(value, indent=1).encode()
-    _write_atomically(path, folder, lambda f: f.write(text))
-
-
-def _write_atomically(path: Path, folder: Path, write: Callable[[Any], Any]) -> None:
-    """Write to ``path.tmp``, flush it to disk, then rename it to ``path``."""
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise _storage_error(error, path, folder) from error
-
-
-def _storage_error(error: OSError, path: Path, folder: Path) -> CamkitStorageError:
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        what = "the disk is full"
-    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        what = "the folder is not writable"
-    else:
-        what = f"{type(error).__name__}: {error}"
-    return CamkitStorageError(
-        f"out: cannot write {str(path)!r} ({what}); the shards finished so far are readable "
-        f"with camkit.datasets.MapStore({str(folder)!r}), and a rerun with the same settings "
-        f"resumes after them"
-    )
+    sync_folder(folder)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import camkit
+from camkit._store.fingerprints import sampled_positions
 from camkit.metrics import average_drop, deletion, evaluate
 from examples.mnist.model import MnistNet
 
@@ -27,20 +28,25 @@ SHARD_BATCHES = 2
 
 
 class Digits(Dataset[tuple[Tensor, Tensor]]):
-    """``n`` seeded random 28x28 images and labels; reading sample ``kill_at`` kills the
-    process with SIGKILL (no cleanup, no exception handler runs)."""
+    """``n`` seeded random 28x28 images and labels; reading sample ``kill_at`` for its
+    batch kills the process with SIGKILL (no cleanup, no exception handler runs). The
+    store's dataset fingerprint reads some samples before the batches: that read is spared."""
 
     def __init__(self, n: int, kill_at: int | None = None) -> None:
         generator = torch.Generator().manual_seed(1)
         self.x = torch.randn(n, 1, 28, 28, generator=generator)
         self.y = torch.randint(0, 10, (n,), generator=generator)
         self.kill_at = kill_at
+        self.spared = int(kill_at in sampled_positions(n))
 
     def __len__(self) -> int:
         return len(self.x)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        if index == self.kill_at:
+        if index == self.kill_at and self.spared:
+            self.spared -= 1
+            return self.x[index], self.y[index]
+        if index == self.kill_at and not self.spared:
             os.kill(os.getpid(), signal.SIGKILL)
         return self.x[index], self.y[index]
 

@@ -11,10 +11,10 @@ repeated when the dataset's length does not divide.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -83,6 +83,26 @@ def gather(team: Rank, value: Any) -> list[Any]:
     values: list[Any] = [None] * team.size
     dist.all_gather_object(values, value)
     return values
+
+
+_T = TypeVar("_T")
+
+
+def on_main(team: Rank, work: Callable[[], _T]) -> _T:
+    """Run ``work()`` on rank 0 and give every rank its result, or raise its error on every
+    rank (so that no rank waits at a barrier for a rank that has failed)."""
+    outcome: tuple[bool, Any] = (True, None)
+    if team.main:
+        try:
+            outcome = (True, work())
+        except Exception as error:  # handed to every rank, raised there
+            if team.size == 1:
+                raise
+            outcome = (False, error)
+    ok, value = gather(team, outcome)[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
 
 
 def rank_share(items: Sequence[int], team: Rank) -> list[int]:
