@@ -5,10 +5,15 @@
     camkit evaluate images/ --model torchvision:resnet18 --weights r18.pt --layer layer4 \\
         --metrics deletion insertion
     torchrun --nproc_per_node=4 -m camkit explain ...     # the same, on 4 processes
+    camkit verify maps/                                    # check a store's every shard
 
 Inputs are image files, folders of images, or ImageFolder trees (a folder of
 class folders: each image's label is its folder's index in sorted order).
-``camkit explain --help`` and ``camkit evaluate --help`` list every option.
+Each image is known by its path relative to the input (relative to the inputs'
+common folder when there are several): the store records it
+(``MapStore(...)[i].source``) and the overlays mirror it.
+``camkit explain --help``, ``camkit evaluate --help`` and ``camkit verify --help``
+list every option.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +55,15 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 class ImageFiles(Dataset[tuple[Tensor, int]]):
     """Image files as a dataset of ``(x, label)``: standardized ``(C, H, W)`` float tensors.
 
+    Images load at their true values: 8-bit images divided by 255, 16-bit ones
+    (``I;16`` PNG and TIFF) by 65535, floating-point ones (``F``) as they are.
+
     Args:
         inputs: Image files, folders of images, or ImageFolder trees (class
             folders; the label is the class folder's index in sorted order, -1
             for images outside one).
         size: ``(H, W)`` to resize every image to, or ``None`` to keep sizes (then
-            they must all be equal to be batched).
+            they must all be equal, which is checked from the files' headers).
         channels: 1 (grayscale) or 3 (RGB).
         mean: Per-channel means to subtract (one value for all channels, or one each).
         std: Per-channel standard deviations to divide by.
@@ -82,11 +89,22 @@ class ImageFiles(Dataset[tuple[Tensor, int]]):
         if any(s <= 0 for s in std):
             raise CamkitValueError(f"--std: got {list(std)}; allowed: positive numbers")
         self.size, self.channels = size, channels
+        if size is None:
+            _check_one_size(self.files)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def options(self) -> dict[str, Any]:
+        """How the images are prepared: the size, the channels and the standardization."""
+        return {
+            "size": None if self.size is None else list(self.size),
+            "channels": self.channels,
+            "mean": self.mean.flatten().tolist(),
+            "std": self.std.flatten().tolist(),
+        }
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         return (self.load(index) - self.mean) / self.std, self.labels[index]
@@ -98,16 +116,58 @@ class ImageFiles(Dataset[tuple[Tensor, int]]):
         path = self.files[index]
         try:
             with Image.open(path) as image:
-                converted = image.convert("L" if self.channels == 1 else "RGB")
-                if self.size is not None:
-                    converted = converted.resize(self.size[::-1], Image.Resampling.BILINEAR)
-                array = np.asarray(converted, dtype=np.float32) / 255.0
+                array = _pixels(image, self.channels, self.size)
         except OSError as error:
             raise CamkitValueError(
                 f"inputs: cannot read {str(path)!r} as an image: {error}"
             ) from error
         pixels = torch.from_numpy(array)
         return pixels[None] if pixels.dim() == 2 else pixels.permute(2, 0, 1).contiguous()
+
+
+_WIDE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0}
+"""Pillow's modes of 16-bit images (a 16-bit PNG may open as ``I``), and their full scale."""
+
+
+def _pixels(image: Any, channels: int, size: tuple[int, int] | None) -> np.ndarray:
+    """The image's pixels as float32 ``(H, W)`` or ``(H, W, 3)`` in [0, 1] (true values)."""
+    from PIL import Image
+
+    if image.mode in _WIDE or image.mode == "F":  # one channel, more than 8 bits
+        scale = _WIDE.get(image.mode, 1.0)
+        values = np.asarray(image, dtype=np.float32) / np.float32(scale)
+        if size is not None:
+            resized = Image.fromarray(values, mode="F").resize(
+                size[::-1], Image.Resampling.BILINEAR
+            )
+            values = np.asarray(resized, dtype=np.float32)
+        return values if channels == 1 else np.repeat(values[..., None], 3, axis=2)
+    converted = image.convert("L" if channels == 1 else "RGB")
+    if size is not None:
+        converted = converted.resize(size[::-1], Image.Resampling.BILINEAR)
+    return np.asarray(converted, dtype=np.float32) / np.float32(255.0)
+
+
+def _check_one_size(files: Sequence[Path]) -> None:
+    """Without ``--size``, every image must have the first one's size (read from headers)."""
+    from PIL import Image
+
+    first: tuple[int, int] | None = None
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except OSError as error:
+            raise CamkitValueError(
+                f"inputs: cannot read {str(path)!r} as an image: {error}"
+            ) from error
+        if first is None:
+            first = (height, width)
+        elif (height, width) != first:
+            raise CamkitValueError(
+                f"inputs: images of different sizes ({str(files[0])!r} is {first[0]}x{first[1]}, "
+                f"{str(path)!r} is {height}x{width}); resize them all with --size H,W"
+            )
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -117,11 +177,16 @@ def _images_in(folder: Path) -> list[Path]:
 def _collect(
     inputs: Sequence[str | os.PathLike[str]],
 ) -> tuple[list[Path], list[int], list[str], list[str]]:
-    """Files, labels, output names (relative paths) and class names of the inputs."""
+    """Files, labels, source names and class names of the inputs.
+
+    A file's source name is its path relative to its input folder (its own name
+    for a file given directly); with several inputs, relative to their common
+    folder instead, so that ``a/img0.png`` and ``b/img0.png`` keep apart.
+    """
     files: list[Path] = []
     labels: list[int] = []
-    names: list[str] = []
     classes: list[str] = []
+    roots: list[Path] = []
     for raw in inputs:
         path = Path(raw)
         if path.is_file():
@@ -132,7 +197,7 @@ def _collect(
                 )
             files.append(path)
             labels.append(-1)
-            names.append(path.name)
+            roots.append(path.parent)
         elif path.is_dir():
             folders = sorted(d for d in path.iterdir() if d.is_dir() and _images_in(d))
             loose = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -141,16 +206,42 @@ def _collect(
                 for image in _images_in(folder):
                     files.append(image)
                     labels.append(label)
-                    names.append(str(image.relative_to(path)))
+                    roots.append(path)
             for image in loose:
                 files.append(image)
                 labels.append(-1)
-                names.append(image.name)
+                roots.append(path)
         else:
             raise CamkitValueError(f"inputs: {str(path)!r} does not exist")
     if not files:
         raise CamkitValueError(f"inputs: found no image files in {[str(i) for i in inputs]}")
-    return files, labels, names, classes
+    return files, labels, _source_names(files, roots, len(inputs)), classes
+
+
+def _source_names(files: list[Path], roots: list[Path], inputs: int) -> list[str]:
+    absolute = [f.resolve() for f in files]
+    if inputs > 1:
+        common = Path(os.path.commonpath([str(r.resolve()) for r in roots]))
+        names = [a.relative_to(common).as_posix() for a in absolute]
+    else:
+        names = [
+            a.relative_to(r.resolve()).as_posix() for a, r in zip(absolute, roots, strict=True)
+        ]
+    seen: dict[str, Path] = {}
+    for name, file in zip(names, files, strict=True):
+        if name in seen:
+            raise CamkitValueError(
+                f"inputs: {str(file)!r} is given twice (also as {str(seen[name])!r}); "
+                f"give each image once"
+            )
+        seen[name] = file
+    return names
+
+
+def overlay_name(source: str) -> str:
+    """The overlay PNG's path for an image's source name: the same path, with ``.png``
+    appended unless the image is a PNG (``x.jpg`` gives ``x.jpg.png``, ``x.png`` stays)."""
+    return source if source.lower().endswith(".png") else source + ".png"
 
 
 def load_model(spec: str, weights: str | None = None) -> nn.Module:
@@ -275,7 +366,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="torchvision:NAME (random weights unless --weights) or package.module:factory",
     )
-    parser.add_argument("--weights", help="a state_dict file, loaded with weights_only=True")
+    parser.add_argument(
+        "--weights",
+        help="a state_dict file, loaded with weights_only=True (without it the weights are "
+        "random, drawn with --seed)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the seed of the random weights when --weights is not given (default 0): the "
+        "same weights on every run, so a stored run can resume",
+    )
     parser.add_argument(
         "--layer", required=True, help="the layer to explain, e.g. layer4 or features.relu"
     )
@@ -352,6 +454,14 @@ def parser() -> argparse.ArgumentParser:
         help="metrics to compute",
     )  # fmt: skip
     evaluate.add_argument("--json", type=Path, help="also write the results as JSON here")
+    verify = commands.add_parser(
+        "verify",
+        help="check every shard of a map store (sizes, checksums, shapes, indices)",
+        description="Check every shard of a map store written by camkit explain or "
+        "camkit.explain_dataset. Exit status 0: intact (complete or not); 1: damaged shards "
+        "(rerun the same command to compute them again); 2: no store, or a damaged manifest.",
+    )
+    verify.add_argument("store", type=Path, help="the store's folder")
     return main
 
 
@@ -367,6 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(arguments: argparse.Namespace, team: Rank) -> int:
+    if arguments.command == "verify":
+        return _verify(arguments.store) if team.main else 0
     for option in ("batch_size", "workers"):
         value = getattr(arguments, option)
         if value < (1 if option == "batch_size" else 0):
@@ -377,8 +489,16 @@ def _run(arguments: argparse.Namespace, team: Rank) -> int:
     dataset = ImageFiles(
         arguments.inputs, size=arguments.size, channels=channels, mean=mean, std=std
     )
-    model = load_model(arguments.model, arguments.weights)
     device = _device(arguments.device)
+    if arguments.weights is None:  # random weights, the same on every run: a store resumes
+        torch.manual_seed(arguments.seed)
+        if team.main:
+            print(
+                f"camkit {arguments.command}: no --weights: the model's weights are random "
+                f"(seed {arguments.seed})",
+                file=sys.stderr,
+            )
+    model = load_model(arguments.model, arguments.weights)
     model.to(device)
     cam = getattr(camkit, arguments.method)(model, arguments.layer)
     loader = DataLoader(dataset, batch_size=arguments.batch_size, num_workers=arguments.workers)
@@ -393,11 +513,28 @@ def _run(arguments: argparse.Namespace, team: Rank) -> int:
 
 
 def _device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise CamkitValueError(
+            f"--device: got {name!r}; allowed: cpu, cuda, cuda:N, mps, or auto"
+        ) from error
+    if device.type == "cpu":
+        return device
+    module = getattr(torch, device.type, None)
+    available = module is not None and bool(getattr(module, "is_available", lambda: False)())
+    count = int(getattr(module, "device_count", lambda: 1)()) if available else 0
+    if not available or (device.index is not None and device.index >= count):
+        have = f"{count} {device.type} device(s)" if available else f"no {device.type} device"
+        raise CamkitValueError(
+            f"--device: got {name!r}, but this machine has {have}; allowed: cpu, auto (a GPU "
+            f"if there is one), or a device it has"
+        )
+    return device
 
 
 def _explain(
@@ -417,9 +554,9 @@ def _explain(
         raise CamkitValueError(
             "--overlays: overlays need maps at the input's resolution; drop --resolution layer"
         )
-    on_batch = None
+    overlays = None
     if arguments.overlays is not None:
-        on_batch = partial(_save_overlays, dataset, arguments.overlays, *standardization)
+        overlays = _Overlays(dataset, arguments.overlays, *standardization)
     store = camkit.explain_dataset(
         cam,
         loader,
@@ -429,34 +566,78 @@ def _explain(
         upsample=upsample,
         device=device,
         progress=not arguments.no_progress,
-        on_batch=on_batch,
+        on_batch=overlays,
+        sources=dataset.names,
+        dataset_options=dataset.options(),
     )
+    if overlays is not None and store is not None:  # those of samples this run did not explain
+        overlays.from_store(store, team)
     if team.main:
         written = [f"{len(store)} maps in {arguments.store}"] if store is not None else []
         if arguments.overlays is not None:
-            written.append(f"overlays in {arguments.overlays}")
+            written.append(f"{len(dataset)} overlays in {arguments.overlays}")
         print(f"camkit explain: wrote {' and '.join(written)}")
     return 0
 
 
-def _save_overlays(
-    dataset: ImageFiles,
-    folder: Path,
-    mean: Sequence[float],
-    std: Sequence[float],
-    indices: Tensor,
-    x: Tensor,
-    result: camkit.CAMResult,
-) -> None:
-    from PIL import Image
+class _Overlays:
+    """Writes each image's overlay PNG (at its source name, see :func:`overlay_name`): for
+    the batches explained (as ``on_batch``), then, with a store, for the samples explained
+    by an earlier run, from their stored maps."""
 
-    from camkit.plot import blend
+    def __init__(
+        self, dataset: ImageFiles, folder: Path, mean: Sequence[float], std: Sequence[float]
+    ) -> None:
+        self.dataset, self.folder = dataset, folder
+        self.mean, self.std = list(mean), list(std)
+        self.names = [overlay_name(n) for n in dataset.names]
+        clash = len(set(self.names)) != len(self.names)
+        if clash:
+            raise CamkitValueError(
+                "--overlays: two inputs would share an overlay name (such as x.jpg and "
+                "x.jpg.png); rename one"
+            )
+        self.written: set[int] = set()
 
-    for index, image, cam in zip(indices.tolist(), x.cpu(), result.maps.cpu(), strict=True):
-        rgb = blend(image, cam, mean=list(mean), std=list(std))
-        path = (folder / dataset.names[index]).with_suffix(".png")
+    def __call__(self, indices: Tensor, x: Tensor, result: camkit.CAMResult) -> None:
+        for index, image, cam in zip(indices.tolist(), x.cpu(), result.maps.cpu(), strict=True):
+            self._save(index, image, cam)
+
+    def from_store(self, store: camkit.MapStore, team: Rank) -> None:
+        """The overlays of stored samples this run did not explain (this rank's share)."""
+        rest = [i for i in store.indices if i not in self.written]
+        for index in rest[team.rank :: team.size]:
+            self._save(index, self.dataset[index][0], store.map(index))
+
+    def _save(self, index: int, image: Tensor, cam: Tensor) -> None:
+        from PIL import Image
+
+        from camkit.plot import blend
+
+        rgb = blend(image, cam, mean=self.mean, std=self.std)
+        path = self.folder / self.names[index]
         path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((rgb * 255).round().astype(np.uint8)).save(path)
+        Image.fromarray((rgb * 255).round().astype(np.uint8)).save(path, format="PNG")
+        self.written.add(index)
+
+
+def _verify(folder: Path) -> int:
+    store = camkit.MapStore(folder)
+    check = store.verify()
+    state = "complete" if store.complete else f"incomplete ({len(check.missing)} shards to write)"
+    print(f"camkit verify: {folder}: {len(store)} maps in {check.checked} shards, {state}")
+    for shard, problem in check.damaged.items():
+        print(f"  shard {shard}: {problem}")
+    for problem in check.problems:
+        print(f"  {problem}")
+    if not check.ok:
+        print(
+            f"camkit verify: {len(check.damaged) + len(check.problems)} damaged; rerun the "
+            f"command that wrote {folder} (the same settings) to compute them again"
+        )
+        return 1
+    print("camkit verify: every shard is intact")
+    return 0
 
 
 def _evaluate(

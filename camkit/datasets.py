@@ -53,7 +53,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
@@ -116,6 +116,7 @@ def explain_dataset(
     progress: bool = True,
     on_batch: OnBatch | None = None,
     sources: Sequence[str] | None = None,
+    dataset_options: Mapping[str, Any] | None = None,
 ) -> MapStore | None:
     """Explain every sample of ``loader`` and write the maps to ``out``, resumably.
 
@@ -151,6 +152,9 @@ def explain_dataset(
         sources: Where each sample came from, one string per dataset item (a
             file's path relative to the input folder, say): stored, read back as
             :attr:`MapRecord.source`, and part of what a resumed run must match.
+        dataset_options: How the dataset was prepared (image size, standardization,
+            a version: JSON values), recorded and part of what a resumed run must
+            match.
 
     Returns:
         The :class:`MapStore` of ``out`` (``None`` when ``out`` is ``None``).
@@ -184,6 +188,7 @@ def explain_dataset(
     _check_options(dtype, shard_batches, upsample, explainer, target)
     source_list = _checked_sources(sources, batches.length)
     config = _config(explainer, batches, target, dtype, upsample, shard_batches, source_list)
+    config["dataset_options"] = _json_options(dataset_options)
     shards = -(-batches.count // shard_batches)
     device = device if device is not None else _device_of(explainer.model)
     folder = None if out is None else Path(out)
@@ -578,6 +583,17 @@ def _checked_sources(sources: Sequence[str] | None, length: int) -> list[str] | 
             f"sources: got {len(sources)}; the dataset has {length} items, give one each"
         )
     return list(sources)
+
+
+def _json_options(options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if options is None:
+        return None
+    try:
+        return dict(json.loads(json.dumps(dict(options))))
+    except (TypeError, ValueError) as error:
+        raise CamkitTypeError(
+            f"dataset_options: expected a mapping of JSON values, got {options!r} ({error})"
+        ) from error
 
 
 def _sources_file(sources: list[str]) -> bytes:

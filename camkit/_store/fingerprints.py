@@ -8,8 +8,8 @@ seeded positions (the first and the last among them): reading a few items costs
 little, and catches another dataset, another split, other preprocessing, a
 reordered dataset, and random augmentations (which would give other maps on
 every run). It cannot catch a change confined to items it does not read (one
-image replaced among thousands); for that, pass the dataset's own identity (a
-version, a hash of its files) as ``dataset_id``.
+image replaced among thousands); the ``sources`` a run can record (each item's
+file name, say) are compared as a whole.
 """
 
 from __future__ import annotations
