@@ -140,7 +140,7 @@ def _pixels(image: Any, channels: int, size: tuple[int, int] | None) -> np.ndarr
             resized = Image.fromarray(values, mode="F").resize(
                 size[::-1], Image.Resampling.BILINEAR
             )
-            values = np.asarray(resized, dtype=np.float32)
+            values = np.array(resized, dtype=np.float32)  # a copy: writable
         return values if channels == 1 else np.repeat(values[..., None], 3, axis=2)
     converted = image.convert("L" if channels == 1 else "RGB")
     if size is not None:

@@ -730,9 +730,7 @@ def _prepared(
             )
     manifest = manifests.read(folder)
     parts = list(folder.glob(PARTS))
-    if manifest is None:  # a new store (files of a store whose manifest was deleted are stale)
-        for stale in parts:
-            stale.unlink()
+    if manifest is None:  # a new store (parts of one whose manifest was deleted are stale)
         manifest = {"config": config, "complete": False, "shards": {}}
     else:
         _check_same_run(folder, manifest["config"], config)
@@ -745,7 +743,7 @@ def _prepared(
             f"out: {len(damaged)} damaged shard(s) of {str(folder)!r} are computed again: "
             + "; ".join(f"shard {s}: {why}" for s, why in list(damaged.items())[:5]),
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=6,  # the caller of explain_dataset
         )
     if sources is not None:
         path = folder / SOURCES
@@ -756,7 +754,7 @@ def _prepared(
     manifest["complete"] = manifest["complete"] and not damaged and not parts
     manifests.write(folder, manifest)  # the parts are merged in: they go
     for stale in [*parts, *folder.glob("*.tmp")]:
-        stale.unlink()
+        stale.unlink(missing_ok=True)
     sync_folder(folder)
     return {int(s) for s in shards}
 

@@ -221,3 +221,116 @@ def test_the_datasets_page_commands_run(
         "deletion",
         "insertion",
     }
+
+
+# ----------------------------------------------------------------------------- the store's files
+
+
+def _digit_png(path: Path, seed: int, size: tuple[int, int] = (28, 28)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = (np.random.default_rng(seed).random(size) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def test_sources_and_overlays_keep_every_input_apart(tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    for i, name in enumerate(["a/img0.png", "a/x.png", "b/img0.png"]):
+        _digit_png(inputs / name, i)
+    rgb = np.repeat((np.random.default_rng(9).random((28, 28, 1)) * 255).astype(np.uint8), 3, 2)
+    Image.fromarray(rgb).save(inputs / "a" / "x.jpg")
+    store_dir, overlays = tmp_path / "store", tmp_path / "overlays"
+    argv = ["explain", str(inputs / "a"), str(inputs / "b"), *MNIST, "--store", str(store_dir)]
+    assert main([*argv, "--overlays", str(overlays)]) == 0
+    store = camkit.MapStore(store_dir)
+    assert store.sources == ["a/img0.png", "a/x.jpg", "a/x.png", "b/img0.png"]
+    assert [store[i].source for i in range(4)] == store.sources
+    written = sorted(p.relative_to(overlays).as_posix() for p in overlays.rglob("*.png"))
+    assert written == ["a/img0.png", "a/x.jpg.png", "a/x.png", "b/img0.png"]  # 4 images, 4 files
+
+
+def test_a_rerun_writes_every_overlay_it_is_asked_for(tree: Path, tmp_path: Path) -> None:
+    store_dir = tmp_path / "store"
+    argv = ["explain", str(tree), *MNIST, *_standardization(), "--store", str(store_dir)]
+    assert main([*argv, "--overlays", str(tmp_path / "first")]) == 0
+    assert main([*argv, "--overlays", str(tmp_path / "second")]) == 0  # nothing left to explain
+    first = sorted(p.relative_to(tmp_path / "first") for p in (tmp_path / "first").rglob("*.png"))
+    second = sorted(
+        p.relative_to(tmp_path / "second") for p in (tmp_path / "second").rglob("*.png")
+    )
+    assert len(first) == 23 and first == second
+    for name in first:  # drawn from the stored float32 maps: the same pixels
+        assert np.array_equal(
+            np.asarray(Image.open(tmp_path / "first" / name)),
+            np.asarray(Image.open(tmp_path / "second" / name)),
+        )
+
+
+def test_16_bit_and_float_images_load_at_their_true_values(tmp_path: Path) -> None:
+    ramp = np.arange(0, 65536, 64, dtype=np.uint16).reshape(32, 32)
+    Image.fromarray(ramp).save(tmp_path / "wide.png")  # a 16-bit grayscale PNG
+    with Image.open(tmp_path / "wide.png") as image:
+        assert image.mode.startswith("I")
+    dataset = ImageFiles([tmp_path / "wide.png"], channels=1, mean=[0.0], std=[1.0])
+    loaded = dataset.load(0)[0].numpy()
+    np.testing.assert_array_equal(loaded, ramp.astype(np.float32) / np.float32(65535))
+    assert (loaded == 1.0).mean() < 0.01  # not clipped to 1 as an 8-bit conversion would
+    rgb = ImageFiles([tmp_path / "wide.png"], channels=3, mean=[0.0], std=[1.0]).load(0)
+    assert rgb.shape == (3, 32, 32) and torch.equal(rgb[0], rgb[2])
+    resized = ImageFiles([tmp_path / "wide.png"], size=(16, 16), channels=1, mean=[0.0],
+                         std=[1.0]).load(0)  # fmt: skip
+    assert resized.shape == (1, 16, 16) and 0.0 <= float(resized.min()) < 0.1
+    assert 0.9 < float(resized.max()) <= 1.0
+
+
+def test_mixed_sizes_and_a_missing_device_are_clear_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _digit_png(tmp_path / "in" / "small.png", 0, (28, 28))
+    _digit_png(tmp_path / "in" / "large.png", 1, (32, 30))
+    argv = ["explain", str(tmp_path / "in"), *MNIST, "--store", str(tmp_path / "store")]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "images of different sizes" in error and "--size H,W" in error
+    assert "Traceback" not in error
+    assert main([*argv, "--size", "28"]) == 0
+    missing = f"cuda:{torch.cuda.device_count() + 3}"
+    assert main([*argv, "--size", "28", "--device", missing]) == 2
+    error = capsys.readouterr().err
+    assert f"--device: got {missing!r}, but this machine has" in error
+    assert "Traceback" not in error
+
+
+def test_a_run_without_weights_resumes_with_its_seed(
+    tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store_dir = tmp_path / "store"
+    net = ["--model", "examples.mnist.model:MnistNet", "--layer", "features.relu"]
+    argv = ["explain", str(tree), *net, "--channels", "1", "--no-progress", "--store"]
+    assert main([*argv, str(store_dir)]) == 0
+    assert "weights are random (seed 0)" in capsys.readouterr().err
+    before = {p.name: p.read_bytes() for p in store_dir.glob("shard-*")}
+    assert main([*argv, str(store_dir)]) == 0  # the same random weights: it resumes
+    assert {p.name: p.read_bytes() for p in store_dir.glob("shard-*")} == before
+    assert main([*argv, str(store_dir), "--seed", "1"]) == 2  # other weights: refused
+    assert "weights:" in capsys.readouterr().err
+    assert main([*argv, str(store_dir), "--size", "32"]) == 2  # another input size: refused
+    assert "dataset_options.size: None there, [32, 32] now" in capsys.readouterr().err
+
+
+def test_verify_reports_damage_with_its_exit_status(
+    tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store_dir = tmp_path / "store"
+    argv = ["explain", str(tree), *MNIST, "--batch-size", "4", "--store", str(store_dir)]
+    assert main(argv) == 0
+    assert main(["verify", str(store_dir)]) == 0
+    assert "every shard is intact" in capsys.readouterr().out
+    shard = store_dir / "shard-000001.maps.npy"
+    shard.write_bytes(shard.read_bytes()[:-7])
+    assert main(["verify", str(store_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "shard 1: shard-000001.maps.npy has" in out and "rerun the command" in out
+    assert main(["verify", str(tmp_path / "nothing")]) == 2
+    assert "holds no camkit map store" in capsys.readouterr().err
+    assert main(argv) == 0  # the rerun computes the damaged shard again
+    assert main(["verify", str(store_dir)]) == 0
