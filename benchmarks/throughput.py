@@ -6,12 +6,14 @@
 Each process count runs under ``torchrun --standalone --nproc_per_node=P`` with
 one CPU thread per process. Within one run the worker times, alternately and
 ``--repeats`` times, (a) a plain ``torch.no_grad()`` loop over the DataLoader's
-batches and (b) ``explain_dataset`` with Grad-CAM writing every map (float32)
-into a fresh folder, each from a barrier to a barrier; with P processes each
-rank takes every P-th batch, as ``explain_dataset`` deals them (one process loops
-over the DataLoader itself). The table gives
-the median images per second, the ratio (b)/(a) measured in the same run, and
-each one's speed-up over one process.
+batches, (b) ``explain_dataset`` with Grad-CAM writing every map (float32)
+into a fresh folder, and (c) the same as (b) with the store's integrity checks
+switched off (no SHA-256 of the files written, no writer lock), each from a
+barrier to a barrier; with P processes each rank takes every P-th batch, as
+``explain_dataset`` deals them (one process loops over the DataLoader itself).
+The table gives the median images per second, the ratio (b)/(a) measured in
+the same run, each one's speed-up over one process, and what the checks cost,
+1 - (b)/(c) (the goal: at most 3 %).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +64,37 @@ def _case(name: str) -> tuple[torch.nn.Module, DataLoader[Any], str]:
     return model, DataLoader(data, batch_size=32), "layer4"
 
 
+class _NoLock:
+    """Stands in for the writer lock in run (c)."""
+
+    def __init__(self, folder: Path) -> None:
+        pass
+
+    def __enter__(self) -> _NoLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _unchecked(run: Any) -> Any:
+    """``run()`` with the store's checksums and lock switched off (run (c))."""
+    import camkit.datasets
+    from camkit._store import files
+
+    def write(self: files.HashingWriter, data: Any) -> int:
+        return int(self._handle.write(data))
+
+    names = vars(camkit.datasets)  # explain_dataset looks WriterLock up here
+    saved = files.HashingWriter.write, names["WriterLock"]
+    files.HashingWriter.write = write  # type: ignore[method-assign]
+    names["WriterLock"] = _NoLock
+    try:
+        return run()
+    finally:
+        files.HashingWriter.write, names["WriterLock"] = saved  # type: ignore[method-assign]
+
+
 def worker(name: str, repeats: int) -> None:
     """One rank: time the plain loop and explain_dataset, alternately; rank 0 prints JSON."""
     import camkit
@@ -78,7 +112,9 @@ def worker(name: str, repeats: int) -> None:
         with torch.no_grad():
             model(next(iter(share))[0])  # warm-up
         cam(next(iter(share))[0])
-        plain, explained = [], []
+        plain: list[float] = []
+        explained: list[float] = []
+        unchecked: list[float] = []
         for _ in range(repeats):
             barrier(team)
             started = time.perf_counter()
@@ -87,14 +123,18 @@ def worker(name: str, repeats: int) -> None:
                     model(x)
             barrier(team)
             plain.append(time.perf_counter() - started)
-            folder = tempfile.mkdtemp() if team.main else ""
-            folder = camkit._engine.distributed.gather(team, folder)[0]
-            barrier(team)
-            started = time.perf_counter()
-            camkit.explain_dataset(cam, loader, folder, progress=False)
-            explained.append(time.perf_counter() - started)  # it ends with a barrier
+            for times, checked in ((explained, True), (unchecked, False)):
+                folder = tempfile.mkdtemp() if team.main else ""
+                folder = camkit._engine.distributed.gather(team, folder)[0]
+                barrier(team)
+                started = time.perf_counter()
+                run = partial(camkit.explain_dataset, cam, loader, folder, progress=False)
+                run() if checked else _unchecked(run)
+                times.append(time.perf_counter() - started)  # it ends with a barrier
         if team.main:
-            print(json.dumps({"images": len(loader.dataset), "plain": plain, "explain": explained}))  # type: ignore[arg-type]
+            images = len(loader.dataset)  # type: ignore[arg-type]
+            measured = {"plain": plain, "explain": explained, "unchecked": unchecked}
+            print(json.dumps({"images": images, **measured}))
 
 
 def _launch(name: str, processes: int, repeats: int) -> dict[str, Any]:
@@ -132,13 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         f"median of {args.repeats} alternating repeats. Command: `{command}`.",
         "",
         "| case | processes | plain loop, images/s | explain_dataset (Grad-CAM, maps written), "
-        "images/s | explain / plain | plain speed-up | explain speed-up |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "images/s | explain / plain | plain speed-up | explain speed-up | cost of checksums "
+        "and lock |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     rst = [
         f".. csv-table:: Images per second, one CPU thread per process (``{command}``)",
         '   :header: "case", "processes", "plain loop", "explain_dataset", "explain / plain", '
-        '"plain speed-up", "explain speed-up"',
+        '"plain speed-up", "explain speed-up", "cost of checksums and lock"',
         "",
     ]
     for name in args.cases:
@@ -147,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             result = _launch(name, processes, args.repeats)
             rates = {
                 kind: result["images"] / statistics.median(result[kind])
-                for kind in ("plain", "explain")
+                for kind in ("plain", "explain", "unchecked")
             }
             base = base or rates
             cells = [
@@ -158,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{rates['explain'] / rates['plain']:.2f}x",
                 f"{rates['plain'] / base['plain']:.2f}x",
                 f"{rates['explain'] / base['explain']:.2f}x",
+                f"{100 * (1 - rates['explain'] / rates['unchecked']):.1f} %",
             ]
             lines.append("| " + " | ".join(cells) + " |")
             rst.append("   " + ", ".join(f'"{c}"' for c in cells))

@@ -20,7 +20,7 @@ compression that maps of a few kilobytes each do not need).
 
 **Nothing lost, nothing twice, nothing wrong.** Each file is written under a
 temporary name, flushed to disk, then renamed (and the folder flushed), and a
-shard enters the manifest, with each file's size and SHA-256 checksum, only
+shard enters the manifest, with each file's size and CRC-32 checksum, only
 once both its files are complete. A run that is killed (even with
 ``SIGKILL``) leaves at most a shard in progress, which the next run into the
 same folder writes again. Shards are cut from the dataset's batches exactly as
@@ -36,8 +36,8 @@ ends). A run into a folder written from another configuration refuses to
 start and names what differs: the explainer's settings (method, layers, every
 option; see :meth:`camkit.Explainer.settings`), the model's weights, the
 dataset (its length and a fingerprint of sampled items), the sources, the
-batch size and the storage options. See the "Whole datasets" page for what can go wrong and what
-camkit does about each.
+batch size and the storage options. See the "Whole datasets" page for what
+can go wrong and what camkit does about each.
 
 **Distributed.** Under ``torchrun --nproc_per_node=P`` the same call deals the
 shards to the ranks round-robin; each rank writes its own shards and appends
@@ -79,7 +79,7 @@ from camkit._store import manifest as manifests
 from camkit._store.files import sha256_of, storage_error, sync_folder, write_atomically
 from camkit._store.fingerprints import dataset_fingerprint, model_fingerprint
 from camkit._store.lock import WriterLock
-from camkit._store.manifest import MANIFEST, PARTS, part_name
+from camkit._store.manifest import FORMAT, MANIFEST, PARTS, VERSION, part_name
 from camkit._store.shards import RECORD, open_shard, shard_problem, write_shard
 from camkit.errors import CamkitStorageError, CamkitTypeError, CamkitValueError
 from camkit.explainer import Explainer
@@ -87,9 +87,6 @@ from camkit.result import CAMResult
 
 __all__ = ["MapRecord", "MapStore", "StoreCheck", "explain_dataset", "pseudo_masks"]
 
-FORMAT = "camkit-maps"
-VERSION = 2
-"""The store format's version: 2 added checksums, the dataset fingerprint and sources."""
 SOURCES = "sources.json"
 """The file of a store's per-sample sources (a JSON list), when the run gave them."""
 DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
@@ -292,7 +289,7 @@ class MapStore:
     """The maps of a folder written by :func:`explain_dataset`, read lazily and checked.
 
     Opening a store reads the manifest only; each shard's files are checked
-    when first needed (their sizes and SHA-256 checksums against the
+    when first needed (their sizes and CRC-32 checksums against the
     manifest, their arrays' shapes, their samples' indices) and then
     memory-mapped, so reading one sample's map reads that map's shard once to
     check it, and that map alone afterwards. A damaged shard raises
@@ -303,7 +300,7 @@ class MapStore:
 
     Args:
         path: The folder.
-        checksums: Check each shard's SHA-256 when it is first opened (reading the
+        checksums: Check each shard's CRC-32 when it is first opened (reading the
             shard once); ``False`` checks sizes, shapes and indices only.
 
     Raises:

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 import camkit
+from camkit._store import shards
 from camkit.datasets import MapStore, explain_dataset, pseudo_masks
 from camkit.errors import CamkitStorageError, CamkitTypeError, CamkitValueError
 from tests.dist_worker import BATCH_SIZE, SHARD_BATCHES, Digits, metrics, model
@@ -219,8 +220,8 @@ def test_a_full_disk_ends_in_a_clear_error_and_keeps_what_was_written(
         saved.append(1)
         original_save(handle, array)
 
-    original_save = np.save
-    monkeypatch.setattr(np, "save", failing_save)
+    original_save = shards._save_npy
+    monkeypatch.setattr(shards, "_save_npy", failing_save)
     cam = camkit.GradCAM(model(), MNIST_LAYER)
     loader = DataLoader(Digits(LENGTH), batch_size=BATCH_SIZE)
     options: dict[str, Any] = {"target": "label", "shard_batches": SHARD_BATCHES, "progress": False}
@@ -231,7 +232,7 @@ def test_a_full_disk_ends_in_a_clear_error_and_keeps_what_was_written(
     assert partial.indices == list(range(16)) and not partial.complete
     assert torch.equal(partial.map(15), reference.map(15))
     assert not list(tmp_path.glob("*.tmp"))
-    monkeypatch.setattr(np, "save", original_save)
+    monkeypatch.setattr(shards, "_save_npy", original_save)
     explain_dataset(cam, loader, tmp_path, **options)
     _assert_same(MapStore(tmp_path), reference)
 

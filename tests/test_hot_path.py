@@ -104,6 +104,9 @@ def test_no_numpy_in_the_computation() -> None:
     }
     # plot draws with matplotlib; numpy arrays are accepted as targets (the Target type in
     # targets.py) and converted to tensors before the forward pass (_engine/targets.py); finished
-    # maps are stored as .npy files (datasets.py), and the command reads images (cli.py)
-    assert users == {"plot.py", "targets.py", "_engine/targets.py", "datasets.py", "cli.py"}
+    # maps are stored as .npy files (datasets.py, _store/shards.py; the dataset's fingerprint
+    # hashes arrays an item may hold, _store/fingerprints.py), and the command reads images
+    # (cli.py)
+    store = {"datasets.py", "_store/shards.py", "_store/fingerprints.py"}
+    assert users == {"plot.py", "targets.py", "_engine/targets.py", "cli.py", *store}
     assert "numpy" in _imports(package / "plot.py")  # the scan does find imports

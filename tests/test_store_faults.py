@@ -150,14 +150,6 @@ def _other_weights() -> camkit.Explainer:
 CHANGES: dict[str, tuple[dict[str, Any], str]] = {
     "method": ({"cam": camkit.GradCAMPlusPlus(model(), MNIST_LAYER)}, "explainer.method"),
     "layer": ({"cam": camkit.GradCAM(model(), "features.conv2")}, "explainer.layers"),
-    "fuse": (
-        {"cam": camkit.GradCAM(model(), [MNIST_LAYER, "features.conv2"], fuse="product")},
-        "explainer.",
-    ),
-    "LayerCAM's tanh_scale": (
-        {"cam": camkit.LayerCAM(model(), MNIST_LAYER, tanh_scale=None)},
-        "explainer.method",
-    ),
     "weights": ({"cam": _other_weights()}, "weights"),
     "other data, same length": ({"data": _other_data()}, "dataset.sha256"),
     "the same data reordered": ({"data": Reordered()}, "dataset.sha256"),
@@ -202,6 +194,72 @@ def test_a_change_that_decides_the_maps_is_refused(
     FAULT_COUNTS["changed options"]["trials"] += 1
     counts = FAULT_COUNTS["changed options"]
     counts["refused, naming the difference"] = counts.get("refused, naming the difference", 0) + 1
+
+
+PAIRS = {
+    "fuse": (
+        lambda: camkit.GradCAM(model(), [MNIST_LAYER, "features.conv2"]),
+        lambda: camkit.GradCAM(model(), [MNIST_LAYER, "features.conv2"], fuse="product"),
+        "explainer.fuse: 'mean' there, 'product' now",
+    ),
+    "tanh_scale": (
+        lambda: camkit.LayerCAM(model(), MNIST_LAYER, tanh_scale=2.0),
+        lambda: camkit.LayerCAM(model(), MNIST_LAYER),
+        "explainer.tanh_scale: 2.0 there, None now",
+    ),
+    "top_channels": (
+        lambda: camkit.ScoreCAM(model(), MNIST_LAYER, top_channels=2),
+        lambda: camkit.ScoreCAM(model(), MNIST_LAYER, top_channels=3),
+        "explainer.top_channels: 2 there, 3 now",
+    ),
+}
+
+
+@pytest.mark.parametrize("option", list(PAIRS))
+def test_an_explainer_option_alone_is_refused(option: str, tmp_path: Path) -> None:
+    first, second, named = PAIRS[option]
+    data = Digits(12)
+    assert _run(tmp_path, cam=first(), data=data) is not None
+    with pytest.raises(CamkitValueError, match="holds maps of another run") as info:
+        _run(tmp_path, cam=second(), data=data)
+    assert named in str(info.value)
+    counts = FAULT_COUNTS.setdefault("changed options", {"trials": 0})
+    counts["trials"] += 1
+    counts["refused, naming the difference"] = counts.get("refused, naming the difference", 0) + 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names open files from /proc")
+def test_every_rename_is_flushed_with_its_folder_before_the_shard_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stat
+
+    events: list[str] = []
+    fsync, replace = os.fsync, os.replace
+
+    def recorded_fsync(descriptor: int) -> None:
+        folder = stat.S_ISDIR(os.fstat(descriptor).st_mode)
+        name = Path(os.readlink(f"/proc/self/fd/{descriptor}")).name
+        events.append("fsync folder" if folder else f"fsync {name}")
+        fsync(descriptor)
+
+    def recorded_replace(source: Any, target: Any) -> None:
+        events.append(f"rename {Path(target).name}")
+        replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", recorded_fsync)
+    monkeypatch.setattr(os, "replace", recorded_replace)
+    _run(tmp_path, data=Digits(24))  # 3 shards of 2 batches
+    renames = [i for i, e in enumerate(events) if e.startswith("rename")]
+    assert len(renames) == 2 * 3 + 2  # each shard's 2 files, the manifest when begun and ended
+    for i in renames:
+        name = events[i].removeprefix("rename ")
+        assert events[i - 1] == f"fsync {name}.tmp"  # the bytes on disk before the rename
+        later = events[i + 1 :]
+        assert "fsync folder" in later  # the rename on disk, and before the shard is recorded:
+        recorded = [j for j, e in enumerate(later) if e == "fsync manifest.rank-00000.jsonl"]
+        assert not recorded or later.index("fsync folder") < recorded[0]
+    assert events[-1] == "fsync folder"
 
 
 def test_the_dataset_fingerprint_reads_sampled_items_only() -> None:
@@ -264,7 +322,7 @@ def test_without_checksums_swapped_records_are_still_caught_by_their_indices(
     store = MapStore(folder, checksums=False)
     with pytest.raises(CamkitStorageError, match="the samples of another shard"):
         store[0]
-    assert "fails its SHA-256" in MapStore(folder).verify().damaged[0]
+    assert "fails its CRC-32" in MapStore(folder).verify().damaged[0]
 
 
 def test_a_damaged_manifest_is_named_with_its_repair(finished: Path, tmp_path: Path) -> None:
@@ -314,12 +372,49 @@ def test_sources_are_stored_and_checked(tmp_path: Path) -> None:
 
 
 def test_a_checksum_covers_the_file_as_written(finished: Path) -> None:
-    import hashlib
+    import zlib
 
     manifest = json.loads((finished / "manifest.json").read_text())
     for entry in manifest["shards"].values():
         for kind in ("maps", "records"):
             data = (finished / entry[kind]).read_bytes()
-            assert hashlib.sha256(data).hexdigest() == entry[f"{kind}_sha256"]
+            assert f"{zlib.crc32(data):08x}" == entry[f"{kind}_crc32"]
             assert len(data) == entry[f"{kind}_bytes"]
             assert np.load(finished / entry[kind]).shape[0] == entry["count"]
+
+
+def test_shard_files_are_what_numpy_save_writes() -> None:
+    import io
+
+    from camkit._store.files import HashingWriter
+    from camkit._store.shards import RECORD, _save_npy
+
+    generator = np.random.default_rng(0)
+    for array in (
+        generator.random((5, 28, 28)).astype(np.float32),
+        generator.random((3, 7, 7)).astype(np.float16),
+        (generator.random((4, 9)) * 255).astype(np.uint8),
+        np.zeros(6, RECORD),
+        np.zeros((0, 4, 4), np.float32),
+        generator.random((8, 6, 6)).astype(np.float32)[::2],  # not contiguous
+    ):
+        expected, written = io.BytesIO(), io.BytesIO()
+        np.save(expected, array)
+        hashing = HashingWriter(written)
+        _save_npy(hashing, array)
+        assert written.getvalue() == expected.getvalue()
+        assert hashing.size == len(expected.getvalue())
+
+
+def test_a_store_of_the_first_format_is_named_as_such(finished: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "store"
+    shutil.copytree(finished, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["config"]["version"] = 1
+    for entry in manifest["shards"].values():  # format 1 had no sizes or checksums
+        for kind in ("maps", "records"):
+            del entry[f"{kind}_bytes"], entry[f"{kind}_crc32"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    for attempt in (lambda: MapStore(folder), lambda: _run(folder)):
+        with pytest.raises(CamkitStorageError, match="of format version 1; this camkit reads"):
+            attempt()

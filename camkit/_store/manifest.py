@@ -2,7 +2,7 @@
 
 ``manifest.json`` holds the run's configuration (what decides the maps, see
 :func:`camkit.datasets.explain_dataset`), whether the run completed, and per
-shard its two files with their sizes and SHA-256 checksums. During a run each
+shard its two files with their sizes and CRC-32 checksums. During a run each
 rank appends one JSON line per finished shard to its own part
 (``manifest.rank-00000.jsonl``); the parts are merged into ``manifest.json``
 when a run starts (resuming an interrupted one) and when it ends.
@@ -23,6 +23,9 @@ from typing import Any
 from camkit._store.files import sync_folder, write_atomically
 from camkit.errors import CamkitStorageError
 
+FORMAT = "camkit-maps"
+VERSION = 2
+"""The store format's version: 2 added checksums, the dataset fingerprint and sources."""
 MANIFEST = "manifest.json"
 PARTS = "manifest.rank-*.jsonl"
 """The ranks' parts of the manifest during a run: one JSON line per finished shard."""
@@ -33,11 +36,11 @@ ENTRY_FIELDS: dict[str, type] = {
     "count": int,
     "maps_bytes": int,
     "records_bytes": int,
-    "maps_sha256": str,
-    "records_sha256": str,
+    "maps_crc32": str,
+    "records_crc32": str,
 }
 """A shard's record in the manifest: its two files, its sample count, each file's size
-in bytes and SHA-256."""
+in bytes and CRC-32."""
 
 
 def part_name(rank: int) -> str:
@@ -81,6 +84,16 @@ def read(folder: Path) -> dict[str, Any] | None:
         manifest = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise damaged(path, f"not JSON: {error}") from error
+    config = manifest.get("config") if isinstance(manifest, dict) else None
+    config = config if isinstance(config, dict) else {}
+    if (
+        config.get("format") == FORMAT and config.get("version") != VERSION
+    ):  # before the structure: versions change it
+        raise CamkitStorageError(
+            f"{str(path)!r} is a map store of format version {config.get('version')}; "
+            f"this camkit reads version {VERSION} (with checksums and a dataset "
+            f"fingerprint). Write the maps again, into an empty folder"
+        )
     problem = _structure_problem(manifest)
     if problem:
         raise damaged(path, problem)
