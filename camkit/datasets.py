@@ -184,8 +184,11 @@ def explain_dataset(
     batches = Batches.of(loader)
     _check_options(dtype, shard_batches, upsample, explainer, target)
     source_list = _checked_sources(sources, batches.length)
-    config = _config(explainer, batches, target, dtype, upsample, shard_batches, source_list)
-    config["dataset_options"] = _json_options(dataset_options)
+    prepared = _json_options(dataset_options)
+    config: dict[str, Any] = {}  # what decides the maps, read from the data only for a store
+    if out is not None:
+        config = _config(explainer, batches, target, dtype, upsample, shard_batches, source_list)
+        config["dataset_options"] = prepared
     shards = -(-batches.count // shard_batches)
     device = device if device is not None else _device_of(explainer.model)
     folder = None if out is None else Path(out)
