@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint, _ = load()
     test = load_split("test")
     loader = DataLoader(TensorDataset(checkpoint.prepare(test.images)), batch_size=256)
-    folder = Path(tempfile.mkdtemp()) / "store"
+    scratch = tempfile.TemporaryDirectory()
+    folder = Path(scratch.name) / "store"
     cam = camkit.GradCAM(checkpoint.model, "features.relu")
     camkit.explain_dataset(cam, loader, folder, progress=False)
 
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | {1e3 * fast:.2f} | {1e3 * slow:.2f} | {slow / fast:.2f}x |")
         print(lines[-1])
     args.out.write_text("\n".join(lines) + "\n")
+    scratch.cleanup()
     return 0
 
 

@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -131,6 +132,9 @@ def worker(name: str, repeats: int) -> None:
                 run = partial(camkit.explain_dataset, cam, loader, folder, progress=False)
                 run() if checked else _unchecked(run)
                 times.append(time.perf_counter() - started)  # it ends with a barrier
+                barrier(team)
+                if team.main:
+                    shutil.rmtree(folder)
         if team.main:
             images = len(loader.dataset)  # type: ignore[arg-type]
             measured = {"plain": plain, "explain": explained, "unchecked": unchecked}
