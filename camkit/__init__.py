@@ -10,7 +10,7 @@ torch.Size([5, 8, 8])
 
 from importlib.metadata import PackageNotFoundError, version
 
-from camkit import augment, datasets, metrics, plot
+from camkit import augment, datasets, metrics, plot, viewer
 from camkit._engine.state import clear_caches
 from camkit.base import BaseCAM
 from camkit.context import LayerContext
@@ -72,6 +72,8 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
+from camkit.viewer import view
+
 __all__ = [
     "CAM",
     "FEM",
@@ -129,4 +131,6 @@ __all__ = [
     "list_layers",
     "metrics",
     "plot",
+    "view",
+    "viewer",
 ]

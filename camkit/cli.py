@@ -6,6 +6,7 @@
         --metrics deletion insertion
     torchrun --nproc_per_node=4 -m camkit explain ...     # the same, on 4 processes
     camkit verify maps/                                    # check a store's every shard
+    camkit view maps/ images/ --out maps-site/             # a page to look through the maps
 
 Inputs are image files, folders of images, or ImageFolder trees (a folder of
 class folders: each image's label is its folder's index in sorted order).
@@ -462,6 +463,24 @@ def parser() -> argparse.ArgumentParser:
         "(rerun the same command to compute them again); 2: no store, or a damaged manifest.",
     )
     verify.add_argument("store", type=Path, help="the store's folder")
+    view = commands.add_parser(
+        "view",
+        help="write a page to look through a map store (a static site: open its index.html)",
+        description="Write a self-contained static site (HTML, script, thumbnails; no server, "
+        "no network) to look through a map store: sort and filter its samples, compare two "
+        "stores, see each class's mean map. Rerunning it writes only what changed.",
+    )
+    view.add_argument("store", type=Path, help="the store's folder")
+    view.add_argument("--out", type=Path, required=True, help="the folder to write the site to")
+    view.add_argument(
+        "inputs",
+        nargs="*",
+        help="the inputs the store was written from (as given to camkit explain), to show "
+        "each map over its image; without them the page shows the maps alone",
+    )
+    view.add_argument("--compare", type=Path, help="a second store of the same images")
+    view.add_argument("--thumb", type=int, default=80, help="thumbnail size in pixels")
+    view.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return main
 
 
@@ -479,6 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(arguments: argparse.Namespace, team: Rank) -> int:
     if arguments.command == "verify":
         return _verify(arguments.store) if team.main else 0
+    if arguments.command == "view":
+        return _view(arguments) if team.main else 0
     for option in ("batch_size", "workers"):
         value = getattr(arguments, option)
         if value < (1 if option == "batch_size" else 0):
@@ -619,6 +640,42 @@ class _Overlays:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray((rgb * 255).round().astype(np.uint8)).save(path, format="PNG")
         self.written.add(index)
+
+
+def _view(arguments: argparse.Namespace) -> int:
+    store = camkit.MapStore(arguments.store)
+    images = classes = None
+    if arguments.inputs:
+        prepared = store.config.get("dataset_options") or {}
+        size = prepared.get("size")
+        channels = int(prepared.get("channels", 3))
+        dataset = ImageFiles(  # loaded unstandardized: the mean and std are not used
+            arguments.inputs,
+            size=None if size is None else (int(size[0]), int(size[1])),
+            channels=channels,
+            mean=[0.0] * channels,
+            std=[1.0] * channels,
+        )
+        if store.sources != dataset.names:
+            raise CamkitValueError(
+                f"inputs: the store {str(arguments.store)!r} was written from other images "
+                f"({len(store.sources or [])} recorded, {len(dataset.names)} found); give "
+                f"the inputs given to camkit explain"
+            )
+        images = dataset.load
+        if store.config.get("target") == "label":  # the classes are the class folders
+            classes = dataset.classes or None
+    page = camkit.view(
+        store,
+        arguments.out,
+        images=images,
+        compare=arguments.compare,
+        classes=classes,
+        thumb=arguments.thumb,
+        progress=not arguments.no_progress,
+    )
+    print(f"camkit view: wrote {page} (open it in a browser)")
+    return 0
 
 
 def _verify(folder: Path) -> int:

@@ -208,12 +208,13 @@ def test_the_datasets_page_commands_run(
     tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     commands = _page_commands()
-    assert [c[0] for c in commands] == ["explain", "evaluate"]
+    assert [c[0] for c in commands] == ["explain", "evaluate", "view"]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "examples").symlink_to(ROOT / "examples")  # run "from the project's folder"
     (tmp_path / "mnist-png").symlink_to(tree)
     for command in commands:
         assert main([*command, "--no-progress"]) == 0, command
+    assert (tmp_path / "mnist-viewer" / "index.html").is_file()
     store = camkit.MapStore(tmp_path / "mnist-maps-cli")
     assert len(store) == 23 and store.config["dtype"] == "uint8"
     assert len(list((tmp_path / "mnist-overlays").rglob("*.png"))) == 23
@@ -334,3 +335,22 @@ def test_verify_reports_damage_with_its_exit_status(
     assert "holds no camkit map store" in capsys.readouterr().err
     assert main(argv) == 0  # the rerun computes the damaged shard again
     assert main(["verify", str(store_dir)]) == 0
+
+
+def test_view_writes_a_page_of_a_store_over_its_images(
+    tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store_dir = tmp_path / "store"
+    argv = ["explain", str(tree), *MNIST, *_standardization(), "--target", "label"]
+    assert main([*argv, "--store", str(store_dir)]) == 0
+    site = tmp_path / "site"
+    assert main(["view", str(store_dir), str(tree), "--out", str(site), "--no-progress"]) == 0
+    assert f"wrote {site / 'index.html'}" in capsys.readouterr().out
+    data = json.loads((site / "data.js").read_text().split("=", 1)[1].strip().rstrip(";"))
+    assert data["columns"]["source"] == camkit.MapStore(store_dir).sources
+    assert data["classes"] == sorted(p.name for p in tree.iterdir())  # the class folders
+    assert data["sheets"]["kinds"] == ["overlay", "image", "map"]
+    other = tmp_path / "other"
+    _digit_png(other / "9" / "x.png", 0)
+    assert main(["view", str(store_dir), str(other), "--out", str(site), "--no-progress"]) == 2
+    assert "was written from other images" in capsys.readouterr().err

@@ -106,7 +106,7 @@ def test_no_numpy_in_the_computation() -> None:
     # targets.py) and converted to tensors before the forward pass (_engine/targets.py); finished
     # maps are stored as .npy files (datasets.py, _store/shards.py; the dataset's fingerprint
     # hashes arrays an item may hold, _store/fingerprints.py), and the command reads images
-    # (cli.py)
-    store = {"datasets.py", "_store/shards.py", "_store/fingerprints.py"}
+    # (cli.py); the viewer draws thumbnails (viewer.py)
+    store = {"datasets.py", "_store/shards.py", "_store/fingerprints.py", "viewer.py"}
     assert users == {"plot.py", "targets.py", "_engine/targets.py", "cli.py", *store}
     assert "numpy" in _imports(package / "plot.py")  # the scan does find imports

@@ -11,6 +11,7 @@ import matplotlib.image as mpimg
 import pytest
 import torch
 
+import camkit
 from camkit import GradCAM, LeGrad
 from examples.mnist.__main__ import main
 from examples.mnist.data import DEFAULT_ROOT, FILES, MnistDataError, load_split
@@ -218,8 +219,15 @@ def test_smoke_run_writes_every_figure_and_the_report(tmp_path: Path) -> None:
         "| LeGrad |",
         "## Sanity checks",
         "## Results and discussion",
+        "## The whole test set, to browse",
+        "[viewer/index.html](viewer/index.html)",
     ):
         assert section in report
+    for method in ("gradcam", "scorecam"):  # the viewer's two stores, of the 300 test images
+        store = camkit.MapStore(out / "maps" / method)
+        assert store.complete and len(store) == 300 and store.verify().ok
+    assert (out / "viewer" / "index.html").is_file()
+    assert list((out / "viewer" / "sheets").glob("other-*.jpg"))  # Score-CAM's maps
     _, history = load(out / "weights.pt")
     assert len(history.loss) == 1
     _, vit_history = load(out / "vit-weights.pt", MnistViT)

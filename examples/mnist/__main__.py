@@ -10,12 +10,14 @@ explains it with Grad-CAM, scores the main methods with every metric and writes
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+import camkit
 from camkit import GradCAM
 from examples.mnist import figures
 from examples.mnist.classification import Scores, classification_scores
@@ -249,6 +251,31 @@ def transformer(
     return setup, table
 
 
+def browse_test_set(checkpoint: Checkpoint, test_set: Split, out: Path, progress: bool) -> Path:
+    """The test set's Grad-CAM and Score-CAM maps (of each image's label) in two map stores,
+    ``out/maps/``, and a page to look through them, ``out/viewer/index.html``."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = TensorDataset(checkpoint.prepare(test_set.images), test_set.labels)
+    loader = DataLoader(data, batch_size=256)
+    shutil.rmtree(out / "maps", ignore_errors=True)  # this run's network: other maps than before
+    stores = []
+    for method in ("GradCAM", "ScoreCAM"):
+        cam = getattr(camkit, method)(checkpoint.model, figures.LAYER)
+        store = camkit.explain_dataset(cam, loader, out / "maps" / method.lower(), target="label",
+                                       dtype="float16", progress=progress)  # fmt: skip
+        assert store is not None
+        stores.append(store)
+    return camkit.view(
+        stores[0],
+        out / "viewer",
+        images=lambda i: test_set.images[i],
+        compare=stores[1],
+        title=f"MNIST test set, {len(test_set.labels):,} digits: Grad-CAM and Score-CAM",
+        progress=progress,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     progress = not args.quiet
@@ -302,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     sanity = sanity_checks(checkpoint, images[: min(100, len(labels))])
     made["sanity_curves"] = figures.sanity_curves(sanity, out / "figures" / "sanity_curves.png")
     made["sanity_maps"] = figures.sanity_maps(sanity, images, out / "figures" / "sanity_maps.png")
+    viewer = browse_test_set(checkpoint, test_set, out, progress)
+    print(f"a page to look through the test set's maps: {viewer}")
     vit_setup, vit_table = None, None
     if vit is not None:
         vit_setup, vit_table = transformer(

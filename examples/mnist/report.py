@@ -361,6 +361,16 @@ its softmax probability above each image).
 
 {class_figs}
 
+## The whole test set, to browse
+
+Grad-CAM and Score-CAM maps of every test image's label are in two map stores
+(`maps/gradcam`, `maps/scorecam`, written by `camkit.explain_dataset`), and
+[viewer/index.html](viewer/index.html) is a page to look through them (written by
+`camkit.view`; it opens from disk, with no server): sort by score, by how far a map sits
+off-centre, or by how little the two methods agree, show only the mistakes or one
+digit, open a sample to see its image, both maps and its record, and compare each
+digit's mean map in the Classes tab.
+
 ## Class discrimination
 
 {fig("discrimination", "One image, its maps for all ten classes")}
