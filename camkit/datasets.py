@@ -401,6 +401,18 @@ class MapStore:
         """Each dataset item's source, as the run was given them, or ``None``."""
         return self._source_list()
 
+    def digest(self, indices: Sequence[int]) -> str:
+        """A digest of the stored data of samples ``indices``: the records (sizes and
+        checksums) of the shards that hold them. It changes whenever one of those shards is
+        written again with other bytes, so that what was made from them (the viewer's
+        thumbnails) can be made again only when needed."""
+        shards = sorted({self._shard_of(i) for i in indices})
+        missing = [s for s in shards if s not in self._shards]
+        if missing:
+            raise KeyError(f"indices: shards {missing[:5]} of {str(self.path)!r} are not stored")
+        parts = [self._shards[s] for s in shards]
+        return hashlib.sha256(json.dumps([self.config, parts], sort_keys=True).encode()).hexdigest()
+
     def verify(self) -> StoreCheck:
         """Check every shard written (sizes, checksums, shapes, indices) and the sources.
 

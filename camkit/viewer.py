@@ -233,11 +233,9 @@ class _Layout:
 
     def sheet_key(self, members: Sequence[int]) -> str:
         """What a sheet is made from: the shards' checksums of its samples, in both stores."""
-        shards = sorted({i // self.main._per_shard for i in members})
-        parts = [self.main._shards[s] for s in shards]
+        parts = [self.main.digest(members)]
         if self.other is not None:
-            others = sorted({i // self.other._per_shard for i in members})
-            parts += [self.other._shards[s] for s in others]
+            parts.append(self.other.digest(members))
         return hashlib.sha256(json.dumps([self.key, members[:1], parts]).encode()).hexdigest()
 
     def files_exist(self, folder: Path, sheet: int) -> bool:

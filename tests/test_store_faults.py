@@ -418,3 +418,24 @@ def test_a_store_of_the_first_format_is_named_as_such(finished: Path, tmp_path: 
     for attempt in (lambda: MapStore(folder), lambda: _run(folder)):
         with pytest.raises(CamkitStorageError, match="of format version 1; this camkit reads"):
             attempt()
+
+
+def test_a_digest_follows_the_bytes_of_the_shards_that_hold_the_samples(
+    finished: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "store"
+    shutil.copytree(finished, folder)
+    store = MapStore(folder)
+    first, last = store.digest(range(0, 8)), store.digest(range(32, 37))
+    assert first != last and first == MapStore(finished).digest([0, 7, 3])
+    (folder / "shard-000000.maps.npy").unlink()  # shard 0 (samples 0 to 7) lost...
+    with pytest.warns(RuntimeWarning, match="computed again"):
+        _run(folder)  # ...and written again: the same bytes, the same digest
+    assert MapStore(folder).digest(range(0, 8)) == first
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["shards"]["4"]["maps_crc32"] = "00000000"  # as if shard 4 held other bytes
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert MapStore(folder).digest(range(32, 37)) != last
+    assert MapStore(folder).digest(range(0, 8)) == first
+    with pytest.raises(KeyError, match="not stored"):
+        MapStore(folder).digest([LENGTH + 100])
