@@ -137,7 +137,19 @@
     }
     grid.replaceChildren(...items);
     grid.dataset.drawn = "";
-    Promise.all(draws).then(() => { if (page === state.drawn) grid.dataset.drawn = String(page); });
+    Promise.all(draws).then(() => {
+      if (page !== state.drawn) return;
+      grid.dataset.drawn = String(page);
+      prefetch(state.order.slice(start + PAGE, start + 2 * PAGE));
+    });
+  }
+
+  // Load and decode the sheets of the next page while the reader looks at this one.
+  function prefetch(positions) {
+    const kind = sheets.kinds.includes("overlay") ? "overlay" : "map";
+    const per = sheets.cells * sheets.cells;
+    const wanted = [...new Set(positions.map((position) => Math.floor(position / per)))];
+    setTimeout(() => { for (const sheet of wanted) sheetImage(kind, sheet); }, 0);
   }
 
   // Sprite sheets as decoded bitmaps, each loaded and decoded once, then kept (drawing
