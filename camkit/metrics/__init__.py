@@ -3,6 +3,8 @@
 * Faithfulness: :func:`average_drop`, :func:`increase_in_confidence`,
   :func:`deletion`, :func:`insertion`, :func:`road`.
 * Localization: :func:`pointing_game`, :func:`energy_pointing_game`.
+* Complexity (the maps alone): :func:`sparseness`, :func:`complexity`,
+  :func:`effective_complexity`.
 * Sanity: :func:`randomization_test` with :func:`spearman` and :func:`ssim`.
 * Datasets: :func:`evaluate` runs metrics over a DataLoader.
 
@@ -13,6 +15,7 @@ gradients in eval mode; and leaves the model as it was.
 """
 
 from camkit.metrics._common import MetricResult
+from camkit.metrics._complexity import complexity, effective_complexity, sparseness
 from camkit.metrics.evaluate import evaluate
 from camkit.metrics.faithfulness import (
     average_drop,
@@ -30,7 +33,9 @@ __all__ = [
     "RandomizationResult",
     "average_drop",
     "blur",
+    "complexity",
     "deletion",
+    "effective_complexity",
     "energy_pointing_game",
     "evaluate",
     "impute",
@@ -39,6 +44,7 @@ __all__ = [
     "pointing_game",
     "randomization_test",
     "road",
+    "sparseness",
     "spearman",
     "ssim",
 ]
