@@ -2,7 +2,8 @@
 
 * Faithfulness: :func:`average_drop`, :func:`increase_in_confidence`,
   :func:`deletion`, :func:`insertion`, :func:`road`.
-* Localization: :func:`pointing_game`, :func:`energy_pointing_game`.
+* Localization: :func:`pointing_game`, :func:`energy_pointing_game`, :func:`auc`,
+  :func:`relevance_rank_accuracy`, :func:`top_k_intersection`.
 * Complexity (the maps alone): :func:`sparseness`, :func:`complexity`,
   :func:`effective_complexity`.
 * Sanity: :func:`randomization_test` with :func:`spearman` and :func:`ssim`.
@@ -24,13 +25,20 @@ from camkit.metrics.faithfulness import (
     increase_in_confidence,
     insertion,
 )
-from camkit.metrics.localization import energy_pointing_game, pointing_game
+from camkit.metrics.localization import (
+    auc,
+    energy_pointing_game,
+    pointing_game,
+    relevance_rank_accuracy,
+    top_k_intersection,
+)
 from camkit.metrics.road import impute, road
 from camkit.metrics.sanity import RandomizationResult, randomization_test, spearman, ssim
 
 __all__ = [
     "MetricResult",
     "RandomizationResult",
+    "auc",
     "average_drop",
     "blur",
     "complexity",
@@ -43,8 +51,10 @@ __all__ = [
     "insertion",
     "pointing_game",
     "randomization_test",
+    "relevance_rank_accuracy",
     "road",
     "sparseness",
     "spearman",
     "ssim",
+    "top_k_intersection",
 ]

@@ -1,16 +1,36 @@
-"""Localization against ground-truth masks: the pointing game and its energy variant."""
+"""Localization against ground-truth masks: the pointing game and its energy variant, the
+ROC AUC of the map against the mask, relevance rank accuracy, and top-k intersection.
+
+The ranking metrics (:func:`relevance_rank_accuracy`, :func:`top_k_intersection`)
+take the map's highest pixels; where pixels tie at the cut (an upsampled map
+that is zero over much of the image ties there), camkit counts the tied pixels
+at their expected share (``ties="average"``: the value is the same whatever
+the order of the pixels), where Quantus 0.6 takes them in the order of
+``np.argsort(-a)``, an unstable sort (``ties="quantus"`` reproduces it, and
+``ties="first"`` takes them in row-major order).
+"""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.metrics._common import MetricResult, summarize
 
-__all__ = ["energy_pointing_game", "pointing_game"]
+__all__ = [
+    "auc",
+    "energy_pointing_game",
+    "pointing_game",
+    "relevance_rank_accuracy",
+    "top_k_intersection",
+]
+
+TIES = ("average", "first", "quantus")
+"""How the ranking metrics take pixels that tie at the cut (see the module's text)."""
 
 
 def _check(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
@@ -94,3 +114,136 @@ def energy_pointing_game(maps: Tensor, masks: Tensor) -> MetricResult:
     share = (flat * inside).sum(dim=1) / torch.where(total > 0, total, 1.0)
     valid = (total > 0) & inside.any(dim=1)
     return summarize("energy_pointing_game", torch.where(valid, share, math.nan))
+
+
+def auc(maps: Tensor, masks: Tensor) -> MetricResult:
+    r"""The area under the ROC curve of the map as a detector of the mask's pixels.
+
+    Fawcett, *An introduction to ROC analysis*, Pattern Recognition Letters 2006
+    (as ``quantus.AUC``): the probability that a pixel inside the mask scores
+    higher than one outside it, ties counting one half (the Mann-Whitney
+    statistic, which is what ``sklearn.metrics.roc_curve`` and ``auc`` give).
+    0.5 is chance, 1 a map that ranks every mask pixel first. Samples whose mask
+    is empty or covers everything are ``NaN`` and left out of the mean.
+
+    Example:
+        >>> import torch
+        >>> maps = torch.tensor([[[0.9, 0.2], [0.2, 0.0]]])
+        >>> mask = torch.tensor([[[True, True], [False, False]]])
+        >>> auc(maps, mask).summary  # (1 + 1 + 0.5 + 1) / 4
+        0.875
+    """
+    m, gt = _check(maps, masks)
+    values = []
+    for flat, inside in zip(m.flatten(1), gt.flatten(1), strict=True):
+        positives, total = int(inside.sum()), inside.numel()
+        if positives in (0, total):
+            values.append(math.nan)
+            continue
+        _, inverse, counts = torch.unique(flat, return_inverse=True, return_counts=True)
+        ends = counts.cumsum(0).double()
+        ranks = (ends - (counts.double() - 1) / 2)[inverse]  # average ranks, 1-based
+        u = float(ranks[inside].sum()) - positives * (positives + 1) / 2
+        values.append(u / (positives * (total - positives)))
+    return summarize("auc", torch.tensor(values, dtype=torch.float64))
+
+
+def relevance_rank_accuracy(maps: Tensor, masks: Tensor, *, ties: str = "average") -> MetricResult:
+    r"""Relevance rank accuracy: the share of the map's top ``K`` pixels inside the mask, with
+    ``K`` the mask's size.
+
+    Arras et al., *CLEVR-XAI: A benchmark dataset for the ground truth evaluation
+    of neural network explanations*, Information Fusion 2022 (as
+    ``quantus.RelevanceRankAccuracy``). 1 when the map's ``K`` highest pixels are
+    the mask. Samples with an empty mask are ``NaN`` and left out of the mean.
+
+    Args:
+        maps: ``(N, *spatial)`` maps.
+        masks: ``(N, *spatial)`` boolean masks.
+        ties: How pixels tied at the cut count (see :data:`TIES`): ``"average"``
+            (their expected share), ``"first"`` (row-major order) or ``"quantus"``
+            (``np.argsort(-a)``'s order, as Quantus 0.6).
+
+    Example:
+        >>> import torch
+        >>> maps = torch.tensor([[[0.9, 0.0], [0.0, 0.0]]])
+        >>> mask = torch.tensor([[[True, True], [False, False]]])
+        >>> relevance_rank_accuracy(maps, mask).summary  # 1 + 1/3 of the three tied zeros
+        0.6666666666666666
+    """
+    m, gt = _check(maps, masks)
+    sizes = gt.flatten(1).sum(1)
+    hits = _top_hits(m, gt, sizes, _checked_ties(ties))
+    values = torch.where(sizes > 0, hits / sizes.clamp_min(1), math.nan)
+    return summarize("relevance_rank_accuracy", values)
+
+
+def top_k_intersection(
+    maps: Tensor,
+    masks: Tensor,
+    *,
+    k: int = 1000,
+    concept_influence: bool = False,
+    ties: str = "average",
+) -> MetricResult:
+    r"""Top-k intersection: the share of the map's ``k`` highest pixels inside the mask.
+
+    Theiner et al., *Interpretable Semantic Photo Geolocalization*, WACV 2022 (as
+    ``quantus.TopKIntersection``, whose default ``k`` is 1000). A ``k`` above the
+    pixel count takes every pixel, as Quantus does. With ``concept_influence``
+    the share is divided by the mask's share of the image (1 is then chance).
+    Samples with an empty mask are ``NaN`` and left out of the mean.
+
+    Args:
+        maps: ``(N, *spatial)`` maps.
+        masks: ``(N, *spatial)`` boolean masks.
+        k: How many of the highest pixels.
+        concept_influence: Divide by the mask's share of the image.
+        ties: As in :func:`relevance_rank_accuracy`.
+
+    Example:
+        >>> import torch
+        >>> maps = torch.tensor([[[0.9, 0.8], [0.1, 0.0]]])
+        >>> mask = torch.tensor([[[True, False], [False, False]]])
+        >>> top_k_intersection(maps, mask, k=2).summary
+        0.5
+    """
+    m, gt = _check(maps, masks)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise CamkitValueError(f"k: got {k!r}; allowed: a positive int")
+    pixels = gt[0].numel()
+    taken = min(k, pixels)
+    hits = _top_hits(m, gt, torch.full((len(m),), taken), _checked_ties(ties))
+    values = hits / taken
+    sizes = gt.flatten(1).sum(1)
+    if concept_influence:
+        values = values * pixels / sizes.clamp_min(1)
+    return summarize("top_k_intersection", torch.where(sizes > 0, values, math.nan))
+
+
+def _checked_ties(ties: str) -> str:
+    if ties not in TIES:
+        raise CamkitValueError(f"ties: got {ties!r}; allowed: {', '.join(map(repr, TIES))}")
+    return ties
+
+
+def _top_hits(m: Tensor, gt: Tensor, counts: Tensor, ties: str) -> Tensor:
+    """How many of each map's ``counts[i]`` highest pixels lie in its mask (float64)."""
+    hits = []
+    for flat, inside, count in zip(m.flatten(1), gt.flatten(1), counts.tolist(), strict=True):
+        if count == 0:
+            hits.append(0.0)
+        elif ties == "quantus":  # Quantus 0.6: np.argsort(-a), numpy's default (unstable) sort
+            order = np.argsort(-flat.cpu().numpy(), axis=-1)
+            hits.append(float(inside.cpu().numpy()[order[:count]].sum()))
+        else:
+            cut = torch.topk(flat, count).values[-1]
+            above, tied = flat > cut, flat == cut
+            needed = count - int(above.sum())
+            hit = float((inside & above).sum())
+            if ties == "average":
+                hit += needed * float((inside & tied).sum()) / float(tied.sum())
+            else:  # first: the tied pixels in row-major order
+                hit += float(inside[tied][:needed].sum())
+            hits.append(hit)
+    return torch.tensor(hits, dtype=torch.float64)
