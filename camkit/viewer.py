@@ -13,11 +13,14 @@ map, and its record. A second tab summarizes each class: its mean map, its
 accuracy, and how far off-centre its maps sit.
 
 Thumbnails are packed into sprite sheets (JPEG, :data:`CELLS` x :data:`CELLS`
-thumbnails each), so a store of 100,000 maps becomes a few hundred files, and
-the browser loads a sheet only when a page shows one of its thumbnails. Each
-sheet is written atomically, with what it was made from (the shards'
-checksums, the options); a rerun into the same folder writes only the sheets
-that are missing or out of date, so an interrupted build resumes.
+thumbnails each), so a store of 100,000 maps becomes a few thousand files,
+not hundreds of thousands, and the browser loads a sheet only when a page
+shows one of its thumbnails. Each sheet is written atomically, then a record
+of what it was made from (the shards' digests, :meth:`camkit.MapStore.digest`,
+and the options); a rerun into the same folder writes only the sheets that
+are missing or out of date, so an interrupted build resumes. The images and
+masks are not part of that record (they are functions): when they change,
+write the site into a new folder.
 
 The store is read through :class:`~camkit.MapStore` only.
 """
@@ -63,7 +66,6 @@ MaskSource = Callable[[int], Any]
 inside the object), at any size (it is resized to the map's shape, nearest neighbour)."""
 
 _STATIC = ("index.html", "camkit-viewer.js", "camkit-viewer.css")
-_SITE = "site.json"
 
 
 def view(
@@ -149,29 +151,25 @@ def view(
         (folder / part).mkdir(exist_ok=True)
     layout = _Layout(main, other, images is not None, masks is not None, thumb, cmap)
     records = main.records()
-    site = _read_site(folder)
-    kept = site.get("sheets", {}) if site.get("layout") == layout.key else {}
-    sheets: dict[str, Any] = {}
     stats: list[dict[str, Any]] = []
     count = -(-len(indices) // (CELLS * CELLS))
     for sheet in tqdm(range(count), desc="writing the viewer", unit="sheet", disable=not progress):
         members = indices[sheet * CELLS * CELLS : (sheet + 1) * CELLS * CELLS]
         key = layout.sheet_key(members)
-        done = kept.get(str(sheet))
-        if done is None or done["key"] != key or not layout.files_exist(folder, sheet):
+        done = _read_json(folder / "cache" / f"sheet-{sheet:04d}.json")
+        if done.get("key") != key or not layout.files_exist(folder, sheet):
             targets = records["target"][sheet * CELLS * CELLS : (sheet + 1) * CELLS * CELLS]
             done = {
                 "key": key,
                 **layout.write_sheet(folder, sheet, members, targets, images, masks),
-            }
-        sheets[str(sheet)] = done
+            }  # its files first, then this record of them: an interrupted build resumes
+            _write(folder / "cache" / f"sheet-{sheet:04d}.json", json.dumps(done).encode())
         stats.append(done)
     data = _page_data(main, other, records, stats, classes, title, layout)
     _write(folder / "data.js", b"window.CAMKIT_VIEWER = " + json.dumps(data).encode() + b";\n")
     layout.write_summary(folder, data["summary"], count)
     for name in _STATIC:
         _write(folder / name, resources.files("camkit._viewer").joinpath(name).read_bytes())
-    _write(folder / _SITE, json.dumps({"layout": layout.key, "sheets": sheets}).encode())
     return folder / "index.html"
 
 
@@ -179,12 +177,12 @@ def _write(path: Path, data: bytes) -> None:
     write_atomically(path, path.parent, lambda handle: handle.write(data))
 
 
-def _read_site(folder: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        site = json.loads((folder / _SITE).read_bytes())
+        value = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return {}
-    return site if isinstance(site, dict) else {}
+    return value if isinstance(value, dict) else {}
 
 
 class _Layout:

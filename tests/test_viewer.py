@@ -158,6 +158,27 @@ def test_a_rerun_writes_only_what_is_missing_or_out_of_date(
     )
 
 
+def test_an_interrupted_build_resumes(
+    stores: tuple[camkit.MapStore, camkit.MapStore], tmp_path: Path
+) -> None:
+    def failing(index: int) -> torch.Tensor:
+        if index == 3 * CELLS * CELLS:  # the first sample of the fourth sheet
+            raise KeyboardInterrupt
+        return _images(index)
+
+    with pytest.raises(KeyboardInterrupt):
+        camkit.view(stores[0], tmp_path, images=failing, progress=False)
+    sheets = tmp_path / "sheets"
+    finished = ["0000.jpg", "0001.jpg", "0002.jpg"]  # sheet 3 was being drawn: not recorded
+    written = {p.name: p.stat().st_mtime_ns for p in sheets.iterdir() if p.name[-8:] in finished}
+    assert len(written) == 3 * 3  # overlay, image, map of each finished sheet
+    camkit.view(stores[0], tmp_path, images=_images, progress=False)
+    after = {p.name: p.stat().st_mtime_ns for p in sheets.iterdir()}
+    assert {name: after[name] for name in written} == written  # the three kept as they were
+    assert len(after) == 3 * (-(-SAMPLES // (CELLS * CELLS)))  # overlay, image, map each
+    assert (tmp_path / "index.html").is_file()
+
+
 def test_a_store_of_other_samples_is_refused(
     stores: tuple[camkit.MapStore, camkit.MapStore], tmp_path: Path
 ) -> None:
