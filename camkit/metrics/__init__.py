@@ -6,6 +6,8 @@
   :func:`relevance_rank_accuracy`, :func:`top_k_intersection`.
 * Complexity (the maps alone): :func:`sparseness`, :func:`complexity`,
   :func:`effective_complexity`.
+* Robustness (the explainer re-run on noisy inputs): :func:`max_sensitivity`,
+  :func:`avg_sensitivity`.
 * Sanity: :func:`randomization_test` with :func:`spearman` and :func:`ssim`.
 * Datasets: :func:`evaluate` runs metrics over a DataLoader.
 
@@ -33,6 +35,7 @@ from camkit.metrics.localization import (
     top_k_intersection,
 )
 from camkit.metrics.road import impute, road
+from camkit.metrics.robustness import avg_sensitivity, max_sensitivity
 from camkit.metrics.sanity import RandomizationResult, randomization_test, spearman, ssim
 
 __all__ = [
@@ -40,6 +43,7 @@ __all__ = [
     "RandomizationResult",
     "auc",
     "average_drop",
+    "avg_sensitivity",
     "blur",
     "complexity",
     "deletion",
@@ -49,6 +53,7 @@ __all__ = [
     "impute",
     "increase_in_confidence",
     "insertion",
+    "max_sensitivity",
     "pointing_game",
     "randomization_test",
     "relevance_rank_accuracy",
