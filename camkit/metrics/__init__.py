@@ -1,7 +1,7 @@
 """Evaluating explanations: faithfulness, localization and sanity metrics.
 
 * Faithfulness: :func:`average_drop`, :func:`increase_in_confidence`,
-  :func:`deletion`, :func:`insertion`, :func:`road`.
+  :func:`deletion`, :func:`insertion`, :func:`road`, :func:`faithfulness_estimate`.
 * Localization: :func:`pointing_game`, :func:`energy_pointing_game`, :func:`auc`,
   :func:`relevance_rank_accuracy`, :func:`top_k_intersection`.
 * Complexity (the maps alone): :func:`sparseness`, :func:`complexity`,
@@ -27,6 +27,7 @@ from camkit.metrics.faithfulness import (
     increase_in_confidence,
     insertion,
 )
+from camkit.metrics.feature_removal import faithfulness_estimate
 from camkit.metrics.localization import (
     auc,
     energy_pointing_game,
@@ -50,6 +51,7 @@ __all__ = [
     "effective_complexity",
     "energy_pointing_game",
     "evaluate",
+    "faithfulness_estimate",
     "impute",
     "increase_in_confidence",
     "insertion",
