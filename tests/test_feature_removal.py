@@ -83,3 +83,70 @@ def test_equal_to_quantus_on_the_mnist_net() -> None:
         # the same groups and logits; Quantus's logits are float32 and its correlation
         # scipy's: agreement to float32 rounding of the drops
         np.testing.assert_allclose(got.values.numpy(), np.asarray(expected), rtol=1e-4, atol=1e-5)
+
+
+def _one_logit() -> nn.Module:
+    """Two classes; class 0's logit is the sum of the pixels, class 1's is 0."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]]))
+        model[1].bias.zero_()
+    return model
+
+
+def test_monotonicity_by_hand() -> None:
+    model = _one_logit()
+    # above the black baseline (0.1) everywhere: each pixel put back raises p(class 0)
+    rising = torch.tensor([[[[0.1, 0.6], [0.7, 0.8]]]])
+    for maps in (torch.rand(1, 2, 2), torch.tensor([[[1.0, 0.0], [0.5, 0.2]]])):
+        assert camkit.metrics.monotonicity(model, rising, maps, 0).values.tolist() == [1.0]
+    # with a fixed baseline of 0.5, pixel (0, 0) = 0.1 lowers the logit when put back
+    second = torch.tensor([[[0.55, 0.5], [0.6, 0.7]]])  # (0, 0) comes back second: falls
+    last = torch.tensor([[[1.0, 0.5], [0.6, 0.7]]])  # (0, 0) comes back last: falls at the end
+    for maps in (second, last):
+        result = camkit.metrics.monotonicity(model, rising, maps, 0, baseline=0.5)
+        assert result.values.tolist() == [0.0]
+    # the curve starts once the first group is back (as in Quantus): a fall from the
+    # baseline itself to the first state is not counted
+    first = torch.tensor([[[0.0, 0.5], [0.6, 0.7]]])
+    assert camkit.metrics.monotonicity(model, rising, first, 0, baseline=0.5).summary == 1.0
+    only_rising = torch.tensor([[[[0.5, 0.6], [0.7, 0.8]]]])
+    assert camkit.metrics.monotonicity(model, only_rising, last, 0, baseline=0.5).summary == 1.0
+
+
+def test_monotonicity_is_the_papers_not_quantus_06s() -> None:
+    quantus = pytest.importorskip("quantus")
+    checkpoint, _ = load()
+    x = checkpoint.prepare(load_split("test").images[:16])
+    result = camkit.GradCAM(checkpoint.model, "features.relu").explain(x)
+    y = result.classes
+    assert y is not None
+    random_maps = torch.rand(16, 28, 28, generator=torch.Generator().manual_seed(0))
+    flat_x = x.numpy().reshape(16, -1)
+
+    def restore(arr: np.ndarray, indices: np.ndarray, **kwargs: object) -> np.ndarray:
+        """Quantus's loop with its perturbation fixed: put the input's values back."""
+        restored = arr.copy()
+        rows = np.arange(len(arr))[:, None]
+        restored[rows, indices] = flat_x[rows, indices]
+        return restored
+
+    for maps in (result.maps, random_maps):
+        a = maps.numpy()[:, None].copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            as_shipped = quantus.Monotonicity(features_in_step=28, disable_warnings=True)(
+                model=checkpoint.model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.copy(),
+                device="cpu",
+            )  # fmt: skip
+            fixed = quantus.Monotonicity(features_in_step=28, perturb_func=restore,
+                                         disable_warnings=True)(
+                model=checkpoint.model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.copy(),
+                device="cpu",
+            )  # fmt: skip
+        ours = camkit.metrics.monotonicity(checkpoint.model, x, maps, y, features_in_step=28,
+                                           ties="quantus")  # fmt: skip
+        assert all(as_shipped)  # Quantus 0.6 scores every map monotonic, a random one too
+        assert ours.values.tolist() == [float(v) for v in fixed]
+    assert camkit.metrics.monotonicity(checkpoint.model, x, random_maps, y,
+                                       features_in_step=28).summary < 1  # fmt: skip

@@ -1,7 +1,8 @@
 """Evaluating explanations: faithfulness, localization and sanity metrics.
 
 * Faithfulness: :func:`average_drop`, :func:`increase_in_confidence`,
-  :func:`deletion`, :func:`insertion`, :func:`road`, :func:`faithfulness_estimate`.
+  :func:`deletion`, :func:`insertion`, :func:`road`, :func:`faithfulness_estimate`,
+  :func:`monotonicity`.
 * Localization: :func:`pointing_game`, :func:`energy_pointing_game`, :func:`auc`,
   :func:`relevance_rank_accuracy`, :func:`top_k_intersection`.
 * Complexity (the maps alone): :func:`sparseness`, :func:`complexity`,
@@ -27,7 +28,7 @@ from camkit.metrics.faithfulness import (
     increase_in_confidence,
     insertion,
 )
-from camkit.metrics.feature_removal import faithfulness_estimate
+from camkit.metrics.feature_removal import faithfulness_estimate, monotonicity
 from camkit.metrics.localization import (
     auc,
     energy_pointing_game,
@@ -56,6 +57,7 @@ __all__ = [
     "increase_in_confidence",
     "insertion",
     "max_sensitivity",
+    "monotonicity",
     "pointing_game",
     "randomization_test",
     "relevance_rank_accuracy",
