@@ -9,7 +9,8 @@
   :func:`effective_complexity`.
 * Robustness (the explainer re-run on noisy inputs): :func:`max_sensitivity`,
   :func:`avg_sensitivity`.
-* Sanity: :func:`randomization_test` with :func:`spearman` and :func:`ssim`.
+* Sanity: :func:`randomization_test` with :func:`spearman` and :func:`ssim`;
+  :func:`random_logit` (with :func:`off_classes`).
 * Datasets: :func:`evaluate` runs metrics over a DataLoader.
 
 Every metric takes the model, the inputs, the maps (or a CAM to compute them)
@@ -20,6 +21,7 @@ gradients in eval mode; and leaves the model as it was.
 
 from camkit.metrics._common import MetricResult
 from camkit.metrics._complexity import complexity, effective_complexity, sparseness
+from camkit.metrics.class_sensitivity import off_classes, random_logit
 from camkit.metrics.evaluate import evaluate
 from camkit.metrics.faithfulness import (
     average_drop,
@@ -58,7 +60,9 @@ __all__ = [
     "insertion",
     "max_sensitivity",
     "monotonicity",
+    "off_classes",
     "pointing_game",
+    "random_logit",
     "randomization_test",
     "relevance_rank_accuracy",
     "road",
