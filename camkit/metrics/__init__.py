@@ -11,7 +11,9 @@
   :func:`avg_sensitivity`.
 * Sanity: :func:`randomization_test` with :func:`spearman` and :func:`ssim`;
   :func:`random_logit` (with :func:`off_classes`).
-* Datasets: :func:`evaluate` runs metrics over a DataLoader.
+* Datasets: :func:`evaluate` runs metrics over a DataLoader; :func:`compare` scores
+  several methods or layers side by side, with confidence intervals, ranks and a
+  random-map baseline.
 
 Every metric takes the model, the inputs, the maps (or a CAM to compute them)
 and the target classes; returns per-sample values and their summary as a
@@ -22,6 +24,7 @@ gradients in eval mode; and leaves the model as it was.
 from camkit.metrics._common import MetricResult
 from camkit.metrics._complexity import complexity, effective_complexity, sparseness
 from camkit.metrics.class_sensitivity import off_classes, random_logit
+from camkit.metrics.comparison import Comparison, RandomMaps, compare
 from camkit.metrics.evaluate import evaluate
 from camkit.metrics.faithfulness import (
     average_drop,
@@ -43,12 +46,15 @@ from camkit.metrics.robustness import avg_sensitivity, max_sensitivity
 from camkit.metrics.sanity import RandomizationResult, randomization_test, spearman, ssim
 
 __all__ = [
+    "Comparison",
     "MetricResult",
+    "RandomMaps",
     "RandomizationResult",
     "auc",
     "average_drop",
     "avg_sensitivity",
     "blur",
+    "compare",
     "complexity",
     "deletion",
     "effective_complexity",

@@ -1,0 +1,340 @@
+"""Which method, at which layer, to trust: candidates scored side by side, with confidence
+intervals, ranks that say when two candidates cannot be told apart, and a random baseline.
+
+:func:`compare` runs :func:`~camkit.metrics.evaluate` for every candidate (an
+explainer, or a function ``maps(x, classes)``) on the same data, always adds
+a baseline of uniformly random maps, and returns a :class:`Comparison`: per
+candidate and metric the mean with a bootstrap confidence interval (samples
+drawn with replacement, the same draws for every candidate, so that the
+comparison is paired), the candidates ranked per metric, a table (CSV, JSON)
+and a figure.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from camkit.errors import CamkitValueError
+from camkit.metrics._common import Maps
+from camkit.metrics.evaluate import Metric, evaluate
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["BASELINE", "Cell", "Comparison", "RandomMaps", "compare"]
+
+BASELINE = "random maps"
+"""The name of the baseline candidate :func:`compare` adds: uniformly random maps."""
+
+_HIGHER = {
+    "increase_in_confidence": True,
+    "insertion": True,
+    "pointing_game": True,
+    "energy_pointing_game": True,
+    "auc": True,
+    "relevance_rank_accuracy": True,
+    "top_k_intersection": True,
+    "faithfulness_estimate": True,
+    "monotonicity": True,
+    "sparseness": True,
+    "average_drop": False,
+    "deletion": False,
+    "max_sensitivity": False,
+    "avg_sensitivity": False,
+    "complexity": False,
+    "effective_complexity": False,
+    "random_logit": False,
+}
+"""Whether a higher value is better, for camkit's metrics (by function name)."""
+
+
+class RandomMaps:
+    """A baseline explainer: uniformly random maps in [0, 1], the same on every run (the
+    ``k``-th call draws from a generator seeded with ``seed + k``)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.calls = 0
+
+    def __call__(self, x: Tensor, classes: Tensor) -> Tensor:
+        """Random maps ``(N, *spatial)`` for the batch ``x``."""
+        generator = torch.Generator().manual_seed(self.seed + self.calls)
+        self.calls += 1
+        return torch.rand((len(x), *x.shape[2:]), generator=generator).to(x.device)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One candidate's score on one metric.
+
+    Attributes:
+        mean: The mean over samples (``NaN`` samples left out).
+        low: The lower end of the bootstrap confidence interval.
+        high: The upper end.
+        rank: 1 for the best; candidates that cannot be told apart from the one
+            ranked above them share its rank.
+        values: The per-sample values (a metric with several values per sample,
+            such as ROAD's percentages, is averaged per sample).
+    """
+
+    mean: float
+    low: float
+    high: float
+    rank: int
+    values: Tensor
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What :func:`compare` found.
+
+    Attributes:
+        candidates: The candidates' names, the baseline last.
+        metrics: The metrics' names.
+        higher_is_better: Per metric, whether higher values are better.
+        cells: Per ``(candidate, metric)``, the :class:`Cell`.
+        confidence: The confidence level of the intervals (0.95 by default).
+        resamples: How many bootstrap resamples made them.
+    """
+
+    candidates: list[str]
+    metrics: list[str]
+    higher_is_better: dict[str, bool]
+    cells: dict[tuple[str, str], Cell]
+    confidence: float
+    resamples: int
+
+    def ranking(self, metric: str) -> list[str]:
+        """The candidates from best to worst on ``metric``."""
+        return sorted(self.candidates, key=lambda c: (self.cells[c, metric].rank,
+                                                      self._signed(c, metric)))  # fmt: skip
+
+    def _signed(self, candidate: str, metric: str) -> float:
+        mean = self.cells[candidate, metric].mean
+        return -mean if self.higher_is_better[metric] else mean
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per candidate and metric: mean, interval, rank, direction."""
+        return [
+            {
+                "candidate": candidate,
+                "metric": metric,
+                "mean": cell.mean,
+                "low": cell.low,
+                "high": cell.high,
+                "rank": cell.rank,
+                "better": "higher" if self.higher_is_better[metric] else "lower",
+                "samples": int((~cell.values.isnan()).sum()),
+            }
+            for metric in self.metrics
+            for candidate in self.ranking(metric)
+            for cell in [self.cells[candidate, metric]]
+        ]
+
+    def to_csv(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`table` as CSV; return the path."""
+        rows = self.table()
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        return Path(path)
+
+    def to_json(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`table`, the confidence level and the resamples as JSON."""
+        text = json.dumps(
+            {"confidence": self.confidence, "resamples": self.resamples, "rows": self.table()},
+            indent=1,
+        )
+        Path(path).write_text(text)
+        return Path(path)
+
+    def plot(self, path: str | os.PathLike[str] | None = None) -> Figure:
+        """A panel per metric: each candidate's mean and interval, best at the top, the
+        baseline in grey; saved to ``path`` if given."""
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(
+            1, len(self.metrics), figsize=(3.6 * len(self.metrics), 0.45 * len(self.candidates)
+                                           + 1.2), squeeze=False,
+        )  # fmt: skip
+        for axis, metric in zip(axes[0], self.metrics, strict=True):
+            order = self.ranking(metric)[::-1]
+            for y, candidate in enumerate(order):
+                cell = self.cells[candidate, metric]
+                color = "0.6" if candidate == BASELINE else "C0"
+                axis.errorbar(cell.mean, y, xerr=[[cell.mean - cell.low], [cell.high - cell.mean]],
+                              fmt="o", color=color, capsize=3)  # fmt: skip
+            axis.set_yticks(range(len(order)))
+            axis.set_yticklabels([f"{self.cells[c, metric].rank}. {c}" for c in order])
+            arrow = "higher is better" if self.higher_is_better[metric] else "lower is better"
+            axis.set_title(f"{metric}\n({arrow})", fontsize=10)
+            axis.grid(axis="x", alpha=0.3)
+        figure.suptitle(f"means with {100 * self.confidence:.0f} % bootstrap intervals",
+                        fontsize=10)  # fmt: skip
+        figure.tight_layout()
+        if path is not None:
+            figure.savefig(path, dpi=120)
+        return figure
+
+
+def compare(
+    model: nn.Module,
+    loader: Iterable[Any],
+    candidates: Mapping[str, Maps],
+    metrics: Mapping[str, Metric],
+    *,
+    better: Mapping[str, str] | None = None,
+    target: str = "predicted",
+    baseline: bool = True,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> Comparison:
+    """Score several candidates (methods, layers) with several metrics on the same data, and
+    rank them, saying which cannot be told apart.
+
+    Each candidate runs through :func:`~camkit.metrics.evaluate`. A baseline of
+    uniformly random maps (:class:`RandomMaps`) is scored beside them unless
+    ``baseline=False``: a candidate that does not beat it on a metric has
+    not shown anything on that metric. The confidence intervals are
+    percentile intervals of the mean over ``resamples`` bootstrap resamples of
+    the samples. Per metric, the candidates are ordered by their means; a
+    candidate whose paired bootstrap difference from the one above it has an
+    interval containing 0 cannot be told apart from it, and shares its rank.
+
+    Args:
+        model: The classifier; left unchanged.
+        loader: Batches ``x`` or ``(x, labels, ...)``, in the same order on every pass
+            (a DataLoader that does not shuffle).
+        candidates: Name to explainer (or function ``maps(x, classes)``).
+        metrics: Name to metric, as for :func:`~camkit.metrics.evaluate`.
+        better: Per metric name, ``"higher"`` or ``"lower"``; camkit's own metrics
+            (also under :func:`functools.partial`) are known.
+        target: ``"predicted"`` or ``"label"``.
+        baseline: Add the random-map baseline (named :data:`BASELINE`).
+        resamples: Bootstrap resamples.
+        confidence: The intervals' confidence level.
+        seed: Seeds the bootstrap and the baseline's maps.
+        device: Where to move each batch.
+        progress: Show progress bars.
+
+    Returns:
+        The :class:`Comparison`.
+
+    Raises:
+        CamkitValueError: For no candidates or metrics, a candidate named like the
+            baseline, a metric whose direction is unknown (give ``better``), or
+            options out of range.
+
+    Example:
+        >>> import torch
+        >>> from functools import partial
+        >>> from torch import nn
+        >>> from camkit import GradCAM, LayerCAM
+        >>> from camkit.metrics import deletion
+        >>> model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(144, 3))
+        >>> data = [(torch.randn(8, 1, 8, 8), torch.zeros(8, dtype=torch.long))]
+        >>> result = compare(model, data, {"Grad-CAM": GradCAM(model, "1"),
+        ...                                "LayerCAM": LayerCAM(model, "1")},
+        ...                  {"deletion": partial(deletion, step=8)}, progress=False,
+        ...                  resamples=200)
+        >>> result.candidates
+        ['Grad-CAM', 'LayerCAM', 'random maps']
+    """
+    if not candidates:
+        raise CamkitValueError("candidates: give at least one explainer")
+    if not metrics:
+        raise CamkitValueError("metrics: give at least one metric")
+    if BASELINE in candidates:
+        raise CamkitValueError(f"candidates: {BASELINE!r} is the baseline's name; rename yours")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 10:
+        raise CamkitValueError(f"resamples: got {resamples!r}; allowed: an int >= 10")
+    if not 0 < confidence < 1:
+        raise CamkitValueError(f"confidence: got {confidence!r}; allowed: between 0 and 1")
+    directions = {name: _direction(name, metric, better or {}) for name, metric in metrics.items()}
+    scored: dict[str, Maps] = dict(candidates)
+    if baseline:
+        scored[BASELINE] = RandomMaps(seed)
+    values: dict[tuple[str, str], Tensor] = {}
+    for name, explainer in scored.items():
+        results = evaluate(model, explainer, loader, metrics, target=target, device=device,
+                           progress=progress)  # fmt: skip
+        for metric, result in results.items():
+            per_sample = result.values.double()
+            if per_sample.dim() > 1:
+                per_sample = per_sample.flatten(1).nanmean(dim=1)
+            values[name, metric] = per_sample
+    names = list(scored)
+    lengths = {len(v) for v in values.values()}
+    if len(lengths) != 1:
+        raise CamkitValueError(
+            "loader: the candidates were scored on different numbers of samples; give a "
+            "loader that yields the same batches on every pass"
+        )
+    count = lengths.pop()
+    generator = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, count, (resamples, count), generator=generator)
+    tail = (1 - confidence) / 2
+    cells: dict[tuple[str, str], Cell] = {}
+    for metric in metrics:
+        sign = -1.0 if directions[metric] else 1.0  # sort ascending: best first
+        boot = {name: values[name, metric][draws].nanmean(dim=1) for name in names}
+        means = {name: float(values[name, metric].nanmean()) for name in names}
+        order = sorted(names, key=lambda n: (_key(sign * means[n]), names.index(n)))
+        ranks: dict[str, int] = {}
+        for position, name in enumerate(order):
+            if position == 0:
+                ranks[name] = 1
+                continue
+            above = order[position - 1]
+            difference = (boot[name] - boot[above]).nan_to_num(0.0)
+            low, high = torch.quantile(
+                difference, torch.tensor([tail, 1 - tail], dtype=torch.float64)
+            )
+            tied = bool(low <= 0 <= high)
+            ranks[name] = ranks[above] if tied else position + 1
+        for name in names:
+            interval = boot[name][~boot[name].isnan()]
+            if len(interval):
+                low, high = (float(v) for v in torch.quantile(
+                    interval, torch.tensor([tail, 1 - tail], dtype=torch.float64)))  # fmt: skip
+            else:
+                low = high = math.nan
+            cells[name, metric] = Cell(means[name], low, high, ranks[name], values[name, metric])
+    return Comparison(names, list(metrics), directions, cells, confidence, resamples)
+
+
+def _key(value: float) -> float:
+    return math.inf if math.isnan(value) else value
+
+
+def _direction(name: str, metric: Metric, better: Mapping[str, str]) -> bool:
+    """Whether higher is better for ``metric`` (named ``name``)."""
+    if name in better:
+        if better[name] not in ("higher", "lower"):
+            raise CamkitValueError(
+                f"better: got {better[name]!r} for {name!r}; allowed: 'higher', 'lower'"
+            )
+        return better[name] == "higher"
+    function = metric.func if isinstance(metric, functools.partial) else metric
+    known = _HIGHER.get(getattr(function, "__name__", ""))
+    if known is None:
+        raise CamkitValueError(
+            f"better: camkit does not know whether higher or lower is better for {name!r}; "
+            f"give better={{{name!r}: 'higher'}} or 'lower'"
+        )
+    return known

@@ -1,0 +1,119 @@
+"""compare: candidates side by side with bootstrap intervals, ranks, ties, and a baseline."""
+
+from __future__ import annotations
+
+import csv
+import json
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import camkit
+from camkit.errors import CamkitValueError
+from camkit.metrics import MetricResult, RandomMaps, compare, deletion, evaluate, insertion
+from camkit.metrics.comparison import BASELINE
+from examples.mnist.data import load_split
+from examples.mnist.train import load
+
+
+@pytest.fixture(scope="module")
+def mnist() -> tuple[nn.Module, DataLoader[tuple[Tensor, ...]]]:
+    checkpoint, _ = load()
+    test = load_split("test")
+    data = TensorDataset(checkpoint.prepare(test.images[:96]), test.labels[:96])
+    return checkpoint.model, DataLoader(data, batch_size=32)
+
+
+METRICS = {"deletion": partial(deletion, step=56), "insertion": partial(insertion, step=56)}
+
+
+@pytest.fixture(scope="module")
+def result(mnist: tuple[nn.Module, DataLoader[tuple[Tensor, ...]]]) -> camkit.metrics.Comparison:
+    model, loader = mnist
+    candidates = {
+        "Grad-CAM": camkit.GradCAM(model, "features.relu"),
+        "Grad-CAM again": camkit.GradCAM(model, "features.relu"),  # the same maps: a tie
+        "Grad-CAM at conv1": camkit.GradCAM(model, "features.conv1"),
+    }
+    return compare(model, loader, candidates, METRICS, progress=False, resamples=400)
+
+
+def test_each_cell_is_what_evaluate_computes(
+    result: camkit.metrics.Comparison, mnist: tuple[nn.Module, DataLoader[tuple[Tensor, ...]]]
+) -> None:
+    model, loader = mnist
+    assert result.candidates == ["Grad-CAM", "Grad-CAM again", "Grad-CAM at conv1", BASELINE]
+    direct = evaluate(model, camkit.GradCAM(model, "features.relu"), loader, METRICS,
+                      progress=False)  # fmt: skip
+    for metric in METRICS:
+        cell = result.cells["Grad-CAM", metric]
+        assert cell.mean == pytest.approx(direct[metric].summary, rel=1e-12)
+        assert cell.low <= cell.mean <= cell.high
+        baseline = evaluate(model, RandomMaps(0), loader, {metric: METRICS[metric]},
+                            progress=False)[metric]  # fmt: skip
+        assert result.cells[BASELINE, metric].mean == pytest.approx(baseline.summary, rel=1e-12)
+
+
+def test_ranks_follow_the_means_and_identical_candidates_tie(
+    result: camkit.metrics.Comparison,
+) -> None:
+    for metric in METRICS:
+        ranking = result.ranking(metric)
+        means = [result.cells[c, metric].mean for c in ranking]
+        higher = result.higher_is_better[metric]
+        assert means == sorted(means, reverse=higher)
+        first, again = result.cells["Grad-CAM", metric], result.cells["Grad-CAM again", metric]
+        assert first.mean == again.mean and first.rank == again.rank  # cannot be told apart
+        assert result.cells[ranking[0], metric].rank == 1
+    assert result.higher_is_better == {"deletion": False, "insertion": True}
+    # the trained network's last conv layer beats random maps on deletion
+    assert result.cells["Grad-CAM", "deletion"].rank < result.cells[BASELINE, "deletion"].rank
+
+
+def test_intervals_shrink_to_the_value_for_a_constant_metric() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval()
+    data = [(torch.rand(8, 1, 4, 4), torch.zeros(8, dtype=torch.long))] * 2
+
+    def constant(model: nn.Module, x: Tensor, maps: Tensor, classes: Tensor) -> MetricResult:
+        return camkit.metrics._common.summarize("constant", torch.full((len(x),), 0.25))
+
+    out = compare(model, data, {"a": RandomMaps(1)}, {"c": constant}, better={"c": "lower"},
+                  progress=False, resamples=50)  # fmt: skip
+    cell = out.cells["a", "c"]
+    assert (cell.mean, cell.low, cell.high, cell.rank) == (0.25, 0.25, 0.25, 1)
+    assert out.cells[BASELINE, "c"].rank == 1  # equal values: a tie
+
+
+def test_table_csv_json_and_figure(result: camkit.metrics.Comparison, tmp_path: Path) -> None:
+    rows = result.table()
+    assert len(rows) == len(result.candidates) * len(result.metrics)
+    with open(result.to_csv(tmp_path / "t.csv")) as handle:
+        read = list(csv.DictReader(handle))
+    assert [r["candidate"] for r in read] == [r["candidate"] for r in rows]
+    assert float(read[0]["mean"]) == pytest.approx(rows[0]["mean"])
+    saved = json.loads(result.to_json(tmp_path / "t.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(rows)) and saved["resamples"] == 400
+    figure = result.plot(tmp_path / "t.png")
+    assert len(figure.axes) == len(result.metrics) and (tmp_path / "t.png").stat().st_size > 0
+
+
+def test_clear_errors() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval()
+    data = [(torch.rand(4, 1, 4, 4), torch.zeros(4, dtype=torch.long))]
+    cam = RandomMaps(0)
+
+    def unknown(model: nn.Module, x: Tensor, maps: Tensor, classes: Tensor) -> MetricResult:
+        raise AssertionError("not called")
+
+    with pytest.raises(CamkitValueError, match="does not know whether higher or lower"):
+        compare(model, data, {"a": cam}, {"mine": unknown}, progress=False)
+    with pytest.raises(CamkitValueError, match="better: got 'up'"):
+        compare(model, data, {"a": cam}, {"mine": unknown}, better={"mine": "up"}, progress=False)
+    with pytest.raises(CamkitValueError, match="the baseline's name"):
+        compare(model, data, {BASELINE: cam}, {"deletion": deletion}, progress=False)
+    with pytest.raises(CamkitValueError, match="resamples: got 5"):
+        compare(model, data, {"a": cam}, {"deletion": deletion}, resamples=5, progress=False)
