@@ -93,14 +93,7 @@ def faithfulness_estimate(
         torch.Size([2])
     """
     n = check_batch(x, batch_size)
-    if isinstance(features_in_step, bool) or not isinstance(features_in_step, int) or (
-        features_in_step < 1
-    ):  # fmt: skip
-        raise CamkitValueError(
-            f"features_in_step: got {features_in_step!r}; allowed: a positive int"
-        )
-    if ties not in ORDERS:
-        raise CamkitValueError(f"ties: got {ties!r}; allowed: {', '.join(map(repr, ORDERS))}")
+    _check_steps(features_in_step, ties)
     classes = classes_of(model, x, target, batch_size)
     weights = maps_for(maps, x, classes).double().flatten(1)  # (N, P)
     pixels = weights.shape[1]
@@ -127,6 +120,17 @@ def faithfulness_estimate(
     drops = (scores[0] - scores[1:]).T  # (N, steps)
     masses = torch.stack([weights.gather(1, g.to(weights.device)).sum(1) for g in groups], dim=1)
     return summarize("faithfulness_estimate", _pearson(masses.cpu(), drops.cpu()))
+
+
+def _check_steps(features_in_step: int, ties: str) -> None:
+    if isinstance(features_in_step, bool) or not isinstance(features_in_step, int) or (
+        features_in_step < 1
+    ):  # fmt: skip
+        raise CamkitValueError(
+            f"features_in_step: got {features_in_step!r}; allowed: a positive int"
+        )
+    if ties not in ORDERS:
+        raise CamkitValueError(f"ties: got {ties!r}; allowed: {', '.join(map(repr, ORDERS))}")
 
 
 def _order(weights: Tensor, ties: str) -> Tensor:
@@ -231,14 +235,7 @@ def monotonicity(
         [1.0]
     """
     n = check_batch(x, batch_size)
-    if isinstance(features_in_step, bool) or not isinstance(features_in_step, int) or (
-        features_in_step < 1
-    ):  # fmt: skip
-        raise CamkitValueError(
-            f"features_in_step: got {features_in_step!r}; allowed: a positive int"
-        )
-    if ties not in ORDERS:
-        raise CamkitValueError(f"ties: got {ties!r}; allowed: {', '.join(map(repr, ORDERS))}")
+    _check_steps(features_in_step, ties)
     classes = classes_of(model, x, target, batch_size)
     weights = maps_for(maps, x, classes).double().flatten(1)
     order = _order(-weights, ties)  # lowest first
