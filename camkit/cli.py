@@ -380,7 +380,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "same weights on every run, so a stored run can resume",
     )
     parser.add_argument(
-        "--layer", required=True, help="the layer to explain, e.g. layer4 or features.relu"
+        "--layer", help="the layer to explain, e.g. layer4 or features.relu (required)"
     )
     parser.add_argument("--method", choices=METHODS, default="GradCAM", help="the CAM method")
     parser.add_argument(
@@ -455,6 +455,18 @@ def parser() -> argparse.ArgumentParser:
         help="metrics to compute",
     )  # fmt: skip
     evaluate.add_argument("--json", type=Path, help="also write the results as JSON here")
+    evaluate.add_argument(
+        "--methods", nargs="+", choices=METHODS,
+        help="compare several methods (with --layers, every method at every layer): a table "
+        "of means with bootstrap intervals and ranks, beside random maps",
+    )  # fmt: skip
+    evaluate.add_argument(
+        "--layers", nargs="+", help="compare several layers (with --methods, every pair)"
+    )
+    evaluate.add_argument("--csv", type=Path, help="with --methods/--layers: write the table")
+    evaluate.add_argument(
+        "--figure", type=Path, help="with --methods/--layers: draw the comparison (PNG)"
+    )
     verify = commands.add_parser(
         "verify",
         help="check every shard of a map store (sizes, checksums, shapes, indices)",
@@ -521,13 +533,19 @@ def _run(arguments: argparse.Namespace, team: Rank) -> int:
             )
     model = load_model(arguments.model, arguments.weights)
     model.to(device)
-    cam = getattr(camkit, arguments.method)(model, arguments.layer)
+    comparing = arguments.command == "evaluate" and (arguments.methods or arguments.layers)
+    if arguments.layer is None and not (comparing and arguments.layers):
+        raise CamkitValueError("--layer: name the layer to explain, e.g. --layer layer4")
+    cam = None if comparing else getattr(camkit, arguments.method)(model, arguments.layer)
     loader = DataLoader(dataset, batch_size=arguments.batch_size, num_workers=arguments.workers)
     target = None if arguments.target == "predicted" else arguments.target
     if target == "label" and -1 in dataset.labels:
         raise CamkitValueError(
             "--target: 'label' needs ImageFolder trees (class folders); some inputs have no class"
         )
+    if comparing:
+        return _compare(arguments, model, loader, target, device, team)
+    assert cam is not None
     if arguments.command == "explain":
         return _explain(arguments, dataset, cam, loader, target, device, (mean, std), team)
     return _evaluate(arguments, model, cam, loader, target, device, team)
@@ -642,6 +660,43 @@ class _Overlays:
         self.written.add(index)
 
 
+def _compare(
+    arguments: argparse.Namespace,
+    model: nn.Module,
+    loader: DataLoader[Any],
+    target: Any,
+    device: torch.device,
+    team: Rank,
+) -> int:
+    if isinstance(target, int):
+        raise CamkitValueError("--target: evaluate explains 'predicted' or 'label' classes")
+    methods = arguments.methods or [arguments.method]
+    layers = arguments.layers or [arguments.layer]
+    candidates: dict[str, camkit.Explainer] = {
+        f"{method} at {layer}": getattr(camkit, method)(model, layer)
+        for method in methods
+        for layer in layers
+    }
+    chosen = {name: getattr(camkit.metrics, name) for name in arguments.metrics}
+    result = camkit.metrics.compare(
+        model, loader, candidates, chosen, target=target or "predicted", device=device,
+        progress=not arguments.no_progress,
+    )  # fmt: skip
+    if team.main:
+        print(f"camkit evaluate: {len(candidates)} candidates and random maps")
+        for metric in result.metrics:
+            better = "higher" if result.higher_is_better[metric] else "lower"
+            print(f"  {metric} ({better} is better)")
+            for name in result.ranking(metric):
+                cell = result.cells[name, metric]
+                print(f"    {cell.rank}. {name}: {cell.mean:.4f} [{cell.low:.4f}, {cell.high:.4f}]")
+        for path, write in ((arguments.json, result.to_json), (arguments.csv, result.to_csv),
+                            (arguments.figure, result.plot)):  # fmt: skip
+            if path is not None:
+                write(path)
+    return 0
+
+
 def _view(arguments: argparse.Namespace) -> int:
     store = camkit.MapStore(arguments.store)
     images = classes = None
@@ -708,6 +763,10 @@ def _evaluate(
 ) -> int:
     if isinstance(target, int):
         raise CamkitValueError("--target: evaluate explains 'predicted' or 'label' classes")
+    if arguments.csv is not None or arguments.figure is not None:
+        raise CamkitValueError(
+            "--csv, --figure: they write a comparison; give --methods or --layers too"
+        )
     chosen: dict[str, Callable[..., camkit.metrics.MetricResult]] = {
         name: getattr(camkit.metrics, name) for name in arguments.metrics
     }

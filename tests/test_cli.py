@@ -355,3 +355,44 @@ def test_view_writes_a_page_of_a_store_over_its_images(
     _digit_png(other / "9" / "x.png", 0)
     assert main(["view", str(store_dir), str(other), "--out", str(site), "--no-progress"]) == 2
     assert "was written from other images" in capsys.readouterr().err
+
+
+def test_evaluate_compares_methods_and_layers(
+    tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    net = ["--model", "examples.mnist.model:MnistNet", "--weights", str(WEIGHTS)]
+    argv = ["evaluate", str(tree), *net, "--channels", "1", "--no-progress", *_standardization()]
+    argv += ["--methods", "GradCAM", "LayerCAM", "--layers", "features.relu", "features.conv1"]
+    argv += ["--metrics", "deletion", "road", "--target", "label"]
+    paths = {kind: tmp_path / f"comparison.{kind}" for kind in ("json", "csv", "png")}
+    code = main([*argv, "--json", str(paths["json"]), "--csv", str(paths["csv"]),
+                 "--figure", str(paths["png"])])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "4 candidates and random maps" in out and "deletion (lower is better)" in out
+    assert "road (lower is better)" in out  # most relevant first, camkit's default
+    rows = json.loads(paths["json"].read_text())["rows"]
+    names = {r["candidate"] for r in rows}
+    assert names == {
+        "GradCAM at features.relu", "GradCAM at features.conv1", "LayerCAM at features.relu",
+        "LayerCAM at features.conv1", "random maps",
+    }  # fmt: skip
+    assert paths["csv"].read_text().startswith("candidate,metric,mean,low,high,rank")
+    assert paths["png"].stat().st_size > 0
+    # the same numbers as evaluate for one candidate
+    one = ["evaluate", str(tree), *net, "--channels", "1", "--no-progress", *_standardization()]
+    one += ["--layer", "features.relu", "--metrics", "deletion", "--target", "label"]
+    assert main([*one, "--json", str(tmp_path / "one.json")]) == 0
+    single = json.loads((tmp_path / "one.json").read_text())["metrics"]["deletion"]
+    cell = next(r for r in rows if r["candidate"] == "GradCAM at features.relu"
+                and r["metric"] == "deletion")  # fmt: skip
+    assert cell["mean"] == pytest.approx(single, rel=1e-12)
+    assert main([*one, "--csv", str(tmp_path / "x.csv")]) == 2
+    assert "--csv, --figure: they write a comparison" in capsys.readouterr().err
+
+
+def test_a_missing_layer_is_a_clear_error(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    net = ["--model", "examples.mnist.model:MnistNet", "--channels", "1", "--no-progress"]
+    assert main(["explain", str(tree), *net, "--store", "unused"]) == 2
+    assert "--layer: name the layer to explain" in capsys.readouterr().err
+    assert not Path("unused").exists()

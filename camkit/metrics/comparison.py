@@ -331,7 +331,11 @@ def _direction(name: str, metric: Metric, better: Mapping[str, str]) -> bool:
             )
         return better[name] == "higher"
     function = metric.func if isinstance(metric, functools.partial) else metric
-    known = _HIGHER.get(getattr(function, "__name__", ""))
+    function_name = getattr(function, "__name__", "")
+    if function_name == "road":  # most relevant first: lower is better; least first: higher
+        keywords = metric.keywords if isinstance(metric, functools.partial) else {}
+        return bool(keywords.get("order", "morf") == "lerf")
+    known = _HIGHER.get(function_name)
     if known is None:
         raise CamkitValueError(
             f"better: camkit does not know whether higher or lower is better for {name!r}; "
