@@ -44,10 +44,6 @@ class HashingWriter:
         self.size += len(view)
         return int(self._handle.write(view))
 
-    def flush(self) -> None:
-        """Flush the file's buffer."""
-        self._handle.flush()
-
     @property
     def checksum(self) -> str:
         """The CRC-32 of everything written so far, as 8 hex digits."""
