@@ -2,7 +2,8 @@
 
 * Faithfulness: :func:`average_drop`, :func:`increase_in_confidence`,
   :func:`deletion`, :func:`insertion`, :func:`road`, :func:`faithfulness_estimate`,
-  :func:`monotonicity`.
+  :func:`monotonicity`, :func:`faithfulness_correlation`,
+  :func:`monotonicity_correlation`, :func:`sensitivity_n`.
 * Localization: :func:`pointing_game`, :func:`energy_pointing_game`, :func:`auc`,
   :func:`relevance_rank_accuracy`, :func:`top_k_intersection`.
 * Complexity (the maps alone): :func:`sparseness`, :func:`complexity`,
@@ -25,6 +26,11 @@ from camkit.metrics._common import MetricResult
 from camkit.metrics._complexity import complexity, effective_complexity, sparseness
 from camkit.metrics.class_sensitivity import off_classes, random_logit
 from camkit.metrics.comparison import Comparison, RandomMaps, compare
+from camkit.metrics.correlations import (
+    faithfulness_correlation,
+    monotonicity_correlation,
+    sensitivity_n,
+)
 from camkit.metrics.evaluate import evaluate
 from camkit.metrics.faithfulness import (
     average_drop,
@@ -60,18 +66,21 @@ __all__ = [
     "effective_complexity",
     "energy_pointing_game",
     "evaluate",
+    "faithfulness_correlation",
     "faithfulness_estimate",
     "impute",
     "increase_in_confidence",
     "insertion",
     "max_sensitivity",
     "monotonicity",
+    "monotonicity_correlation",
     "off_classes",
     "pointing_game",
     "random_logit",
     "randomization_test",
     "relevance_rank_accuracy",
     "road",
+    "sensitivity_n",
     "sparseness",
     "spearman",
     "ssim",

@@ -24,20 +24,24 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from camkit._engine.model import eval_mode, forward
-from camkit._engine.model_outputs import logits_in
-from camkit.errors import CamkitValueError
 from camkit.metrics._common import Maps, MetricResult, check_batch, classes_of, maps_for, summarize
+from camkit.metrics._removal import (
+    baseline_values,
+    check_count,
+    check_ties,
+    cumulative_scores,
+    order,
+    pearson,
+    removed_scores,
+    scores,
+    steps_of,
+)
 from camkit.targets import Target
 
 __all__ = ["faithfulness_estimate", "monotonicity"]
-
-ORDERS = ("first", "quantus")
-"""How pixels that tie in the map are ordered (see the module's text)."""
 
 
 def faithfulness_estimate(
@@ -77,7 +81,7 @@ def faithfulness_estimate(
             ``"mean"`` (each input's mean) or a number.
         softmax: Score softmax probabilities instead of logits.
         ties: How tied pixels are ordered: ``"first"`` or ``"quantus"`` (see
-            :data:`ORDERS`).
+            :data:`~camkit.metrics._removal.ORDERS`).
         batch_size: Rows per forward pass.
 
     Returns:
@@ -92,92 +96,20 @@ def faithfulness_estimate(
         >>> faithfulness_estimate(model, x, maps, 0, features_in_step=4).values.shape
         torch.Size([2])
     """
-    n = check_batch(x, batch_size)
-    _check_steps(features_in_step, ties)
+    check_batch(x, batch_size)
+    check_count("features_in_step", features_in_step)
+    check_ties(ties)
     classes = classes_of(model, x, target, batch_size)
     weights = maps_for(maps, x, classes).double().flatten(1)  # (N, P)
-    pixels = weights.shape[1]
-    order = _order(weights, ties)
-    fill = _baseline(x, baseline)  # (N, C) per-sample values
-    flat = x.detach().flatten(2)  # (N, C, P)
-    steps = math.ceil(pixels / features_in_step)
-    groups = [order[:, s * features_in_step : (s + 1) * features_in_step] for s in range(steps)]
-    rows = torch.arange(n, device=x.device)
-    intact = _scores(model, x.detach(), classes, softmax, batch_size)
-    per_pass = max(1, batch_size // n)  # groups whose copies make one batch of rows
-    removed_scores = []
-    for first in range(0, steps, per_pass):
-        copies = []
-        for group in groups[first : first + per_pass]:
-            removed = flat.clone()
-            index = group.to(x.device)
-            removed[rows[:, None], :, index] = fill[:, None, :].expand(-1, index.shape[1], -1)
-            copies.append(removed.view_as(x))
-        count = len(copies)
-        scored = _scores(model, torch.cat(copies), classes.repeat(count), softmax, batch_size)
-        removed_scores.append(scored.view(count, n))
-    scores = torch.cat([intact[None], *removed_scores])
-    drops = (scores[0] - scores[1:]).T  # (N, steps)
+    ranked = order(weights, ties)
+    fill = baseline_values(x, baseline)  # (N, C) per-sample values
+    steps = math.ceil(weights.shape[1] / features_in_step)
+    groups = [ranked[:, s * features_in_step : (s + 1) * features_in_step] for s in range(steps)]
+    intact = scores(model, x.detach(), classes, softmax, batch_size)
+    removed = removed_scores(model, x, classes, [(g, fill) for g in groups], softmax, batch_size)
+    drops = (intact[None] - removed).T  # (N, steps)
     masses = torch.stack([weights.gather(1, g.to(weights.device)).sum(1) for g in groups], dim=1)
-    return summarize("faithfulness_estimate", _pearson(masses.cpu(), drops.cpu()))
-
-
-def _check_steps(features_in_step: int, ties: str) -> None:
-    if isinstance(features_in_step, bool) or not isinstance(features_in_step, int) or (
-        features_in_step < 1
-    ):  # fmt: skip
-        raise CamkitValueError(
-            f"features_in_step: got {features_in_step!r}; allowed: a positive int"
-        )
-    if ties not in ORDERS:
-        raise CamkitValueError(f"ties: got {ties!r}; allowed: {', '.join(map(repr, ORDERS))}")
-
-
-def _order(weights: Tensor, ties: str) -> Tensor:
-    """Each map's pixel indices, highest first (ties as ``ties`` says), ``(N, P)`` int64."""
-    if ties == "quantus":
-        return torch.from_numpy(np.argsort(-weights.cpu().numpy(), axis=1)).long()
-    return torch.sort(weights.cpu(), dim=1, descending=True, stable=True).indices
-
-
-def _baseline(x: Tensor, baseline: str | float) -> Tensor:
-    """The value a removed pixel gets, per sample and channel, ``(N, C)``."""
-    n, channels = x.shape[:2]
-    flat = x.detach().flatten(1)
-    if baseline == "black":
-        value = flat.amin(dim=1)
-    elif baseline == "mean":
-        value = flat.mean(dim=1)
-    elif isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
-        value = torch.full((n,), float(baseline), dtype=x.dtype, device=x.device)
-    else:
-        raise CamkitValueError(
-            f"baseline: got {baseline!r}; allowed: 'black' (the input's smallest value), "
-            f"'mean', or a number"
-        )
-    return value[:, None].expand(n, channels).to(x.dtype)
-
-
-@torch.no_grad()
-def _scores(model: nn.Module, x: Tensor, classes: Tensor, softmax: bool, batch_size: int) -> Tensor:
-    """The explained class's logit (or probability) for each row, float64 on the CPU."""
-    parts = []
-    with eval_mode(model):
-        for start in range(0, len(x), batch_size):
-            out = logits_in(forward(model, x[start : start + batch_size])).double()
-            if softmax:
-                out = out.softmax(dim=1)
-            picked = classes[start : start + batch_size].to(out.device)
-            parts.append(out[torch.arange(len(out)), picked].cpu())
-    return torch.cat(parts)
-
-
-def _pearson(a: Tensor, b: Tensor) -> Tensor:
-    """The Pearson correlation of each row pair (NaN where either row is constant)."""
-    a = a - a.mean(dim=1, keepdim=True)
-    b = b - b.mean(dim=1, keepdim=True)
-    norms = a.norm(dim=1) * b.norm(dim=1)
-    return torch.where(norms > 0, (a * b).sum(1) / norms.clamp_min(1e-300), torch.nan)
+    return summarize("faithfulness_estimate", pearson(masses.cpu(), drops))
 
 
 def monotonicity(
@@ -234,29 +166,18 @@ def monotonicity(
         >>> monotonicity(model, x, torch.rand(1, 2, 2), 0).values.tolist()  # any order rises
         [1.0]
     """
-    n = check_batch(x, batch_size)
-    _check_steps(features_in_step, ties)
+    check_batch(x, batch_size)
+    check_count("features_in_step", features_in_step)
+    check_ties(ties)
     classes = classes_of(model, x, target, batch_size)
     weights = maps_for(maps, x, classes).double().flatten(1)
-    order = _order(-weights, ties)  # lowest first
-    fill = _baseline(x, baseline)
-    flat = x.detach().flatten(2)
-    pixels = weights.shape[1]
-    steps = math.ceil(pixels / features_in_step)
-    rows = torch.arange(n, device=x.device)
-    current = fill[:, :, None].expand_as(flat).clone()  # the baseline image
-    per_pass = max(1, batch_size // n)
-    scores = []
-    for first in range(0, steps, per_pass):
-        copies = []
-        for step in range(first, min(first + per_pass, steps)):
-            index = order[:, step * features_in_step : (step + 1) * features_in_step]
-            index = index.to(x.device)
-            current[rows[:, None], :, index] = flat[rows[:, None], :, index]
-            copies.append(current.clone().view_as(x))
-        count = len(copies)
-        scored = _scores(model, torch.cat(copies), classes.repeat(count), softmax, batch_size)
-        scores.append(scored.view(count, n))
-    curve = torch.cat(scores).T  # (N, steps)
+    lowest_first = order(-weights, ties)
+    fill = baseline_values(x, baseline)
+    steps = math.ceil(weights.shape[1] / features_in_step)
+    baseline_image = fill.view(*fill.shape, *([1] * (x.dim() - 2))).expand_as(x)
+    curve = cumulative_scores(
+        model, baseline_image, x, steps_of(lowest_first, features_in_step), steps, classes,
+        softmax, batch_size,
+    )  # fmt: skip
     rising = (curve.diff(dim=1) >= 0).all(dim=1)
     return summarize("monotonicity", rising.double())
