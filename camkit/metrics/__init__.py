@@ -3,7 +3,8 @@
 * Faithfulness: :func:`average_drop`, :func:`increase_in_confidence`,
   :func:`deletion`, :func:`insertion`, :func:`road`, :func:`faithfulness_estimate`,
   :func:`monotonicity`, :func:`faithfulness_correlation`,
-  :func:`monotonicity_correlation`, :func:`sensitivity_n`.
+  :func:`monotonicity_correlation`, :func:`sensitivity_n`, :func:`region_perturbation`,
+  :func:`selectivity`, :func:`irof`, :func:`infidelity`.
 * Localization: :func:`pointing_game`, :func:`energy_pointing_game`, :func:`auc`,
   :func:`relevance_rank_accuracy`, :func:`top_k_intersection`.
 * Complexity (the maps alone): :func:`sparseness`, :func:`complexity`,
@@ -47,6 +48,7 @@ from camkit.metrics.localization import (
     relevance_rank_accuracy,
     top_k_intersection,
 )
+from camkit.metrics.patches import infidelity, irof, region_perturbation, selectivity
 from camkit.metrics.road import impute, road
 from camkit.metrics.robustness import avg_sensitivity, max_sensitivity
 from camkit.metrics.sanity import RandomizationResult, randomization_test, spearman, ssim
@@ -70,7 +72,9 @@ __all__ = [
     "faithfulness_estimate",
     "impute",
     "increase_in_confidence",
+    "infidelity",
     "insertion",
+    "irof",
     "max_sensitivity",
     "monotonicity",
     "monotonicity_correlation",
@@ -78,8 +82,10 @@ __all__ = [
     "pointing_game",
     "random_logit",
     "randomization_test",
+    "region_perturbation",
     "relevance_rank_accuracy",
     "road",
+    "selectivity",
     "sensitivity_n",
     "sparseness",
     "spearman",
