@@ -4,13 +4,13 @@
   :func:`deletion`, :func:`insertion`, :func:`road`, :func:`faithfulness_estimate`,
   :func:`monotonicity`, :func:`faithfulness_correlation`,
   :func:`monotonicity_correlation`, :func:`sensitivity_n`, :func:`region_perturbation`,
-  :func:`selectivity`, :func:`irof`, :func:`infidelity`.
+  :func:`selectivity`, :func:`irof`, :func:`infidelity`, :func:`sufficiency`.
 * Localization: :func:`pointing_game`, :func:`energy_pointing_game`, :func:`auc`,
   :func:`relevance_rank_accuracy`, :func:`top_k_intersection`.
 * Complexity (the maps alone): :func:`sparseness`, :func:`complexity`,
   :func:`effective_complexity`.
 * Robustness (the explainer re-run on noisy inputs): :func:`max_sensitivity`,
-  :func:`avg_sensitivity`.
+  :func:`avg_sensitivity`; across a batch: :func:`consistency`.
 * Sanity: :func:`randomization_test` with :func:`spearman` and :func:`ssim`;
   :func:`random_logit` (with :func:`off_classes`).
 * Datasets: :func:`evaluate` runs metrics over a DataLoader; :func:`compare` scores
@@ -48,6 +48,7 @@ from camkit.metrics.localization import (
     relevance_rank_accuracy,
     top_k_intersection,
 )
+from camkit.metrics.neighbours import consistency, sufficiency
 from camkit.metrics.patches import infidelity, irof, region_perturbation, selectivity
 from camkit.metrics.road import impute, road
 from camkit.metrics.robustness import avg_sensitivity, max_sensitivity
@@ -64,6 +65,7 @@ __all__ = [
     "blur",
     "compare",
     "complexity",
+    "consistency",
     "deletion",
     "effective_complexity",
     "energy_pointing_game",
@@ -90,5 +92,6 @@ __all__ = [
     "sparseness",
     "spearman",
     "ssim",
+    "sufficiency",
     "top_k_intersection",
 ]
