@@ -10,7 +10,9 @@
 * Complexity (the maps alone): :func:`sparseness`, :func:`complexity`,
   :func:`effective_complexity`.
 * Robustness (the explainer re-run on noisy inputs): :func:`max_sensitivity`,
-  :func:`avg_sensitivity`; across a batch: :func:`consistency`.
+  :func:`avg_sensitivity`, :func:`local_lipschitz_estimate`, :func:`continuity`,
+  :func:`relative_input_stability`, :func:`relative_output_stability`,
+  :func:`relative_representation_stability`; across a batch: :func:`consistency`.
 * Sanity: :func:`randomization_test` with :func:`spearman` and :func:`ssim`;
   :func:`random_logit` (with :func:`off_classes`).
 * Datasets: :func:`evaluate` runs metrics over a DataLoader; :func:`compare` scores
@@ -53,6 +55,13 @@ from camkit.metrics.patches import infidelity, irof, region_perturbation, select
 from camkit.metrics.road import impute, road
 from camkit.metrics.robustness import avg_sensitivity, max_sensitivity
 from camkit.metrics.sanity import RandomizationResult, randomization_test, spearman, ssim
+from camkit.metrics.stability import (
+    continuity,
+    local_lipschitz_estimate,
+    relative_input_stability,
+    relative_output_stability,
+    relative_representation_stability,
+)
 
 __all__ = [
     "Comparison",
@@ -66,6 +75,7 @@ __all__ = [
     "compare",
     "complexity",
     "consistency",
+    "continuity",
     "deletion",
     "effective_complexity",
     "energy_pointing_game",
@@ -77,6 +87,7 @@ __all__ = [
     "infidelity",
     "insertion",
     "irof",
+    "local_lipschitz_estimate",
     "max_sensitivity",
     "monotonicity",
     "monotonicity_correlation",
@@ -85,6 +96,9 @@ __all__ = [
     "random_logit",
     "randomization_test",
     "region_perturbation",
+    "relative_input_stability",
+    "relative_output_stability",
+    "relative_representation_stability",
     "relevance_rank_accuracy",
     "road",
     "selectivity",

@@ -69,8 +69,10 @@ def max_sensitivity(
             from a generator seeded with ``seed`` (the same copies on every call).
         seed: The seed of the default noise.
         nan_when_prediction_changes: Leave out the copies whose predicted class
-            differs from the input's (Quantus's ``return_nan_when_prediction_changes``);
-            a sample with no copy left is ``NaN``.
+            differs from the input's; a sample with no copy left is ``NaN``. (Quantus's
+            ``return_nan_when_prediction_changes`` makes the sample ``NaN`` when any
+            copy's prediction changed: ``self.max_func = np.max if
+            return_nan_when_prediction_changes else np.nanmax``.)
         batch_size: Rows per forward pass for the predictions.
 
     Returns:
@@ -144,6 +146,66 @@ def avg_sensitivity(
     return summarize("avg_sensitivity", changes.nanmean(dim=1))
 
 
+def uniform_noise(low: float, high: float, seed: int) -> Noise:
+    """Noise ``U[low, high]`` on every value, from a CPU generator seeded with ``seed``; the
+    copies are drawn in order, so call it with steps 0, 1, 2, ..."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    def noise(x: Tensor, step: int) -> Tensor:
+        delta = torch.rand(x.shape, generator=generator, dtype=x.dtype) * (high - low) + low
+        return x + delta.to(x.device)
+
+    return noise
+
+
+def gaussian_noise(std: float, seed: int) -> Noise:
+    """Noise ``N(0, std^2)`` on every value, seeded as :func:`uniform_noise`."""
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    def noise(x: Tensor, step: int) -> Tensor:
+        return x + (torch.randn(x.shape, generator=generator, dtype=x.dtype) * std).to(x.device)
+
+    return noise
+
+
+Objective = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+"""``objective(x, noisy, e, e_noisy)``: one value per sample for one copy, ``(N,)``; the maps
+``e`` flattened ``(N, P)`` float64."""
+
+
+def over_copies(
+    model: nn.Module,
+    x: Tensor,
+    maps: Maps,
+    target: Target,
+    samples: int,
+    noise: Noise,
+    nan_when_prediction_changes: bool,
+    batch_size: int,
+    objective: Objective,
+) -> Tensor:
+    """``(N, samples)``: ``objective`` on each noisy copy of ``x`` and its maps (re-run for the
+    same classes); NaN for a copy left out because its prediction changed."""
+    check_batch(x, batch_size)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise CamkitValueError(f"samples: got {samples!r}; allowed: a positive int")
+    classes = classes_of(model, x, target, batch_size)
+    reference = maps_for(maps, x, classes).double().flatten(1)
+    predicted = (
+        logits(model, x, batch_size).argmax(1).cpu() if nan_when_prediction_changes else None
+    )
+    values = torch.full((len(x), samples), torch.nan, dtype=torch.float64)
+    for step in range(samples):
+        noisy = noise(x, step)
+        changed = maps_for(maps, noisy, classes).double().flatten(1)
+        value = objective(x, noisy, reference, changed).cpu()
+        if predicted is not None:
+            now = logits(model, noisy, batch_size).argmax(1).cpu()
+            value = torch.where(now == predicted, value, torch.nan)
+        values[:, step] = value
+    return values
+
+
 def _relative_changes(
     model: nn.Module,
     x: Tensor,
@@ -158,29 +220,13 @@ def _relative_changes(
 ) -> Tensor:
     """``(N, samples)``: ``||e(x') - e(x)||_F / ||e(x)||_F`` per sample and copy (NaN for a
     copy left out)."""
-    check_batch(x, batch_size)
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise CamkitValueError(f"samples: got {samples!r}; allowed: a positive int")
     if not radius >= 0:
         raise CamkitValueError(f"radius: got {radius!r}; allowed: a number >= 0")
-    classes = classes_of(model, x, target, batch_size)
-    reference = maps_for(maps, x, classes).double().flatten(1)
-    norms = reference.norm(dim=1)
-    predicted = (
-        logits(model, x, batch_size).argmax(1).cpu() if nan_when_prediction_changes else None
-    )
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    changes = torch.full((len(x), samples), torch.nan, dtype=torch.float64)
-    for step in range(samples):
-        if noise is None:
-            delta = torch.rand(x.shape, generator=generator, dtype=x.dtype) * (2 * radius) - radius
-            noisy = x + delta.to(x.device)
-        else:
-            noisy = noise(x, step)
-        changed = maps_for(maps, noisy, classes).double().flatten(1)
-        change = (changed - reference).norm(dim=1) / norms
-        if predicted is not None:
-            now = logits(model, noisy, batch_size).argmax(1).cpu()
-            change = torch.where(now == predicted, change.cpu(), torch.nan)
-        changes[:, step] = change.cpu()
-    return changes
+
+    def relative(x: Tensor, noisy: Tensor, e: Tensor, e_noisy: Tensor) -> Tensor:
+        return (e_noisy - e).norm(dim=1) / e.norm(dim=1)
+
+    return over_copies(
+        model, x, maps, target, samples, noise or uniform_noise(-radius, radius, seed),
+        nan_when_prediction_changes, batch_size, relative,
+    )  # fmt: skip
