@@ -13,7 +13,8 @@
   :func:`avg_sensitivity`, :func:`local_lipschitz_estimate`, :func:`continuity`,
   :func:`relative_input_stability`, :func:`relative_output_stability`,
   :func:`relative_representation_stability`; across a batch: :func:`consistency`.
-* Sanity: :func:`randomization_test` with :func:`spearman` and :func:`ssim`;
+* Sanity: :func:`randomization_test` with :func:`spearman` and :func:`ssim`,
+  :func:`efficient_mprt`, :func:`smooth_mprt`;
   :func:`random_logit` (with :func:`off_classes`).
 * Datasets: :func:`evaluate` runs metrics over a DataLoader; :func:`compare` scores
   several methods or layers side by side, with confidence intervals, ranks and a
@@ -50,6 +51,7 @@ from camkit.metrics.localization import (
     relevance_rank_accuracy,
     top_k_intersection,
 )
+from camkit.metrics.mprt import efficient_mprt, smooth_mprt
 from camkit.metrics.neighbours import consistency, sufficiency
 from camkit.metrics.patches import infidelity, irof, region_perturbation, selectivity
 from camkit.metrics.road import impute, road
@@ -78,6 +80,7 @@ __all__ = [
     "continuity",
     "deletion",
     "effective_complexity",
+    "efficient_mprt",
     "energy_pointing_game",
     "evaluate",
     "faithfulness_correlation",
@@ -103,6 +106,7 @@ __all__ = [
     "road",
     "selectivity",
     "sensitivity_n",
+    "smooth_mprt",
     "sparseness",
     "spearman",
     "ssim",

@@ -12,9 +12,9 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from camkit._engine import map_ops
-from camkit._engine.model import eval_mode
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import check_batch, classes_of
+from camkit.metrics._weights import parameterized_layers, randomize, reduce_channels
 from camkit.targets import Target
 
 __all__ = ["RandomizationResult", "randomization_test", "spearman", "ssim"]
@@ -121,44 +121,6 @@ class RandomizationResult:
         return bool(final.nanmean() < threshold)
 
 
-def _parameterized_layers(model: nn.Module, x: Tensor) -> list[str]:
-    """Modules that own parameters, in the order the forward pass runs them."""
-    owners = {
-        name: module
-        for name, module in model.named_modules()
-        if any(True for _ in module.parameters(recurse=False))
-    }
-    seen: list[str] = []
-    handles = [
-        module.register_forward_hook(lambda m, i, o, name=name: seen.append(name))
-        for name, module in owners.items()
-    ]
-    try:
-        with torch.no_grad(), eval_mode(model):
-            model(x[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
-    return list(dict.fromkeys(seen))
-
-
-def _randomize(module: nn.Module, seed: int) -> None:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        reset = getattr(module, "reset_parameters", None)
-        if callable(reset):
-            reset()
-        else:
-            with torch.no_grad():
-                for p in module.parameters(recurse=False):
-                    p.normal_(0.0, 0.02)
-
-
-def _reduce(maps: Tensor, x: Tensor) -> Tensor:
-    """Guided-backprop style maps ``(N, C, *spatial)`` are summed over channels."""
-    return maps.sum(dim=1) if maps.dim() == x.dim() else maps
-
-
 def _scaled(m: Tensor) -> Tensor:
     return map_ops.min_max_normalize_(m.double().clone())
 
@@ -214,7 +176,7 @@ def randomization_test(
         raise CamkitValueError(f"mode: got {mode!r}; allowed: 'cascading', 'independent'")
     check_batch(x, 1)
     classes = classes_of(model, x, target, 256)
-    order = _parameterized_layers(model, x)
+    order = parameterized_layers(model, x)
     chosen = order if layers is None else list(layers)
     unknown = [name for name in chosen if name not in order]
     if unknown:
@@ -222,7 +184,7 @@ def randomization_test(
             f"layers: {unknown} own no parameters the forward pass uses; choose from {order}"
         )
     steps = list(reversed(chosen)) if mode == "cascading" else chosen
-    original = _reduce(method(model)(x, classes).detach(), x)
+    original = reduce_channels(method(model)(x, classes).detach(), x)
     all_maps = [original]
     twin = copy.deepcopy(model)
     for i, name in enumerate(
@@ -230,8 +192,8 @@ def randomization_test(
     ):
         if mode == "independent":
             twin = copy.deepcopy(model)
-        _randomize(twin.get_submodule(name), seed + i)
-        all_maps.append(_reduce(method(twin)(x, classes).detach(), x))
+        randomize(twin.get_submodule(name), seed + i)
+        all_maps.append(reduce_channels(method(twin)(x, classes).detach(), x))
     stacked = torch.stack(all_maps)
     after = stacked[1:]
     rho = torch.stack([spearman(original, m) for m in after])

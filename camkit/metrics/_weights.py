@@ -1,0 +1,47 @@
+"""What the randomisation tests share: the layers that own parameters, in the order the
+forward pass runs them, and re-initialising one."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from camkit._engine.model import eval_mode
+
+
+def parameterized_layers(model: nn.Module, x: Tensor) -> list[str]:
+    """Modules that own parameters, in the order the forward pass runs them."""
+    owners = {
+        name: module
+        for name, module in model.named_modules()
+        if any(True for _ in module.parameters(recurse=False))
+    }
+    seen: list[str] = []
+    handles = [
+        module.register_forward_hook(lambda m, i, o, name=name: seen.append(name))
+        for name, module in owners.items()
+    ]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(x[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(dict.fromkeys(seen))
+
+
+def randomize(module: nn.Module, seed: int) -> None:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+        else:
+            with torch.no_grad():
+                for p in module.parameters(recurse=False):
+                    p.normal_(0.0, 0.02)
+
+
+def reduce_channels(maps: Tensor, x: Tensor) -> Tensor:
+    """Guided-backprop style maps ``(N, C, *spatial)`` are summed over channels."""
+    return maps.sum(dim=1) if maps.dim() == x.dim() else maps
