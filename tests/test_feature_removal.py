@@ -150,3 +150,39 @@ def test_monotonicity_is_the_papers_not_quantus_06s() -> None:
         assert ours.values.tolist() == [float(v) for v in fixed]
     assert camkit.metrics.monotonicity(checkpoint.model, x, random_maps, y,
                                        features_in_step=28).summary < 1  # fmt: skip
+
+
+def test_non_sensitivity_by_hand() -> None:
+    model = _one_logit()
+    with torch.no_grad():
+        model[1].weight[0, 3] = 0.0  # class 0 ignores pixel 3
+    x = torch.tensor([[[[0.5, 0.6], [0.7, 0.8]]]])
+    # with the baseline 0 every other pixel moves the logit; the map marks pixels 0 and 3
+    maps = torch.tensor([[[1.0, 0.0], [0.0, 0.5]]])
+    got = camkit.metrics.non_sensitivity(model, x, maps, 0, baseline=0.0, softmax=False)
+    # breaches: 1 and 2 (the model reacts, the map says 0) and 3 (the map marks, no reaction)
+    assert got.values.tolist() == [3.0]
+    exact = torch.tensor([[[1.0, 0.2], [0.3, 0.0]]])
+    assert camkit.metrics.non_sensitivity(model, x, exact, 0, baseline=0.0).values.tolist() == [0.0]
+    with pytest.raises(CamkitValueError, match="eps: got 0"):
+        camkit.metrics.non_sensitivity(model, x, maps, 0, eps=0)
+
+
+def test_non_sensitivity_equals_quantus() -> None:
+    quantus = pytest.importorskip("quantus")
+    checkpoint, _ = load()
+    x = checkpoint.prepare(load_split("test").images[:4])
+    result = camkit.GradCAM(checkpoint.model, "features.relu").explain(x)
+    y = result.classes
+    assert y is not None
+    for maps in (result.maps, torch.where(result.maps > 0.3, result.maps, 0.0)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = quantus.NonSensitivity(disable_warnings=True)(
+                model=checkpoint.model, x_batch=x.numpy(), y_batch=y.numpy(),
+                a_batch=maps.numpy()[:, None].copy(), device="cpu",
+            )  # fmt: skip
+        got = camkit.metrics.non_sensitivity(checkpoint.model, x, maps, y)
+        # counts of float comparisons: equal where no score change sits within float32
+        # rounding of eps (checked: none does here)
+        assert got.values.tolist() == [float(v) for v in expected]

@@ -142,3 +142,58 @@ def test_equal_to_quantus(mnist: tuple[dict[str, torch.Tensor], torch.Tensor]) -
             top_k_intersection(distinct, masks, k=50, ties=ties).values,
             top_k_intersection(distinct, masks, k=50, ties="quantus").values,
         )
+
+
+def test_mosaics_and_focus_by_hand() -> None:
+    images = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 1, 2, 2).clone()
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    tiles, quadrants, classes = camkit.metrics.mosaics(images, labels, per_class=3, seed=1)
+    assert tiles.shape == (9, 1, 4, 4) and classes.tolist() == [0] * 3 + [1] * 3 + [2] * 3
+    for tile, flags, c in zip(tiles, quadrants, classes, strict=True):
+        for q, (r, k) in enumerate([(0, 0), (0, 2), (2, 0), (2, 2)]):
+            shown = tile[0, r : r + 2, k : k + 2]
+            source = int(shown[0, 0])  # image i is filled with i
+            assert torch.equal(shown, images[source, 0])
+            assert bool(flags[q]) == (int(labels[source]) == int(c))
+        assert int(flags.sum()) == 2
+    # mass 3 on the class's quadrants, 1 elsewhere (and a negative value, clipped)
+    maps = torch.ones(9, 4, 4)
+    for i, flags in enumerate(quadrants):
+        for q, (r, k) in enumerate([(0, 0), (0, 2), (2, 0), (2, 2)]):
+            if flags[q]:
+                maps[i, r : r + 2, k : k + 2] = 3.0
+    maps[:, 0, 0] = torch.where(quadrants[:, 0], 3.0, -5.0)
+    got = camkit.metrics.focus(maps, quadrants)
+    # 2 x 4 pixels at 3 inside, 2 x 4 at 1 outside; where the top-left is outside, its -5
+    # is clipped to 0: 24 / 31
+    inside, outside = (
+        torch.tensor(24 / 32, dtype=torch.float64),
+        torch.tensor(24 / 31, dtype=torch.float64),
+    )
+    expected = torch.where(quadrants[:, 0], inside, outside)
+    torch.testing.assert_close(got.values, expected, rtol=1e-12, atol=0)
+    assert math.isnan(camkit.metrics.focus(torch.zeros(1, 4, 4), quadrants[:1]).summary)
+    with pytest.raises(CamkitValueError, match=r"quadrants: got shape \(9, 3\)"):
+        camkit.metrics.focus(maps, quadrants[:, :3])
+    with pytest.raises(CamkitValueError, match=r"labels: got one class"):
+        camkit.metrics.mosaics(images, torch.zeros(6, dtype=torch.long))
+
+
+def test_focus_equals_quantus() -> None:
+    quantus = pytest.importorskip("quantus")
+    images = load_split("test").images[:60]
+    labels = load_split("test").labels[:60]
+    checkpoint, _ = load()
+    x = checkpoint.prepare(images)
+    tiles, quadrants, classes = camkit.metrics.mosaics(x, torch.as_tensor(labels), per_class=2)
+    maps = torch.rand(len(tiles), 56, 56, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = quantus.Focus(disable_warnings=True, normalise=False)(
+            model=checkpoint.model, x_batch=tiles.numpy(), y_batch=classes.numpy(),
+            a_batch=maps.double().numpy()[:, None], custom_batch=quadrants.int().numpy(),
+            device="cpu",
+        )  # fmt: skip
+    got = camkit.metrics.focus(maps, quadrants)
+    # float64 maps to both; Quantus adds 1e-9 to the total mass (about 1500 here)
+    np.testing.assert_allclose(got.values.numpy(), np.asarray(expected), rtol=1e-11)

@@ -6,13 +6,16 @@
   :func:`monotonicity_correlation`, :func:`sensitivity_n`, :func:`region_perturbation`,
   :func:`selectivity`, :func:`irof`, :func:`infidelity`, :func:`sufficiency`.
 * Localization: :func:`pointing_game`, :func:`energy_pointing_game`, :func:`auc`,
-  :func:`relevance_rank_accuracy`, :func:`top_k_intersection`.
+  :func:`relevance_rank_accuracy`, :func:`top_k_intersection`; on :func:`mosaics`,
+  :func:`focus`.
 * Complexity (the maps alone): :func:`sparseness`, :func:`complexity`,
   :func:`effective_complexity`.
 * Robustness (the explainer re-run on noisy inputs): :func:`max_sensitivity`,
   :func:`avg_sensitivity`, :func:`local_lipschitz_estimate`, :func:`continuity`,
   :func:`relative_input_stability`, :func:`relative_output_stability`,
   :func:`relative_representation_stability`; across a batch: :func:`consistency`.
+* Axiomatic: :func:`non_sensitivity` (Completeness and Input Invariance do not apply
+  to CAMs: see the Metrics page).
 * Sanity: :func:`randomization_test` with :func:`spearman` and :func:`ssim`,
   :func:`efficient_mprt`, :func:`smooth_mprt`;
   :func:`random_logit` (with :func:`off_classes`).
@@ -43,10 +46,12 @@ from camkit.metrics.faithfulness import (
     increase_in_confidence,
     insertion,
 )
-from camkit.metrics.feature_removal import faithfulness_estimate, monotonicity
+from camkit.metrics.feature_removal import faithfulness_estimate, monotonicity, non_sensitivity
 from camkit.metrics.localization import (
     auc,
     energy_pointing_game,
+    focus,
+    mosaics,
     pointing_game,
     relevance_rank_accuracy,
     top_k_intersection,
@@ -85,6 +90,7 @@ __all__ = [
     "evaluate",
     "faithfulness_correlation",
     "faithfulness_estimate",
+    "focus",
     "impute",
     "increase_in_confidence",
     "infidelity",
@@ -94,6 +100,8 @@ __all__ = [
     "max_sensitivity",
     "monotonicity",
     "monotonicity_correlation",
+    "mosaics",
+    "non_sensitivity",
     "off_classes",
     "pointing_game",
     "random_logit",

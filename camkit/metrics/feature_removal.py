@@ -9,7 +9,9 @@ input's smallest value), groups of ``features_in_step`` pixels.
 
 :func:`monotonicity` (Arya et al., 2019) restores the input's pixels into the
 baseline in the map's order, lowest first, and asks whether the model's
-probability never falls.
+probability never falls. :func:`non_sensitivity` (Nguyen and Martínez, 2020)
+removes each pixel alone and counts where the model's reaction and the map
+disagree about whether it matters.
 
 Pixels that tie in the map (an upsampled CAM is zero over much of the image)
 have no order of their own. camkit takes them in row-major order (``ties="first"``:
@@ -27,6 +29,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from camkit.errors import CamkitValueError
 from camkit.metrics._common import Maps, MetricResult, check_batch, classes_of, maps_for, summarize
 from camkit.metrics._removal import (
     baseline_values,
@@ -41,7 +44,7 @@ from camkit.metrics._removal import (
 )
 from camkit.targets import Target
 
-__all__ = ["faithfulness_estimate", "monotonicity"]
+__all__ = ["faithfulness_estimate", "monotonicity", "non_sensitivity"]
 
 
 def faithfulness_estimate(
@@ -181,3 +184,74 @@ def monotonicity(
     )  # fmt: skip
     rising = (curve.diff(dim=1) >= 0).all(dim=1)
     return summarize("monotonicity", rising.double())
+
+
+def non_sensitivity(
+    model: nn.Module,
+    x: Tensor,
+    maps: Maps,
+    target: Target = None,
+    *,
+    eps: float = 1e-5,
+    features_in_step: int = 1,
+    baseline: str | float = "black",
+    softmax: bool = True,
+    batch_size: int = 256,
+) -> MetricResult:
+    r"""Non-Sensitivity: how many pixels break "zero in the map exactly where the model does
+    not react"; lower is better, 0 is the axiom.
+
+    Nguyen and Martínez, *On Quantitative Aspects of Model Interpretability*,
+    2020, https://arxiv.org/abs/2007.07584. Each group of ``features_in_step``
+    pixels is set to the baseline alone; the model is insensitive to it when
+    the explained class's score moves by less than ``eps``, and the map calls
+    it irrelevant when its largest map value is below ``eps``. The value counts
+    the groups where the two disagree: pixels the map ignores that the model
+    reacts to, and pixels the map marks that the model ignores. As Quantus
+    0.6's ``quantus.NonSensitivity`` with one pixel per group (tested equal;
+    Quantus compares a map of one value per feature with scores of one per
+    group, so it needs ``features_in_step=1``). An upsampled CAM is rarely
+    exactly 0, so few of its pixels count as irrelevant; the value then counts
+    mostly the pixels the model ignores.
+
+    Args:
+        model: The model.
+        x: ``(N, C, *spatial)`` inputs.
+        maps: ``(N, *spatial)`` maps, or the explainer (or function) that makes them.
+        target: The classes explained (``None``: each sample's predicted class).
+        eps: The threshold of both "no reaction" and "irrelevant".
+        features_in_step: Pixels per group.
+        baseline: ``"black"`` (each input's smallest value), ``"mean"`` or a number.
+        softmax: Score softmax probabilities (Quantus's default here) or logits.
+        batch_size: Rows per forward pass.
+
+    Returns:
+        The count per sample, and its mean.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+        >>> with torch.no_grad():
+        ...     _ = model[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0]]))
+        >>> maps = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])  # only pixel 0 matters: no breach
+        >>> x = torch.rand(1, 1, 2, 2) + 1
+        >>> non_sensitivity(model, x, maps, 0, baseline=0.0).values.tolist()
+        [0.0]
+    """
+    n = check_batch(x, batch_size)
+    check_count("features_in_step", features_in_step)
+    if not eps > 0:
+        raise CamkitValueError(f"eps: got {eps!r}; allowed: a number > 0")
+    classes = classes_of(model, x, target, batch_size)
+    weights = maps_for(maps, x, classes).double().flatten(1).cpu()
+    pixels = weights.shape[1]
+    fill = baseline_values(x, baseline)
+    positions = torch.arange(pixels).expand(n, -1)
+    steps = math.ceil(pixels / features_in_step)
+    groups = [positions[:, s * features_in_step : (s + 1) * features_in_step] for s in range(steps)]
+    intact = scores(model, x.detach(), classes, softmax, batch_size)
+    removed = removed_scores(model, x, classes, [(g, fill) for g in groups], softmax, batch_size)
+    insensitive = ((removed - intact[None]).abs() < eps).T  # (N, steps)
+    irrelevant = torch.stack([weights.gather(1, g).amax(dim=1) < eps for g in groups], dim=1)
+    return summarize("non_sensitivity", (insensitive ^ irrelevant).sum(dim=1).double())
