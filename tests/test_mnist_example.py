@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -204,7 +205,8 @@ def test_smoke_run_writes_every_figure_and_the_report(tmp_path: Path) -> None:
     assert code == 0
     report = (out / "report.md").read_text()
     figures = sorted((out / "figures").glob("*.png"))
-    assert len(figures) == 19
+    assert len(figures) == 20  # the method comparison among them
+    assert out / "figures" / "method_comparison.png" in figures
     for path in figures:
         pixels = mpimg.imread(path)
         assert pixels.ndim == 3
@@ -242,12 +244,17 @@ def test_the_default_run_scores_the_main_methods_and_names_the_full_run(tmp_path
     assert main([*argv, "--eval-images", "100", "--quiet"]) == 0
     report = (out / "report.md").read_text()
     figures = sorted((out / "figures").glob("*.png"))
-    assert len(figures) == 18  # all but the vision transformer's
+    assert len(figures) == 19  # all but the vision transformer's
     for path in figures:
         assert f"figures/{path.name}" in report
     rows = {line.split("|")[1].strip() for line in report.splitlines() if line.startswith("| ")}
     assert set(MAIN_METHODS) <= rows
+    assert "uniform random" in rows  # compare's random-map baseline
     assert not {"LeGrad", "SESS", "FullGrad", "Score-CAM TTA"} & rows
+    # every mean carries its rank among the rows: "0.123 (2)"
+    grad_cam = next(line for line in report.splitlines() if line.startswith("| Grad-CAM |"))
+    assert all(re.fullmatch(r"-?[\d.]+ \(\d+\)", cell.strip())
+               for cell in grad_cam.split("|")[2:-2])  # fmt: skip
     assert "## More methods, and a vision transformer" in report
     assert "python -m examples.mnist --full" in report
     assert not (out / "vit-weights.pt").exists()

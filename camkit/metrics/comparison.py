@@ -55,6 +55,19 @@ _HIGHER = {
     "complexity": False,
     "effective_complexity": False,
     "random_logit": False,
+    "faithfulness_correlation": True,
+    "monotonicity_correlation": True,
+    "selectivity": False,
+    "irof": True,
+    "infidelity": False,
+    "non_sensitivity": False,
+    "sufficiency": True,
+    "consistency": True,
+    "local_lipschitz_estimate": False,
+    "continuity": False,
+    "relative_input_stability": False,
+    "relative_output_stability": False,
+    "relative_representation_stability": False,
 }
 """Whether a higher value is better, for camkit's metrics (by function name)."""
 
@@ -332,9 +345,11 @@ def _direction(name: str, metric: Metric, better: Mapping[str, str]) -> bool:
         return better[name] == "higher"
     function = metric.func if isinstance(metric, functools.partial) else metric
     function_name = getattr(function, "__name__", "")
+    keywords = metric.keywords if isinstance(metric, functools.partial) else {}
     if function_name == "road":  # most relevant first: lower is better; least first: higher
-        keywords = metric.keywords if isinstance(metric, functools.partial) else {}
         return bool(keywords.get("order", "morf") == "lerf")
+    if function_name == "region_perturbation":  # the drop: high most relevant first
+        return bool(keywords.get("order_by", "morf") == "morf")
     known = _HIGHER.get(function_name)
     if known is None:
         raise CamkitValueError(

@@ -81,13 +81,19 @@ def pointing_game(maps: Tensor, masks: Tensor, *, tolerance: float = 15.0) -> Me
     spatial = m.shape[1:]
     peak = m.flatten(1).argmax(dim=1)
     coords = torch.stack(torch.unravel_index(peak, spatial), dim=1).double()  # (N, d)
-    grid = torch.stack(
-        torch.meshgrid(*[torch.arange(s, dtype=torch.float64) for s in spatial], indexing="ij"),
-        dim=-1,
-    ).view(-1, len(spatial))  # (P, d)
-    distance = torch.cdist(coords[:, None], grid[None].expand(len(m), -1, -1))[:, 0]
     inside = gt.flatten(1)
-    hit = ((distance <= tolerance + 1e-9) & inside).any(dim=1).double()
+    if tolerance == 0:
+        hit = inside.gather(1, peak[:, None])[:, 0].double()
+    else:
+        grid = torch.stack(
+            torch.meshgrid(
+                *[torch.arange(s, dtype=torch.float64, device=m.device) for s in spatial],
+                indexing="ij",
+            ),
+            dim=-1,
+        ).view(-1, len(spatial))  # (P, d)
+        squared = ((grid[None] - coords[:, None]) ** 2).sum(dim=-1)  # (N, P)
+        hit = ((squared <= (tolerance + 1e-9) ** 2) & inside).any(dim=1).double()
     empty = ~inside.any(dim=1)
     return summarize("pointing_game", torch.where(empty, math.nan, hit))
 
@@ -137,18 +143,17 @@ def auc(maps: Tensor, masks: Tensor) -> MetricResult:
         0.875
     """
     m, gt = _check(maps, masks)
-    values = []
-    for flat, inside in zip(m.flatten(1), gt.flatten(1), strict=True):
-        positives, total = int(inside.sum()), inside.numel()
-        if positives in (0, total):
-            values.append(math.nan)
-            continue
-        _, inverse, counts = torch.unique(flat, return_inverse=True, return_counts=True)
-        ends = counts.cumsum(0).double()
-        ranks = (ends - (counts.double() - 1) / 2)[inverse]  # average ranks, 1-based
-        u = float(ranks[inside].sum()) - positives * (positives + 1) / 2
-        values.append(u / (positives * (total - positives)))
-    return summarize("auc", torch.tensor(values, dtype=torch.float64))
+    flat, inside = m.flatten(1), gt.flatten(1)
+    positives = inside.sum(dim=1).double()
+    total = flat.shape[1]
+    ordered = torch.sort(flat, dim=1).values
+    below = torch.searchsorted(ordered, flat, right=False)  # values smaller
+    up_to = torch.searchsorted(ordered, flat, right=True)  # values smaller or equal
+    ranks = (below + up_to + 1).double() / 2  # average ranks, 1-based
+    u = (ranks * inside).sum(dim=1) - positives * (positives + 1) / 2
+    defined = (positives > 0) & (positives < total)
+    values = torch.where(defined, u / (positives * (total - positives)).clamp_min(1), math.nan)
+    return summarize("auc", values.cpu())
 
 
 def relevance_rank_accuracy(maps: Tensor, masks: Tensor, *, ties: str = "average") -> MetricResult:
@@ -232,24 +237,26 @@ def _checked_ties(ties: str) -> str:
 
 def _top_hits(m: Tensor, gt: Tensor, counts: Tensor, ties: str) -> Tensor:
     """How many of each map's ``counts[i]`` highest pixels lie in its mask (float64)."""
-    hits = []
-    for flat, inside, count in zip(m.flatten(1), gt.flatten(1), counts.tolist(), strict=True):
-        if count == 0:
-            hits.append(0.0)
-        elif ties == "quantus":  # Quantus 0.6: np.argsort(-a), numpy's default (unstable) sort
-            order = np.argsort(-flat.cpu().numpy(), axis=-1)
-            hits.append(float(inside.cpu().numpy()[order[:count]].sum()))
-        else:
-            cut = torch.topk(flat, count).values[-1]
-            above, tied = flat > cut, flat == cut
-            needed = count - int(above.sum())
-            hit = float((inside & above).sum())
-            if ties == "average":
-                hit += needed * float((inside & tied).sum()) / float(tied.sum())
-            else:  # first: the tied pixels in row-major order
-                hit += float(inside[tied][:needed].sum())
-            hits.append(hit)
-    return torch.tensor(hits, dtype=torch.float64)
+    flat, inside = m.flatten(1), gt.flatten(1)
+    counts = counts.to(torch.int64).cpu()
+    taken = counts.clamp_min(1)
+    if ties == "quantus":  # Quantus 0.6: np.argsort(-a), numpy's default (unstable) sort
+        order = torch.from_numpy(np.argsort(-flat.cpu().numpy(), axis=-1))
+        ranked = inside.cpu().gather(1, order)
+        within = torch.arange(flat.shape[1]) < counts[:, None]
+        return torch.where(counts > 0, (ranked & within).sum(1).double(), 0.0)
+    ordered = torch.sort(flat, dim=1, descending=True).values
+    cut = ordered.gather(1, (taken - 1).to(flat.device)[:, None])  # (N, 1)
+    above, tied = flat > cut, flat == cut
+    needed = (counts.to(flat.device) - above.sum(1)).double()
+    hit = (inside & above).sum(1).double()
+    tied_inside = (inside & tied).sum(1).double()
+    if ties == "average":
+        hit = hit + needed * tied_inside / tied.sum(1).double()
+    else:  # first: the tied pixels in row-major order
+        rank_in_tie = tied.long().cumsum(dim=1)  # 1, 2, ... along the tied pixels
+        hit = hit + (inside & tied & (rank_in_tie <= needed[:, None])).sum(1).double()
+    return torch.where(counts.to(flat.device) > 0, hit, 0.0).cpu()
 
 
 def focus(maps: Tensor, quadrants: Tensor) -> MetricResult:

@@ -326,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     table = score_all(
         checkpoint, images[:evaluated], progress, explainers if args.full else main_explainers
     )
+    if table.comparison is not None:
+        made["method_comparison"] = figures.comparison(
+            table.comparison, out / "figures" / "method_comparison.png"
+        )
     sanity = sanity_checks(checkpoint, images[: min(100, len(labels))])
     made["sanity_curves"] = figures.sanity_curves(sanity, out / "figures" / "sanity_curves.png")
     made["sanity_maps"] = figures.sanity_maps(sanity, images, out / "figures" / "sanity_maps.png")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from camkit import (
     FEM,
@@ -42,8 +41,11 @@ from camkit import (
 )
 from camkit.augment import Augmentation, photometric
 from camkit.metrics import (
+    Comparison,
+    MetricResult,
     RandomizationResult,
     average_drop,
+    compare,
     deletion,
     energy_pointing_game,
     increase_in_confidence,
@@ -52,6 +54,7 @@ from camkit.metrics import (
     randomization_test,
     road,
 )
+from camkit.metrics.comparison import BASELINE
 from examples.mnist.localization import centre_gaussian_maps, stroke_mask, uniform_random_maps
 from examples.mnist.train import Checkpoint
 
@@ -217,12 +220,30 @@ METRICS = {
 }
 
 
+RANDOM = "uniform random"
+"""The table's name for :func:`camkit.metrics.compare`'s baseline of uniformly random maps."""
+
+
 @dataclass(frozen=True)
 class Table:
-    """Metric summaries per explainer, and how long each explainer's maps took."""
+    """Metric means per explainer, how long each explainer's maps took, and the comparison
+    (intervals, ranks) they come from."""
 
     rows: dict[str, dict[str, float]]
     seconds: dict[str, float]
+    comparison: Comparison | None = None
+
+
+def _pointing(model: nn.Module, x: Tensor, maps: Tensor, classes: Tensor) -> MetricResult:
+    """The pointing game against the digit's strokes (within 1 pixel), in %."""
+    result = pointing_game(maps, stroke_mask(x), tolerance=1)
+    return replace(result, values=100 * result.values, summary=100 * float(result.summary))
+
+
+def _energy(model: nn.Module, x: Tensor, maps: Tensor, classes: Tensor) -> MetricResult:
+    """The share of the map's mass on the digit's strokes, in %."""
+    result = energy_pointing_game(maps, stroke_mask(x))
+    return replace(result, values=100 * result.values, summary=100 * float(result.summary))
 
 
 def score_all(
@@ -232,29 +253,33 @@ def score_all(
     explainers_of: Callable[[nn.Module], dict[str, Explainer]] = explainers,
 ) -> Table:
     """Every explainer of ``explainers_of`` (the ConvNet's by default) scored by every
-    metric on ``images`` (raw [0, 1] pixels)."""
+    metric on ``images`` (raw [0, 1] pixels), by :func:`camkit.metrics.compare` (its
+    random-map baseline is the table's uniform-random row)."""
     model = raw_pixel_model(checkpoint)
-    with torch.no_grad():
-        classes = model(images).argmax(1)
-    strokes = stroke_mask(images)
-    rows: dict[str, dict[str, float]] = {}
-    seconds: dict[str, float] = {}
-    for name, explain in tqdm(
-        explainers_of(model).items(), desc="scoring methods", disable=not progress, mininterval=0.5
-    ):
-        started = time.perf_counter()
-        maps = torch.cat(
-            [explain(images[i : i + 500], classes[i : i + 500]) for i in range(0, len(images), 500)]
-        )
-        seconds[name] = time.perf_counter() - started
-        row = {}
-        for metric_name, metric in METRICS.items():
-            summary = metric(model, images, maps, classes).summary
-            row[metric_name] = sum(summary) / len(summary) if isinstance(summary, list) else summary
-        row["Pointing game % ↑"] = 100 * float(pointing_game(maps, strokes, tolerance=1).summary)
-        row["Energy on strokes % ↑"] = 100 * float(energy_pointing_game(maps, strokes).summary)
-        rows[name] = row
-    return Table(rows, seconds)
+    cams = {name: explain for name, explain in explainers_of(model).items() if name != RANDOM}
+    seconds: dict[str, float] = {RANDOM: 0.0}
+
+    def timed(name: str, explain: Explainer) -> Explainer:
+        def run(x: Tensor, classes: Tensor) -> Tensor:
+            started = time.perf_counter()
+            maps = explain(x, classes)
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
+            return maps
+
+        return run
+
+    metrics = {**METRICS, "Pointing game % ↑": _pointing, "Energy on strokes % ↑": _energy}
+    better = {"Pointing game % ↑": "higher", "Energy on strokes % ↑": "higher"}
+    batches = [images[i : i + 500] for i in range(0, len(images), 500)]
+    result = compare(
+        model, batches, {name: timed(name, explain) for name, explain in cams.items()}, metrics,
+        better=better, progress=progress, seed=1,
+    )  # fmt: skip
+    rows = {
+        (RANDOM if name == BASELINE else name): {m: result.cells[name, m].mean for m in metrics}
+        for name in result.candidates
+    }
+    return Table(rows, seconds, result)
 
 
 def sanity_checks(checkpoint: Checkpoint, images: Tensor) -> dict[str, RandomizationResult]:
@@ -268,13 +293,21 @@ def sanity_checks(checkpoint: Checkpoint, images: Tensor) -> dict[str, Randomiza
 
 
 def table_markdown(table: Table) -> str:
-    """The scores as a Markdown table, one row per explainer."""
+    """The scores as a Markdown table, one row per explainer, each mean followed by the
+    method's rank on that metric (shared by methods that cannot be told apart)."""
     metrics = list(next(iter(table.rows.values())))
     lines = [
         "| method | " + " | ".join(metrics) + " | maps (s) |",
         "| --- | " + " | ".join("---:" for _ in metrics) + " | ---: |",
     ]
+    comparison = table.comparison
     for name, row in table.rows.items():
-        cells = [f"{row[m]:.3f}" if "AUC" in m or "ROAD" in m else f"{row[m]:.1f}" for m in metrics]
+        cells = []
+        for m in metrics:
+            text = f"{row[m]:.3f}" if "AUC" in m or "ROAD" in m else f"{row[m]:.1f}"
+            if comparison is not None:
+                key = BASELINE if name == RANDOM else name
+                text += f" ({comparison.cells[key, m].rank})"
+            cells.append(text)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {table.seconds[name]:.2f} |")
     return "\n".join(lines)

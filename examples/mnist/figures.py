@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from camkit import GradCAM
-from camkit.metrics import RandomizationResult
+from camkit.metrics import Comparison, RandomizationResult
 from camkit.plot import compare, grid
 from examples.mnist.classification import Scores
 from examples.mnist.model import CLASSES
@@ -241,3 +241,9 @@ def transformer_maps(
         suptitle="A vision transformer's maps beside the ConvNet's (title: the explained class)",
     )
     return _save(fig, path)
+
+
+def comparison(result: Comparison, path: Path) -> Path:
+    """:meth:`camkit.metrics.Comparison.plot`: every method's mean and interval per metric."""
+    plt.close(result.plot(path))
+    return path

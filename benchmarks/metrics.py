@@ -1,0 +1,384 @@
+"""camkit's metrics beside Quantus 0.6: seconds per batch for every family, in one run.
+
+    python benchmarks/metrics.py                     # the MNIST net and resnet18, CPU
+    python benchmarks/metrics.py --cases mnist --out /tmp/metrics.md
+
+Each metric runs once in each library on the same model, batch and maps (Grad-CAM
+at the case's layer), with the same amount of work (the same number of steps,
+copies, patches; both given the maps, so neither computes them but where the
+metric re-runs the explainer). Many metrics are bound by the model's forward
+passes (or the explainer's re-runs), which no library can make faster: for those
+the table also gives the time of the passes alone (the same rows in the same
+batches camkit used, and the same number of explainer calls, run bare) and
+camkit's time as a ratio to it. The table is printed and written to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+import camkit  # noqa: E402
+from camkit import metrics as ck  # noqa: E402
+
+Call = Callable[[], object]
+
+
+@dataclass
+class Setup:
+    name: str
+    model: nn.Module
+    x: Tensor
+    y: Tensor
+    layer: str
+    maps: Tensor
+    masks: Tensor
+    classes: int
+
+
+@dataclass
+class Entry:
+    family: str
+    metric: str
+    ours: Call
+    theirs: Call | None
+    bound: bool  # by forward passes or the explainer's re-runs
+
+
+class Counter:
+    """Counts the rows of every forward pass outside the explainer, and the explainer's calls."""
+
+    def __init__(self, model: nn.Module, cam: Callable[[Tensor, Tensor], Tensor]) -> None:
+        self.model, self.cam = model, cam
+        self.rows: list[int] = []
+        self.explains = 0
+        self.inside = False
+
+    def explain(self, x: Tensor, classes: Tensor) -> Tensor:
+        return self.wrap(self.cam)(x, classes)
+
+    def wrap(self, cam: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+        """``cam``, its calls counted and its forward passes left out of the rows."""
+
+        def counted(x: Tensor, classes: Tensor) -> Tensor:
+            self.explains += 1
+            self.inside = True
+            try:
+                return cam(x, classes)
+            finally:
+                self.inside = False
+
+        return counted
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[None]:
+        self.rows, self.explains = [], 0
+
+        def hook(module: nn.Module, args: tuple[Tensor, ...]) -> None:
+            if not self.inside:
+                self.rows.append(len(args[0]))
+
+        handle = self.model.register_forward_pre_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+
+def build(name: str, images: int) -> Setup:
+    torch.manual_seed(0)
+    if name == "mnist":
+        from examples.mnist.data import load_split
+        from examples.mnist.train import load
+
+        checkpoint, _ = load()
+        model: nn.Module = checkpoint.model
+        x = checkpoint.prepare(load_split("test").images[:images])
+        layer, classes = "features.relu", 10
+    else:
+        import torchvision.models as tvm
+
+        model = tvm.resnet18(weights=None)
+        x = torch.randn(images, 3, 224, 224)
+        layer, classes = "layer4", 1000
+    model.eval()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    maps = camkit.GradCAM(model, layer)(x, y)
+    h, w = x.shape[2:]
+    masks = torch.zeros(len(x), h, w, dtype=torch.bool)
+    masks[:, h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = True  # a centred box
+    return Setup(name, model, x, y, layer, maps, masks, classes)
+
+
+def entries(s: Setup, counter: Counter, quantus: object) -> list[Entry]:
+    """Every metric, camkit's call and Quantus's, with the same parameters."""
+    q = quantus
+    model, x, y, maps, layer = s.model, s.x, s.y, s.maps, s.layer
+    h, w = x.shape[2:]
+    pixels = h * w
+    a = maps.numpy()[:, None]
+    explain = counter.explain
+
+    def explain_quantus(model: nn.Module, inputs: np.ndarray, targets: np.ndarray,
+                        **kwargs: object) -> np.ndarray:  # fmt: skip
+        cam = camkit.GradCAM(model, layer)
+        return cam(torch.from_numpy(inputs), torch.from_numpy(targets)).numpy()[:, None]
+
+    common = {"model": model, "x_batch": x.numpy(), "y_batch": y.numpy(), "device": "cpu"}
+
+    def theirs(metric: object, **extra: object) -> Call:
+        def run() -> object:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                return metric(**{"a_batch": a.copy(), **common, **extra})  # type: ignore[operator]
+
+        return run
+
+    def ours(function: Callable[..., object], *args: object, **kwargs: object) -> Call:
+        return lambda: function(*args, **kwargs)
+
+    step = pixels // 8
+    patch = h // 4
+    slic = q.helpers.utils.get_superpixel_segments  # type: ignore[attr-defined]
+
+    def irof_with_segments() -> object:
+        segments = torch.from_numpy(np.stack([
+            slic(img=np.moveaxis(image, 0, -1).astype("double"), segmentation_method="slic")
+            for image in x.numpy()
+        ])).long()  # fmt: skip
+        return ck.irof(model, x, maps, y, segments=segments)
+
+    tiles = torch.rand(len(x), 2 * h, 2 * w, generator=torch.Generator().manual_seed(0))
+    quadrants = torch.rand(len(x), 4) > 0.5
+    rows = [
+        Entry("faithfulness", "Faithfulness Correlation",
+          ours(ck.faithfulness_correlation, model, x, maps, y, runs=10, subset_size=step),
+          theirs(q.FaithfulnessCorrelation(nr_runs=10, subset_size=step, disable_warnings=True)),
+          True),
+        Entry("faithfulness", "Faithfulness Estimate",
+          ours(ck.faithfulness_estimate, model, x, maps, y, features_in_step=step),
+          theirs(q.FaithfulnessEstimate(features_in_step=step, disable_warnings=True)), True),
+        Entry("faithfulness", "Monotonicity (Arya)",
+          ours(ck.monotonicity, model, x, maps, y, features_in_step=step),
+          theirs(q.Monotonicity(features_in_step=step, disable_warnings=True)), True),
+        Entry("faithfulness", "Monotonicity Correlation",
+          ours(ck.monotonicity_correlation, model, x, maps, y, features_in_step=2 * step,
+               samples=2),
+          theirs(q.MonotonicityCorrelation(features_in_step=2 * step, nr_samples=2,
+                                           disable_warnings=True)), True),
+        Entry("faithfulness", "Pixel flipping / deletion",
+          ours(ck.deletion, model, x, maps, y, step=step, baseline=float(x.min())),
+          theirs(q.PixelFlipping(features_in_step=step, disable_warnings=True)), True),
+        Entry("faithfulness", "Region perturbation",
+          ours(ck.region_perturbation, model, x, maps, y, patch_size=patch, regions=8),
+          theirs(q.RegionPerturbation(patch_size=patch, regions_evaluation=8,
+                                      disable_warnings=True)), True),
+        Entry("faithfulness", "Selectivity",
+          ours(ck.selectivity, model, x, maps, y, patch_size=patch),
+          theirs(q.Selectivity(patch_size=patch, disable_warnings=True)), True),
+        Entry("faithfulness", "Sensitivity-n",
+          ours(ck.sensitivity_n, model, x, maps, y, features_in_step=step),
+          theirs(q.SensitivityN(features_in_step=step, disable_warnings=True)), True),
+        Entry("faithfulness", "IROF (SLIC segments in both)", irof_with_segments,
+          theirs(q.IROF(disable_warnings=True)), True),
+        Entry("faithfulness", "Infidelity",
+          ours(ck.infidelity, model, x, maps, y, patch_sizes=(patch,)),
+          theirs(q.Infidelity(perturb_patch_sizes=[patch], n_perturb_samples=1,
+                              disable_warnings=True)), True),
+        Entry("faithfulness", "ROAD (4 percentages; bound by its imputation)",
+          ours(ck.road, model, x, maps, y, percentages=[20, 40, 60, 80]),
+          theirs(q.ROAD(percentages=[20, 40, 60, 80], disable_warnings=True)), False),
+        Entry("faithfulness", "Sufficiency", ours(ck.sufficiency, model, x, maps),
+          theirs(q.Sufficiency(disable_warnings=True)), True),
+        Entry("robustness", "Max-Sensitivity",
+          ours(ck.max_sensitivity, model, x, explain, y, samples=4),
+          theirs(q.MaxSensitivity(nr_samples=4, disable_warnings=True),
+                 explain_func=explain_quantus), True),
+        Entry("robustness", "Avg-Sensitivity",
+          ours(ck.avg_sensitivity, model, x, explain, y, samples=4),
+          theirs(q.AvgSensitivity(nr_samples=4, disable_warnings=True),
+                 explain_func=explain_quantus), True),
+        Entry("robustness", "Local Lipschitz Estimate",
+          ours(ck.local_lipschitz_estimate, model, x, explain, y, samples=4),
+          theirs(q.LocalLipschitzEstimate(nr_samples=4, disable_warnings=True),
+                 explain_func=explain_quantus), True),
+        Entry("robustness", "Continuity",
+          ours(ck.continuity, model, x, explain, y, steps=4),
+          theirs(q.Continuity(nr_steps=4, disable_warnings=True),
+                 explain_func=explain_quantus), True),
+        Entry("robustness", "Relative Input Stability",
+          ours(ck.relative_input_stability, model, x, explain, y, samples=4),
+          theirs(q.RelativeInputStability(nr_samples=4, disable_warnings=True),
+                 explain_func=explain_quantus), True),
+        Entry("robustness", "Relative Output Stability",
+          ours(ck.relative_output_stability, model, x, explain, y, samples=4),
+          theirs(q.RelativeOutputStability(nr_samples=4, disable_warnings=True),
+                 explain_func=explain_quantus), True),
+        Entry("robustness", "Relative Representation Stability",
+          ours(ck.relative_representation_stability, model, x, explain, y, layer=layer,
+               samples=4),
+          theirs(q.RelativeRepresentationStability(nr_samples=4, layer_names=[layer],
+                                                   disable_warnings=True),
+                 explain_func=explain_quantus), True),
+        Entry("robustness", "Consistency", ours(ck.consistency, model, x, maps, y),
+          theirs(q.Consistency(disable_warnings=True)), True),
+        Entry("localisation", "Pointing game", ours(ck.pointing_game, maps, s.masks, tolerance=0),
+          theirs(q.PointingGame(disable_warnings=True), s_batch=s.masks.numpy()[:, None]), False),
+        Entry("localisation", "Relevance mass accuracy (energy)",
+          ours(ck.energy_pointing_game, maps, s.masks),
+          theirs(q.RelevanceMassAccuracy(disable_warnings=True),
+                 s_batch=s.masks.numpy()[:, None]), False),
+        Entry("localisation", "AUC", ours(ck.auc, maps, s.masks),
+          theirs(q.AUC(disable_warnings=True), s_batch=s.masks.numpy()[:, None]), False),
+        Entry("localisation", "Relevance Rank Accuracy",
+          ours(ck.relevance_rank_accuracy, maps, s.masks),
+          theirs(q.RelevanceRankAccuracy(disable_warnings=True),
+                 s_batch=s.masks.numpy()[:, None]), False),
+        Entry("localisation", "Top-K Intersection",
+          ours(ck.top_k_intersection, maps, s.masks, k=pixels // 10),
+          theirs(q.TopKIntersection(k=pixels // 10, disable_warnings=True),
+                 s_batch=s.masks.numpy()[:, None]), False),
+        Entry("localisation", "Focus (2x2 mosaics)", ours(ck.focus, tiles, quadrants),
+          theirs(q.Focus(disable_warnings=True), a_batch=tiles.numpy()[:, None],
+                 x_batch=np.repeat(np.repeat(x.numpy(), 2, 2), 2, 3),
+                 custom_batch=quadrants.int().numpy()), False),
+        Entry("complexity", "Sparseness", ours(ck.sparseness, maps),
+          theirs(q.Sparseness(disable_warnings=True)), False),
+        Entry("complexity", "Complexity", ours(ck.complexity, maps),
+          theirs(q.Complexity(disable_warnings=True)), False),
+        Entry("complexity", "Effective Complexity", ours(ck.effective_complexity, maps),
+          theirs(q.EffectiveComplexity(disable_warnings=True)), False),
+        Entry("randomisation", "Random Logit",
+          ours(ck.random_logit, model, x, explain, y, num_classes=s.classes),
+          theirs(q.RandomLogit(num_classes=s.classes, disable_warnings=True),
+                 explain_func=explain_quantus), True),
+        Entry("randomisation", "MPRT (cascading, every layer)",
+          ours(ck.randomization_test, model,
+               lambda m: counter.wrap(camkit.GradCAM(m, layer)), x, y),
+          theirs(q.MPRT(disable_warnings=True), explain_func=explain_quantus), True),
+        Entry("randomisation", "Efficient MPRT",
+          ours(ck.efficient_mprt, model,
+               lambda m: counter.wrap(camkit.GradCAM(m, layer)), x, y),
+          theirs(q.EfficientMPRT(disable_warnings=True), explain_func=explain_quantus), True),
+    ]  # fmt: skip
+    if s.name == "mnist":  # one pass per pixel: 50,176 passes of the batch on resnet18
+        rows.append(Entry("axiomatic", "Non-Sensitivity",
+                      ours(ck.non_sensitivity, model, x, maps, y),
+                      theirs(q.NonSensitivity(disable_warnings=True)), True))  # fmt: skip
+    return rows
+
+
+def timed(call: Call, budget: float = 1.0) -> float:
+    """The median seconds of repeated calls: at least 3, and more while under ``budget``
+    seconds in all (at most 15); a call slower than ``budget`` runs once."""
+    times: list[float] = []
+    while not times or (len(times) < 15 and (len(times) < 3 or sum(times) < budget)):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+        if times[0] > budget:
+            break
+    return statistics.median(times)
+
+
+def passes_alone(s: Setup, rows: list[int], explains: int) -> float:
+    """The same forward passes, and the same number of explainer calls, run bare."""
+    largest = max(rows, default=len(s.x))
+    pool = s.x.repeat(-(-largest // len(s.x)), *([1] * (s.x.dim() - 1)))
+    cam = camkit.GradCAM(s.model, s.layer)
+    started = time.perf_counter()
+    with torch.no_grad():
+        for count in rows:
+            s.model(pool[:count])
+    for _ in range(explains):
+        cam(s.x, s.y)
+    return time.perf_counter() - started
+
+
+def run(s: Setup, quantus: object, only: set[str] | None) -> list[list[str]]:
+    cam = camkit.GradCAM(s.model, s.layer)
+    counter = Counter(s.model, cam)
+    table = []
+    for entry in entries(s, counter, quantus):
+        if only and entry.family not in only:
+            continue
+        with counter.counting():  # one call counted: its passes and explainer calls
+            first = timed(entry.ours, budget=0.0)
+        rows, explains = list(counter.rows), counter.explains
+        ours = first if first > 1.0 else timed(entry.ours)
+        try:
+            theirs = f"{timed(entry.theirs):.4f}" if entry.theirs is not None else ""
+            ratio = f"{float(theirs) / ours:.1f}x" if theirs else ""
+        except Exception as error:  # a peer's failure is a result
+            theirs, ratio = f"fails: {type(error).__name__}", ""
+            print(f"  Quantus {entry.metric}: {str(error)[:120]}", flush=True)
+        bare = timed(partial(passes_alone, s, rows, explains)) if entry.bound else 0.0
+        line = [
+            entry.family, entry.metric, f"{ours:.4f}", theirs, ratio,
+            f"{bare:.4f}" if entry.bound else "", f"{ours / bare:.2f}x" if entry.bound else "",
+        ]  # fmt: skip
+        print(" | ".join(line), flush=True)
+        table.append(line)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", nargs="+", default=["mnist", "resnet18"])
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--families", nargs="*", default=None)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results-metrics.md")
+    args = parser.parse_args()
+    import quantus
+
+    if not hasattr(np, "trapz"):  # Quantus 0.6 calls np.trapz, which NumPy 2.4 removed
+        np.trapz = np.trapezoid  # type: ignore[attr-defined]
+    lines = [
+        "# camkit's metrics beside Quantus 0.6",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} CPU, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} CPU threads, quantus "
+        f"{quantus.__version__}, one run each. Command: `python benchmarks/metrics.py "
+        f"--cases {' '.join(args.cases)} --images {args.images}`. Seconds per batch of "
+        f"{args.images}; *passes alone*: the forward passes camkit made (the same rows in "
+        f"the same batches) and the explainer's re-runs, timed bare; a metric bound by them "
+        f"cannot be faster than they are.",
+    ]
+    for name in args.cases:
+        s = build(name, args.images)
+        print(f"## {name}", flush=True)
+        table = run(s, quantus, set(args.families) if args.families else None)
+        lines += [
+            "",
+            f"## {name}: batch {args.images}, input {tuple(s.x.shape[1:])}, Grad-CAM maps at "
+            f"`{s.layer}`",
+            "",
+            "| family | metric | camkit (s) | Quantus (s) | Quantus / camkit | passes alone (s) "
+            "| camkit / passes |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        lines += ["| " + " | ".join(row) + " |" for row in table]
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
