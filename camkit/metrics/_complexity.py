@@ -22,6 +22,7 @@ from torch import Tensor
 
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.metrics._common import MetricResult, summarize
+from camkit.metrics._sorting import sorted_rows
 
 __all__ = ["complexity", "effective_complexity", "sparseness"]
 
@@ -75,7 +76,7 @@ def sparseness(maps: Tensor, *, batch_normalise: bool = False) -> MetricResult:
     """
     values = _magnitudes(maps, batch_normalise) + GINI_OFFSET
     count = values.shape[1]
-    ordered = values.sort(dim=1).values
+    ordered = sorted_rows(values)
     ranks = torch.arange(1, count + 1, dtype=torch.float64, device=values.device)
     gini = ((2 * ranks - count - 1) * ordered).sum(1) / (count * ordered.sum(1))
     return summarize("sparseness", gini.float().cpu())

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.metrics._common import MetricResult, summarize
+from camkit.metrics._sorting import kth_largest, sorted_rows
 
 __all__ = [
     "auc",
@@ -146,7 +147,7 @@ def auc(maps: Tensor, masks: Tensor) -> MetricResult:
     flat, inside = m.flatten(1), gt.flatten(1)
     positives = inside.sum(dim=1).double()
     total = flat.shape[1]
-    ordered = torch.sort(flat, dim=1).values
+    ordered = sorted_rows(flat)
     below = torch.searchsorted(ordered, flat, right=False)  # values smaller
     up_to = torch.searchsorted(ordered, flat, right=True)  # values smaller or equal
     ranks = (below + up_to + 1).double() / 2  # average ranks, 1-based
@@ -245,8 +246,7 @@ def _top_hits(m: Tensor, gt: Tensor, counts: Tensor, ties: str) -> Tensor:
         ranked = inside.cpu().gather(1, order)
         within = torch.arange(flat.shape[1]) < counts[:, None]
         return torch.where(counts > 0, (ranked & within).sum(1).double(), 0.0)
-    ordered = torch.sort(flat, dim=1, descending=True).values
-    cut = ordered.gather(1, (taken - 1).to(flat.device)[:, None])  # (N, 1)
+    cut = kth_largest(flat, taken)  # (N, 1)
     above, tied = flat > cut, flat == cut
     needed = (counts.to(flat.device) - above.sum(1)).double()
     hit = (inside & above).sum(1).double()
