@@ -49,7 +49,15 @@ METHODS = (
     "ScoreCAM",
     "AblationCAM",
 )
-METRICS = ("average_drop", "increase_in_confidence", "deletion", "insertion", "road")
+METRICS = (
+    "average_drop", "increase_in_confidence", "deletion", "insertion", "road",
+    "faithfulness_estimate", "faithfulness_correlation", "monotonicity",
+    "monotonicity_correlation", "region_perturbation", "selectivity", "irof", "infidelity",
+    "non_sensitivity", "sufficiency", "consistency", "max_sensitivity", "avg_sensitivity",
+    "local_lipschitz_estimate", "continuity", "relative_input_stability",
+    "relative_output_stability", "random_logit",
+)  # fmt: skip
+"""camkit.metrics' metrics that take (model, x, maps, classes), by name, with their defaults."""
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 

@@ -79,7 +79,8 @@ def test_the_labels_come_from_the_class_folders(tree: Path) -> None:
 def test_evaluate_reports_what_camkit_metrics_compute(tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "metrics.json"
     argv = ["evaluate", str(tree), *MNIST, *_standardization(), "--target", "label"]
-    assert main([*argv, "--metrics", "deletion", "average_drop", "--json", str(out)]) == 0
+    chosen = ["deletion", "average_drop", "sufficiency", "faithfulness_estimate"]
+    assert main([*argv, "--metrics", *chosen, "--json", str(out)]) == 0
     reported = json.loads(out.read_text())
     checkpoint, _ = load(WEIGHTS)
     dataset = ImageFiles([tree], channels=1, mean=[checkpoint.mean], std=[checkpoint.std])
@@ -87,7 +88,7 @@ def test_evaluate_reports_what_camkit_metrics_compute(tree: Path, tmp_path: Path
         checkpoint.model,
         camkit.GradCAM(checkpoint.model, "features.relu"),
         DataLoader(dataset, batch_size=32),
-        {"deletion": camkit.metrics.deletion, "average_drop": camkit.metrics.average_drop},
+        {name: getattr(camkit.metrics, name) for name in chosen},
         target="label",
         progress=False,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 
 import numpy as np
 import pytest
@@ -133,3 +134,21 @@ def test_equal_to_quantus_with_the_same_noise() -> None:
         got = ours(checkpoint.model, x, cam, y, samples=samples, noise=camkit_noise).values
         # both: float32 maps, the norms in float64 (camkit) and float32 (Quantus)
         np.testing.assert_allclose(got.numpy(), np.asarray(expected), rtol=1e-5)
+
+
+def test_a_tensor_of_maps_is_refused_and_evaluate_hands_over_the_explainer() -> None:
+    from camkit.metrics import evaluate, local_lipschitz_estimate, random_logit
+
+    model = _model()
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    cam = camkit.GradCAM(model, "1")
+    maps = cam(x)
+    # a tensor would be reused for every noisy copy and every class: silently "robust"
+    for metric in (max_sensitivity, avg_sensitivity, local_lipschitz_estimate, random_logit):
+        with pytest.raises(camkit.CamkitTypeError, match=r"maps: .* calls the explainer again"):
+            metric(model, x, maps)
+    data = [x[:2], x[2:]]
+    through = evaluate(model, cam, data, {"max": partial(max_sensitivity, samples=3)},
+                       progress=False)["max"]  # fmt: skip
+    direct = torch.cat([max_sensitivity(model, part, cam, samples=3).values for part in data])
+    torch.testing.assert_close(through.values, direct)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -85,6 +86,35 @@ def probabilities(model: nn.Module, x: Tensor, classes: Tensor, batch_size: int)
     """Softmax probability of ``classes[i]`` for each row ``x[i]``, float64 on the CPU."""
     probs = logits(model, x, batch_size).double().softmax(dim=1)
     return probs[torch.arange(len(x)), classes.to(probs.device)].cpu()
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def reruns_explainer(function: _F) -> _F:
+    """Mark a metric that calls the explainer again (on other inputs or classes):
+    :func:`~camkit.metrics.evaluate` hands it the explainer, not the batch's maps."""
+    function.reruns_explainer = True  # type: ignore[attr-defined]
+    return function
+
+
+def needs_explainer(metric: object) -> bool:
+    """Whether ``metric`` (or the function a :func:`functools.partial` wraps) re-runs the
+    explainer."""
+    while isinstance(metric, functools.partial):
+        metric = metric.func
+    return bool(getattr(metric, "reruns_explainer", False))
+
+
+def explainer_of(maps: Maps, metric: str) -> Maps:
+    """``maps`` if it can be re-run; a clear error for a tensor of maps, which a metric that
+    re-runs the explainer would silently reuse."""
+    if isinstance(maps, Tensor):
+        raise CamkitTypeError(
+            f"maps: {metric} calls the explainer again, on other inputs or classes; give the "
+            f"explainer (or a function maps(x, classes)), not a tensor of maps"
+        )
+    return maps
 
 
 def maps_for(maps: Maps, x: Tensor, classes: Tensor) -> Tensor:

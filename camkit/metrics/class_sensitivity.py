@@ -28,8 +28,10 @@ from camkit.metrics._common import (
     MetricResult,
     check_batch,
     classes_of,
+    explainer_of,
     logits,
     maps_for,
+    reruns_explainer,
     summarize,
 )
 from camkit.metrics.sanity import ssim
@@ -61,6 +63,7 @@ def off_classes(classes: Tensor, num_classes: int, seed: int = 42) -> Tensor:
     return picks + (picks >= classes.cpu()).long()
 
 
+@reruns_explainer
 def random_logit(
     model: nn.Module,
     x: Tensor,
@@ -107,6 +110,7 @@ def random_logit(
         torch.Size([2])
     """
     check_batch(x, batch_size)
+    explainer_of(maps, "random_logit")
     classes = classes_of(model, x, target, batch_size)
     if num_classes is None:
         num_classes = int(logits(model, x[:1], batch_size).shape[1])

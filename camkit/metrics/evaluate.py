@@ -11,7 +11,14 @@ from tqdm.auto import tqdm
 
 from camkit._engine.distributed import Batches, Rank, gather, process_group, rank_share
 from camkit.errors import CamkitValueError
-from camkit.metrics._common import Maps, MetricResult, classes_of, maps_for, summarize
+from camkit.metrics._common import (
+    Maps,
+    MetricResult,
+    classes_of,
+    maps_for,
+    needs_explainer,
+    summarize,
+)
 
 __all__ = ["evaluate"]
 
@@ -109,7 +116,8 @@ def _collect(
             classes = classes_of(model, x, None, len(x))
         maps = maps_for(explainer, x, classes)
         for name, metric in metrics.items():
-            collected[name].append(metric(model, x, maps, classes))
+            given = explainer if needs_explainer(metric) else maps
+            collected[name].append(metric(model, x, given, classes))
     return collected
 
 

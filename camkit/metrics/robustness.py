@@ -23,8 +23,10 @@ from camkit.metrics._common import (
     MetricResult,
     check_batch,
     classes_of,
+    explainer_of,
     logits,
     maps_for,
+    reruns_explainer,
     summarize,
 )
 from camkit.targets import Target
@@ -35,6 +37,7 @@ Noise = Callable[[Tensor, int], Tensor]
 """``noise(x, step)``: the ``step``-th noisy copy of the batch ``x`` (the same shape)."""
 
 
+@reruns_explainer
 def max_sensitivity(
     model: nn.Module,
     x: Tensor,
@@ -96,6 +99,7 @@ def max_sensitivity(
     return summarize("max_sensitivity", torch.where(largest.isinf(), torch.nan, largest))
 
 
+@reruns_explainer
 def avg_sensitivity(
     model: nn.Module,
     x: Tensor,
@@ -187,6 +191,7 @@ def over_copies(
     """``(N, samples)``: ``objective`` on each noisy copy of ``x`` and its maps (re-run for the
     same classes); NaN for a copy left out because its prediction changed."""
     check_batch(x, batch_size)
+    explainer_of(maps, "a robustness metric")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise CamkitValueError(f"samples: got {samples!r}; allowed: a positive int")
     classes = classes_of(model, x, target, batch_size)

@@ -28,7 +28,14 @@ from torch import Tensor, nn
 from camkit._engine.layers import find_layer
 from camkit._engine.model import eval_mode, forward
 from camkit.errors import CamkitTypeError, CamkitValueError
-from camkit.metrics._common import Maps, MetricResult, check_batch, logits, summarize
+from camkit.metrics._common import (
+    Maps,
+    MetricResult,
+    check_batch,
+    logits,
+    reruns_explainer,
+    summarize,
+)
 from camkit.metrics._removal import baseline_values, check_count
 from camkit.metrics.robustness import Noise, gaussian_noise, over_copies, uniform_noise
 from camkit.targets import Target
@@ -48,6 +55,7 @@ def _largest(values: Tensor) -> Tensor:
     return torch.where(largest == -torch.inf, torch.nan, largest)
 
 
+@reruns_explainer
 def local_lipschitz_estimate(
     model: nn.Module,
     x: Tensor,
@@ -109,6 +117,7 @@ def local_lipschitz_estimate(
     return summarize("local_lipschitz_estimate", _largest(values))
 
 
+@reruns_explainer
 def continuity(
     model: nn.Module,
     x: Tensor,
@@ -226,6 +235,7 @@ def _stability(
     return summarize(name, _largest(values))
 
 
+@reruns_explainer
 def relative_input_stability(
     model: nn.Module,
     x: Tensor,
@@ -285,6 +295,7 @@ def relative_input_stability(
     )  # fmt: skip
 
 
+@reruns_explainer
 def relative_output_stability(
     model: nn.Module,
     x: Tensor,
@@ -341,6 +352,7 @@ def relative_output_stability(
     )  # fmt: skip
 
 
+@reruns_explainer
 def relative_representation_stability(
     model: nn.Module,
     x: Tensor,
