@@ -157,6 +157,8 @@ def entries(s: Setup, counter: Counter, quantus: object) -> list[Entry]:
 
     step = pixels // 8
     patch = h // 4
+    # Quantus reads no representation off a torch.nn.Sequential (resnet18's layer4): its block
+    inner = "layer4.1" if s.name == "resnet18" else layer
     slic = q.helpers.utils.get_superpixel_segments  # type: ignore[attr-defined]
 
     def irof_with_segments() -> object:
@@ -233,9 +235,9 @@ def entries(s: Setup, counter: Counter, quantus: object) -> list[Entry]:
           theirs(q.RelativeOutputStability(nr_samples=4, disable_warnings=True),
                  explain_func=explain_quantus), True),
         Entry("robustness", "Relative Representation Stability",
-          ours(ck.relative_representation_stability, model, x, explain, y, layer=layer,
+          ours(ck.relative_representation_stability, model, x, explain, y, layer=inner,
                samples=4),
-          theirs(q.RelativeRepresentationStability(nr_samples=4, layer_names=[layer],
+          theirs(q.RelativeRepresentationStability(nr_samples=4, layer_names=[inner],
                                                    disable_warnings=True),
                  explain_func=explain_quantus), True),
         Entry("robustness", "Consistency", ours(ck.consistency, model, x, maps, y),
@@ -270,9 +272,9 @@ def entries(s: Setup, counter: Counter, quantus: object) -> list[Entry]:
           ours(ck.random_logit, model, x, explain, y, num_classes=s.classes),
           theirs(q.RandomLogit(num_classes=s.classes, disable_warnings=True),
                  explain_func=explain_quantus), True),
-        Entry("randomisation", "MPRT (cascading, every layer)",
+        Entry("randomisation", "MPRT (cascading, every layer; Spearman)",
           ours(ck.randomization_test, model,
-               lambda m: counter.wrap(camkit.GradCAM(m, layer)), x, y),
+               lambda m: counter.wrap(camkit.GradCAM(m, layer)), x, y, structural=False),
           theirs(q.MPRT(disable_warnings=True), explain_func=explain_quantus), True),
         Entry("randomisation", "Efficient MPRT",
           ours(ck.efficient_mprt, model,

@@ -1,4 +1,5 @@
-"""Make the figures of the model-family pages and the datasets page from their own recipes.
+"""Make the figures of the model-family pages, the datasets page and the Metrics page from
+their own recipes.
 
 Each page's Python snippets run in order, as the docs tests run them, and the
 figure the last one leaves in ``fig`` is saved as ``docs/families/<page>.png``,
@@ -34,6 +35,21 @@ def main() -> None:
         namespace["fig"].savefig(out, dpi=110, bbox_inches="tight")  # type: ignore[attr-defined]
         print(f"wrote {out.relative_to(ROOT)}")
     datasets_figure()
+    metrics_figure()
+
+
+def metrics_figure() -> None:
+    """The Metrics page's worked comparison: its snippets run in order, ``fig`` saved."""
+    page = ROOT / "docs" / "metrics.rst"
+    namespace: dict[str, Any] = {"__name__": "__snippet__"}
+    for block in snippets(page):
+        exec(compile(block, str(page), "exec"), namespace)
+        if "mnist" in namespace:
+            break
+    out = ROOT / "docs" / "metrics" / "compare-mnist.png"
+    out.parent.mkdir(exist_ok=True)
+    namespace["fig"].savefig(out, dpi=110, bbox_inches="tight")
+    print(f"wrote {out.relative_to(ROOT)}")
 
 
 def datasets_figure() -> None:

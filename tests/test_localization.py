@@ -197,3 +197,29 @@ def test_focus_equals_quantus() -> None:
     got = camkit.metrics.focus(maps, quadrants)
     # float64 maps to both; Quantus adds 1e-9 to the total mass (about 1500 here)
     np.testing.assert_allclose(got.values.numpy(), np.asarray(expected), rtol=1e-11)
+
+
+def test_rank_sums_by_numpy_and_by_torch_are_the_brute_force_ranks() -> None:
+    from camkit.metrics._sorting import rank_sums_numpy, rank_sums_torch
+
+    generator = torch.Generator().manual_seed(0)
+    values = torch.round(torch.rand(6, 50, generator=generator, dtype=torch.float64) * 5) / 5
+    selected = torch.rand(6, 50, generator=generator) > 0.5
+    # average rank of v_i: the values below it, plus the mean place among its ties
+    below = (values[:, None, :] < values[:, :, None]).sum(2).double()
+    tied = (values[:, None, :] == values[:, :, None]).sum(2).double()
+    expected = ((below + (tied + 1) / 2) * selected).sum(1)
+    torch.testing.assert_close(rank_sums_numpy(values, selected), expected, rtol=0, atol=1e-9)
+    torch.testing.assert_close(rank_sums_torch(values, selected), expected, rtol=0, atol=1e-9)
+
+
+def test_average_ranks_by_numpy_and_by_torch() -> None:
+    from camkit.metrics._sorting import _average_ranks_torch, average_ranks
+
+    values = torch.round(torch.rand(5, 40, generator=torch.Generator().manual_seed(1)) * 4) / 4
+    values = values.double()
+    below = (values[:, None, :] < values[:, :, None]).sum(2).double()
+    tied = (values[:, None, :] == values[:, :, None]).sum(2).double()
+    expected = below + (tied - 1) / 2  # 0-based: the mean of the tied places
+    torch.testing.assert_close(average_ranks(values), expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(_average_ranks_torch(values), expected, rtol=0, atol=1e-12)

@@ -285,3 +285,14 @@ def test_evaluate_over_a_loader_equals_one_big_batch() -> None:
     assert results["del"].summary == pytest.approx(whole_del.summary)
     predicted = evaluate(model, cam, loader, metrics, progress=False)
     torch.testing.assert_close(predicted["drop"].values, average_drop(model, x, cam).values)
+
+
+def test_the_randomization_test_can_leave_out_ssim() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(144, 3)).eval()  # fmt: skip
+    x = torch.rand(2, 1, 8, 8)
+    full = randomization_test(model, lambda m: GradCAM(m, "1"), x)
+    quick = randomization_test(model, lambda m: GradCAM(m, "1"), x, structural=False)
+    assert quick.ssim.isnan().all() and not full.ssim.isnan().all()
+    torch.testing.assert_close(quick.spearman, full.spearman, equal_nan=True)

@@ -31,3 +31,80 @@ def kth_largest(values: Tensor, k: Tensor) -> Tensor:
         cut = -np.partition(-values.numpy(), kth - 1, axis=1)[:, kth - 1 : kth]
         return torch.from_numpy(np.ascontiguousarray(cut))
     return sorted_rows(values, descending=True).gather(1, (k - 1).to(values.device)[:, None])
+
+
+def rank_sums(values: Tensor, selected: Tensor) -> Tensor:
+    """Per row, the sum of the average ranks (1-based; tied values share the mean of their
+    ranks) of the ``selected`` entries, ``(N,)`` float64: one sort per row, on the CPU by
+    NumPy."""
+    if values.device.type == "cpu" and not values.requires_grad:
+        return rank_sums_numpy(values, selected)
+    return rank_sums_torch(values, selected)
+
+
+def rank_sums_numpy(values: Tensor, selected: Tensor) -> Tensor:
+    """:func:`rank_sums` by NumPy (CPU tensors)."""
+    p = values.shape[1]
+    v, chosen = values.numpy(), selected.numpy()
+    n = v.shape[0]
+    order = np.argsort(v, axis=1)
+    ordered = np.take_along_axis(v, order, axis=1)
+    picked = np.take_along_axis(chosen, order, axis=1).ravel()
+    starts = np.ones(ordered.shape, dtype=bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    first = np.flatnonzero(starts)  # each tie group's first place, over all rows
+    sizes = np.diff(np.append(first, n * p))
+    group = np.cumsum(starts.ravel()) - 1
+    chosen_in_group = np.bincount(group, weights=picked, minlength=len(first))
+    rank = first % p + (sizes - 1) / 2 + 1  # the group's average rank in its row
+    return torch.from_numpy(np.bincount(first // p, chosen_in_group * rank, minlength=n))
+
+
+def rank_sums_torch(values: Tensor, selected: Tensor) -> Tensor:
+    """:func:`rank_sums` by torch (any device)."""
+    p = values.shape[1]
+    ordered, order = torch.sort(values.detach(), dim=1)
+    picked = selected.gather(1, order)
+    position = torch.arange(p, device=values.device).expand_as(order)
+    starts = torch.ones_like(picked)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    ends = torch.ones_like(picked)
+    ends[:, :-1] = starts[:, 1:]
+    first = torch.where(starts, position, 0).cummax(dim=1).values
+    last = torch.where(ends, position, p - 1).flip(1).cummin(dim=1).values.flip(1)
+    ranks = (first + last).double() / 2 + 1
+    return (ranks * picked).sum(dim=1)
+
+
+def average_ranks(values: Tensor) -> Tensor:
+    """Each row's average ranks (0-based; tied values share the mean of their places), in
+    ``values``' dtype and shape ``(N, P)``; on the CPU by NumPy."""
+    if values.device.type != "cpu" or values.requires_grad:
+        return _average_ranks_torch(values)
+    v = values.numpy()
+    n, p = v.shape
+    order = np.argsort(v, axis=1)
+    ordered = np.take_along_axis(v, order, axis=1)
+    starts = np.ones(ordered.shape, dtype=bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    first = np.flatnonzero(starts)
+    sizes = np.diff(np.append(first, n * p))
+    group = np.cumsum(starts.ravel()) - 1
+    mean_place = (first % p + (sizes - 1) / 2)[group].reshape(n, p)
+    ranks = np.empty_like(mean_place)
+    np.put_along_axis(ranks, order, mean_place, axis=1)
+    return torch.from_numpy(ranks).to(values.dtype)
+
+
+def _average_ranks_torch(x: Tensor) -> Tensor:
+    order = x.argsort(dim=-1, stable=True)
+    sorted_x = x.gather(-1, order)
+    n = x.shape[-1]
+    positions = torch.arange(n, dtype=torch.float64, device=x.device).expand_as(sorted_x)
+    new_group = torch.ones_like(sorted_x, dtype=torch.bool)
+    new_group[..., 1:] = sorted_x[..., 1:] != sorted_x[..., :-1]
+    group = new_group.cumsum(dim=-1) - 1
+    sums = torch.zeros_like(positions).scatter_add_(-1, group, positions)
+    counts = torch.zeros_like(positions).scatter_add_(-1, group, torch.ones_like(positions))
+    mean_rank = (sums / counts.clamp_min(1)).gather(-1, group)
+    return torch.empty_like(mean_rank).scatter_(-1, order, mean_rank).to(x.dtype)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.metrics._common import MetricResult, summarize
-from camkit.metrics._sorting import kth_largest, sorted_rows
+from camkit.metrics._sorting import kth_largest, rank_sums
 
 __all__ = [
     "auc",
@@ -147,11 +147,7 @@ def auc(maps: Tensor, masks: Tensor) -> MetricResult:
     flat, inside = m.flatten(1), gt.flatten(1)
     positives = inside.sum(dim=1).double()
     total = flat.shape[1]
-    ordered = sorted_rows(flat)
-    below = torch.searchsorted(ordered, flat, right=False)  # values smaller
-    up_to = torch.searchsorted(ordered, flat, right=True)  # values smaller or equal
-    ranks = (below + up_to + 1).double() / 2  # average ranks, 1-based
-    u = (ranks * inside).sum(dim=1) - positives * (positives + 1) / 2
+    u = rank_sums(flat, inside).to(positives.device) - positives * (positives + 1) / 2
     defined = (positives > 0) & (positives < total)
     values = torch.where(defined, u / (positives * (total - positives)).clamp_min(1), math.nan)
     return summarize("auc", values.cpu())

@@ -14,25 +14,11 @@ from tqdm.auto import tqdm
 from camkit._engine import map_ops
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import check_batch, classes_of
+from camkit.metrics._sorting import average_ranks
 from camkit.metrics._weights import parameterized_layers, randomize, reduce_channels
 from camkit.targets import Target
 
 __all__ = ["RandomizationResult", "randomization_test", "spearman", "ssim"]
-
-
-def _ranks(x: Tensor) -> Tensor:
-    """Average ranks (ties share their mean rank) along the last axis."""
-    order = x.argsort(dim=-1, stable=True)
-    sorted_x = x.gather(-1, order)
-    n = x.shape[-1]
-    positions = torch.arange(n, dtype=torch.float64, device=x.device).expand_as(sorted_x)
-    new_group = torch.ones_like(sorted_x, dtype=torch.bool)
-    new_group[..., 1:] = sorted_x[..., 1:] != sorted_x[..., :-1]
-    group = new_group.cumsum(dim=-1) - 1
-    sums = torch.zeros_like(positions).scatter_add_(-1, group, positions)
-    counts = torch.zeros_like(positions).scatter_add_(-1, group, torch.ones_like(positions))
-    mean_rank = (sums / counts.clamp_min(1)).gather(-1, group)
-    return torch.empty_like(mean_rank).scatter_(-1, order, mean_rank)
 
 
 def spearman(a: Tensor, b: Tensor) -> Tensor:
@@ -47,7 +33,7 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     """
     if a.shape != b.shape:
         raise CamkitValueError(f"b: shape {tuple(b.shape)} differs from a's {tuple(a.shape)}")
-    ra, rb = _ranks(a.flatten(1).double()), _ranks(b.flatten(1).double())
+    ra, rb = average_ranks(a.flatten(1).double()), average_ranks(b.flatten(1).double())
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
     return (ra * rb).sum(1) / ((ra * ra).sum(1) * (rb * rb).sum(1)).sqrt()
 
@@ -76,16 +62,16 @@ def ssim(
     size -= 1 - size % 2
     half = size // 2
     taps = torch.exp(-(torch.arange(-half, half + 1, dtype=torch.float64) ** 2) / (2 * sigma**2))
-    taps = taps / taps.sum()
-    kernel = (taps[:, None] * taps[None, :]).view(1, 1, size, size).to(a.device)
-
-    def mean(t: Tensor) -> Tensor:
-        return F.conv2d(t[:, None], kernel)[:, 0]
+    taps = (taps / taps.sum()).to(a.device)
 
     x, y = a.double(), b.double()
-    mx, my = mean(x), mean(y)
-    vx, vy = mean(x * x) - mx**2, mean(y * y) - my**2
-    cov = mean(x * y) - mx * my
+    # the Gaussian window is separable: one pass along the rows, one along the columns,
+    # for all five local means at once
+    stacked = torch.stack([x, y, x * x, y * y, x * y], dim=1).flatten(0, 1)[:, None]
+    means = F.conv2d(F.conv2d(stacked, taps.view(1, 1, 1, size)), taps.view(1, 1, size, 1))
+    mx, my, mxx, myy, mxy = means[:, 0].unflatten(0, (len(x), 5)).unbind(1)
+    vx, vy = mxx - mx**2, myy - my**2
+    cov = mxy - mx * my
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     index = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
     return index.flatten(1).mean(1)
@@ -100,7 +86,8 @@ class RandomizationResult:
         layers: The layers randomized, in the order of the steps.
         spearman: ``(steps, N)`` rank correlation of the signed maps.
         spearman_abs: ``(steps, N)`` rank correlation of the absolute maps.
-        ssim: ``(steps, N)`` SSIM of the maps scaled to [0, 1] (2-D maps; else NaN).
+        ssim: ``(steps, N)`` SSIM of the maps scaled to [0, 1] (2-D maps, unless the test
+            ran with ``structural=False``; else NaN).
         maps: ``(steps + 1, N, *spatial)`` the original maps, then each step's.
     """
 
@@ -134,6 +121,7 @@ def randomization_test(
     mode: str = "cascading",
     layers: list[str] | None = None,
     seed: int = 0,
+    structural: bool = True,
     progress: bool = False,
 ) -> RandomizationResult:
     """Model-parameter randomization test (Adebayo et al., *Sanity Checks for Saliency Maps*).
@@ -158,6 +146,8 @@ def randomization_test(
         layers: Names of the layers to randomize; by default every module that
             owns parameters, in forward order.
         seed: Seed of the re-initialization.
+        structural: Compute SSIM (the costliest of the three similarities on large
+            maps); ``False`` leaves ``ssim`` NaN.
         progress: Show a progress bar over the steps.
 
     Returns:
@@ -198,7 +188,7 @@ def randomization_test(
     after = stacked[1:]
     rho = torch.stack([spearman(original, m) for m in after])
     rho_abs = torch.stack([spearman(original.abs(), m.abs()) for m in after])
-    if original.dim() == 3:
+    if original.dim() == 3 and structural:
         structure = torch.stack([ssim(_scaled(original), _scaled(m)) for m in after])
     else:
         structure = torch.full_like(rho, float("nan"))
