@@ -348,7 +348,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--families", nargs="*", default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results-metrics.md")
+    parser.add_argument("--rst", type=Path, default=ROOT / "docs" / "metrics" / "benchmark.rst",
+                        help="the docs' copy of the tables")  # fmt: skip
+    parser.add_argument("--rst-only", action="store_true",
+                        help="only write --rst from an existing --out")  # fmt: skip
     args = parser.parse_args()
+    if args.rst_only:
+        write_rst(args.out, args.rst)
+        return
     import quantus
 
     if not hasattr(np, "trapz"):  # Quantus 0.6 calls np.trapz, which NumPy 2.4 removed
@@ -380,6 +387,39 @@ def main() -> None:
         lines += ["| " + " | ".join(row) + " |" for row in table]
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
+    write_rst(args.out, args.rst)
+
+
+def write_rst(markdown: Path, rst: Path) -> None:
+    """The Markdown tables of ``markdown`` as the docs' csv-tables."""
+    blocks, title, header, rows = [], "", [], []
+
+    def flush() -> None:
+        if header and rows:
+            blocks.append(
+                f".. csv-table:: {title} (``python benchmarks/metrics.py``)\n"
+                f"   :header: {', '.join(repr_cell(h) for h in header)}\n\n"
+                + "\n".join("   " + ", ".join(repr_cell(c) for c in row) for row in rows)
+            )
+
+    for line in markdown.read_text().splitlines():
+        if line.startswith("## "):
+            flush()
+            title, header, rows = line[3:].replace("`", "``"), [], []
+        elif line.startswith("| ") and not line.startswith("| ---"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not header:
+                header = cells
+            else:
+                rows.append(cells)
+    flush()
+    rst.parent.mkdir(parents=True, exist_ok=True)
+    rst.write_text("\n\n".join(blocks) + "\n")
+    print(f"wrote {rst}")
+
+
+def repr_cell(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ TIES = ("average", "first", "quantus")
 """How the ranking metrics take pixels that tie at the cut (see the module's text)."""
 
 
-def _check(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+def _check(maps: Tensor, masks: Tensor, convert: bool = True) -> tuple[Tensor, Tensor]:
     if not isinstance(maps, Tensor) or not isinstance(masks, Tensor):
         raise CamkitTypeError(
             f"maps, masks: expected tensors, got {type(maps).__name__}, {type(masks).__name__}"
@@ -47,6 +47,8 @@ def _check(maps: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
             f"masks: shape {tuple(masks.shape)} must equal the maps' {tuple(maps.shape)}, "
             f"(N, *spatial)"
         )
+    if not convert:
+        return maps.detach(), masks.detach().bool()
     return maps.detach().double(), masks.detach().bool()
 
 
@@ -143,7 +145,7 @@ def auc(maps: Tensor, masks: Tensor) -> MetricResult:
         >>> auc(maps, mask).summary  # (1 + 1 + 0.5 + 1) / 4
         0.875
     """
-    m, gt = _check(maps, masks)
+    m, gt = _check(maps, masks, convert=False)  # ranks depend on the order alone
     flat, inside = m.flatten(1), gt.flatten(1)
     positives = inside.sum(dim=1).double()
     total = flat.shape[1]

@@ -38,6 +38,19 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     return (ra * rb).sum(1) / ((ra * ra).sum(1) * (rb * rb).sum(1)).sqrt()
 
 
+def _correlations(original: Tensor, after: Tensor) -> Tensor:
+    """Spearman correlation of ``original`` ``(N, ...)`` with each of ``after`` ``(S, N,
+    ...)``, ``(S, N)``; the original's ranks computed once."""
+    ra = average_ranks(original.flatten(1).double())
+    ra = ra - ra.mean(1, keepdim=True)
+    out = []
+    for m in after:
+        rb = average_ranks(m.flatten(1).double())
+        rb = rb - rb.mean(1, keepdim=True)
+        out.append((ra * rb).sum(1) / ((ra * ra).sum(1) * (rb * rb).sum(1)).sqrt())
+    return torch.stack(out)
+
+
 def ssim(
     a: Tensor, b: Tensor, *, data_range: float = 1.0, window: int = 11, sigma: float = 1.5
 ) -> Tensor:
@@ -186,8 +199,10 @@ def randomization_test(
         all_maps.append(reduce_channels(method(twin)(x, classes).detach(), x))
     stacked = torch.stack(all_maps)
     after = stacked[1:]
-    rho = torch.stack([spearman(original, m) for m in after])
-    rho_abs = torch.stack([spearman(original.abs(), m.abs()) for m in after])
+    rho = _correlations(original, after)
+    # maps without negative values are their own magnitudes: the same correlations
+    signed = bool((original < 0).any()) or bool((after < 0).any())
+    rho_abs = _correlations(original.abs(), after.abs()) if signed else rho.clone()
     if original.dim() == 3 and structural:
         structure = torch.stack([ssim(_scaled(original), _scaled(m)) for m in after])
     else:
