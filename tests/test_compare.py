@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -117,3 +118,33 @@ def test_clear_errors() -> None:
         compare(model, data, {BASELINE: cam}, {"deletion": deletion}, progress=False)
     with pytest.raises(CamkitValueError, match="resamples: got 5"):
         compare(model, data, {"a": cam}, {"deletion": deletion}, resamples=5, progress=False)
+
+
+def test_ranks_compare_with_the_best_of_the_group_not_a_chain() -> None:
+    # three candidates 0.3 apart, each sample's value noisy with std 1 (its own noise): next
+    # neighbours cannot be told apart on 40 samples, the two ends (0.6 apart) can
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    x = torch.rand(40, 1, 2, 2)
+
+    def constant(level: float) -> Callable[[Tensor, Tensor], Tensor]:
+        return lambda inputs, classes: torch.full((len(inputs), 2, 2), level)
+
+    def noisy(model: torch.nn.Module, inputs: Tensor, maps: Tensor, classes: Tensor
+              ) -> camkit.metrics.MetricResult:  # fmt: skip
+        level = float(maps[0, 0, 0])
+        noise = torch.randn(len(inputs), generator=torch.Generator().manual_seed(int(level * 10)))
+        return camkit.metrics.MetricResult("noisy", level + noise.double(), 0.0)
+
+    out = camkit.metrics.compare(
+        model, [x], {"a": constant(0.9), "b": constant(0.6), "c": constant(0.3)},
+        {"noisy": noisy}, better={"noisy": "higher"}, baseline=False, progress=False,
+    )  # fmt: skip
+    cells = {name: out.cells[name, "noisy"] for name in "abc"}
+    assert [cells[n].rank for n in "abc"] == [1, 1, 3]
+    # the steps the rule looked at: a-b tied, a-c told apart (checked by hand, paired)
+    draws = torch.randint(0, 40, (1000, 40), generator=torch.Generator().manual_seed(0))
+    # and b-c tied: the old rule, each against the one above, chained c to rank 1
+    for best, other, apart in (("a", "b", False), ("a", "c", True), ("b", "c", False)):
+        difference = cells[best].values[draws].mean(1) - cells[other].values[draws].mean(1)
+        low = torch.quantile(difference, torch.tensor(0.025, dtype=torch.float64))
+        assert bool(low > 0) == apart

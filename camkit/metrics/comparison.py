@@ -225,9 +225,12 @@ def compare(
     ``baseline=False``: a candidate that does not beat it on a metric has
     not shown anything on that metric. The confidence intervals are
     percentile intervals of the mean over ``resamples`` bootstrap resamples of
-    the samples. Per metric, the candidates are ordered by their means; a
-    candidate whose paired bootstrap difference from the one above it has an
-    interval containing 0 cannot be told apart from it, and shares its rank.
+    the samples. Per metric, the candidates are ordered by their means and
+    taken in groups: a candidate whose paired bootstrap difference from the
+    best of the current group has an interval containing 0 cannot be told apart
+    from it and shares its rank; otherwise it starts a new group, ranked by its
+    place. (Comparing with the best of the group, not with the one just above,
+    keeps a chain of small steps from tying candidates that differ clearly.)
 
     Args:
         model: The classifier; left unchanged.
@@ -309,17 +312,19 @@ def compare(
         means = {name: float(values[name, metric].nanmean()) for name in names}
         order = sorted(names, key=lambda n: (_key(sign * means[n]), names.index(n)))
         ranks: dict[str, int] = {}
+        leader = order[0]  # the best of the current group of candidates that share a rank
         for position, name in enumerate(order):
             if position == 0:
                 ranks[name] = 1
                 continue
-            above = order[position - 1]
-            difference = (boot[name] - boot[above]).nan_to_num(0.0)
+            difference = (boot[name] - boot[leader]).nan_to_num(0.0)
             low, high = torch.quantile(
                 difference, torch.tensor([tail, 1 - tail], dtype=torch.float64)
             )
-            tied = bool(low <= 0 <= high)
-            ranks[name] = ranks[above] if tied else position + 1
+            if bool(low <= 0 <= high):  # cannot be told apart from the group's best
+                ranks[name] = ranks[leader]
+            else:
+                ranks[name], leader = position + 1, name
         for name in names:
             interval = boot[name][~boot[name].isnan()]
             if len(interval):

@@ -411,8 +411,9 @@ image), 16 pixels a step: Petsiuk et al. (2018); ROAD, mean over 20-80 % removed
 linear imputation: Rong et al. (2022); pointing game (within 1 pixel of a stroke) and energy
 on strokes: Zhang et al. (2016), Wang et al. (2020). Guided Backprop and Guided Grad-CAM
 enter as the magnitude of their input gradients, scaled to [0, 1]. Each mean is followed by
-the method's rank on that metric; methods whose paired bootstrap difference (1,000
-resamples of the images, 95 %) contains 0 cannot be told apart and share a rank.
+the method's rank on that metric; a method whose paired bootstrap difference (1,000
+resamples of the images, 95 %) from the best of its group contains 0 cannot be told apart
+from it and shares its rank.
 
 {table_markdown(table)}
 
