@@ -46,9 +46,9 @@ def patch_grid(spatial: tuple[int, ...], patch_size: int) -> Tensor:
     aligned as Quantus 0.6 pads (half the shortfall before, the rest after).
 
     Example:
-        >>> patch_grid((3, 4), 2).view(3, 4)
+        >>> patch_grid((3, 4), 2).view(3, 4)  # 3 rows: 1 short, padded after
         tensor([[0, 0, 1, 1],
-                [2, 2, 3, 3],
+                [0, 0, 1, 1],
                 [2, 2, 3, 3]])
     """
     check_count("patch_size", patch_size)
