@@ -114,6 +114,8 @@ def test_clear_errors() -> None:
         faithfulness_correlation(model, x, maps, 0, runs=0)
     with pytest.raises(CamkitValueError, match=r"subsets: got torch.float32 of shape \(3, 2\)"):
         faithfulness_correlation(model, x, maps, 0, subsets=torch.rand(3, 2))
+    with pytest.raises(CamkitValueError, match="pixel indices from 0 to 35"):
+        faithfulness_correlation(model, x, maps, 0, subsets=torch.full((3, 2, 4), 36))
     with pytest.raises(CamkitValueError, match="fills: got shape"):
         monotonicity_correlation(model, x, maps, 0, samples=2, fills=torch.rand(3, 2, 2))
     with pytest.raises(CamkitValueError, match="samples: got 0"):

@@ -112,10 +112,15 @@ def faithfulness_correlation(
             [torch.rand(n, pixels, generator=generator).topk(subset_size).indices
              for _ in range(runs)]
         )  # fmt: skip
-    elif subsets.dim() != 3 or subsets.shape[1] != n or subsets.dtype != torch.int64:
+    elif (
+        subsets.dim() != 3
+        or subsets.shape[1] != n
+        or subsets.dtype != torch.int64
+        or not bool(((subsets >= 0) & (subsets < pixels)).all())
+    ):
         raise CamkitValueError(
             f"subsets: got {subsets.dtype} of shape {tuple(subsets.shape)}; allowed: int64 "
-            f"pixel indices (runs, {n}, subset_size)"
+            f"pixel indices from 0 to {pixels - 1}, (runs, {n}, subset_size)"
         )
     fill = baseline_values(x, baseline)
     intact = scores(model, x.detach(), classes, softmax, batch_size)
@@ -313,10 +318,10 @@ def sensitivity_n(
     intact = scores(model, x.detach(), classes, softmax, batch_size)
     curve = cumulative_scores(model, x, image, step_of, steps, classes, softmax, batch_size)
     drops = intact[:, None] - curve  # (N, steps)
-    per_step = torch.stack(
-        [torch.where(step_of.to(weights.device) == s, weights, 0).sum(1) for s in range(steps)],
-        dim=1,
-    ).cpu()
+    # each pixel's mass into its step's bin (pixels never removed into one more, dropped)
+    bins = step_of.clamp(max=steps).to(weights.device)
+    per_step = torch.zeros(n, steps + 1, dtype=torch.float64, device=weights.device)
+    per_step = per_step.scatter_add_(1, bins, weights)[:, :steps].cpu()
     masses = per_step.cumsum(dim=1) if mass == "removed" else per_step
     counts = torch.arange(1, steps + 1, dtype=torch.float64) * features_in_step
     correlations = pearson(masses.T, drops.T)
