@@ -229,7 +229,9 @@ def _relative_changes(
         raise CamkitValueError(f"radius: got {radius!r}; allowed: a number >= 0")
 
     def relative(x: Tensor, noisy: Tensor, e: Tensor, e_noisy: Tensor) -> Tensor:
-        return (e_noisy - e).norm(dim=1) / e.norm(dim=1)
+        change: Tensor = torch.linalg.vector_norm(e_noisy - e, dim=1)
+        size: Tensor = torch.linalg.vector_norm(e, dim=1)
+        return change / size
 
     return over_copies(
         model, x, maps, target, samples, noise or uniform_noise(-radius, radius, seed),

@@ -82,12 +82,13 @@ def ssim(
     # for all five local means at once
     stacked = torch.stack([x, y, x * x, y * y, x * y], dim=1).flatten(0, 1)[:, None]
     means = F.conv2d(F.conv2d(stacked, taps.view(1, 1, 1, size)), taps.view(1, 1, size, 1))
-    mx, my, mxx, myy, mxy = means[:, 0].unflatten(0, (len(x), 5)).unbind(1)
+    mx, my, mxx, myy, mxy = means[:, 0].view(len(x), 5, *means.shape[-2:]).unbind(1)
     vx, vy = mxx - mx**2, myy - my**2
     cov = mxy - mx * my
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     index = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    return index.flatten(1).mean(1)
+    result: Tensor = index.flatten(1).mean(1)
+    return result
 
 
 @dataclass(frozen=True)

@@ -107,8 +107,9 @@ def local_lipschitz_estimate(
         raise CamkitValueError(f"std: got {std!r}; allowed: a number >= 0")
 
     def ratio(x: Tensor, noisy: Tensor, e: Tensor, e_noisy: Tensor) -> Tensor:
-        moved = (x.double() - noisy.double()).flatten(1).norm(dim=1)
-        return (e - e_noisy).norm(dim=1) / (moved + 1e-10)
+        moved: Tensor = torch.linalg.vector_norm((x.double() - noisy.double()).flatten(1), dim=1)
+        change: Tensor = torch.linalg.vector_norm(e - e_noisy, dim=1)
+        return change / (moved + 1e-10)
 
     values = over_copies(
         model, x, maps, target, samples, noise or gaussian_noise(std, seed),
@@ -180,7 +181,7 @@ def continuity(
         return _shift(x, image, shifts[step])
 
     def ratio(x: Tensor, moved: Tensor, e: Tensor, e_moved: Tensor) -> Tensor:
-        distance = (x.double() - moved.double()).flatten(1).norm(dim=1)
+        distance: Tensor = torch.linalg.vector_norm((x.double() - moved.double()).flatten(1), dim=1)
         return (e - e_moved).abs().sum(dim=1) / (distance + 1e-9)
 
     values = over_copies(
@@ -204,7 +205,8 @@ def _shift(x: Tensor, fill: Tensor, by: int) -> Tensor:
 def _relative(a: Tensor, b: Tensor, eps: float) -> Tensor:
     """``||(a - b) / a||`` per row, each zero of ``a`` replaced by ``eps``, as Agarwal et al."""
     a, b = a.double().flatten(1), b.double().flatten(1)
-    return ((a - b) / torch.where(a == 0, eps, a)).norm(dim=1)
+    norm: Tensor = torch.linalg.vector_norm((a - b) / torch.where(a == 0, eps, a), dim=1)
+    return norm
 
 
 def _stability(
@@ -344,7 +346,10 @@ def relative_output_stability(
     reference = logits(model, x, batch_size).double()
 
     def outputs(x: Tensor, noisy: Tensor) -> Tensor:
-        return (reference - logits(model, noisy, batch_size).double()).norm(dim=1)
+        moved: Tensor = torch.linalg.vector_norm(
+            reference - logits(model, noisy, batch_size).double(), dim=1
+        )
+        return moved
 
     return _stability(
         "relative_output_stability", model, x, maps, target, samples, noise, seed, eps,
