@@ -57,6 +57,18 @@ def baseline_values(x: Tensor, baseline: str | float) -> Tensor:
     return value[:, None].expand(n, channels).to(x.dtype)
 
 
+def baseline_image(fill: Tensor, x: Tensor) -> Tensor:
+    """The baseline image: each sample's ``fill`` ``(N, C)`` at every position of ``x``."""
+    return fill.view(*fill.shape, *([1] * (x.dim() - 2))).expand_as(x)
+
+
+def groups(ranked: Tensor, features_in_step: int) -> list[Tensor]:
+    """The columns of ``ranked`` ``(N, P)`` in consecutive groups of ``features_in_step``
+    (the last may be shorter)."""
+    width = ranked.shape[1]
+    return [ranked[:, s : s + features_in_step] for s in range(0, width, features_in_step)]
+
+
 @torch.no_grad()
 def scores(model: nn.Module, x: Tensor, classes: Tensor, softmax: bool, batch_size: int) -> Tensor:
     """The explained class's logit (or probability) for each row, float64 on the CPU."""

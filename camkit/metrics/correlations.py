@@ -24,10 +24,12 @@ from torch import Tensor, nn
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import Maps, MetricResult, check_batch, classes_of, maps_for, summarize
 from camkit.metrics._removal import (
+    baseline_image,
     baseline_values,
     check_count,
     check_ties,
     cumulative_scores,
+    groups,
     order,
     pearson,
     removed_scores,
@@ -211,12 +213,10 @@ def monotonicity_correlation(
             f"({steps}, {samples}, {n})"
         )
     lowest_first = order(-weights, ties)
-    groups = [
-        lowest_first[:, s * features_in_step : (s + 1) * features_in_step] for s in range(steps)
-    ]
+    chunks = groups(lowest_first, features_in_step)
     intact = scores(model, x.detach(), classes, softmax, batch_size)
     removals = [
-        (groups[s], fills[s, d][:, None].expand(n, channels))
+        (chunks[s], fills[s, d][:, None].expand(n, channels))
         for s in range(steps)
         for d in range(samples)
     ]
@@ -224,7 +224,7 @@ def monotonicity_correlation(
     removed = removed.view(steps, samples, n)
     inverse = torch.where(intact.abs() >= eps, 1 / intact.abs(), 1.0) ** 2
     variances = ((removed - intact) ** 2).mean(dim=1) * inverse  # (steps, N)
-    masses = torch.stack([weights.gather(1, g.to(weights.device)).sum(1) for g in groups], 1)
+    masses = torch.stack([weights.gather(1, g.to(weights.device)).sum(1) for g in chunks], 1)
     return summarize("monotonicity_correlation", spearman(masses.cpu(), variances.T))
 
 
@@ -313,7 +313,7 @@ def sensitivity_n(
         )
     ranked = order(weights, ties)
     fill = baseline_values(x, baseline)
-    image = fill.view(*fill.shape, *([1] * (x.dim() - 2))).expand_as(x)
+    image = baseline_image(fill, x)
     step_of = steps_of(ranked, features_in_step)
     intact = scores(model, x.detach(), classes, softmax, batch_size)
     curve = cumulative_scores(model, x, image, step_of, steps, classes, softmax, batch_size)

@@ -32,10 +32,12 @@ from torch import Tensor, nn
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import Maps, MetricResult, check_batch, classes_of, maps_for, summarize
 from camkit.metrics._removal import (
+    baseline_image,
     baseline_values,
     check_count,
     check_ties,
     cumulative_scores,
+    groups,
     order,
     pearson,
     removed_scores,
@@ -106,12 +108,11 @@ def faithfulness_estimate(
     weights = maps_for(maps, x, classes).double().flatten(1)  # (N, P)
     ranked = order(weights, ties)
     fill = baseline_values(x, baseline)  # (N, C) per-sample values
-    steps = math.ceil(weights.shape[1] / features_in_step)
-    groups = [ranked[:, s * features_in_step : (s + 1) * features_in_step] for s in range(steps)]
+    chunks = groups(ranked, features_in_step)
     intact = scores(model, x.detach(), classes, softmax, batch_size)
-    removed = removed_scores(model, x, classes, [(g, fill) for g in groups], softmax, batch_size)
+    removed = removed_scores(model, x, classes, [(g, fill) for g in chunks], softmax, batch_size)
     drops = (intact[None] - removed).T  # (N, steps)
-    masses = torch.stack([weights.gather(1, g.to(weights.device)).sum(1) for g in groups], dim=1)
+    masses = torch.stack([weights.gather(1, g.to(weights.device)).sum(1) for g in chunks], dim=1)
     return summarize("faithfulness_estimate", pearson(masses.cpu(), drops))
 
 
@@ -177,9 +178,8 @@ def monotonicity(
     lowest_first = order(-weights, ties)
     fill = baseline_values(x, baseline)
     steps = math.ceil(weights.shape[1] / features_in_step)
-    baseline_image = fill.view(*fill.shape, *([1] * (x.dim() - 2))).expand_as(x)
     curve = cumulative_scores(
-        model, baseline_image, x, steps_of(lowest_first, features_in_step), steps, classes,
+        model, baseline_image(fill, x), x, steps_of(lowest_first, features_in_step), steps, classes,
         softmax, batch_size,
     )  # fmt: skip
     rising = (curve.diff(dim=1) >= 0).all(dim=1)
@@ -248,10 +248,9 @@ def non_sensitivity(
     pixels = weights.shape[1]
     fill = baseline_values(x, baseline)
     positions = torch.arange(pixels).expand(n, -1)
-    steps = math.ceil(pixels / features_in_step)
-    groups = [positions[:, s * features_in_step : (s + 1) * features_in_step] for s in range(steps)]
+    chunks = groups(positions, features_in_step)
     intact = scores(model, x.detach(), classes, softmax, batch_size)
-    removed = removed_scores(model, x, classes, [(g, fill) for g in groups], softmax, batch_size)
+    removed = removed_scores(model, x, classes, [(g, fill) for g in chunks], softmax, batch_size)
     insensitive = ((removed - intact[None]).abs() < eps).T  # (N, steps)
-    irrelevant = torch.stack([weights.gather(1, g).amax(dim=1) < eps for g in groups], dim=1)
+    irrelevant = torch.stack([weights.gather(1, g).amax(dim=1) < eps for g in chunks], dim=1)
     return summarize("non_sensitivity", (insensitive ^ irrelevant).sum(dim=1).double())

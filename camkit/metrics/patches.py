@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import Maps, MetricResult, check_batch, classes_of, maps_for, summarize
 from camkit.metrics._removal import (
+    baseline_image,
     baseline_values,
     check_count,
     check_ties,
@@ -93,11 +94,6 @@ def _area(curve: Tensor, area: str) -> Tensor:
 def _check_area(area: str) -> None:
     if area not in AREAS:
         raise CamkitValueError(f"auc: got {area!r}; allowed: {', '.join(map(repr, AREAS))}")
-
-
-def _image(fill: Tensor, x: Tensor) -> Tensor:
-    """The baseline image: each sample's ``fill`` ``(N, C)`` at every position."""
-    return fill.view(*fill.shape, *([1] * (x.dim() - 2))).expand_as(x)
 
 
 def region_perturbation(
@@ -173,7 +169,14 @@ def region_perturbation(
     fill = baseline_values(x, baseline)
     intact = scores(model, x.detach(), classes, softmax, batch_size)
     curve = cumulative_scores(
-        model, x, _image(fill, x), _step_of(labels, ranked), steps, classes, softmax, batch_size
+        model,
+        x,
+        baseline_image(fill, x),
+        _step_of(labels, ranked),
+        steps,
+        classes,
+        softmax,
+        batch_size,
     )
     drops = intact[:, None] - curve
     aopc = drops.sum(dim=1) / (steps + 1)  # the k = 0 term is 0
@@ -245,7 +248,14 @@ def selectivity(
     fill = baseline_values(x, baseline)
     intact = scores(model, x.detach(), classes, softmax, batch_size)
     curve = cumulative_scores(
-        model, x, _image(fill, x), _step_of(labels, ranked), count, classes, softmax, batch_size
+        model,
+        x,
+        baseline_image(fill, x),
+        _step_of(labels, ranked),
+        count,
+        classes,
+        softmax,
+        batch_size,
     )
     area = _area(torch.cat([intact[:, None], curve], dim=1), auc)
     fractions = torch.arange(1, count + 1, dtype=torch.float64) / count
@@ -333,7 +343,7 @@ def irof(
     fill = baseline_values(x, baseline)
     intact = scores(model, x.detach(), classes, softmax, batch_size)
     step_of = torch.stack([_step_of(labels[i], ranked[i : i + 1])[0] for i in range(n)])
-    curve = cumulative_scores(model, x, _image(fill, x), step_of, count, classes, softmax,
+    curve = cumulative_scores(model, x, baseline_image(fill, x), step_of, count, classes, softmax,
                               batch_size)  # fmt: skip
     relative = torch.where(present, curve / intact[:, None], 0.0)
     if auc == "quantus":
@@ -438,7 +448,7 @@ def infidelity(
     classes = classes_of(model, x, target, batch_size)
     weights = maps_for(maps, x, classes).double().flatten(1)  # (N, P)
     fill = baseline_values(x, baseline)
-    image = _image(fill, x)
+    image = baseline_image(fill, x)
     intact = scores(model, x.detach(), classes, softmax, batch_size)
     # the map's prediction of removing pixel i: e_i (x_i - b) summed over the channels
     per_pixel = weights * (x.detach().double() - image.double()).flatten(2).sum(1)

@@ -36,7 +36,7 @@ from camkit.metrics._common import (
     reruns_explainer,
     summarize,
 )
-from camkit.metrics._removal import baseline_values, check_count
+from camkit.metrics._removal import baseline_image, baseline_values, check_count
 from camkit.metrics.robustness import Noise, gaussian_noise, over_copies, uniform_noise
 from camkit.targets import Target
 
@@ -175,7 +175,7 @@ def continuity(
         )
     shifts = [k * stride - width for k in range(1, steps + 1) if k * stride != width]
     fill = baseline_values(x, baseline)
-    image = fill.view(*fill.shape, *([1] * (x.dim() - 2))).expand_as(x)
+    image = baseline_image(fill, x)
 
     def shifted(x: Tensor, step: int) -> Tensor:
         return _shift(x, image, shifts[step])
