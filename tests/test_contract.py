@@ -109,6 +109,11 @@ CASES: dict[str, Case] = {
     ),
     "GuidedBackprop": (relu_net, lambda m: camkit.GuidedBackprop(m), IMAGE),
     "GuidedGradCAM": (relu_net, lambda m: camkit.GuidedGradCAM(m, "1"), IMAGE),
+    "OcclusionSensitivity": (
+        smooth_net,
+        lambda m: camkit.OcclusionSensitivity(m, mask_size=4, stride=2),
+        IMAGE,
+    ),
 }
 EXPLAINERS = [
     name
@@ -118,7 +123,8 @@ EXPLAINERS = [
 
 
 def test_every_explainer_camkit_exports_has_a_case() -> None:
-    assert len(EXPLAINERS) == 27  # the 28 methods: Faster Score-CAM is ScoreCAM(top_channels=)
+    # the 29 methods: Faster Score-CAM is ScoreCAM(top_channels=)
+    assert len(EXPLAINERS) == 28
     assert sorted(CASES) == sorted(EXPLAINERS)
 
 
@@ -173,6 +179,7 @@ OTHER: dict[str, list[Any]] = {
     "pool": ["max"], "tanh_scale": [2.0], "top_channels": [2], "gamma": [0.5],
     "grid": [(6, 6)], "window": [6], "step": [2], "scales": [[8, 9]], "seed": [7],
     "fc": ["4", "5"], "layers": [["0"]], "alpha": [0.5], "scaling": ["per_channel"],
+    "stride": [[2], [3]], "fill": ["mean_patch"], "blend": ["constant"], "activation": ["softmax"],
 }  # fmt: skip
 TOGETHER = {("LeGrad", "blocks"): ("head",), ("LeGrad", "head"): ("blocks",)}
 RENAMED = {"layer": "layers", "attentions": "layers", "samples": "samples"}
@@ -238,6 +245,8 @@ def _rebuilt(name: str, model: nn.Module, changed: dict[str, Any]) -> Explainer:
         return cls(model, attention, **{**defaults, **changed})  # type: ignore[no-any-return]
     if name in ("FullGrad", "GuidedBackprop"):
         return cls(model, **changed)  # type: ignore[no-any-return]
+    if name == "OcclusionSensitivity":
+        return cls(model, **{"mask_size": 4, **changed})  # type: ignore[no-any-return]
     layer: Any = ["1", "3"] if name == "RefineCAM" else "1"
     defaults = {"CAM": {"fc": "5"}}.get(name, {})
     return cls(model, layer, **{**defaults, **changed})  # type: ignore[no-any-return]

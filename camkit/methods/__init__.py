@@ -12,6 +12,8 @@
 * :mod:`camkit.methods.fullgrad`: the input's and every bias's gradient (FullGrad).
 * :mod:`camkit.methods.sess`: any CAM over patches at many scales (SESS).
 * :mod:`camkit.methods.legrad`: attention-map gradients of vision transformers (LeGrad).
+* :mod:`camkit.methods.occlusion`: hiding windows of the input, 2D or 3D (occlusion
+  sensitivity).
 * :mod:`camkit.methods.baseline`: random weights (Random-CAM), for the metrics.
 * :mod:`camkit.methods.factorization`: concepts without a target (Deep Feature
   Factorization).
@@ -37,6 +39,7 @@ from camkit.methods.gradient import (
 )
 from camkit.methods.guided import GuidedBackprop, GuidedGradCAM
 from camkit.methods.legrad import LeGrad
+from camkit.methods.occlusion import OcclusionSensitivity
 from camkit.methods.perturbation import ISCAM, SSCAM, AblationCAM, ScoreCAM
 from camkit.methods.sess import SESS
 
@@ -62,6 +65,7 @@ __all__ = [
     "HiResCAM",
     "LayerCAM",
     "LeGrad",
+    "OcclusionSensitivity",
     "RandomCAM",
     "RefineCAM",
     "ScoreCAM",
