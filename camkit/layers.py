@@ -55,6 +55,11 @@ class LayerInfo:
             empty for ``channels_first``.
         calls: How often the module ran in the forward pass: above 1, the name
             explains the last call, and ``@0``, ``@1``, ... name the others.
+        grid: The layer's size along each of the input's spatial axes, the
+            resolution of its maps before upsampling: ``(7, 7)`` for a ResNet's
+            ``layer4`` at 224 x 224, ``(1, 7, 7)`` (time, height, width) for a
+            video network whose layer has pooled the clip's 8 frames into one
+            (so one map serves every frame), ``(14, 14)`` for a ViT's tokens.
     """
 
     name: str
@@ -63,12 +68,14 @@ class LayerInfo:
     layout: str
     options: dict[str, Any] = field(default_factory=dict)
     calls: int = 1
+    grid: tuple[int, ...] = ()
 
     def __str__(self) -> str:
         calls = f"  ({self.calls} calls: @0 to @{self.calls - 1})" if self.calls > 1 else ""
         options = ", ".join(f"{k}={v!r}" for k, v in self.options.items() if k != "layout")
         layout = f"{self.layout} ({options})" if options else self.layout
-        return f"{self.name:<36} {self.kind:<22} {self.shape!s:<22} {layout}{calls}"
+        grid = "x".join(map(str, self.grid))
+        return f"{self.name:<36} {self.kind:<22} {self.shape!s:<22} {grid:<10} {layout}{calls}"
 
 
 def list_layers(
@@ -137,6 +144,7 @@ class _Survey(Hooks):
                 tuple(tensor.shape),
                 *layout,
                 calls=self.calls[index],
+                grid=_grid_of(tuple(tensor.shape), *layout),
             )
             for keys, tensor in _tensors(output)
             if (layout := _layout(tensor, self.batch_size, self.size)) is not None
@@ -150,22 +158,44 @@ def _tensors(output: Any) -> list[tuple[tuple[Key, ...], Tensor]]:
     return [((key,), value) for key, value in elements(output) if isinstance(value, Tensor)]
 
 
+def _grid_of(shape: tuple[int, ...], layout: str, options: dict[str, Any]) -> tuple[int, ...]:
+    """The layer's size along the input's spatial axes, in ``layout``."""
+    if layout == "tokens":
+        return tuple(options["grid"])
+    return shape[2:] if layout == "channels_first" else shape[1:-1]
+
+
 def _layout(t: Tensor, batch_size: int, size: tuple[int, ...]) -> tuple[str, dict[str, Any]] | None:
-    """The layout and CAM options under which ``t`` is a map of the input, if any."""
+    """The layout and CAM options under which ``t`` is a map of the input, if any.
+
+    The input's last two spatial axes (height and width) must be scaled down
+    evenly; an axis before them (a clip's time, a volume's depth) may be
+    scaled down by any factor, down to 1 (video networks pool time sooner).
+    """
     if not t.is_floating_point() or t.dim() < 3 or t.shape[0] != batch_size:
         return None
     shape = tuple(t.shape)
-    if len(shape) == len(size) + 2:
+    if len(shape) == len(size) + 2 and len(size) >= 3:
+        first, last = _spread_2d(shape[2:], size), _spread_2d(shape[1:-1], size)
+        if first <= _MAX_RATIO_SPREAD and first <= last:
+            return "channels_first", {}
+        if last <= _MAX_RATIO_SPREAD:
+            return "channels_last", {"layout": "channels_last"}
+    elif len(shape) == len(size) + 2:
         first, last = _spread(shape[2:], size), _spread(shape[1:-1], size)
         if first <= _MAX_RATIO_SPREAD and first <= last:
             return "channels_first", {}
         if last <= _MAX_RATIO_SPREAD:
             return "channels_last", {"layout": "channels_last"}
-    if len(shape) == 3 and len(size) == 2 and shape[2] > 1:
+    if len(shape) == 3 and len(size) in (2, 3) and shape[2] > 1:
         for prefix in range(_MAX_PREFIX_TOKENS + 1):
-            grid = _grid(shape[1] - prefix, size)
-            if grid is not None:
-                return "tokens", {"layout": "tokens", "prefix_tokens": prefix, "grid": grid}
+            found = (
+                _grid(shape[1] - prefix, size)
+                if len(size) == 2
+                else _grid_3d(shape[1] - prefix, size)
+            )
+            if found is not None:
+                return "tokens", {"layout": "tokens", "prefix_tokens": prefix, "grid": found}
     return None
 
 
@@ -175,6 +205,23 @@ def _spread(spatial: Sequence[int], size: Sequence[int]) -> float:
         return math.inf
     ratios = [whole / part for whole, part in zip(size, spatial, strict=True)]
     return max(ratios) / min(ratios)
+
+
+def _grid_3d(tokens: int, size: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """A grid ``(t, h, w)`` of ``tokens`` cells for a clip or volume of ``size``: the most
+    frames ``t`` (at most the input's) whose share of the tokens forms a grid with the
+    frames' aspect ratio (a video transformer's tubelets span 1 or 2 frames, 16 pixels)."""
+    for frames in range(min(size[0], tokens), 0, -1):
+        if tokens % frames == 0 and (grid := _grid(tokens // frames, size[1:])) is not None:
+            return frames, *grid
+    return None
+
+
+def _spread_2d(spatial: Sequence[int], size: Sequence[int]) -> float:
+    """:func:`_spread` of the last two axes, the others only no larger than the input's."""
+    if any(not 1 <= part <= whole for part, whole in zip(spatial[:-2], size[:-2], strict=True)):
+        return math.inf
+    return _spread(spatial[-2:], size[-2:])
 
 
 def _proportional(spatial: Sequence[int], size: Sequence[int]) -> bool:

@@ -1,0 +1,169 @@
+"""Medical volumes and video: the recipes of the "Medical volumes and video" page, tested.
+
+Every map is checked against plain autograd on the same layer (and MONAI's Grad-CAM on
+its own networks); a video's map is one map per frame, ``(N, T, H, W)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torchvision.models.video import mc3_18, r2plus1d_18, r3d_18, swin3d_t
+
+import camkit
+from camkit import GradCAM, SegmentationTarget, list_layers
+from camkit.layers import resolve_layer
+from tests.helpers import (
+    GradCAMMagnitude,
+    assert_gradcam_close,
+    assert_untouched,
+    reference_gradcam_at,
+    snapshot,
+)
+
+CLIP = (3, 8, 32, 32)  # (C, T, H, W), torchvision's video layout
+
+
+def _raw(model: nn.Module, layer: str, x: Tensor, target: Any, **options: Any) -> Tensor:
+    raw = {"relu": False, "upsample": False, "normalize": False}
+    return GradCAM(model, layer, **options).explain(x, target, **raw).maps
+
+
+def _check(model: nn.Module, layer: str, x: Tensor, target: Any, **options: Any) -> None:
+    """camkit's raw Grad-CAM at ``layer`` equals plain autograd within float32's rounding."""
+    module = resolve_layer(model, layer).module
+    layout = options.get("layout", "channels_first")
+    if layout == "channels_last":
+        arrange = lambda t: t.movedim(-1, 1)  # noqa: E731
+    elif layout == "tokens":
+        grid, prefix = options["grid"], options.get("prefix_tokens", 0)
+        arrange = lambda t: t[:, prefix:].reshape(len(t), *grid, t.shape[-1]).movedim(-1, 1)  # noqa: E731
+    else:
+        arrange = lambda t: t  # noqa: E731
+    score = target if callable(target) else lambda out: out[torch.arange(len(x)), target]
+    expected = reference_gradcam_at(model, module, x, score, arrange=arrange)
+    magnitude = GradCAMMagnitude(model, layer, **options)
+    size = magnitude.explain(x, target, relu=False, upsample=False, normalize=False).maps
+    assert_gradcam_close(
+        _raw(model, layer, x, target, **options), expected, size, magnitude.channels
+    )
+
+
+# Each layer's (time, height, width) on an 8 x 32 x 32 clip: R3D and R(2+1)D halve time at
+# layer2, 3 and 4, so at layer4 one time step serves all 8 frames; MC3 keeps every frame.
+VIDEO_CNNS = {
+    "r3d_18": (r3d_18, [(8, 16, 16), (4, 8, 8), (2, 4, 4), (1, 2, 2)]),
+    "mc3_18": (mc3_18, [(8, 16, 16), (8, 8, 8), (8, 4, 4), (8, 2, 2)]),
+    "r2plus1d_18": (r2plus1d_18, [(8, 16, 16), (4, 8, 8), (2, 4, 4), (1, 2, 2)]),
+}
+
+
+@pytest.mark.parametrize("name", list(VIDEO_CNNS))
+def test_torchvision_video_cnns_give_a_map_per_frame(name: str) -> None:
+    build, grids = VIDEO_CNNS[name]
+    torch.manual_seed(0)
+    model = build(num_classes=5).eval()
+    x = torch.randn(2, *CLIP)
+    before = snapshot(model)
+    found = {info.name: info.grid for info in list_layers(model, x)}
+    assert [found[f"layer{i}"] for i in (1, 2, 3, 4)] == grids
+    _check(model, "layer2", x, [1, 3])
+    maps = GradCAM(model, "layer2")(x, [1, 3])
+    assert maps.shape == (2, 8, 32, 32)  # one map per frame
+    assert not torch.equal(maps[:, 0], maps[:, -1])  # time is resolved
+    last = GradCAM(model, "layer4")(x, [1, 3])
+    same_for_every_frame = bool((last == last[:, :1]).all())
+    assert same_for_every_frame == (grids[3][0] == 1)
+    assert_untouched(before, snapshot(model))
+
+
+def test_swin3d_reads_channels_last_and_list_layers_says_so() -> None:
+    torch.manual_seed(0)
+    model = swin3d_t(num_classes=4).eval()
+    x = torch.randn(1, 3, 4, 64, 64)
+    info = next(i for i in list_layers(model, x) if i.name == "features.4")
+    assert info.layout == "channels_last" and info.grid == (2, 4, 4)
+    _check(model, "features.4", x, [2], **info.options)
+    assert GradCAM(model, "features.4", **info.options)(x, 2).shape == (1, 4, 64, 64)
+
+
+class ClipFirst(nn.Module):
+    """A Hugging Face video classifier, called with torchvision's ``(N, C, T, H, W)`` clips:
+    Hugging Face takes ``(N, T, C, H, W)``, and camkit maps the axes after the channels."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, clip: Tensor) -> Tensor:
+        logits: Tensor = self.model(pixel_values=clip.transpose(1, 2)).logits
+        return logits
+
+
+def test_videomae_tokens_on_a_time_grid() -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.VideoMAEConfig(
+        image_size=32, patch_size=8, num_frames=8, tubelet_size=2, hidden_size=32,
+        num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=3,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = ClipFirst(transformers.VideoMAEForVideoClassification(config)).eval()
+    x = torch.randn(2, *CLIP)
+    layer = "model.videomae.encoder.layer.1"
+    info = next(i for i in list_layers(model, x) if i.name == layer + "[0]" or i.name == layer)
+    assert info.options == {"layout": "tokens", "prefix_tokens": 0, "grid": (4, 4, 4)}
+    _check(model, info.name, x, [0, 2], **info.options)
+    assert GradCAM(model, info.name, **info.options)(x, [0, 2]).shape == (2, 8, 32, 32)
+
+
+monai_nets = pytest.importorskip("monai.networks.nets")
+monai_visualize = pytest.importorskip("monai.visualize")
+
+
+def test_monai_densenet121_3d_equals_plain_autograd_and_monai() -> None:
+    torch.manual_seed(0)
+    model = monai_nets.DenseNet121(spatial_dims=3, in_channels=1, out_channels=3).eval()
+    x = torch.randn(2, 1, 64, 64, 64)
+    before = snapshot(model)
+    layer = "features.denseblock4"
+    _check(model, layer, x, [0, 2])
+    ours = GradCAM(model, layer)(x, [0, 2])
+    assert_untouched(before, snapshot(model))
+    theirs = monai_visualize.GradCAM(model, target_layers=layer)
+    flipped = torch.cat([theirs(x[i : i + 1], class_idx=c) for i, c in enumerate([0, 2])])
+    # MONAI's normaliser maps the largest value to 0 and the smallest to 1
+    torch.testing.assert_close(ours, 1 - flipped[:, 0], rtol=0, atol=1e-5)
+    with pytest.raises(AssertionError, match="hooks changed"):
+        assert_untouched(before, snapshot(model))  # MONAI leaves its hooks on every module
+
+
+def test_monai_unet_segmentation_over_a_3d_mask() -> None:
+    torch.manual_seed(0)
+    model = monai_nets.UNet(
+        spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2),
+        num_res_units=1,
+    ).eval()  # fmt: skip
+    x = torch.randn(2, 1, 16, 16, 16)
+    mask = torch.zeros(16, 16, 16, dtype=torch.bool)
+    mask[4:10, 6:12, 2:8] = True  # a lesion's voxels
+    target = SegmentationTarget(1, mask=mask)
+    name = next(i.name for i in list_layers(model, x) if i.grid == (4, 4, 4))
+    _check(model, name, x, target)
+    assert GradCAM(model, name)(x, target).shape == (2, 16, 16, 16)
+
+
+def test_occlusion_on_a_volume_finds_the_voxels_the_score_reads() -> None:
+    """A model that reads only one corner of the volume: every drop lies there."""
+
+    class Corner(nn.Module):
+        def forward(self, v: Tensor) -> Tensor:
+            corner = v[:, :, :4, :4, :4].flatten(1).sum(1)
+            return torch.stack([corner, -corner], 1)
+
+    x = torch.rand(2, 1, 12, 12, 12) + 0.5
+    maps = camkit.OcclusionSensitivity(Corner(), mask_size=4, stride=4, fill=0.0)(x, 0)
+    assert bool((maps[:, :4, :4, :4] == 1).all())
+    assert float(maps[:, 4:].abs().max()) == 0 and float(maps[:, :, 4:].abs().max()) == 0
