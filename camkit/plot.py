@@ -5,11 +5,21 @@ matplotlib axes; :func:`grid` lays many overlays out in one figure. The
 overlay's opacity grows with the map, so where the map is 0 the image shows
 through unchanged and where it is 1 the colormap's top colour is blended in
 at ``alpha``.
+
+Volumes and clips: :func:`orthogonal_slices` cuts a 3D map and its volume
+through the map's peak, :func:`slice_grid` shows evenly spaced slices,
+:func:`frame_strip` a clip's frames with their maps, and :func:`animate`
+writes either as an animated GIF (or MP4 where ffmpeg is installed).
+Volumes keep their own intensities (CT in Hounsfield units, MRI in any
+scale): ``window=(low, high)`` sets the grey range, the volume's 1st to
+99th percentile by default.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,7 +31,17 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["blend", "compare", "concepts", "grid", "overlay"]
+__all__ = [
+    "animate",
+    "blend",
+    "compare",
+    "concepts",
+    "frame_strip",
+    "grid",
+    "orthogonal_slices",
+    "overlay",
+    "slice_grid",
+]
 
 ArrayLike = Tensor | np.ndarray
 
@@ -333,6 +353,324 @@ def concepts(
         handles = [Patch(color=colours[k], label=label) for k, label in enumerate(labels)]
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
     return ax
+
+
+VIEWS = ("axial", "coronal", "sagittal")
+"""The three orthogonal cuts of a ``(D, H, W)`` volume: across D, H and W."""
+
+
+def orthogonal_slices(
+    volume: ArrayLike,
+    cam: ArrayLike,
+    *,
+    point: Sequence[int] | None = None,
+    window: tuple[float, float] | None = None,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    size: float = 2.4,
+    suptitle: str | None = None,
+) -> Figure:
+    """A 3D map over its volume in three orthogonal cuts through one point (the map's peak).
+
+    Args:
+        volume: ``(D, H, W)``, or ``(1, D, H, W)`` as a one-channel model takes it.
+        cam: The ``(D, H, W)`` map, values in [0, 1].
+        point: The voxel ``(d, h, w)`` the cuts pass through; by default the
+            map's largest value (the first, in C order, among equals).
+        window: The intensities shown from black to white; the volume's 1st
+            to 99th percentile by default.
+        cmap: A matplotlib colormap name.
+        alpha: Opacity where the map is 1.
+        size: Panel size in inches.
+        suptitle: Figure title.
+
+    Returns:
+        The figure: one panel per cut (axial: ``volume[d]``, coronal:
+        ``volume[:, h]``, sagittal: ``volume[:, :, w]``), the point marked by a
+        cross-hair and named in each title.
+
+    Raises:
+        CamkitValueError: If the shapes differ or the point lies outside the volume.
+
+    Example:
+        >>> import torch
+        >>> cam = torch.zeros(6, 7, 8)
+        >>> cam[2, 3, 4] = 1
+        >>> fig = orthogonal_slices(torch.rand(1, 6, 7, 8), cam)
+        >>> [ax.get_title() for ax in fig.axes]
+        ['axial d=2', 'coronal h=3', 'sagittal w=4']
+    """
+    import matplotlib.pyplot as plt
+
+    grey, m = _volume_and_map(volume, cam, "volume")
+    if point is None:
+        where = np.unravel_index(int(np.argmax(m)), m.shape)
+        point = tuple(int(i) for i in where)
+    if len(point) != 3 or not all(0 <= int(p) < n for p, n in zip(point, m.shape, strict=True)):
+        raise CamkitValueError(f"point: got {point!r}; allowed: (d, h, w) inside {m.shape}")
+    d, h, w = (int(p) for p in point)
+    grey = _windowed(grey, window)
+    cuts = [
+        (grey[d], m[d], (w, h)),
+        (grey[:, h], m[:, h], (w, d)),
+        (grey[:, :, w], m[:, :, w], (h, d)),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(3 * size, size + (0.5 if suptitle else 0.3)))
+    for ax, view, axis, value, (image, map_slice, (col, row)) in zip(
+        axes, VIEWS, "dhw", (d, h, w), cuts, strict=True
+    ):
+        overlay(image, map_slice, ax=ax, cmap=cmap, alpha=alpha, title=f"{view} {axis}={value}")
+        ax.axhline(row, color="white", linewidth=0.6, alpha=0.7)
+        ax.axvline(col, color="white", linewidth=0.6, alpha=0.7)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def slice_grid(
+    volume: ArrayLike,
+    cam: ArrayLike,
+    *,
+    axis: int = 0,
+    count: int = 12,
+    ncols: int = 6,
+    window: tuple[float, float] | None = None,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    size: float = 1.6,
+    suptitle: str | None = None,
+) -> Figure:
+    """Evenly spaced slices of a volume with its 3D map, in a grid.
+
+    Args:
+        volume: ``(D, H, W)``, or ``(1, D, H, W)``.
+        cam: The ``(D, H, W)`` map, values in [0, 1].
+        axis: The axis sliced across (0: axial, 1: coronal, 2: sagittal).
+        count: How many slices, spread from the first to the last (at most
+            the axis's length).
+        ncols: Panels per row.
+        window: Intensities from black to white, as for :func:`orthogonal_slices`.
+        cmap: A matplotlib colormap name.
+        alpha: Opacity where the map is 1.
+        size: Panel size in inches.
+        suptitle: Figure title.
+
+    Returns:
+        The figure, each panel titled with its slice's index.
+
+    Example:
+        >>> import torch
+        >>> fig = slice_grid(torch.rand(10, 8, 8), torch.rand(10, 8, 8), count=4, ncols=4)
+        >>> [ax.get_title() for ax in fig.axes]
+        ['d=0', 'd=3', 'd=6', 'd=9']
+    """
+    grey, m = _volume_and_map(volume, cam, "volume")
+    if axis not in (0, 1, 2):
+        raise CamkitValueError(f"axis: got {axis!r}; allowed: 0, 1 or 2")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise CamkitValueError(f"count: got {count!r}; allowed: a positive int")
+    grey = np.moveaxis(_windowed(grey, window), axis, 0)
+    m = np.moveaxis(m, axis, 0)
+    picked = np.unique(np.linspace(0, len(m) - 1, min(count, len(m))).round().astype(int))
+    name = "dhw"[axis]
+    return grid(
+        [grey[i] for i in picked],
+        [m[i] for i in picked],
+        titles=[f"{name}={i}" for i in picked],
+        ncols=ncols,
+        cmap=cmap,
+        alpha=alpha,
+        size=size,
+        suptitle=suptitle,
+    )
+
+
+def frame_strip(
+    clip: ArrayLike,
+    cams: ArrayLike,
+    *,
+    frames: Sequence[int] | None = None,
+    ncols: int = 8,
+    cmap: str = "jet",
+    alpha: float = 0.6,
+    mean: Sequence[float] | float | None = None,
+    std: Sequence[float] | float | None = None,
+    size: float = 1.6,
+    suptitle: str | None = None,
+) -> Figure:
+    """A clip's frames with their maps, in a row (rows of ``ncols``).
+
+    Args:
+        clip: ``(C, T, H, W)`` as torchvision's video models take it (C 1 or 3),
+            or ``(T, H, W)`` grayscale; values in [0, 1] unless ``mean``/``std``
+            are given.
+        cams: The ``(T, H, W)`` maps, one per frame, values in [0, 1].
+        frames: The frames to show (all by default).
+        ncols: Panels per row.
+        cmap: A matplotlib colormap name.
+        alpha: Opacity where a map is 1.
+        mean: Standardization mean to undo, per channel.
+        std: Standardization std to undo, per channel.
+        size: Panel size in inches.
+        suptitle: Figure title.
+
+    Returns:
+        The figure, each panel titled with its frame's index.
+
+    Example:
+        >>> import torch
+        >>> fig = frame_strip(torch.rand(3, 4, 8, 8), torch.rand(4, 8, 8))
+        >>> [ax.get_title() for ax in fig.axes]
+        ['t=0', 't=1', 't=2', 't=3']
+    """
+    images, m = _frames_and_maps(clip, cams)
+    chosen = list(range(len(m))) if frames is None else [int(t) for t in frames]
+    if not chosen or not all(0 <= t < len(m) for t in chosen):
+        raise CamkitValueError(f"frames: got {frames!r}; allowed: indices below {len(m)}")
+    return grid(
+        [images[t] for t in chosen],
+        [m[t] for t in chosen],
+        titles=[f"t={t}" for t in chosen],
+        ncols=ncols,
+        cmap=cmap,
+        alpha=alpha,
+        mean=mean,
+        std=std,
+        size=size,
+        suptitle=suptitle,
+    )
+
+
+def animate(
+    clip: ArrayLike,
+    cams: ArrayLike,
+    path: str | os.PathLike[str],
+    *,
+    fps: int = 4,
+    volume: bool = False,
+    window: tuple[float, float] | None = None,
+    cmap: str = "jet",
+    alpha: float = 0.6,
+    mean: Sequence[float] | float | None = None,
+    std: Sequence[float] | float | None = None,
+    size: float = 3.0,
+) -> Path:
+    """Write a clip's frames (or a volume's slices) with their maps as an animation.
+
+    A ``.gif`` is written with Pillow, which matplotlib already depends on; an
+    ``.mp4`` needs the ``ffmpeg`` program, and is refused with a clear error
+    where matplotlib cannot find it.
+
+    Args:
+        clip: ``(C, T, H, W)`` or ``(T, H, W)`` as for :func:`frame_strip`; with
+            ``volume=True``, a ``(D, H, W)`` or ``(1, D, H, W)`` volume whose
+            axial slices are the frames.
+        cams: ``(T, H, W)`` maps (``(D, H, W)`` for a volume), values in [0, 1].
+        path: Where to write, ending in ``.gif`` or ``.mp4``.
+        fps: Frames per second.
+        volume: Read ``clip`` as a volume (intensities windowed, see ``window``).
+        window: A volume's intensities from black to white, as for
+            :func:`orthogonal_slices`.
+        cmap: A matplotlib colormap name.
+        alpha: Opacity where a map is 1.
+        mean: A clip's standardization mean to undo.
+        std: A clip's standardization std to undo.
+        size: The frame's size in inches (at 100 dots per inch).
+
+    Returns:
+        The path written.
+
+    Raises:
+        CamkitValueError: For another suffix, an MP4 without ffmpeg, or shapes
+            that do not match.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib import animation
+
+    target = Path(path)
+    suffix = target.suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise CamkitValueError(f"path: got {str(path)!r}; allowed: a .gif or .mp4 file")
+    if suffix == ".mp4" and not animation.writers.is_available("ffmpeg"):
+        raise CamkitValueError(
+            f"path: writing {target.name} needs the ffmpeg program, which matplotlib cannot "
+            f"find; install ffmpeg or write a .gif"
+        )
+    if isinstance(fps, bool) or not isinstance(fps, int) or fps < 1:
+        raise CamkitValueError(f"fps: got {fps!r}; allowed: a positive int")
+    if volume:
+        grey, m = _volume_and_map(clip, cams, "clip")
+        slices = _windowed(grey, window)
+        pictures = [blend(s, c, cmap=cmap, alpha=alpha) for s, c in zip(slices, m, strict=True)]
+        label = "d"
+    else:
+        images, m = _frames_and_maps(clip, cams)
+        pictures = [
+            blend(f, c, cmap=cmap, alpha=alpha, mean=mean, std=std)
+            for f, c in zip(images, m, strict=True)
+        ]
+        label = "t"
+    fig, ax = plt.subplots(figsize=(size, size))
+    fig.subplots_adjust(left=0, right=1, bottom=0, top=0.9)
+    ax.set_axis_off()
+    shown = ax.imshow(pictures[0])
+    title = ax.set_title(f"{label}=0", fontsize=9)
+
+    def show(index: int) -> list[Any]:
+        shown.set_data(pictures[index])
+        title.set_text(f"{label}={index}")
+        return [shown, title]
+
+    movie = animation.FuncAnimation(fig, show, frames=len(pictures), blit=False)
+    writer = (
+        animation.PillowWriter(fps=fps) if suffix == ".gif" else animation.FFMpegWriter(fps=fps)
+    )
+    try:
+        movie.save(target, writer=writer, dpi=100)
+    finally:
+        plt.close(fig)
+    return target
+
+
+def _volume_and_map(volume: Any, cam: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A ``(D, H, W)`` volume (a leading channel of 1 dropped) and its map of the same shape."""
+    grey = _as_array(volume, name)
+    if grey.ndim == 4 and grey.shape[0] == 1:
+        grey = grey[0]
+    m = _as_array(cam, "cam")
+    if grey.ndim != 3 or m.shape != grey.shape:
+        raise CamkitValueError(
+            f"cam: expected a (D, H, W) map over a (D, H, W) or (1, D, H, W) {name}; got a map "
+            f"of shape {m.shape} over a {name} of shape {tuple(np.shape(volume))}"
+        )
+    return grey, np.clip(m, 0.0, 1.0)
+
+
+def _windowed(grey: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
+    """Intensities mapped to [0, 1]: ``window`` (or the 1st to 99th percentile) to black-white."""
+    if window is None:
+        low, high = (float(v) for v in np.percentile(grey, [1, 99]))
+    else:
+        low, high = (float(v) for v in window)
+        if not high > low:
+            raise CamkitValueError(f"window: got {window!r}; allowed: (low, high) with low < high")
+    if not high > low:  # a constant volume
+        return np.zeros_like(grey)
+    return np.asarray(np.clip((grey - low) / (high - low), 0.0, 1.0))
+
+
+def _frames_and_maps(clip: Any, cams: Any) -> tuple[list[np.ndarray], np.ndarray]:
+    """A clip's frames, each ``(H, W, C)`` or ``(H, W)``, and its ``(T, H, W)`` maps."""
+    frames = _as_array(clip, "clip")
+    m = _as_array(cams, "cams")
+    if frames.ndim == 4:
+        frames = frames.transpose(1, 2, 3, 0)  # (C, T, H, W) -> (T, H, W, C)
+    if frames.ndim not in (3, 4) or m.ndim != 3 or m.shape != frames.shape[:3]:
+        raise CamkitValueError(
+            f"cams: expected (T, H, W) maps for a (C, T, H, W) or (T, H, W) clip; got maps of "
+            f"shape {m.shape} for a clip of shape {tuple(np.shape(clip))}"
+        )
+    return list(frames), m
 
 
 def _as_array(value: Any, name: str) -> np.ndarray:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib as mpl
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
 
-from camkit import CamkitTypeError, CamkitValueError
+from camkit import CamkitTypeError, CamkitValueError, plot
 from camkit.plot import blend, compare, grid, overlay
 
 
@@ -118,3 +120,105 @@ def test_compare_classes_and_methods() -> None:
     np.testing.assert_allclose(np.asarray(drawn), blend(image, _corner_map()))
     with pytest.raises(CamkitValueError, match="scores: got 1 scores for 2 maps"):
         compare(image, maps, scores=[1.0])
+
+
+def test_orthogonal_slices_cut_through_the_peak_and_show_each_cut() -> None:
+    torch.manual_seed(0)
+    volume = torch.rand(1, 6, 7, 8) * 1000 - 500  # any intensity scale, such as CT's
+    cam = torch.zeros(6, 7, 8)
+    cam[4, 1, 6] = 1.0
+    fig = plot.orthogonal_slices(volume, cam, window=(-500, 500), alpha=1.0)
+    assert [ax.get_title() for ax in fig.axes] == ["axial d=4", "coronal h=1", "sagittal w=6"]
+    shown = [ax.get_images()[0].get_array() for ax in fig.axes]
+    assert [s.shape[:2] for s in shown] == [(7, 8), (6, 8), (6, 7)]
+    top = np.array(mpl.colormaps["jet"](1.0)[:3])
+    # the peak is drawn in the colormap's top colour, at (row, column) of each cut
+    for picture, (row, col) in zip(shown, [(1, 6), (4, 6), (4, 1)], strict=True):
+        np.testing.assert_allclose(picture[row, col], top)
+    grey = (volume[0, 4].numpy() + 500) / 1000  # the window maps -500..500 to black..white
+    np.testing.assert_allclose(shown[0][0, 0], [grey[0, 0]] * 3, atol=1e-6)
+    plt.close(fig)
+    chosen = plot.orthogonal_slices(volume[0], cam, point=(0, 0, 0))
+    assert chosen.axes[0].get_title() == "axial d=0"
+    plt.close(chosen)
+
+
+def test_slice_grid_spreads_the_slices_along_the_axis() -> None:
+    fig = plot.slice_grid(torch.rand(5, 9, 4), torch.rand(5, 9, 4), axis=1, count=3)
+    assert [ax.get_title() for ax in fig.axes] == ["h=0", "h=4", "h=8"]
+    assert fig.axes[0].get_images()[0].get_array().shape[:2] == (5, 4)
+    plt.close(fig)
+
+
+def test_frame_strip_shows_each_frame_with_its_own_map() -> None:
+    clip = torch.zeros(3, 4, 6, 6)
+    cams = torch.zeros(4, 6, 6)
+    for t in range(4):
+        cams[t, t, t] = 1.0  # frame t's hot spot at (t, t)
+    fig = plot.frame_strip(clip, cams, frames=[1, 3], alpha=1.0)
+    assert [ax.get_title() for ax in fig.axes] == ["t=1", "t=3"]
+    for ax, t in zip(fig.axes, [1, 3], strict=True):
+        picture = ax.get_images()[0].get_array()
+        others = [u for u in range(4) if u != t]
+        assert float(picture[others, others].sum()) == 0  # the other frames' spots are not here
+        np.testing.assert_allclose(picture[t, t], mpl.colormaps["jet"](1.0)[:3])
+    plt.close(fig)
+
+
+def test_animate_writes_a_gif_with_a_frame_per_map(tmp_path: Path) -> None:
+    from PIL import Image
+
+    path = plot.animate(torch.rand(4, 8, 8), torch.rand(4, 8, 8), tmp_path / "clip.gif", fps=2)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 4
+    volume = plot.animate(
+        torch.rand(1, 5, 8, 8), torch.rand(5, 8, 8), tmp_path / "v.gif", volume=True
+    )
+    with Image.open(volume) as gif:
+        assert gif.n_frames == 5
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda p: plot.animate(torch.rand(4, 8, 8), torch.rand(3, 8, 8), p / "a.gif"), "cams:"),
+        (lambda p: plot.animate(torch.rand(4, 8, 8), torch.rand(4, 8, 8), p / "a.png"), "path:"),
+        (
+            lambda p: plot.animate(torch.rand(2, 4, 4), torch.rand(2, 4, 4), p / "a.gif", fps=0),
+            "fps:",
+        ),
+        (lambda p: plot.orthogonal_slices(torch.rand(4, 4, 4), torch.rand(4, 4)), "cam:"),
+        (
+            lambda p: plot.orthogonal_slices(
+                torch.rand(4, 4, 4), torch.rand(4, 4, 4), point=(4, 0, 0)
+            ),
+            "point:",
+        ),
+        (lambda p: plot.slice_grid(torch.rand(4, 4, 4), torch.rand(4, 4, 4), axis=3), "axis:"),
+        (
+            lambda p: plot.slice_grid(torch.rand(4, 4, 4), torch.rand(4, 4, 4), window=(1, 1)),
+            "window:",
+        ),
+        (
+            lambda p: plot.frame_strip(torch.rand(3, 2, 4, 4), torch.rand(2, 4, 4), frames=[2]),
+            "frames:",
+        ),
+    ],
+)
+def test_volume_and_video_plots_refuse_bad_input(
+    tmp_path: Path, call: Callable[[Path], object], message: str
+) -> None:
+    with pytest.raises(CamkitValueError, match=f"^{message}"):
+        call(tmp_path)
+    plt.close("all")
+
+
+def test_an_mp4_without_ffmpeg_is_refused_clearly(tmp_path: Path) -> None:
+    from matplotlib import animation
+
+    if animation.writers.is_available("ffmpeg"):
+        path = plot.animate(torch.rand(3, 8, 8), torch.rand(3, 8, 8), tmp_path / "clip.mp4")
+        assert path.stat().st_size > 0
+    else:
+        with pytest.raises(CamkitValueError, match="needs the ffmpeg program"):
+            plot.animate(torch.rand(3, 8, 8), torch.rand(3, 8, 8), tmp_path / "clip.mp4")
