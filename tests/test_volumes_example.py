@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +15,16 @@ from camkit.metrics import pointing_game
 from examples.mnist.data import load_split
 from examples.volumes.__main__ import LAYER, TOLERANCE, main
 from examples.volumes.data import (
-    DEPTH, DIGIT, FRAMES, SIDE, THICKNESS, Placed, clips, shrink, volumes,
-)  # fmt: skip
+    DEPTH,
+    DIGIT,
+    FRAMES,
+    SIDE,
+    THICKNESS,
+    Placed,
+    clips,
+    shrink,
+    volumes,
+)
 from examples.volumes.model import ClipNet, VolumeNet
 from examples.volumes.train import WEIGHTS, accuracy
 
