@@ -6,11 +6,13 @@ its own networks); a video's map is one map per frame, ``(N, T, H, W)``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models.video import mc3_18, r2plus1d_18, r3d_18, swin3d_t
 
 import camkit
@@ -167,3 +169,28 @@ def test_occlusion_on_a_volume_finds_the_voxels_the_score_reads() -> None:
     maps = camkit.OcclusionSensitivity(Corner(), mask_size=4, stride=4, fill=0.0)(x, 0)
     assert bool((maps[:, :4, :4, :4] == 1).all())
     assert float(maps[:, 4:].abs().max()) == 0 and float(maps[:, :, 4:].abs().max()) == 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+def test_the_map_store_holds_3d_maps(tmp_path: Path, dtype: str) -> None:
+    """Volumes through explain_dataset: stored and read back as ``(D, H, W)``, equal to the
+    maps of a direct call (uint8 within half a step of 1/255)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()  # fmt: skip
+    volumes = torch.randn(6, 1, 6, 8, 8)
+    loader = DataLoader(TensorDataset(volumes, torch.tensor([0, 1, 2, 0, 1, 2])), batch_size=4)
+    for explainer in (GradCAM(model, "1"), camkit.OcclusionSensitivity(model, 4, stride=2)):
+        folder = tmp_path / f"{type(explainer).__name__}-{dtype}"
+        store = camkit.explain_dataset(
+            explainer, loader, folder, target="label", dtype=dtype, progress=False
+        )
+        assert store is not None and store.verify().ok
+        # the same batches as the loader's, so the same arithmetic
+        direct = torch.cat([explainer(volumes[:4], [0, 1, 2, 0]), explainer(volumes[4:], [1, 2])])
+        step = 0.5 / 255 if dtype == "uint8" else 0.0
+        for i in range(6):
+            assert store.map(i).shape == (6, 8, 8)
+            assert float((store.map(i) - direct[i]).abs().max()) <= step
