@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,6 +16,9 @@ import camkit
 from examples.mnist.model import MnistNet
 
 Call = Callable[[], object]
+
+# MONAI 1.6 indexes with lists of slices, which torch warns about on every window
+warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional")
 
 
 @dataclass
@@ -56,8 +61,23 @@ def build_case(name: str, device: str = "cpu") -> Case:
         layer, layout = "encoder.layers.encoder_layer_11.ln_1", "tokens"
     elif name == "fasterrcnn":
         return _detection_case(device)
+    elif name == "densenet3d":
+        from monai.networks.nets import DenseNet121
+
+        model = DenseNet121(spatial_dims=3, in_channels=1, out_channels=2)
+        x = torch.randn(1, 1, 96, 96, 96)
+        layer, layout = "features.denseblock4", "channels_first"
+    elif name == "r3d_18":
+        from torchvision.models.video import r3d_18
+
+        model = r3d_18(weights=None)
+        x = torch.randn(1, 3, 8, 112, 112)
+        layer, layout = "layer4", "channels_first"
     else:
-        raise ValueError(f"case: unknown {name!r}; choose mnist, resnet50, vit_b_16, fasterrcnn")
+        raise ValueError(
+            f"case: unknown {name!r}; choose mnist, resnet50, vit_b_16, fasterrcnn, densenet3d, "
+            f"r3d_18"
+        )
     model = model.eval().to(device)
     x = x.to(device)
     with torch.no_grad():
@@ -86,11 +106,28 @@ def _detection_case(device: str) -> Case:
     return Case("fasterrcnn", model, x, labels, "backbone.body.16", boxes=boxes)
 
 
+VOLUME_CASES = ("densenet3d", "r3d_18")
+"""The 3D cases (a volume, a clip), compared with MONAI."""
+
+OCCLUSION = {
+    "densenet3d": {"mask_size": 48, "overlap": 0.5},  # 3 x 3 x 3 windows of 48³
+    "r3d_18": {"mask_size": (8, 28, 28), "overlap": 0.5},  # 7 x 7 windows of 28² x 8 frames
+}
+"""The occlusion windows of each 3D case, the same for camkit and MONAI."""
+
+
 def camkit_calls(case: Case) -> dict[str, Call]:
     """Every camkit method applicable to the case, called with its defaults."""
     m, layer, x, c = case.model, case.layer, case.x, case.classes
     if case.boxes is not None:
         return _detection_calls(case, case.boxes)
+    if case.name in VOLUME_CASES:
+        occlusion = camkit.OcclusionSensitivity(m, **OCCLUSION[case.name], batch_size=16)
+        return {
+            "camkit GradCAM": lambda: camkit.GradCAM(m, layer)(x, c),
+            "camkit GradCAM++": lambda: camkit.GradCAMPlusPlus(m, layer)(x, c),
+            "camkit OcclusionSensitivity": lambda: occlusion(x, c),
+        }
     opts = {"layout": case.layout}
     calls: dict[str, Call] = {
         "camkit GradCAM": lambda: camkit.GradCAM(m, layer, **opts)(x, c),
@@ -148,6 +185,8 @@ def peer_calls(case: Case) -> dict[str, Call]:
     calls: dict[str, Call] = {}
     if case.boxes is not None:
         return _peer_detection_calls(case, case.boxes) if installed("pytorch_grad_cam") else {}
+    if case.name in VOLUME_CASES:
+        return _monai_calls(case) if installed("monai") else {}
     if installed("pytorch_grad_cam"):
         from pytorch_grad_cam import GradCAM as PgcGradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -203,3 +242,25 @@ def _peer_detection_calls(case: Case, boxes: Tensor) -> dict[str, Call]:
         return cam(input_tensor=x, targets=targets)
 
     return {f"pytorch-grad-cam GradCAM, top {TOP_DETECTIONS} detections": pgc}
+
+
+def _monai_calls(case: Case) -> dict[str, Call]:
+    """MONAI's Grad-CAM, Grad-CAM++ and occlusion sensitivity, each built once, as MONAI is
+    used, on its own copy of the model: MONAI leaves hooks on the layer it explains, which
+    would otherwise run in every other call measured."""
+    from monai.visualize import GradCAM as MonaiGradCAM
+    from monai.visualize import GradCAMpp as MonaiGradCAMpp
+    from monai.visualize import OcclusionSensitivity as MonaiOcclusion
+
+    x, c = case.x, int(case.classes[0])  # MONAI's class vector is wrong in a batch; batch 1
+    gradcam = MonaiGradCAM(copy.deepcopy(case.model), target_layers=case.layer)
+    gradcampp = MonaiGradCAMpp(copy.deepcopy(case.model), target_layers=case.layer)
+    occlusion = MonaiOcclusion(
+        copy.deepcopy(case.model), **OCCLUSION[case.name], n_batch=16, verbose=False,
+        activate=False,
+    )  # fmt: skip
+    return {
+        "MONAI GradCAM": lambda: gradcam(x, class_idx=c),
+        "MONAI GradCAMpp": lambda: gradcampp(x, class_idx=c),
+        "MONAI OcclusionSensitivity": lambda: occlusion(x),
+    }

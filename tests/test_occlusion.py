@@ -256,3 +256,17 @@ def test_bad_options_are_refused_and_the_model_is_untouched() -> None:
     with pytest.raises(CamkitValueError, match="activation: 'softmax' applies to class targets"):
         camkit.OcclusionSensitivity(model, 4, activation="softmax")(x, lambda out: out[:, 0])
     assert_model_unchanged(before, model_state(model))
+
+
+def test_the_progress_bar_counts_the_batches_and_changes_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model = net_2d()
+    x = torch.randn(2, 1, 14, 14)
+    occlusion = camkit.OcclusionSensitivity(model, mask_size=5, stride=3, batch_size=10)
+    quiet = occlusion(x, [0, 1])
+    shown = occlusion(x, [0, 1], progress=True)
+    assert torch.equal(quiet, shown)
+    windows = len(occlusion.windows((14, 14))[1])  # 4 x 4: corners 0, 3, 6, 9
+    assert windows == 16
+    assert "4/4" in capsys.readouterr().err  # 32 copies in batches of 10

@@ -34,8 +34,16 @@ def _raw(model: nn.Module, layer: str, x: Tensor, target: Any, **options: Any) -
     return GradCAM(model, layer, **options).explain(x, target, **raw).maps
 
 
-def _check(model: nn.Module, layer: str, x: Tensor, target: Any, **options: Any) -> None:
-    """camkit's raw Grad-CAM at ``layer`` equals plain autograd within float32's rounding."""
+def _check(
+    model: nn.Module,
+    layer: str,
+    x: Tensor,
+    target: Any,
+    pick: Any = lambda output: output,
+    **options: Any,
+) -> None:
+    """camkit's raw Grad-CAM at ``layer`` (``pick``: the part of the module's output it
+    names) equals plain autograd within float32's rounding."""
     module = resolve_layer(model, layer).module
     layout = options.get("layout", "channels_first")
     if layout == "channels_last":
@@ -46,7 +54,7 @@ def _check(model: nn.Module, layer: str, x: Tensor, target: Any, **options: Any)
     else:
         arrange = lambda t: t  # noqa: E731
     score = target if callable(target) else lambda out: out[torch.arange(len(x)), target]
-    expected = reference_gradcam_at(model, module, x, score, arrange=arrange)
+    expected = reference_gradcam_at(model, module, x, score, pick=pick, arrange=arrange)
     magnitude = GradCAMMagnitude(model, layer, **options)
     size = magnitude.explain(x, target, relu=False, upsample=False, normalize=False).maps
     assert_gradcam_close(
@@ -155,6 +163,26 @@ def test_monai_unet_segmentation_over_a_3d_mask() -> None:
     name = next(i.name for i in list_layers(model, x) if i.grid == (4, 4, 4))
     _check(model, name, x, target)
     assert GradCAM(model, name)(x, target).shape == (2, 16, 16, 16)
+
+
+def test_monai_swinunetr_segmentation_over_a_3d_mask() -> None:
+    """SwinUNETR (MONAI's transformer segmenter; 64³ is the least its instance norms take):
+    a decoder stage and a Swin stage, both channels first, against plain autograd."""
+    torch.manual_seed(0)
+    model = monai_nets.SwinUNETR(
+        in_channels=1, out_channels=2, feature_size=12, spatial_dims=3
+    ).eval()
+    x = torch.randn(1, 1, 64, 64, 64)
+    mask = torch.zeros(64, 64, 64, dtype=torch.bool)
+    mask[20:40, 10:30, 30:50] = True
+    target = SegmentationTarget(1, mask=mask)
+    grids = {info.name: info.grid for info in list_layers(model, x)}
+    assert grids["decoder4"] == (8, 8, 8) and grids["swinViT[3]"] == (4, 4, 4)
+    before = snapshot(model)
+    _check(model, "decoder4", x, target)
+    _check(model, "swinViT[3]", x, target, pick=lambda hidden: hidden[3])
+    assert GradCAM(model, "decoder4")(x, target).shape == (1, 64, 64, 64)
+    assert_untouched(before, snapshot(model))
 
 
 def test_occlusion_on_a_volume_finds_the_voxels_the_score_reads() -> None:

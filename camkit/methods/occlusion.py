@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from camkit._engine import map_ops
 from camkit._engine.model import eager
@@ -232,6 +233,7 @@ class OcclusionSensitivity(Explainer):
         *,
         relu: bool = True,
         normalize: bool = True,
+        progress: bool = False,
         upsample: bool = True,
         differentiable: bool = False,
         forward_args: Sequence[Any] = (),
@@ -245,6 +247,8 @@ class OcclusionSensitivity(Explainer):
             relu: Keep only drops (a window whose hiding raises the score gets 0);
                 ``False`` keeps the signed map.
             normalize: Scale each map to min 0 and max 1 (a constant map becomes zeros).
+            progress: Show a progress bar over the batches of hidden copies (a
+                volume's windows can take minutes).
             upsample: Only ``True``: the maps are at the input's resolution.
             differentiable: Only ``False`` (see :attr:`not_differentiable_because`).
             forward_args: Further positional inputs of the model; per-sample
@@ -266,7 +270,7 @@ class OcclusionSensitivity(Explainer):
             self,
             x,
             target,
-            lambda request: self._explained(request, relu, normalize),
+            lambda request: self._explained(request, relu, normalize, progress),
             upsample=upsample,
             differentiable=differentiable,
             forward_args=forward_args,
@@ -308,7 +312,9 @@ class OcclusionSensitivity(Explainer):
         return bound.scores(output, rows).float()
 
     @torch.no_grad()
-    def _explained(self, request: Request, relu: bool, normalize: bool) -> Explained:
+    def _explained(
+        self, request: Request, relu: bool, normalize: bool, progress: bool
+    ) -> Explained:
         x = request.x
         size = tuple(x.shape[2:])
         mask, corners = self.windows(size)
@@ -331,10 +337,11 @@ class OcclusionSensitivity(Explainer):
         for region in regions:
             counts[region] += weights
         rows = [(w, i) for w in range(len(regions)) for i in range(n)]
-        for start in range(0, len(rows), self.batch_size):
+        starts = range(0, len(rows), self.batch_size)
+        for start in tqdm(starts, desc="occluded copies", unit="batch", disable=not progress):
             chunk = rows[start : start + self.batch_size]
             samples = torch.tensor([i for _, i in chunk], device=x.device)
-            hidden = x[samples].clone()
+            hidden = x[samples]  # indexing copies: x itself is never written
             for row, (w, i) in enumerate(chunk):
                 self._hide(hidden[row], x[i], regions[w], multiplier)
             hidden_scores = self._scores(bound, request.run(self.model, hidden, samples), samples)
