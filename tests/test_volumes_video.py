@@ -22,6 +22,8 @@ from tests.helpers import (
     GradCAMMagnitude,
     assert_gradcam_close,
     assert_untouched,
+    finish,
+    reference_activations_and_gradients,
     reference_gradcam_at,
     snapshot,
 )
@@ -147,7 +149,30 @@ def test_monai_densenet121_3d_equals_plain_autograd_and_monai() -> None:
     # MONAI's normaliser maps the largest value to 0 and the smallest to 1
     torch.testing.assert_close(ours, 1 - flipped[:, 0], rtol=0, atol=1e-5)
     with pytest.raises(AssertionError, match="hooks changed"):
-        assert_untouched(before, snapshot(model))  # MONAI leaves its hooks on every module
+        assert_untouched(before, snapshot(model))  # MONAI leaves its hooks on the layer
+
+
+def test_monai_gradcampp_sums_the_cubed_gradients_over_positions() -> None:
+    """MONAI's Grad-CAM++ divides by ``2 g² + sum over positions of A g³`` (+ 1e-7) where
+    Eq. 19 has ``2 g² + (sum over positions of A) g³``: its maps equal that formula (the
+    ``exp(score)`` factor, one number per sample, cancels in the scaling), not camkit's."""
+    torch.manual_seed(0)
+    model = monai_nets.DenseNet121(spatial_dims=3, in_channels=1, out_channels=3).eval()
+    x = torch.randn(1, 1, 64, 64, 64)
+    layer = "features.denseblock4"
+    ours = camkit.GradCAMPlusPlus(model, layer)(x, 2)  # before MONAI leaves its hooks there
+    theirs = monai_visualize.GradCAMpp(model, target_layers=layer)(x, class_idx=2)[:, 0]
+    activations, gradients = reference_activations_and_gradients(
+        model, model.get_submodule(layer), x, torch.tensor([[2]])
+    )
+    a, g = activations, gradients[:, 0]
+    spatial = (2, 3, 4)
+    denominator = 2 * g**2 + (a * g**3).sum(spatial, keepdim=True)
+    alpha = g**2 / (torch.where(denominator != 0, denominator, 1.0) + 1e-7)
+    weights = (alpha * g.clamp_min(0)).sum(spatial, keepdim=True)
+    monai_formula = finish((weights * a).sum(1), (64, 64, 64))
+    torch.testing.assert_close(1 - theirs.double(), monai_formula, rtol=0, atol=1e-4)
+    assert float((ours.double() - monai_formula).abs().max()) > 1e-2
 
 
 def test_monai_unet_segmentation_over_a_3d_mask() -> None:
