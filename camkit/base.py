@@ -83,6 +83,10 @@ class BaseCAM(Explainer):
             distillation) to drop before arranging the rest on a grid.
         grid: With ``layout="tokens"``: the token grid, such as ``(14, 14)``;
             inferred as a square when omitted.
+        token_order: With ``layout="tokens"``: the grid's axes from the
+            outermost to the innermost as the tokens run, where it is not
+            row-major; ``(1, 2, 0)`` for TimeSformer's ``(t, h, w)`` grid, whose
+            tokens give each patch's frames in turn.
         fuse: How the maps of several layers become one, each first upsampled to
             the input and scaled to [0, 1]: ``"mean"`` (the default) or
             ``"product"``, which keeps only what every layer shows (the
@@ -134,6 +138,7 @@ class BaseCAM(Explainer):
         layout: str = "channels_first",
         prefix_tokens: int = 1,
         grid: tuple[int, ...] | None = None,
+        token_order: tuple[int, ...] | None = None,
         fuse: str = "mean",
     ) -> None:
         model = eager(model)  # a torch.compile'd model: its eager module, the same maps
@@ -146,7 +151,7 @@ class BaseCAM(Explainer):
         places = [(id(ref.module), ref.call, ref.keys) for ref in self.layers]
         if len(set(places)) != len(places):
             raise CamkitValueError(f"layer: {self.layer_names} names a layer twice")
-        self.layout = Layout(layout, prefix_tokens, grid)
+        self.layout = Layout(layout, prefix_tokens, grid, token_order)
         self.model = model
         if fuse not in FUSIONS:
             raise CamkitValueError(f"fuse: got {fuse!r}; allowed: {', '.join(map(repr, FUSIONS))}")
@@ -163,6 +168,7 @@ class BaseCAM(Explainer):
             "layout": layout.kind,
             "prefix_tokens": layout.prefix_tokens,
             "grid": setting(layout.grid),
+            "token_order": setting(layout.token_order),
             "fuse": self.fuse,
         }
 

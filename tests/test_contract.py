@@ -179,7 +179,8 @@ OTHER: dict[str, list[Any]] = {
     "pool": ["max"], "tanh_scale": [2.0], "top_channels": [2], "gamma": [0.5],
     "grid": [(6, 6)], "window": [6], "step": [2], "scales": [[8, 9]], "seed": [7],
     "fc": ["4", "5"], "layers": [["0"]], "alpha": [0.5], "scaling": ["per_channel"],
-    "stride": [[2], [3]], "fill": ["mean_patch"], "blend": ["constant"], "activation": ["softmax"],
+    "token_order": [(1, 0)], "stride": [[2], [3]], "fill": ["mean_patch"],
+    "blend": ["constant"], "activation": ["softmax"],
 }  # fmt: skip
 TOGETHER = {("LeGrad", "blocks"): ("head",), ("LeGrad", "head"): ("blocks",)}
 RENAMED = {"layer": "layers", "attentions": "layers", "samples": "samples"}

@@ -131,6 +131,48 @@ def test_videomae_tokens_on_a_time_grid() -> None:
     assert GradCAM(model, info.name, **info.options)(x, [0, 2]).shape == (2, 8, 32, 32)
 
 
+def test_timesformer_tokens_run_patch_by_patch() -> None:
+    """TimeSformer gives each patch's frames in turn: grid ``(t, h, w)`` read with
+    ``token_order=(1, 2, 0)``; maps equal plain autograd on the tokens so arranged."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.TimesformerConfig(
+        image_size=32, patch_size=8, num_frames=4, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, num_labels=3,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = ClipFirst(transformers.TimesformerForVideoClassification(config)).eval()
+    x = torch.randn(2, 3, 4, 32, 32)
+    layer = "model.timesformer.encoder.layer.0[0]"  # only CLS leaves the last layer
+    options = {"layout": "tokens", "prefix_tokens": 1, "grid": (4, 4, 4), "token_order": (1, 2, 0)}
+    module = resolve_layer(model, layer).module  # its output's element 0: the tokens
+
+    def arrange(t: Tensor) -> Tensor:  # (N, 1 + h w t, C) -> (N, C, t, h, w)
+        return t[:, 1:].reshape(len(t), 4, 4, 4, t.shape[-1]).permute(0, 4, 3, 1, 2)
+
+    score = lambda out: out[torch.arange(2), torch.tensor([0, 2])]  # noqa: E731
+    expected = reference_gradcam_at(model, module, x, score, pick=lambda o: o[0], arrange=arrange)
+    got = _raw(model, layer, x, [0, 2], **options)
+    magnitude = GradCAMMagnitude(model, layer, **options)
+    size = magnitude.explain(x, [0, 2], relu=False, upsample=False, normalize=False).maps
+    assert_gradcam_close(got, expected, size, magnitude.channels)
+    row_major = _raw(model, layer, x, [0, 2], **{**options, "token_order": None})
+    assert float((row_major - got).abs().max()) > 1e-3  # the order matters
+
+
+def test_a_token_order_round_trips() -> None:
+    from camkit._engine.layers import Layout
+
+    layout = Layout("tokens", prefix_tokens=1, grid=(2, 3, 4), token_order=(1, 2, 0))
+    tokens = torch.randn(2, 1 + 24, 5)
+    grid = layout.to_channels_first(tokens, "x")
+    assert grid.shape == (2, 5, 2, 3, 4)
+    # token 1 + (h * 4 + w) * 2 + t is cell (t, h, w)
+    assert torch.equal(grid[:, :, 1, 2, 3], tokens[:, 1 + (2 * 4 + 3) * 2 + 1])
+    assert torch.equal(layout.from_channels_first(grid, tokens), tokens)
+    with pytest.raises(camkit.CamkitValueError, match="token_order: got"):
+        Layout("tokens", grid=(2, 3), token_order=(0, 0))
+
+
 monai_nets = pytest.importorskip("monai.networks.nets")
 monai_visualize = pytest.importorskip("monai.visualize")
 

@@ -277,19 +277,36 @@ class Layout:
     ``(N, *spatial, C)``, as in Swin and ConvNeXt blocks. ``tokens``:
     ``(N, T, C)``, as in vision transformers; the first ``prefix_tokens``
     (such as CLS) are dropped and the rest arranged on ``grid``, inferred as a
-    square when not given.
+    square when not given. The tokens run over the grid's axes row-major, the
+    first axis outermost, unless ``token_order`` names the grid's axes from the
+    outermost to the innermost as the tokens run (``(1, 2, 0)`` for a clip's
+    ``(t, h, w)`` grid whose tokens give each patch's frames in turn, as
+    TimeSformer's do).
     """
 
-    def __init__(self, kind: str, prefix_tokens: int = 1, grid: tuple[int, ...] | None = None):
+    def __init__(
+        self,
+        kind: str,
+        prefix_tokens: int = 1,
+        grid: tuple[int, ...] | None = None,
+        token_order: tuple[int, ...] | None = None,
+    ):
         if kind not in LAYOUTS:
             raise CamkitValueError(f"layout: got {kind!r}; allowed: {', '.join(LAYOUTS)}")
         if prefix_tokens < 0:
             raise CamkitValueError(f"prefix_tokens: got {prefix_tokens}; must be >= 0")
         if grid is not None and (not grid or any(int(g) < 1 for g in grid)):
             raise CamkitValueError(f"grid: got {grid}; give positive sizes such as (14, 14)")
+        axes = len(grid) if grid is not None else 2
+        if token_order is not None and sorted(token_order) != list(range(axes)):
+            raise CamkitValueError(
+                f"token_order: got {token_order!r}; allowed: an order of the grid's axes "
+                f"0 to {axes - 1}, such as {(*range(1, axes), 0)}"
+            )
         self.kind = kind
         self.prefix_tokens = prefix_tokens
         self.grid = grid
+        self.token_order = None if token_order is None else tuple(token_order)
 
     def to_channels_first(self, t: Tensor, name: str) -> Tensor:
         """View ``t`` as ``(N, C, *spatial)``."""
@@ -313,7 +330,11 @@ class Layout:
                 f"grid: {grid} holds {math.prod(grid)} tokens, but {name!r} has "
                 f"{tokens.shape[1]} after dropping {self.prefix_tokens} prefix token(s)"
             )
-        return tokens.reshape(len(t), *grid, t.shape[2]).movedim(-1, 1)
+        if self.token_order is None:
+            return tokens.reshape(len(t), *grid, t.shape[2]).movedim(-1, 1)
+        order = self.token_order
+        stored = tokens.reshape(len(t), *(grid[a] for a in order), t.shape[2])
+        return stored.permute(0, -1, *(1 + order.index(a) for a in range(len(order))))
 
     def from_channels_first(self, t: Tensor, original: Tensor) -> Tensor:
         """Inverse of :meth:`to_channels_first`; dropped prefix tokens come from ``original``."""
@@ -322,6 +343,8 @@ class Layout:
         moved = t.movedim(1, -1)
         if self.kind == "channels_last":
             return moved
+        if self.token_order is not None:
+            moved = moved.permute(0, *(1 + a for a in self.token_order), -1)
         prefix = original[:, : self.prefix_tokens].expand(len(t), -1, -1)
         return torch.cat([prefix.to(t.dtype), moved.reshape(len(t), -1, t.shape[1])], dim=1)
 
