@@ -102,6 +102,27 @@ def test_swin3d_reads_channels_last_and_list_layers_says_so() -> None:
     assert GradCAM(model, "features.4", **info.options)(x, 2).shape == (1, 4, 64, 64)
 
 
+def test_mvit_tokens_run_frame_by_frame() -> None:
+    """torchvision's MViT (a small configuration): its blocks return ``(tokens, thw)``;
+    ``list_layers`` finds the tokens' time grid, and the maps equal plain autograd."""
+    from torchvision.models.video.mvit import MSBlockConfig, MViT
+
+    blocks = [
+        MSBlockConfig(1, 16, 16, [3, 3, 3], [3, 3, 3], [1, 1, 1], [1, 2, 2]),
+        MSBlockConfig(2, 16, 32, [3, 3, 3], [3, 3, 3], [1, 2, 2], [1, 1, 1]),
+    ]
+    torch.manual_seed(0)
+    model = MViT(
+        spatial_size=(32, 32), temporal_size=8, block_setting=blocks, residual_pool=True,
+        residual_with_cls_embed=False, rel_pos_embed=True, proj_after_attn=True, num_classes=3,
+    ).eval()  # fmt: skip
+    x = torch.randn(2, *CLIP)
+    info = next(i for i in list_layers(model, x) if i.name == "blocks.0[0]")
+    assert info.options == {"layout": "tokens", "prefix_tokens": 1, "grid": (4, 8, 8)}
+    _check(model, "blocks.0[0]", x, [1, 2], pick=lambda out: out[0], **info.options)
+    assert GradCAM(model, "blocks.0[0]", **info.options)(x, [1, 2]).shape == (2, 8, 32, 32)
+
+
 class ClipFirst(nn.Module):
     """A Hugging Face video classifier, called with torchvision's ``(N, C, T, H, W)`` clips:
     Hugging Face takes ``(N, T, C, H, W)``, and camkit maps the axes after the channels."""
