@@ -113,3 +113,17 @@ def test_no_module_imports_another_modules_private_names() -> None:
                     private = alias.name.startswith("_") and alias.name not in submodules
                     assert not private, f"{path.relative_to(package)} imports {alias.name}"
     assert checked > 50
+
+
+def test_camkit_never_imports_the_optional_libraries() -> None:
+    """The integrations and peers are extras for the tests and benchmarks: no camkit module
+    imports them, so ``pip install camkit`` needs none of them. (torchvision is imported
+    by the command line only when ``--model torchvision:NAME`` asks for it.)"""
+    optional = ("transformers", "timm", "monai", "einops", "quantus", "pytorch_grad_cam",
+                "torchcam", "captum", "nibabel", "pydicom")  # fmt: skip
+    pattern = re.compile(rf"^\s*(?:import|from)\s+({'|'.join(optional)})\b", re.M)
+    found = {
+        str(path.relative_to(Path(camkit.__file__).parent)): pattern.findall(path.read_text())
+        for path in Path(camkit.__file__).parent.rglob("*.py")
+    }
+    assert not {name: hits for name, hits in found.items() if hits}
