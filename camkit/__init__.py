@@ -65,6 +65,7 @@ from camkit.targets import (
     SegmentationTarget,
     SimilarityTarget,
     Target,
+    TokenTarget,
     class_scores,
 )
 
@@ -122,6 +123,7 @@ __all__ = [
     "SimilarityTarget",
     "SmoothGradCAMPlusPlus",
     "Target",
+    "TokenTarget",
     "XGradCAM",
     "__version__",
     "augment",

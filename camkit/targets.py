@@ -44,6 +44,7 @@ __all__ = [
     "SegmentationTarget",
     "SimilarityTarget",
     "Target",
+    "TokenTarget",
     "box_iou",
     "class_scores",
 ]
@@ -572,6 +573,100 @@ class RegressionTarget:
 
     def __repr__(self) -> str:
         return f"RegressionTarget(index={self.index!r}, negate={self.negate})"
+
+
+class TokenTarget:
+    """Chosen tokens of a causal language model's output, scored at their positions: one map
+    per token, such as every word of a vision-language model's answer.
+
+    A causal model's logits at position ``p`` predict the token at ``p + 1``, so the
+    token at position ``q`` is scored by ``logits[:, q - 1, token]``. Run the model
+    once on the prompt with the answer appended (teacher forcing, as ``generate``
+    returns it) and every answer token is scored from that one forward pass; camkit
+    then differentiates the ``k`` scores in batched backward passes of up to 16,
+    never holding ``k`` graphs.
+
+    Args:
+        tokens: The token ids explained: ``(k,)`` for every sample, or ``(N, k)``.
+        positions: Their positions in the input sequence, ``(k,)`` or ``(N, k)``;
+            by default the last ``k`` (an answer at the end of the sequence).
+        key: The output field holding the ``(N, L, V)`` logits, when it is not the
+            output itself, its ``.logits`` or its ``"logits"``.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.arange(2 * 4 * 5, dtype=torch.float).view(2, 4, 5)
+        >>> TokenTarget([3, 1])(logits)   # positions 2 and 3: logits[:, 1, 3], logits[:, 2, 1]
+        tensor([[ 8., 11.],
+                [28., 31.]])
+    """
+
+    def __init__(
+        self,
+        tokens: Sequence[int] | Tensor | np.ndarray,
+        *,
+        positions: Sequence[int] | Tensor | np.ndarray | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.tokens = _token_table(tokens, "tokens")
+        self.positions = None if positions is None else _token_table(positions, "positions")
+        if self.positions is not None:
+            if self.positions.shape[1] != self.tokens.shape[1]:
+                raise CamkitValueError(
+                    f"positions: got {self.positions.shape[1]} per sample for "
+                    f"{self.tokens.shape[1]} tokens; give one position per token"
+                )
+            if int(self.positions.min()) < 1:
+                raise CamkitValueError(
+                    f"positions: got {int(self.positions.min())}; a token's position must be "
+                    f"at least 1 (the logits before it score it)"
+                )
+        self.key = key
+
+    def __call__(self, output: Any, samples: Tensor | None = None) -> Tensor:
+        """Scores ``(M, k)`` of the ``M`` samples in ``output``: each token's logit at the
+        position before it."""
+        logits = field_of(output, self.key, "TokenTarget")
+        if logits.dim() != 3:
+            raise CamkitValueError(
+                f"target: TokenTarget needs (N, L, vocabulary) logits, got shape "
+                f"{tuple(logits.shape)}"
+            )
+        m, length, vocabulary = logits.shape
+        k = self.tokens.shape[1]
+        tokens = _for_rows(self.tokens, samples, m, "tokens").to(logits.device)
+        if self.positions is None:
+            positions = torch.arange(length - k, length, device=logits.device).expand(m, k)
+        else:
+            positions = _for_rows(self.positions, samples, m, "positions").to(logits.device)
+        if int(positions.max()) >= length or length - k < 1:
+            raise CamkitValueError(
+                f"positions: the sequence has {length} positions, too few for {k} tokens at "
+                f"{positions[0].tolist()}; the answer must follow at least one token"
+            )
+        if int(tokens.max()) >= vocabulary:
+            raise CamkitValueError(
+                f"tokens: got id {int(tokens.max())}; the vocabulary has {vocabulary}"
+            )
+        rows = torch.arange(m, device=logits.device)[:, None]
+        scores: Tensor = logits[rows, positions - 1, tokens]
+        return scores
+
+    def __repr__(self) -> str:
+        return f"TokenTarget({self.tokens.shape[1]} tokens)"
+
+
+def _token_table(values: Any, name: str) -> Tensor:
+    """Token ids or positions as an int64 table ``(1 or N, k)`` on the CPU."""
+    table = _tensor(values, name)
+    if table.is_floating_point() or table.is_complex() or table.dtype == torch.bool:
+        raise CamkitTypeError(f"{name}: expected integers, got {table.dtype}")
+    if table.dim() not in (1, 2) or table.numel() == 0 or int(table.min()) < 0:
+        raise CamkitValueError(
+            f"{name}: got {table.tolist() if table.numel() < 9 else tuple(table.shape)}; "
+            f"allowed: non-negative ints, (k,) for every sample or (N, k)"
+        )
+    return table.long().cpu().view(-1, table.shape[-1])
 
 
 def _column(values: Tensor) -> Tensor:

@@ -19,7 +19,15 @@ from torch import Tensor, nn
 
 import camkit
 from camkit.layers import LayerRef, find_layer, resolve_layer
-from tests.helpers import assert_untouched, finish, reference_gradcam_at, snapshot
+from tests.helpers import (
+    GradCAMMagnitude,
+    assert_gradcam_close,
+    assert_untouched,
+    finish,
+    reference_gradcam,
+    reference_gradcam_at,
+    snapshot,
+)
 
 METHODS: dict[str, Callable[[nn.Module, Any], camkit.BaseCAM]] = {
     "GradCAM": lambda m, layer: camkit.GradCAM(m, layer),
@@ -434,3 +442,35 @@ def test_a_compiled_model_is_explained_as_its_eager_module(name: str) -> None:
     listed = [info.name for info in camkit.list_layers(compiled, x)]
     assert listed == [info.name for info in camkit.list_layers(model, x)]
     assert_untouched(before, snapshot(model))
+
+
+class _Recorded(nn.Module):
+    """Its head reads what a forward hook registered at build time recorded of ``relu``'s
+    output (as a Hugging Face model's hidden-state recorder does), not the flow after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.relu = nn.Conv2d(1, 3, 3), nn.ReLU()
+        self.head = nn.Linear(3 * 6 * 6, 4)
+        self.kept: list[Tensor] = []
+        self.relu.register_forward_hook(lambda m, i, output: self.kept.append(output))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.kept.clear()
+        self.relu(self.conv(x))  # the flow after relu is not used
+        out: Tensor = self.head(self.kept[-1].flatten(1))
+        return out
+
+
+def test_a_layer_whose_output_a_model_hook_records_is_explained() -> None:
+    """camkit's hook runs before the model's own, so the recorder keeps the tensor camkit
+    differentiates (before, the score did not depend on it and the call failed)."""
+    model = _Recorded().eval()
+    x = torch.randn(2, 1, 8, 8)
+    raw = {"relu": False, "upsample": False, "normalize": False}
+    got = camkit.GradCAM(model, "relu")(x, [1, 3], **raw)
+    expected = reference_gradcam(model, model.relu, x, torch.tensor([1, 3]))
+    magnitude = GradCAMMagnitude(model, "relu")
+    assert_gradcam_close(got, expected, magnitude(x, [1, 3], **raw), magnitude.channels)
+    assert len(model.relu._forward_hooks) == 1  # the model's own hook, and only it, is left

@@ -34,6 +34,11 @@ class Hooks:
     watches_inputs: ClassVar[bool] = False
     """Whether the modules also get a forward pre-hook that calls :meth:`on_input`."""
 
+    runs_first: ClassVar[bool] = False
+    """Whether the hooks run before the modules' own forward hooks (and pre-hooks), so that
+    those see the output they hand on: a Hugging Face model's hidden-state recorder, say,
+    then records the tensor camkit differentiates, not an untracked original."""
+
     def __init__(self, modules: Sequence[tuple[str, nn.Module]]) -> None:
         self.modules = list(modules)
         self.calls = [0] * len(self.modules)
@@ -44,9 +49,11 @@ class Hooks:
     def __enter__(self: _H) -> _H:
         try:
             for i, (_, module) in enumerate(self.modules):
-                self._handles.append(module.register_forward_hook(self._hook_for(i)))
+                first = self.runs_first
+                hook, pre_hook = self._hook_for(i), self._pre_hook_for(i)
+                self._handles.append(module.register_forward_hook(hook, prepend=first))
                 if self.watches_inputs:
-                    self._handles.append(module.register_forward_pre_hook(self._pre_hook_for(i)))
+                    self._handles.append(module.register_forward_pre_hook(pre_hook, prepend=first))
         except BaseException:
             self._remove()
             raise
@@ -144,6 +151,7 @@ class LayerCapture(Hooks):
     """
 
     watches_inputs = True
+    runs_first = True
 
     def __init__(self, layers: Sequence[LayerRef], clone: Sequence[bool]) -> None:
         super().__init__([(ref.name, ref.module) for ref in layers])

@@ -1,0 +1,203 @@
+"""A map for every token a vision-language model says: TokenTarget on a config-built LLaVA.
+
+The answer is generated, appended to the prompt (teacher forcing), and every answer token's
+logit at the position before it is explained at a layer of the vision tower, from one
+forward pass. Each map equals plain autograd on that token's logit.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import camkit
+from camkit import GradCAM, TokenTarget
+from camkit.errors import CamkitTypeError, CamkitValueError
+from camkit.layers import resolve_layer
+from tests.helpers import (
+    GradCAMMagnitude,
+    assert_gradcam_close,
+    assert_untouched,
+    reference_gradcam_at,
+    snapshot,
+)
+
+transformers = pytest.importorskip("transformers")
+
+IMAGE_TOKEN = 99
+PATCHES = 16  # a 32 x 32 image in 8 x 8 patches; LLaVA drops the vision tower's CLS token
+LAYER = "model.model.vision_tower.encoder.layers.0"
+TOKENS = {"layout": "tokens", "prefix_tokens": 1, "grid": (4, 4)}
+
+
+def tiny_llava() -> nn.Module:
+    vision = transformers.CLIPVisionConfig(
+        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2,
+    )  # fmt: skip
+    text = transformers.LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+    )  # fmt: skip
+    config = transformers.LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN,
+        vision_feature_layer=-1, vision_feature_select_strategy="default",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.LlavaForConditionalGeneration(config).eval()
+
+
+class Answering(nn.Module):
+    """The model with its text fixed, taking the image first, as a CAM calls it."""
+
+    def __init__(self, model: nn.Module, input_ids: Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.input_ids = input_ids
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        logits: Tensor = self.model(input_ids=self.input_ids, pixel_values=pixel_values).logits
+        return logits
+
+
+def answer(model: nn.Module, image: Tensor, new_tokens: int) -> tuple[Tensor, Tensor]:
+    """The prompt with the greedy answer appended, and the answer's ids."""
+    prompt = torch.tensor([[1, 5, *[IMAGE_TOKEN] * PATCHES, 7, 8]])
+    generated = model.generate(
+        input_ids=prompt, pixel_values=image, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+        do_sample=False, suppress_tokens=[IMAGE_TOKEN],  # random weights might say it
+    )  # fmt: skip
+    return generated, generated[:, prompt.shape[1] :]
+
+
+def test_every_answer_token_gets_the_map_of_its_own_logit() -> None:
+    model = tiny_llava()
+    torch.manual_seed(1)
+    image = torch.randn(1, 3, 32, 32)
+    sequence, said = answer(model, image, new_tokens=6)
+    wrapped = Answering(model, sequence).eval()
+    before = snapshot(wrapped)
+    target = TokenTarget(said)  # the last 6 positions
+    raw = {"relu": False, "upsample": False, "normalize": False}
+    got = GradCAM(wrapped, LAYER, **TOKENS).explain(image, target, **raw).maps
+    assert got.shape == (1, 6, 4, 4)
+    module = resolve_layer(wrapped, LAYER).module
+    length = sequence.shape[1]
+
+    def arrange(t: Tensor) -> Tensor:
+        return t[:, 1:].reshape(len(t), 4, 4, t.shape[-1]).movedim(-1, 1)
+
+    magnitude = GradCAMMagnitude(wrapped, LAYER, **TOKENS)
+    size = magnitude.explain(image, target, **raw).maps
+    for j in range(6):
+        position, token = length - 6 + j, int(said[0, j])
+
+        def score(logits: Tensor, p: int = position, t: int = token) -> Tensor:
+            return logits[:, p - 1, t]
+
+        expected = reference_gradcam_at(wrapped, module, image, score, arrange=arrange)
+        assert_gradcam_close(got[:, j], expected, size[:, j], magnitude.channels)
+    maps = GradCAM(wrapped, LAYER, **TOKENS)(image, target)
+    assert maps.shape == (1, 6, 32, 32)
+    assert_untouched(before, snapshot(wrapped))
+
+
+def test_sixty_four_tokens_from_one_forward_pass() -> None:
+    """64 maps from one run of the vision tower (no graph per token), each its token's."""
+    model = tiny_llava()
+    image = torch.randn(1, 3, 32, 32)
+    sequence, said = answer(model, image, new_tokens=64)
+    wrapped = Answering(model, sequence).eval()
+    runs: list[int] = []
+    hook = wrapped.model.model.vision_tower.register_forward_hook(lambda *_: runs.append(1))
+    try:
+        maps = GradCAM(wrapped, LAYER, **TOKENS)(image, TokenTarget(said), normalize=False)
+    finally:
+        hook.remove()
+    assert maps.shape == (1, 64, 32, 32) and len(runs) == 1
+    for j in (0, 31, 63):  # a few, alone, from their own calls
+        alone = GradCAM(wrapped, LAYER, **TOKENS)(
+            image, TokenTarget(said[:, j : j + 1], positions=[sequence.shape[1] - 64 + j]),
+            normalize=False,
+        )  # fmt: skip
+        scale = float(alone.abs().max())
+        torch.testing.assert_close(maps[:, j], alone[:, 0], rtol=0, atol=1e-5 * scale)
+
+
+def test_token_target_by_hand_and_per_sample() -> None:
+    logits = torch.randn(3, 6, 10)
+    target = TokenTarget([[4, 2], [1, 1], [9, 0]], positions=[[2, 5], [1, 3], [4, 5]])
+    expected = torch.stack([
+        logits[0, [1, 4], [4, 2]], logits[1, [0, 2], [1, 1]], logits[2, [3, 4], [9, 0]],
+    ])  # fmt: skip
+    torch.testing.assert_close(target(logits), expected, rtol=0, atol=0)
+    rows = torch.tensor([2, 0])  # re-scored rows: samples 2 and 0
+    torch.testing.assert_close(target(logits[[2, 0]], samples=rows), expected[[2, 0]])
+    default = TokenTarget([3])(logits)  # the last position, scored by the one before
+    torch.testing.assert_close(default, logits[:, 4, 3][:, None])
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: TokenTarget([1.5]), CamkitTypeError, "tokens: expected integers"),
+        (lambda: TokenTarget([-1]), CamkitValueError, "tokens: got"),
+        (lambda: TokenTarget([1, 2], positions=[3]), CamkitValueError, "positions: got 1"),
+        (lambda: TokenTarget([1], positions=[0]), CamkitValueError, "positions: got 0"),
+        (lambda: TokenTarget([1], positions=[6])(torch.randn(1, 6, 4)), CamkitValueError,
+         "positions: the sequence has 6"),
+        (lambda: TokenTarget([7])(torch.randn(1, 6, 4)), CamkitValueError, "tokens: got id 7"),
+        (lambda: TokenTarget([1])(torch.randn(1, 4)), CamkitValueError, "needs \\(N, L"),
+    ],
+)  # fmt: skip
+def test_token_target_refuses_bad_input(make: object, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        make()  # type: ignore[operator]
+
+
+def test_camkit_explains_the_logits_field_of_the_model_output() -> None:
+    model = tiny_llava()
+    image = torch.randn(1, 3, 32, 32)
+    sequence, said = answer(model, image, new_tokens=3)
+
+    class Full(nn.Module):  # returns the whole output: TokenTarget reads .logits
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values: Tensor) -> object:
+            return self.model(input_ids=sequence, pixel_values=pixel_values)
+
+    full = camkit.GradCAM(Full().eval(), LAYER, **TOKENS)(image, TokenTarget(said))
+    plain = camkit.GradCAM(Answering(model, sequence).eval(), LAYER, **TOKENS)(
+        image, TokenTarget(said)
+    )
+    torch.testing.assert_close(full, plain, rtol=0, atol=0)
+
+
+def test_llava_reading_the_second_to_last_layer_as_llava_1_5_does() -> None:
+    """LLaVA-1.5 feeds the language model the vision tower's second-to-last hidden state,
+    which Hugging Face records with its own forward hook: explained at that layer, every
+    token's map still equals plain autograd."""
+    model = tiny_llava()
+    model.config.vision_feature_layer = -2
+    image = torch.randn(1, 3, 32, 32)
+    sequence, said = answer(model, image, new_tokens=3)
+    wrapped = Answering(model, sequence).eval()
+    raw = {"relu": False, "upsample": False, "normalize": False}
+    got = GradCAM(wrapped, LAYER, **TOKENS).explain(image, TokenTarget(said), **raw).maps
+    module = resolve_layer(wrapped, LAYER).module
+    magnitude = GradCAMMagnitude(wrapped, LAYER, **TOKENS)
+    size = magnitude.explain(image, TokenTarget(said), **raw).maps
+    length = sequence.shape[1]
+    for j in range(3):
+
+        def score(logits: Tensor, p: int = length - 3 + j, t: int = int(said[0, j])) -> Tensor:
+            return logits[:, p - 1, t]
+
+        expected = reference_gradcam_at(
+            wrapped, module, image, score,
+            arrange=lambda t: t[:, 1:].reshape(len(t), 4, 4, t.shape[-1]).movedim(-1, 1),
+        )  # fmt: skip
+        assert_gradcam_close(got[:, j], expected, size[:, j], magnitude.channels)
