@@ -67,6 +67,8 @@ def build_case(name: str, device: str = "cpu") -> Case:
         model = DenseNet121(spatial_dims=3, in_channels=1, out_channels=2)
         x = torch.randn(1, 1, 96, 96, 96)
         layer, layout = "features.denseblock4", "channels_first"
+    elif name == "llava":
+        return _llava_case(device)
     elif name == "r3d_18":
         from torchvision.models.video import r3d_18
 
@@ -76,7 +78,7 @@ def build_case(name: str, device: str = "cpu") -> Case:
     else:
         raise ValueError(
             f"case: unknown {name!r}; choose mnist, resnet50, vit_b_16, fasterrcnn, densenet3d, "
-            f"r3d_18"
+            f"r3d_18, llava"
         )
     model = model.eval().to(device)
     x = x.to(device)
@@ -106,6 +108,95 @@ def _detection_case(device: str) -> Case:
     return Case("fasterrcnn", model, x, labels, "backbone.body.16", boxes=boxes)
 
 
+ANSWER_TOKENS = 32
+"""The answer the llava case explains, token by token."""
+
+LLAVA_LAYER = "model.model.vision_tower.encoder.layers.2"
+"""The vision-tower layer the llava case explains (LLaVA-1.5 reads the second-to-last)."""
+
+
+class _Answering(nn.Module):
+    """A LLaVA with its prompt and answer fixed, taking the image first."""
+
+    def __init__(self, model: nn.Module, input_ids: Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.input_ids = input_ids
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        logits: Tensor = self.model(input_ids=self.input_ids, pixel_values=pixel_values).logits
+        return logits
+
+
+def _llava_case(device: str) -> Case:
+    """A LLaVA-1.5-shaped model from a configuration (random weights): a CLIP vision tower
+    on 224² images in 14² patches (256 image tokens), 4 layers of width 256 on both sides,
+    the second-to-last vision layer fed to the language model; a prompt of 8 text tokens and
+    the image, and a 32-token greedy answer, teacher-forced."""
+    import transformers
+
+    vision = transformers.CLIPVisionConfig(
+        image_size=224, patch_size=14, hidden_size=256, intermediate_size=1024,
+        num_hidden_layers=4, num_attention_heads=4,
+    )  # fmt: skip
+    text = transformers.LlamaConfig(
+        vocab_size=2000, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+    )  # fmt: skip
+    image_token = 1999
+    config = transformers.LlavaConfig(
+        vision_config=vision, text_config=text, image_token_index=image_token,
+        vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.LlavaForConditionalGeneration(config).eval().to(device)
+    image = torch.randn(1, 3, 224, 224, device=device)
+    prompt = torch.tensor([[1, 5, 6, 7, *[image_token] * 256, 8, 9, 10, 11]], device=device)
+    sequence = model.generate(
+        input_ids=prompt, pixel_values=image, max_new_tokens=ANSWER_TOKENS,
+        min_new_tokens=ANSWER_TOKENS, do_sample=False, suppress_tokens=[image_token],
+    )  # fmt: skip
+    said = sequence[:, prompt.shape[1] :]
+    return Case("llava", _Answering(model, sequence).eval(), image, said, LLAVA_LAYER, "tokens")
+
+
+def _llava_calls(case: Case) -> dict[str, Call]:
+    """camkit's Grad-CAM of every answer token, and the least plain autograd can do for the
+    same maps: one forward pass with gradients, one backward pass per token."""
+    m, x, said, layer = case.model, case.x, case.classes, case.layer
+    options = {"layout": "tokens", "prefix_tokens": 1, "grid": (16, 16)}
+    module = m.get_submodule(layer)
+    length = m.input_ids.shape[1]
+    positions = torch.arange(length - ANSWER_TOKENS, length, device=x.device)
+
+    def plain() -> object:
+        kept: list[Tensor] = []
+        handle = module.register_forward_hook(lambda mod, i, out: kept.append(out))
+        try:
+            logits = m(x)
+        finally:
+            handle.remove()
+        activation = kept[-1]
+        scores = logits[0, positions - 1, said[0]]
+        maps = []
+        for j in range(ANSWER_TOKENS):
+            (grad,) = torch.autograd.grad(scores[j], activation, retain_graph=j < ANSWER_TOKENS - 1)
+            weights = grad[:, 1:].mean(1, keepdim=True)
+            maps.append(torch.relu((weights * activation[:, 1:]).sum(-1)).detach())
+        return torch.stack(maps, 1)
+
+    target = camkit.TokenTarget(said)
+    return {
+        f"camkit GradCAM, {ANSWER_TOKENS} tokens (layer grid)": lambda: camkit.GradCAM(
+            m, layer, **options
+        )(x, target, upsample=False, normalize=False),
+        f"camkit GradCAM, {ANSWER_TOKENS} tokens (224², scaled)": lambda: camkit.GradCAM(
+            m, layer, **options
+        )(x, target),
+        f"plain autograd: 1 forward, {ANSWER_TOKENS} backward passes": plain,
+    }
+
+
 VOLUME_CASES = ("densenet3d", "r3d_18")
 """The 3D cases (a volume, a clip), compared with MONAI."""
 
@@ -121,6 +212,8 @@ def camkit_calls(case: Case) -> dict[str, Call]:
     m, layer, x, c = case.model, case.layer, case.x, case.classes
     if case.boxes is not None:
         return _detection_calls(case, case.boxes)
+    if case.name == "llava":
+        return _llava_calls(case)
     if case.name in VOLUME_CASES:
         occlusion = camkit.OcclusionSensitivity(m, **OCCLUSION[case.name], batch_size=16)
         return {
@@ -187,6 +280,8 @@ def peer_calls(case: Case) -> dict[str, Call]:
         return _peer_detection_calls(case, case.boxes) if installed("pytorch_grad_cam") else {}
     if case.name in VOLUME_CASES:
         return _monai_calls(case) if installed("monai") else {}
+    if case.name == "llava":
+        return {}
     if installed("pytorch_grad_cam"):
         from pytorch_grad_cam import GradCAM as PgcGradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

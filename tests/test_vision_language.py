@@ -201,3 +201,24 @@ def test_llava_reading_the_second_to_last_layer_as_llava_1_5_does() -> None:
             arrange=lambda t: t[:, 1:].reshape(len(t), 4, 4, t.shape[-1]).movedim(-1, 1),
         )  # fmt: skip
         assert_gradcam_close(got[:, j], expected, size[:, j], magnitude.channels)
+
+
+def test_one_backward_pass_per_token_gives_the_batched_maps() -> None:
+    """TokenTarget asks for one backward pass per token (a language model's batched
+    backward costs its memory times the batch); a plain callable with the same scores
+    takes camkit's batched passes. The maps agree."""
+    model = tiny_llava()
+    image = torch.randn(1, 3, 32, 32)
+    sequence, said = answer(model, image, new_tokens=5)
+    wrapped = Answering(model, sequence).eval()
+    target = TokenTarget(said)
+    assert target.backward_chunk == 1
+
+    def same_scores(logits: Tensor) -> Tensor:  # a callable: batched backward passes
+        return target(logits)
+
+    cam = GradCAM(wrapped, LAYER, **TOKENS)
+    one_by_one = cam(image, target, normalize=False)
+    batched = cam(image, same_scores, normalize=False)
+    scale = float(batched.abs().max())
+    torch.testing.assert_close(one_by_one, batched, rtol=0, atol=1e-5 * scale)

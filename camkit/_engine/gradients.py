@@ -17,9 +17,10 @@ targets (a detector's box head, replayed for 100 detections, needs gigabytes).""
 
 
 def score_gradients(
-    scores: Tensor, tensors: Sequence[Tensor], create_graph: bool = False
+    scores: Tensor, tensors: Sequence[Tensor], create_graph: bool = False, chunk: int = CHUNK
 ) -> list[Tensor | None]:
-    """``d scores / d t`` for each tensor ``t``, as ``(N, k, *t.shape[1:])``.
+    """``d scores / d t`` for each tensor ``t``, as ``(N, k, *t.shape[1:])``, the ``k``
+    columns in batched backward passes of up to ``chunk`` (1: one pass per column).
 
     Row ``i`` of ``scores`` ``(N, k)`` should depend on row ``i`` of each
     tensor only (a model in eval mode): what is computed is the gradient of
@@ -35,18 +36,24 @@ def score_gradients(
             scores.sum(), tensors, allow_unused=True, create_graph=create_graph
         )
         return [None if g is None else g[:, None] for g in grads]
-    return _batched(scores, tensors, create_graph)
+    if chunk > 1:
+        batched = _batched(scores, tensors, create_graph, chunk)
+        if batched is not None:
+            return batched
+    return _by_column(scores, tensors, create_graph)
 
 
-def _batched(scores: Tensor, tensors: Sequence[Tensor], create_graph: bool) -> list[Tensor | None]:
-    """The ``k`` score columns in batched backward passes of up to :data:`CHUNK` columns, or
-    one pass per column where some backward step of the model cannot be batched."""
+def _batched(
+    scores: Tensor, tensors: Sequence[Tensor], create_graph: bool, chunk: int
+) -> list[Tensor | None] | None:
+    """The ``k`` score columns in batched backward passes of up to ``chunk`` columns; ``None``
+    where some backward step of the model cannot be batched."""
     n, k = scores.shape
     eye = torch.eye(k, dtype=scores.dtype, device=scores.device)
     try:
         chunks = []
-        for start in range(0, k, CHUNK):
-            rows = eye[start : start + CHUNK]
+        for start in range(0, k, chunk):
+            rows = eye[start : start + chunk]
             chunks.append(
                 torch.autograd.grad(
                     scores,
@@ -65,6 +72,14 @@ def _batched(scores: Tensor, tensors: Sequence[Tensor], create_graph: bool) -> l
     except RuntimeError as error:
         if isinstance(error, torch.OutOfMemoryError) or not _VMAP_UNSUPPORTED.search(str(error)):
             raise
+    return None
+
+
+def _by_column(
+    scores: Tensor, tensors: Sequence[Tensor], create_graph: bool
+) -> list[Tensor | None]:
+    """The ``k`` score columns in one backward pass each."""
+    k = scores.shape[1]
     columns = [
         torch.autograd.grad(
             scores[:, j].sum(),

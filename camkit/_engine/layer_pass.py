@@ -67,6 +67,7 @@ def layer_pass(cam: BaseCAM, request: Request, options: CallOptions) -> LayerPas
                     natives,
                     [f"layer {n!r}" for n in cam.layer_names],
                     create_graph=differentiable or cam.needs_hessian,
+                    chunk=target.backward_chunk,
                 )
                 if cam.needs_gradients
                 else [None] * len(natives)

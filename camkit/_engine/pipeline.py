@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from camkit._engine.gradients import score_gradients
+from camkit._engine.gradients import CHUNK, score_gradients
 from camkit._engine.model import (
     Precision,
     check_finite_input,
@@ -107,6 +107,7 @@ def gradients_at(
     names: Sequence[str],
     *,
     create_graph: bool = False,
+    chunk: int = CHUNK,
 ) -> list[Tensor]:
     """``d scores / d t`` ``(N, k, *t.shape[1:])`` for each tensor; a clear error naming the
     tensor the scores do not depend on (a constant target, a layer after the score). With
@@ -116,7 +117,7 @@ def gradients_at(
     pyramid), only some need to reach the scores: the others get a zero
     gradient (a detector's box head reads each box from one level only).
     """
-    gradients = score_gradients(scores, tensors, create_graph=create_graph)
+    gradients = score_gradients(scores, tensors, create_graph=create_graph, chunk=chunk)
     if len(tensors) > 1 and any(g is not None for g in gradients):
         n, k = scores.shape
         return [

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from camkit._engine.gradients import CHUNK
 from camkit._engine.model_outputs import logits_in
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.targets import ScoreFunction, Target, class_scores
@@ -45,6 +46,15 @@ class BoundTarget:
     multi: bool
     k: int
     takes_samples: bool = False
+
+    @property
+    def backward_chunk(self) -> int:
+        """How many score columns one batched backward pass takes: a callable's own
+        ``backward_chunk`` where it declares one (:class:`~camkit.TokenTarget`: 1), else
+        :data:`~camkit._engine.gradients.CHUNK`."""
+        if self.function is None:
+            return CHUNK
+        return int(getattr(self.function, "backward_chunk", CHUNK))
 
     def scores(self, output: Any, rows: Tensor | None = None) -> Tensor:
         """Scores ``(M, k)`` of the target for an output whose row ``i`` is sample ``rows[i]``
