@@ -50,9 +50,9 @@ class Hooks:
         try:
             for i, (_, module) in enumerate(self.modules):
                 first = self.runs_first
-                hook, pre_hook = self._hook_for(i), self._pre_hook_for(i)
-                self._handles.append(module.register_forward_hook(hook, prepend=first))
+                self._handles.append(module.register_forward_hook(self._hook_for(i), prepend=first))
                 if self.watches_inputs:
+                    pre_hook = self._pre_hook_for(i)
                     self._handles.append(module.register_forward_pre_hook(pre_hook, prepend=first))
         except BaseException:
             self._remove()
