@@ -41,6 +41,7 @@ __all__ = [
     "orthogonal_slices",
     "overlay",
     "slice_grid",
+    "tokens",
 ]
 
 ArrayLike = Tensor | np.ndarray
@@ -630,6 +631,78 @@ def animate(
     finally:
         plt.close(fig)
     return target
+
+
+def tokens(
+    image: ArrayLike,
+    maps: ArrayLike,
+    words: Sequence[str],
+    *,
+    spans: Sequence[tuple[int, int]] | None = None,
+    ncols: int = 6,
+    cmap: str = "jet",
+    alpha: float = 0.6,
+    mean: Sequence[float] | float | None = None,
+    std: Sequence[float] | float | None = None,
+    size: float = 1.8,
+) -> Figure:
+    """An answer's tokens (or word spans), each with its map over the image, the answer as
+    the title: the figure of a :class:`~camkit.TokenTarget` explanation.
+
+    Args:
+        image: The image, as for :func:`blend`.
+        maps: ``(k, H, W)``: one map per token, values in [0, 1] (``maps[i]`` of a
+            ``(N, k, H, W)`` result).
+        words: The ``k`` tokens as text (a processor's ``batch_decode`` of each id).
+        spans: Token ranges ``(start, stop)`` to show as one panel each (a word made of
+            several tokens, a phrase): the mean of their maps, scaled to [0, 1]. By
+            default every token has its own panel.
+        ncols: Panels per row.
+        cmap: A matplotlib colormap name.
+        alpha: Opacity where a map is 1.
+        mean: Standardization mean to undo.
+        std: Standardization std to undo.
+        size: Panel size in inches.
+
+    Returns:
+        The figure: the answer as its title, one panel per token or span.
+
+    Example:
+        >>> import torch
+        >>> fig = tokens(torch.rand(3, 8, 8), torch.rand(3, 8, 8), ["seven", " left", "."],
+        ...              spans=[(0, 2), (2, 3)])
+        >>> [ax.get_title() for ax in fig.axes]
+        ['seven left', '.']
+    """
+    m = _as_array(maps, "maps")
+    if m.ndim != 3 or len(words) != len(m):
+        raise CamkitValueError(
+            f"words: got {len(words)} words for maps of shape {m.shape}; give (k, H, W) maps "
+            f"and one word per map"
+        )
+    ranges = [(i, i + 1) for i in range(len(m))] if spans is None else list(spans)
+    if not ranges or not all(0 <= a < b <= len(m) for a, b in ranges):
+        raise CamkitValueError(
+            f"spans: got {spans!r}; allowed: (start, stop) pairs with 0 <= start < stop <= {len(m)}"
+        )
+    panels, titles = [], []
+    for a, b in ranges:
+        merged = m[a:b].mean(axis=0)
+        low, high = merged.min(), merged.max()
+        panels.append((merged - low) / (high - low) if high > low else np.zeros_like(merged))
+        titles.append("".join(words[a:b]).strip() or repr("".join(words[a:b])))
+    return grid(
+        [image] * len(panels),
+        panels,
+        titles=titles,
+        ncols=ncols,
+        cmap=cmap,
+        alpha=alpha,
+        mean=mean,
+        std=std,
+        size=size,
+        suptitle="".join(words).strip(),
+    )
 
 
 def _volume_and_map(volume: Any, cam: Any, name: str) -> tuple[np.ndarray, np.ndarray]:

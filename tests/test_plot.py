@@ -222,3 +222,25 @@ def test_an_mp4_without_ffmpeg_is_refused_clearly(tmp_path: Path) -> None:
     else:
         with pytest.raises(CamkitValueError, match="needs the ffmpeg program"):
             plot.animate(torch.rand(3, 8, 8), torch.rand(3, 8, 8), tmp_path / "clip.mp4")
+
+
+def test_tokens_shows_each_token_or_span_with_its_map() -> None:
+    maps = torch.zeros(3, 6, 6)
+    maps[0, 0, 0], maps[1, 0, 0], maps[1, 5, 5], maps[2, 3, 3] = 1.0, 1.0, 1.0, 1.0
+    fig = plot.tokens(torch.zeros(1, 6, 6), maps, ["sev", "en", " left"],
+                      spans=[(0, 2), (2, 3)], alpha=1.0)  # fmt: skip
+    assert [ax.get_title() for ax in fig.axes] == ["seven", "left"]
+    assert fig.texts[0].get_text() == "seven left"  # the answer as the title
+    top = np.array(mpl.colormaps["jet"](1.0)[:3])
+    merged = fig.axes[0].get_images()[0].get_array()  # the mean of tokens 0 and 1, rescaled
+    np.testing.assert_allclose(merged[0, 0], top)
+    np.testing.assert_allclose(merged[5, 5], mpl.colormaps["jet"](0.5)[:3], atol=1e-6)
+    np.testing.assert_allclose(fig.axes[1].get_images()[0].get_array()[3, 3], top)
+    plt.close(fig)
+    every = plot.tokens(torch.zeros(1, 6, 6), maps, ["a", "b", "c"])
+    assert [ax.get_title() for ax in every.axes] == ["a", "b", "c"]
+    plt.close(every)
+    with pytest.raises(CamkitValueError, match=r"^words:"):
+        plot.tokens(torch.zeros(1, 6, 6), maps, ["a"])
+    with pytest.raises(CamkitValueError, match=r"^spans:"):
+        plot.tokens(torch.zeros(1, 6, 6), maps, ["a", "b", "c"], spans=[(2, 2)])
