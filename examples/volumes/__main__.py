@@ -143,10 +143,13 @@ def figures(cases: dict[str, Case], maps: dict[str, dict[str, Tensor]], out: Pat
     return written
 
 
-def report(results: dict[str, object], figure_names: list[str]) -> str:
+def report(
+    accuracies: dict[str, float],
+    rates: dict[str, dict[str, float]],
+    test_size: int,
+    figure_names: list[str],
+) -> str:
     """``report.md``: the accuracies, the hit-rate table and the figures."""
-    rates: dict[str, dict[str, float]] = results["hit_rate"]  # type: ignore[assignment]
-    accuracies: dict[str, float] = results["accuracy"]  # type: ignore[assignment]
     methods = list(rates["volume"])
     lines = [
         "# Volumes and video: MNIST digits in 3D",
@@ -156,7 +159,7 @@ def report(results: dict[str, object], figure_names: list[str]) -> str:
         "",
         f"Pointing game at layer `{LAYER}` (occlusion: no layer), for the true digit: how "
         f"often the map's peak lies within {TOLERANCE:g} voxels of the digit's ink "
-        f"({results['test_size']} test volumes; every frame of {results['test_size']} "
+        f"({test_size} test volumes; every frame of {test_size} "
         "test clips on its own).",
         "",
         "| method | volumes | clip frames |",
@@ -190,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             clips(test_split.images[:m], test_split.labels[:m], seed=1),
         ),
     }  # fmt: skip
-    results: dict[str, object] = {"test_size": m, "accuracy": {}, "hit_rate": {}, "seconds": {}}
+    accuracies: dict[str, float] = {}
+    rates: dict[str, dict[str, float]] = {}
+    seconds: dict[str, float] = {}
     maps: dict[str, dict[str, Tensor]] = {}
     for name, case in cases.items():
         torch.manual_seed(0)
@@ -198,18 +203,18 @@ def main(argv: list[str] | None = None) -> int:
             case.model.load_state_dict(torch.load(WEIGHTS[name], weights_only=True))
             case.model.eval()
         else:
-            seconds = train(case.model, case.train, epochs=arguments.epochs)
-            results["seconds"][name] = round(seconds, 1)  # type: ignore[index]
+            seconds[name] = round(train(case.model, case.train, epochs=arguments.epochs), 1)
             if arguments.save_weights:
                 torch.save(case.model.state_dict(), WEIGHTS[name])
-        results["accuracy"][name] = accuracy(case.model, case.test.inputs, case.test.labels)  # type: ignore[index]
+        accuracies[name] = accuracy(case.model, case.test.inputs, case.test.labels)
         maps[name] = explain(case)
-        results["hit_rate"][name] = hit_rates(case, maps[name])  # type: ignore[index]
+        rates[name] = hit_rates(case, maps[name])
     names = figures(cases, maps, out)
+    results = {"test_size": m, "accuracy": accuracies, "hit_rate": rates, "seconds": seconds}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "report.md").write_text(report(results, names))
+    (out / "report.md").write_text(report(accuracies, rates, m, names))
     print(f"wrote {out / 'report.md'}")
-    print(json.dumps(results["hit_rate"], indent=2))
+    print(json.dumps(rates, indent=2))
     return 0
 
 
