@@ -54,6 +54,34 @@ def vit() -> MnistViT:
     return MnistViT().eval()
 
 
+class _ClipClassifier(nn.Module):
+    """A small CLIP image encoder (from a configuration) with a linear head on its
+    embedding, so that class targets score it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        config = CLIPVisionConfig(
+            image_size=16, patch_size=8, hidden_size=16, intermediate_size=32,
+            num_hidden_layers=1, num_attention_heads=2, projection_dim=8,
+        )  # fmt: skip
+        self.vision = CLIPVisionModelWithProjection(config)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits: Tensor = self.head(self.vision(pixel_values=x).image_embeds)
+        return logits
+
+
+def clip_classifier() -> _ClipClassifier:
+    torch.manual_seed(0)
+    return _ClipClassifier().eval()
+
+
+CLIP_ATTENTION = "vision.vision_model.encoder.layers.0.self_attn"
+
+
 def concept_head(net: nn.Sequential) -> Callable[[Tensor], Tensor]:
     def head(directions: Tensor) -> Tensor:
         scores: Tensor = net[4](directions)
@@ -109,6 +137,11 @@ CASES: dict[str, Case] = {
     ),
     "GuidedBackprop": (relu_net, lambda m: camkit.GuidedBackprop(m), IMAGE),
     "GuidedGradCAM": (relu_net, lambda m: camkit.GuidedGradCAM(m, "1"), IMAGE),
+    "GradECLIP": (
+        clip_classifier,
+        lambda m: camkit.GradECLIP(m, CLIP_ATTENTION),
+        (3, 16, 16),
+    ),
     "OcclusionSensitivity": (
         smooth_net,
         lambda m: camkit.OcclusionSensitivity(m, mask_size=4, stride=2),
@@ -123,8 +156,8 @@ EXPLAINERS = [
 
 
 def test_every_explainer_camkit_exports_has_a_case() -> None:
-    # the 29 methods: Faster Score-CAM is ScoreCAM(top_channels=)
-    assert len(EXPLAINERS) == 28
+    # the 30 methods: Faster Score-CAM is ScoreCAM(top_channels=)
+    assert len(EXPLAINERS) == 29
     assert sorted(CASES) == sorted(EXPLAINERS)
 
 
@@ -183,8 +216,8 @@ OTHER: dict[str, list[Any]] = {
     "blend": ["constant"], "activation": ["softmax"],
 }  # fmt: skip
 TOGETHER = {("LeGrad", "blocks"): ("head",), ("LeGrad", "head"): ("blocks",)}
-RENAMED = {"layer": "layers", "attentions": "layers", "samples": "samples"}
-NOT_OPTIONS = {"self", "model", "layer", "attentions", "explainer"}
+RENAMED = {"layer": "layers", "attentions": "layers", "attention": "layers", "samples": "samples"}
+NOT_OPTIONS = {"self", "model", "layer", "attentions", "attention", "explainer"}
 
 
 def _options(cls: type) -> dict[str, inspect.Parameter]:
@@ -248,6 +281,8 @@ def _rebuilt(name: str, model: nn.Module, changed: dict[str, Any]) -> Explainer:
         return cls(model, **changed)  # type: ignore[no-any-return]
     if name == "OcclusionSensitivity":
         return cls(model, **{"mask_size": 4, **changed})  # type: ignore[no-any-return]
+    if name == "GradECLIP":
+        return cls(model, CLIP_ATTENTION, **changed)  # type: ignore[no-any-return]
     layer: Any = ["1", "3"] if name == "RefineCAM" else "1"
     defaults = {"CAM": {"fc": "5"}}.get(name, {})
     return cls(model, layer, **{**defaults, **changed})  # type: ignore[no-any-return]

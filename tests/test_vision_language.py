@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import camkit
@@ -222,3 +223,66 @@ def test_one_backward_pass_per_token_gives_the_batched_maps() -> None:
     batched = cam(image, same_scores, normalize=False)
     scale = float(batched.abs().max())
     torch.testing.assert_close(one_by_one, batched, rtol=0, atol=1e-5 * scale)
+
+
+def tiny_clip_vision() -> nn.Module:
+    config = transformers.CLIPVisionConfig(
+        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, projection_dim=16,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.CLIPVisionModelWithProjection(config).eval()
+
+
+def grad_eclip_by_hand(vision: nn.Module, x: Tensor, text: Tensor) -> Tensor:
+    """Grad-ECLIP's patch map ``(N, 16)`` from the paper's equations, with the last block
+    recomputed here from its weights: the similarity's gradient at the class token's
+    attention output, times the patches' values, times the min-max scaled cosine of the
+    class query and the patch keys (both through out_proj, as the authors' code has it)."""
+    model = vision.vision_model
+    block = model.encoder.layers[-1]
+    attention = block.self_attn
+    with torch.no_grad():
+        hidden = vision(pixel_values=x, output_hidden_states=True).hidden_states[-2]
+    h = block.layer_norm1(hidden)
+    q, k, v = attention.q_proj(h), attention.k_proj(h), attention.v_proj(h)
+    n, t, d = q.shape
+    heads = attention.num_heads
+
+    def split(z: Tensor) -> Tensor:
+        return z.view(n, t, heads, d // heads).transpose(1, 2)
+
+    weights = (split(q) @ split(k).transpose(-1, -2) * (d // heads) ** -0.5).softmax(-1)
+    attended = (weights @ split(v)).transpose(1, 2).reshape(n, t, d).detach().requires_grad_()
+    out = hidden + attention.out_proj(attended)
+    out = out + block.mlp(block.layer_norm2(out))
+    embedding = vision.visual_projection(model.post_layernorm(out[:, 0]))
+    similarity = F.cosine_similarity(embedding, text[None], dim=-1)
+    (gradient,) = torch.autograd.grad(similarity.sum(), attended)
+    with torch.no_grad():
+        project = attention.out_proj
+        query = F.normalize(project(q[:, 0]), dim=-1)
+        key = F.normalize(project(k[:, 1:]), dim=-1)
+        cosine = (key * query[:, None]).sum(-1)
+        low, high = cosine.amin(1, keepdim=True), cosine.amax(1, keepdim=True)
+        loosened = (cosine - low) / (high - low)
+        return torch.relu((gradient[:, :1] * v[:, 1:]).sum(-1) * loosened)
+
+
+def test_grad_eclip_equals_the_equations_written_out() -> None:
+    vision = tiny_clip_vision()
+    torch.manual_seed(2)
+    x, text = torch.randn(3, 3, 32, 32), torch.randn(16)
+    attention = "vision_model.encoder.layers.1.self_attn"
+    before = snapshot(vision)
+    explainer = camkit.GradECLIP(vision, attention)
+    target = camkit.SimilarityTarget(text, key="image_embeds")
+    got = explainer(x, target, upsample=False)
+    assert explainer(x, target).shape == (3, 32, 32)
+    assert_untouched(before, snapshot(vision))  # (before Hugging Face adds its own hooks)
+    expected = grad_eclip_by_hand(vision, x, text).view(3, 4, 4)
+    low = expected.flatten(1).amin(1).view(3, 1, 1)
+    high = expected.flatten(1).amax(1).view(3, 1, 1)
+    torch.testing.assert_close(got, (expected - low) / (high - low), rtol=0, atol=1e-5)
+    with pytest.raises(CamkitValueError, match="has no q_proj, k_proj, v_proj, out_proj"):
+        camkit.GradECLIP(vision, "vision_model.encoder.layers.1.mlp")

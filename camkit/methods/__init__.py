@@ -11,6 +11,8 @@
   Guided Grad-CAM).
 * :mod:`camkit.methods.fullgrad`: the input's and every bias's gradient (FullGrad).
 * :mod:`camkit.methods.sess`: any CAM over patches at many scales (SESS).
+* :mod:`camkit.methods.grad_eclip`: CLIP-style encoders, read through an image-text
+  similarity (Grad-ECLIP).
 * :mod:`camkit.methods.legrad`: attention-map gradients of vision transformers (LeGrad).
 * :mod:`camkit.methods.occlusion`: hiding windows of the input, 2D or 3D (occlusion
   sensitivity).
@@ -23,6 +25,7 @@ from camkit.methods.activation import CAM, FEM, KPCACAM, EigenCAM
 from camkit.methods.baseline import RandomCAM
 from camkit.methods.factorization import DeepFeatureFactorization, Factorization
 from camkit.methods.fullgrad import FullGrad
+from camkit.methods.grad_eclip import GradECLIP
 from camkit.methods.gradient import (
     EigenGradCAM,
     FinerCAM,
@@ -60,6 +63,7 @@ __all__ = [
     "GradCAM",
     "GradCAMElementWise",
     "GradCAMPlusPlus",
+    "GradECLIP",
     "GuidedBackprop",
     "GuidedGradCAM",
     "HiResCAM",
