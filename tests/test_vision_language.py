@@ -286,3 +286,60 @@ def test_grad_eclip_equals_the_equations_written_out() -> None:
     torch.testing.assert_close(got, (expected - low) / (high - low), rtol=0, atol=1e-5)
     with pytest.raises(CamkitValueError, match="has no q_proj, k_proj, v_proj, out_proj"):
         camkit.GradECLIP(vision, "vision_model.encoder.layers.1.mlp")
+
+
+def test_grad_eclip_text_relevance_follows_the_authors_equations() -> None:
+    """Per caption, one sample at a time, as the authors' ``grad_eclip_text`` reads it:
+    the gradient at the end-of-text row of each block's attention output, times the
+    values, times the min-max scaled query-key cosine through out_proj, summed over the
+    blocks, ReLU, the words between the first and the end-of-text token, scaled to sum 1."""
+    from camkit.methods.grad_eclip import text_relevance
+
+    config = transformers.CLIPTextConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=2, projection_dim=16, bos_token_id=1, eos_token_id=99,
+        pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    text_model = transformers.CLIPTextModelWithProjection(config).eval()
+    ids = torch.tensor([[1, 5, 17, 23, 99, 0, 0], [1, 42, 8, 61, 30, 11, 99]])
+    image = torch.randn(16)
+    blocks = ["text_model.encoder.layers.1.self_attn", "text_model.encoder.layers.2.self_attn"]
+    before = snapshot(text_model)
+    got = text_relevance(text_model, ids, image, blocks)
+    assert_untouched(before, snapshot(text_model))
+    assert got.shape == (2, 7) and bool((got >= 0).all())
+    torch.testing.assert_close(got.sum(1), torch.ones(2))
+    assert float(got[0, 0]) == 0 and float(got[0, 4:].abs().sum()) == 0  # BOS, EOS, padding
+    for i in range(2):
+        seen: dict[str, Tensor] = {}
+        handles = []
+        for b, name in enumerate(blocks):
+            attention = text_model.get_submodule(name)
+            for p in ("q_proj", "k_proj", "v_proj"):
+                handles.append(getattr(attention, p).register_forward_hook(
+                    lambda m, a, out, key=f"{b}{p}", seen=seen: seen.__setitem__(key, out)
+                ))  # fmt: skip
+            handles.append(attention.out_proj.register_forward_pre_hook(
+                lambda m, a, key=f"{b}attended", seen=seen: seen.__setitem__(key, a[0])
+            ))  # fmt: skip
+        try:
+            embedding = text_model(ids[i : i + 1]).text_embeds
+            similarity = F.cosine_similarity(embedding, image[None], dim=-1).sum()
+            attended = [seen[f"{b}attended"] for b in range(len(blocks))]
+            grads = torch.autograd.grad(similarity, attended)
+        finally:
+            for handle in handles:
+                handle.remove()
+        eos = int(ids[i].argmax())
+        maps = []
+        for b, name in enumerate(blocks):
+            out_proj = text_model.get_submodule(name).out_proj
+            with torch.no_grad():
+                q_cls = F.normalize(out_proj(seen[f"{b}q_proj"][0, eos]), dim=-1)
+                k_all = F.normalize(out_proj(seen[f"{b}k_proj"][0]), dim=-1)
+                cosine = (q_cls * k_all).sum(-1)
+                cosine = (cosine - cosine.min()) / (cosine.max() - cosine.min())
+                maps.append((grads[b][0, eos] * seen[f"{b}v_proj"][0] * cosine[:, None]).sum(-1))
+        words = torch.relu(torch.stack(maps).sum(0))[1:eos]
+        torch.testing.assert_close(got[i, 1:eos], words / words.sum(), rtol=1e-5, atol=1e-6)

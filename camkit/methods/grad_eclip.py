@@ -3,6 +3,7 @@ gradient of an image-text similarity at its class token."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 
 from camkit._engine import map_ops
 from camkit._engine.hooks import Hooks
-from camkit._engine.model import eager
+from camkit._engine.model import eager, eval_mode
 from camkit._engine.pipeline import Explained, Request, bind_and_score, gradients_at, run_pass
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.explainer import Explainer
@@ -21,7 +22,7 @@ from camkit.layers import resolve_layer
 from camkit.result import CAMResult
 from camkit.targets import Target
 
-__all__ = ["GradECLIP"]
+__all__ = ["GradECLIP", "text_relevance"]
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 """The submodules an attention block must have (Hugging Face's CLIP, SigLIP and others)."""
@@ -218,6 +219,113 @@ class GradECLIP(Explainer):
             resized = map_ops.upsample(maps.flatten(0, 1), size)
             maps = resized.view(*maps.shape[:2], *resized.shape[1:])
         return map_ops.scale_maps_(maps.contiguous())
+
+
+def text_relevance(
+    model: nn.Module,
+    input_ids: Tensor,
+    image_embeds: Tensor,
+    attentions: Sequence[str],
+    *,
+    eos: Tensor | None = None,
+    forward_kwargs: Mapping[str, Any] | None = None,
+) -> Tensor:
+    r"""Grad-ECLIP's text side: how much each token of a caption makes it match an image.
+
+    For each attention block named (the authors use the text encoder's last
+    few), with :math:`g` the gradient of the cosine similarity of the text's
+    embedding and ``image_embeds`` at the end-of-text token's attention output,
+    :math:`v_i` token :math:`i`'s values and :math:`\lambda_i` the min-max
+    scaled cosine of the end-of-text query and token :math:`i`'s key (both
+    through ``out_proj``), the relevance is :math:`\operatorname{ReLU}(\sum_{	ext{blocks}}
+    \lambda_i \sum_d g_d v_{i,d})`, kept for the tokens between the first and the
+    end-of-text token and scaled to sum to 1, as the authors' code does.
+
+    Args:
+        model: A text encoder called as ``model(input_ids, **forward_kwargs)`` that
+            returns the text embeddings ``(N, D)`` (or an output with
+            ``text_embeds``), such as a wrapper of ``CLIPModel.get_text_features``.
+        input_ids: The captions' token ids ``(N, L)``.
+        image_embeds: The image embedding each caption is compared with, ``(D,)``
+            or ``(N, D)``.
+        attentions: The attention blocks to read (``q_proj``, ``k_proj``,
+            ``v_proj`` and ``out_proj`` in each).
+        eos: Each caption's end-of-text position ``(N,)``; by default the position
+            of its largest token id, as CLIP's own pooling finds it.
+        forward_kwargs: Further keyword inputs of the model (an attention mask).
+
+    Returns:
+        ``(N, L)`` relevances: non-negative, zero outside the caption's words, each
+        row summing to 1 (zeros where no word is relevant).
+
+    Raises:
+        CamkitValueError: For an attention block without the projections, or
+            shapes that do not fit.
+    """
+    blocks = []
+    for name in attentions:
+        block = resolve_layer(model, name).module
+        if not all(isinstance(getattr(block, p, None), nn.Linear) for p in PROJECTIONS):
+            raise CamkitValueError(
+                f"attentions: {name!r} ({type(block).__name__}) lacks q_proj, k_proj, v_proj "
+                f"or out_proj; name attention blocks, such as a CLIP text layer's self_attn"
+            )
+        blocks.append(block)
+    if input_ids.dim() != 2:
+        raise CamkitValueError(f"input_ids: got shape {tuple(input_ids.shape)}; allowed: (N, L)")
+    n, length = input_ids.shape
+    ends = input_ids.argmax(-1) if eos is None else eos.to(input_ids.device).long()
+    recorders = [_Recorder([(p, getattr(b, p)) for p in PROJECTIONS]) for b in blocks]
+    with eval_mode(model), torch.enable_grad(), contextlib.ExitStack() as stack:
+        for recorder in recorders:
+            stack.enter_context(recorder)
+        output = model(input_ids, **(forward_kwargs or {}))
+        embeds = output if isinstance(output, Tensor) else output.text_embeds
+        reference = image_embeds.to(embeds.dtype).expand_as(embeds)
+        similarity = F.cosine_similarity(embeds, reference, dim=-1)
+        attended = [r.attended for r in recorders]
+        gradients = torch.autograd.grad(similarity.sum(), attended)
+    rows = torch.arange(n, device=input_ids.device)
+    total = torch.zeros(n, length, device=input_ids.device)
+    with torch.no_grad():
+        for recorder, block, gradient in zip(recorders, blocks, gradients, strict=True):
+            queries, keys, values = (recorder.outputs[i].float() for i in range(3))
+            out_proj = cast(nn.Linear, block.get_submodule("out_proj"))
+            query = F.normalize(
+                F.linear(queries[rows, ends], out_proj.weight, out_proj.bias), dim=-1
+            )
+            key = F.normalize(F.linear(keys, out_proj.weight, out_proj.bias), dim=-1)
+            cosine = (key * query[:, None]).sum(-1)
+            low = cosine.amin(1, keepdim=True)
+            span = cosine.amax(1, keepdim=True) - low
+            loosened = (cosine - low) / span.where(span > 0, torch.inf)
+            total += (gradient[rows, ends].float()[:, None] * values).sum(-1) * loosened
+        positions = torch.arange(length, device=input_ids.device)
+        words = (positions[None] >= 1) & (positions[None] < ends[:, None])
+        relevance = total.clamp_min(0) * words
+        sums = relevance.sum(1, keepdim=True)
+        return relevance / sums.where(sums > 0, torch.inf)
+
+
+class _Recorder(Hooks):
+    """Records the queries, keys, values and the input of ``out_proj``, in the graph."""
+
+    watches_inputs = True
+
+    def __init__(self, modules: Sequence[tuple[str, nn.Module]]) -> None:
+        super().__init__(modules)
+        self.outputs: dict[int, Tensor] = {}
+        self.attended = torch.empty(0)
+
+    def on_output(self, index: int, output: Any) -> Any:
+        if index < 3 and isinstance(output, Tensor):
+            self.outputs[index] = output.detach()
+        return None
+
+    def on_input(self, index: int, args: tuple[Any, ...]) -> Any:
+        if index == 3:
+            self.attended = args[0]
+        return None
 
 
 def _square(count: int, name: str) -> tuple[int, int]:
