@@ -4,7 +4,6 @@ gradient of an image-text similarity at its class token."""
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -14,6 +13,7 @@ from torch import Tensor, nn
 
 from camkit._engine import map_ops
 from camkit._engine.hooks import Hooks
+from camkit._engine.layers import Layout
 from camkit._engine.model import eager, eval_mode
 from camkit._engine.pipeline import Explained, Request, bind_and_score, gradients_at, run_pass
 from camkit.errors import CamkitTypeError, CamkitValueError
@@ -28,14 +28,17 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 """The submodules an attention block must have (Hugging Face's CLIP, SigLIP and others)."""
 
 
-class _Attention(Hooks):
-    """Records the queries, keys and values, and makes the input of ``out_proj`` (the heads'
-    concatenated output) a leaf that the rest of the forward pass records from."""
+class _Projections(Hooks):
+    """On one attention block: records the queries, keys and values, and the input of
+    ``out_proj`` (the heads' concatenated output). With ``leaf``, that input becomes a leaf
+    the rest of the forward pass records from (the pass before it runs without
+    gradients); otherwise it is recorded as it is, in a graph recorded throughout."""
 
     watches_inputs = True
 
-    def __init__(self, modules: Sequence[tuple[str, nn.Module]]) -> None:
-        super().__init__(modules)
+    def __init__(self, block: nn.Module, leaf: bool) -> None:
+        super().__init__([(p, getattr(block, p)) for p in PROJECTIONS])
+        self.leaf = leaf
         self.outputs: dict[int, Tensor] = {}
         self.attended: Tensor | None = None
 
@@ -47,9 +50,45 @@ class _Attention(Hooks):
     def on_input(self, index: int, args: tuple[Any, ...]) -> Any:
         if index != 3:
             return None
+        if not self.leaf:
+            self.attended = args[0]
+            return None
         torch.set_grad_enabled(True)
         self.attended = args[0].detach().requires_grad_(True)
         return (self.attended, *args[1:])
+
+    def read(self, name: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The queries, keys and values (float32) and the ``out_proj`` input of the pass."""
+        if self.attended is None or len(self.outputs) != 3:
+            raise CamkitValueError(f"attention: {name!r} did not run in the forward pass")
+        queries, keys, values = (self.outputs[i].float() for i in range(3))
+        return queries, keys, values, self.attended
+
+
+def _attention_block(model: nn.Module, name: str, argument: str) -> nn.Module:
+    """The attention block ``name`` of ``model``, checked to have the four projections."""
+    block = resolve_layer(model, name).module
+    missing = [p for p in PROJECTIONS if not isinstance(getattr(block, p, None), nn.Linear)]
+    if missing:
+        raise CamkitValueError(
+            f"{argument}: {name!r} ({type(block).__name__}) has no {', '.join(missing)} "
+            f"linear layer(s); name an attention block with q_proj, k_proj, v_proj and "
+            f"out_proj, such as a CLIP encoder layer's self_attn"
+        )
+    return block
+
+
+def _loosened(block: nn.Module, query: Tensor, keys: Tensor) -> Tensor:
+    """Grad-ECLIP's key weights ``(N, P)``: the cosine of each row's query ``(N, D)`` and its
+    keys ``(N, P, D)``, both passed through ``out_proj`` (as the authors' code does), scaled
+    to [0, 1] over the keys of a row (zeros where they are all equal)."""
+    out_proj = cast(nn.Linear, block.get_submodule("out_proj"))  # checked when found
+    query = F.normalize(F.linear(query, out_proj.weight, out_proj.bias), dim=-1)
+    keys = F.normalize(F.linear(keys, out_proj.weight, out_proj.bias), dim=-1)
+    cosine = (keys * query[:, None]).sum(-1)
+    low = cosine.amin(1, keepdim=True)
+    span = cosine.amax(1, keepdim=True) - low
+    return (cosine - low) / span.where(span > 0, torch.inf)
 
 
 class GradECLIP(Explainer):
@@ -116,14 +155,7 @@ class GradECLIP(Explainer):
         if not isinstance(model, nn.Module):
             raise CamkitTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
         self.model = eager(model)
-        block = resolve_layer(self.model, attention).module
-        missing = [p for p in PROJECTIONS if not isinstance(getattr(block, p, None), nn.Linear)]
-        if missing:
-            raise CamkitValueError(
-                f"attention: {attention!r} ({type(block).__name__}) has no {', '.join(missing)} "
-                f"linear layer(s); name an attention block with q_proj, k_proj, v_proj and "
-                f"out_proj, such as a CLIP encoder layer's self_attn"
-            )
+        block = _attention_block(self.model, attention, "attention")
         if isinstance(prefix_tokens, bool) or not isinstance(prefix_tokens, int):
             raise CamkitValueError(f"prefix_tokens: got {prefix_tokens!r}; allowed: an int >= 0")
         if prefix_tokens < 0:
@@ -179,46 +211,24 @@ class GradECLIP(Explainer):
         )
 
     def _explained(self, request: Request, upsample: bool) -> Explained:
-        modules = [(p, getattr(self.block, p)) for p in PROJECTIONS]
-        with _Attention(modules) as hooks, torch.no_grad():
+        name = self.layer_names[0]
+        with _Projections(self.block, leaf=True) as hooks, torch.no_grad():
             output = request.run(self.model, request.x)
             bound, scores = bind_and_score(request, output)
-            if hooks.attended is None or len(hooks.outputs) != 3:
-                raise CamkitValueError(
-                    f"attention: {self.layer_names[0]!r} did not run in the forward pass"
-                )
-            (gradient,) = gradients_at(scores, [hooks.attended], [f"{self.layer_names[0]!r}"])
+            queries, keys, values, attended = hooks.read(name)
+            (gradient,) = gradients_at(scores, [attended], [repr(name)])
         with torch.no_grad():
-            maps = self._patch_maps(hooks.outputs, gradient, request, upsample)
+            p = self.prefix_tokens
+            loosened = _loosened(self.block, queries[:, 0], keys[:, p:])
+            weighted = torch.einsum("nkd,npd->nkp", gradient[:, :, 0].float(), values[:, p:])
+            patches = torch.relu(weighted * loosened[:, None])  # (N, k, P)
+            n, k, count = patches.shape
+            layout = Layout("tokens", prefix_tokens=0, grid=self.grid)
+            maps = layout.to_channels_first(patches.reshape(n * k, count, 1), name)
+            if upsample:
+                maps = map_ops.upsample(maps[:, 0], tuple(request.x.shape[2:]))[:, None]
+            maps = map_ops.scale_maps_(maps.reshape(n, k, *maps.shape[2:]).contiguous())
         return Explained(maps, {}, output, bound, scores)
-
-    def _patch_maps(
-        self, outputs: dict[int, Tensor], gradient: Tensor, request: Request, upsample: bool
-    ) -> Tensor:
-        """The maps from the block's queries, keys, values and the class token's gradient."""
-        queries, keys, values = (outputs[i].float() for i in range(3))
-        out_proj = cast(nn.Linear, self.block.get_submodule("out_proj"))  # checked when built
-        p = self.prefix_tokens
-        query = F.normalize(F.linear(queries[:, 0], out_proj.weight, out_proj.bias).float(), dim=-1)
-        key = F.normalize(F.linear(keys[:, p:], out_proj.weight, out_proj.bias).float(), dim=-1)
-        similarity = (key * query[:, None]).sum(-1)  # (N, P)
-        low = similarity.amin(1, keepdim=True)
-        span = similarity.amax(1, keepdim=True) - low
-        loosened = (similarity - low) / span.where(span > 0, torch.inf)
-        weighted = torch.einsum("nkd,npd->nkp", gradient[:, :, 0].float(), values[:, p:])
-        patches = torch.relu(weighted * loosened[:, None])  # (N, k, P)
-        grid = self.grid or _square(patches.shape[-1], self.layer_names[0])
-        if math.prod(grid) != patches.shape[-1]:
-            raise CamkitValueError(
-                f"grid: {grid} holds {math.prod(grid)} patches, but the block has "
-                f"{patches.shape[-1]} after {p} prefix token(s)"
-            )
-        maps = patches.reshape(*patches.shape[:2], *grid)
-        if upsample:
-            size = tuple(request.x.shape[2:])
-            resized = map_ops.upsample(maps.flatten(0, 1), size)
-            maps = resized.view(*maps.shape[:2], *resized.shape[1:])
-        return map_ops.scale_maps_(maps.contiguous())
 
 
 def text_relevance(
@@ -237,7 +247,7 @@ def text_relevance(
     embedding and ``image_embeds`` at the end-of-text token's attention output,
     :math:`v_i` token :math:`i`'s values and :math:`\lambda_i` the min-max
     scaled cosine of the end-of-text query and token :math:`i`'s key (both
-    through ``out_proj``), the relevance is :math:`\operatorname{ReLU}(\sum_{	ext{blocks}}
+    through ``out_proj``), the relevance is :math:`\operatorname{ReLU}(\sum_{\text{blocks}}
     \lambda_i \sum_d g_d v_{i,d})`, kept for the tokens between the first and the
     end-of-text token and scaled to sum to 1, as the authors' code does.
 
@@ -262,20 +272,12 @@ def text_relevance(
         CamkitValueError: For an attention block without the projections, or
             shapes that do not fit.
     """
-    blocks = []
-    for name in attentions:
-        block = resolve_layer(model, name).module
-        if not all(isinstance(getattr(block, p, None), nn.Linear) for p in PROJECTIONS):
-            raise CamkitValueError(
-                f"attentions: {name!r} ({type(block).__name__}) lacks q_proj, k_proj, v_proj "
-                f"or out_proj; name attention blocks, such as a CLIP text layer's self_attn"
-            )
-        blocks.append(block)
+    blocks = [_attention_block(model, name, "attentions") for name in attentions]
     if input_ids.dim() != 2:
         raise CamkitValueError(f"input_ids: got shape {tuple(input_ids.shape)}; allowed: (N, L)")
     n, length = input_ids.shape
     ends = input_ids.argmax(-1) if eos is None else eos.to(input_ids.device).long()
-    recorders = [_Recorder([(p, getattr(b, p)) for p in PROJECTIONS]) for b in blocks]
+    recorders = [_Projections(block, leaf=False) for block in blocks]
     with eval_mode(model), torch.enable_grad(), contextlib.ExitStack() as stack:
         for recorder in recorders:
             stack.enter_context(recorder)
@@ -283,55 +285,18 @@ def text_relevance(
         embeds = output if isinstance(output, Tensor) else output.text_embeds
         reference = image_embeds.to(embeds.dtype).expand_as(embeds)
         similarity = F.cosine_similarity(embeds, reference, dim=-1)
-        attended = [r.attended for r in recorders]
-        gradients = torch.autograd.grad(similarity.sum(), attended)
+        read = [r.read(name) for r, name in zip(recorders, attentions, strict=True)]
+        gradients = torch.autograd.grad(similarity.sum(), [attended for *_, attended in read])
     rows = torch.arange(n, device=input_ids.device)
     total = torch.zeros(n, length, device=input_ids.device)
     with torch.no_grad():
-        for recorder, block, gradient in zip(recorders, blocks, gradients, strict=True):
-            queries, keys, values = (recorder.outputs[i].float() for i in range(3))
-            out_proj = cast(nn.Linear, block.get_submodule("out_proj"))
-            query = F.normalize(
-                F.linear(queries[rows, ends], out_proj.weight, out_proj.bias), dim=-1
-            )
-            key = F.normalize(F.linear(keys, out_proj.weight, out_proj.bias), dim=-1)
-            cosine = (key * query[:, None]).sum(-1)
-            low = cosine.amin(1, keepdim=True)
-            span = cosine.amax(1, keepdim=True) - low
-            loosened = (cosine - low) / span.where(span > 0, torch.inf)
+        for block, (queries, keys, values, _), gradient in zip(
+            blocks, read, gradients, strict=True
+        ):
+            loosened = _loosened(block, queries[rows, ends], keys)
             total += (gradient[rows, ends].float()[:, None] * values).sum(-1) * loosened
         positions = torch.arange(length, device=input_ids.device)
         words = (positions[None] >= 1) & (positions[None] < ends[:, None])
         relevance = total.clamp_min(0) * words
         sums = relevance.sum(1, keepdim=True)
         return relevance / sums.where(sums > 0, torch.inf)
-
-
-class _Recorder(Hooks):
-    """Records the queries, keys, values and the input of ``out_proj``, in the graph."""
-
-    watches_inputs = True
-
-    def __init__(self, modules: Sequence[tuple[str, nn.Module]]) -> None:
-        super().__init__(modules)
-        self.outputs: dict[int, Tensor] = {}
-        self.attended = torch.empty(0)
-
-    def on_output(self, index: int, output: Any) -> Any:
-        if index < 3 and isinstance(output, Tensor):
-            self.outputs[index] = output.detach()
-        return None
-
-    def on_input(self, index: int, args: tuple[Any, ...]) -> Any:
-        if index == 3:
-            self.attended = args[0]
-        return None
-
-
-def _square(count: int, name: str) -> tuple[int, int]:
-    side = math.isqrt(count)
-    if side * side != count:
-        raise CamkitValueError(
-            f"grid: {name!r} has {count} patches, not a square number; pass grid=(h, w)"
-        )
-    return side, side
