@@ -13,6 +13,9 @@ forms users know from pytorch-grad-cam, TorchCAM and Captum:
 Several targets per sample at once: a 2-D integer tensor or array (or a list
 of lists) of shape ``(N, k)``, or a callable returning ``(N, k)`` scores, gives
 ``k`` maps per sample from one forward pass, returned as ``(N, k, *spatial)``.
+camkit differentiates the ``k`` scores in batched backward passes of up to 16;
+a callable with a ``backward_chunk`` attribute sets that number (1: one pass
+per score, as :class:`TokenTarget` asks for a language model's tokens).
 
 Class targets read the pre-softmax score from an ``(N, C)`` output, as the
 Grad-CAM paper prescribes: the output itself, its ``.logits`` (a Hugging Face
