@@ -126,9 +126,7 @@ def hand_written(model: torch.nn.Module, layer: str, batches: Any, path: str) ->
                 scores = logits.gather(1, logits.detach().argmax(1, keepdim=True))
                 (gradients,) = torch.autograd.grad(scores.sum(), activations)
             weights = gradients.flatten(2).mean(2)[:, None]  # (N, 1, C)
-            cam = (weights @ activations.detach().flatten(2)).view(
-                len(x), *activations.shape[2:]
-            )
+            cam = (weights @ activations.detach().flatten(2)).view(len(x), *activations.shape[2:])
             cam = upsample(cam.clamp_min_(0), tuple(x.shape[2:]))
             maps.append(min_max_normalize_(cam).numpy())
     finally:

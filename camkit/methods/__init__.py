@@ -13,6 +13,8 @@
 * :mod:`camkit.methods.sess`: any CAM over patches at many scales (SESS).
 * :mod:`camkit.methods.grad_eclip`: CLIP-style encoders, read through an image-text
   similarity (Grad-ECLIP).
+* :mod:`camkit.methods.tam`: vision-language models, a map per token said, from the
+  last hidden states (TAM).
 * :mod:`camkit.methods.legrad`: attention-map gradients of vision transformers (LeGrad).
 * :mod:`camkit.methods.occlusion`: hiding windows of the input, 2D or 3D (occlusion
   sensitivity).
@@ -45,6 +47,7 @@ from camkit.methods.legrad import LeGrad
 from camkit.methods.occlusion import OcclusionSensitivity
 from camkit.methods.perturbation import ISCAM, SSCAM, AblationCAM, ScoreCAM
 from camkit.methods.sess import SESS
+from camkit.methods.tam import TAM
 
 __all__ = [
     "CAM",
@@ -53,6 +56,7 @@ __all__ = [
     "KPCACAM",
     "SESS",
     "SSCAM",
+    "TAM",
     "AblationCAM",
     "DeepFeatureFactorization",
     "EigenCAM",
