@@ -10,7 +10,7 @@ torch.Size([5, 8, 8])
 
 from importlib.metadata import PackageNotFoundError, version
 
-from camkit import augment, datasets, metrics, plot, viewer
+from camkit import augment, datasets, metrics, plot, viewer, vision_language
 from camkit._engine.state import clear_caches
 from camkit.base import BaseCAM
 from camkit.context import LayerContext
@@ -141,4 +141,5 @@ __all__ = [
     "plot",
     "view",
     "viewer",
+    "vision_language",
 ]

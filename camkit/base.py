@@ -18,7 +18,8 @@ from camkit._engine import detection, map_ops
 from camkit._engine.augmenting import augmentations_of, averaged
 from camkit._engine.finishing import FUSIONS, fused_and_scaled
 from camkit._engine.layer_pass import layer_pass
-from camkit._engine.layers import LayerRef, Layout, resolve_layer
+from camkit._engine.layers import LayerRef, resolve_layer
+from camkit._engine.layout import Layout
 from camkit._engine.model import eager
 from camkit._engine.network_after import trace
 from camkit._engine.pipeline import CallOptions, Explained, Request, run_pass
@@ -77,16 +78,24 @@ class BaseCAM(Explainer):
             ``(N, C, L)``, ``(N, C, H, W)`` or ``(N, C, D, H, W)`` in the given
             ``layout``.
         layout: ``"channels_first"`` (default), ``"channels_last"`` for
-            ``(N, *spatial, C)`` outputs (Swin, ConvNeXt blocks), or
-            ``"tokens"`` for ``(N, T, C)`` transformer outputs.
+            ``(N, *spatial, C)`` outputs (Swin, ConvNeXt blocks),
+            ``"tokens"`` for ``(N, T, C)`` transformer outputs, or
+            ``"merged_tokens"`` for ``(L, C)`` outputs holding every sample's
+            tokens on one axis in blocks of ``merge_size`` x ``merge_size``
+            patches (Qwen2-VL's vision tower; see :doc:`/vision-language`).
         prefix_tokens: With ``layout="tokens"``: how many leading tokens (CLS,
             distillation) to drop before arranging the rest on a grid.
         grid: With ``layout="tokens"``: the token grid, such as ``(14, 14)``;
-            inferred as a square when omitted.
+            inferred as a square when omitted. With ``"merged_tokens"``: each
+            sample's patch grid, ``(h, w)`` or ``(t, h, w)`` (a row of Qwen2-VL's
+            ``image_grid_thw``), the same for every sample.
         token_order: With ``layout="tokens"``: the grid's axes from the
             outermost to the innermost as the tokens run, where it is not
             row-major; ``(1, 2, 0)`` for TimeSformer's ``(t, h, w)`` grid, whose
             tokens give each patch's frames in turn.
+        merge_size: With ``layout="merged_tokens"``: the side of the blocks of
+            patches that run together (2 for Qwen2-VL's vision blocks, 1 for its
+            merger's output on the merged grid).
         fuse: How the maps of several layers become one, each first upsampled to
             the input and scaled to [0, 1]: ``"mean"`` (the default) or
             ``"product"``, which keeps only what every layer shows (the
@@ -139,6 +148,7 @@ class BaseCAM(Explainer):
         prefix_tokens: int = 1,
         grid: tuple[int, ...] | None = None,
         token_order: tuple[int, ...] | None = None,
+        merge_size: int = 1,
         fuse: str = "mean",
     ) -> None:
         model = eager(model)  # a torch.compile'd model: its eager module, the same maps
@@ -151,7 +161,7 @@ class BaseCAM(Explainer):
         places = [(id(ref.module), ref.call, ref.keys) for ref in self.layers]
         if len(set(places)) != len(places):
             raise CamkitValueError(f"layer: {self.layer_names} names a layer twice")
-        self.layout = Layout(layout, prefix_tokens, grid, token_order)
+        self.layout = Layout(layout, prefix_tokens, grid, token_order, merge_size)
         self.model = model
         if fuse not in FUSIONS:
             raise CamkitValueError(f"fuse: got {fuse!r}; allowed: {', '.join(map(repr, FUSIONS))}")
@@ -169,6 +179,7 @@ class BaseCAM(Explainer):
             "prefix_tokens": layout.prefix_tokens,
             "grid": setting(layout.grid),
             "token_order": setting(layout.token_order),
+            "merge_size": layout.merge_size,
             "fuse": self.fuse,
         }
 

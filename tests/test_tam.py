@@ -12,7 +12,8 @@ from torch import Tensor, nn
 import camkit
 from camkit import TAM, TokenTarget
 from camkit.errors import CamkitTypeError, CamkitValueError
-from camkit.methods.tam import image_grid, rank_gaussian_filter
+from camkit.methods.tam import rank_gaussian_filter
+from camkit.vision_language import image_grid
 from tests.helpers import assert_untouched, snapshot
 
 transformers = pytest.importorskip("transformers")

@@ -181,7 +181,7 @@ def test_timesformer_tokens_run_patch_by_patch() -> None:
 
 
 def test_a_token_order_round_trips() -> None:
-    from camkit._engine.layers import Layout
+    from camkit._engine.layout import Layout
 
     layout = Layout("tokens", prefix_tokens=1, grid=(2, 3, 4), token_order=(1, 2, 0))
     tokens = torch.randn(2, 1 + 24, 5)

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, fx, nn
 
 from camkit._engine.hooks import ReplaceOutput, capture
-from camkit._engine.layers import LayerRef, Layout
+from camkit._engine.layers import LayerRef
+from camkit._engine.layout import Layout
 from camkit._engine.network_after import TailRunner, split
 from camkit._engine.pipeline import CallOptions, Request, bind_and_score, gradients_at
 from camkit._engine.targets import BoundTarget, CheckedTarget

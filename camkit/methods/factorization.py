@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from camkit._engine import map_ops
 from camkit._engine.hooks import Hooks
-from camkit._engine.layers import Layout, resolve_layer
+from camkit._engine.layers import resolve_layer
+from camkit._engine.layout import Layout
 from camkit._engine.model import eager, eval_mode
 from camkit._engine.option_checks import positive_int, seed_or_none
 from camkit._engine.pipeline import Explained, Request, bind_and_score, run_pass

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from camkit._engine import map_ops
 from camkit._engine.hooks import Hooks
-from camkit._engine.layers import Layout
+from camkit._engine.layout import Layout
 from camkit._engine.model import eager, eval_mode
 from camkit._engine.pipeline import Explained, Request, bind_and_score, gradients_at, run_pass
 from camkit.errors import CamkitTypeError, CamkitValueError

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from camkit._engine import map_ops
 from camkit._engine.hooks import capture
-from camkit._engine.layers import Layout, resolve_layer
+from camkit._engine.layers import resolve_layer
+from camkit._engine.layout import Layout
 from camkit._engine.model import eager
 from camkit._engine.pipeline import Explained, Request, bind_and_score, gradients_at, run_pass
 from camkit.base import LayerSpec

@@ -93,7 +93,8 @@ class TAM:
             by default the model's ``config.image_token_id`` (or ``image_token_index``).
         grid: The image tokens' grid, ``(h, w)``, or ``(t, h, w)`` for video frames
             (Qwen2-VL: ``image_grid_thw`` with ``h`` and ``w`` divided by the
-            vision config's ``spatial_merge_size``; see :func:`image_grid`). Square
+            vision config's ``spatial_merge_size``; see
+            :func:`camkit.vision_language.image_grid`). Square
             when omitted.
         causal_inference: Apply step 2.
         rank_filter: Apply step 4.
@@ -337,7 +338,7 @@ class TAM:
             if side * side != count:
                 raise CamkitValueError(
                     f"grid: the sequence has {count} image tokens, not a square; give "
-                    f"grid=(h, w) (camkit.methods.tam.image_grid reads it from the inputs)"
+                    f"grid=(h, w) (camkit.vision_language.image_grid reads it from the inputs)"
                 )
             return side, side
         if math.prod(self.grid) != count:
@@ -379,41 +380,6 @@ def rank_gaussian_filter(maps: Tensor, kernel_size: int = 3) -> Tensor:
     kernel = kernel / kernel.sum(-1, keepdim=True)
     values = (ranked * kernel).sum(-1, keepdim=True)
     return torch.where(mean > 0, values, 0.0).view(n, h, w)
-
-
-def image_grid(config: Any, inputs: Mapping[str, Any], index: int = 0) -> tuple[int, ...]:
-    """The grid of the image tokens a vision-language model puts in its sequence, read from
-    its config and inputs (never from a checkpoint's name).
-
-    - Qwen2-VL and its kin: ``image_grid_thw`` (or ``video_grid_thw``) row ``index``,
-      ``(t, h, w)`` in patches, merged by the vision config's ``spatial_merge_size``:
-      ``(h / m, w / m)`` for an image, ``(t, h / m, w / m)`` for a video.
-    - LLaVA and other fixed-size towers: ``image_size / patch_size`` on each side.
-
-    Example:
-        >>> import torch
-        >>> from types import SimpleNamespace
-        >>> vision = SimpleNamespace(spatial_merge_size=2)
-        >>> image_grid(SimpleNamespace(vision_config=vision),
-        ...            {"image_grid_thw": torch.tensor([[1, 16, 22]])})
-        (8, 11)
-    """
-    vision = getattr(config, "vision_config", None)
-    for key in ("image_grid_thw", "video_grid_thw"):
-        thw = inputs.get(key)
-        if isinstance(thw, Tensor):
-            merge = int(getattr(vision, "spatial_merge_size", 1) or 1)
-            t, h, w = (int(v) for v in thw[index])
-            grid = (h // merge, w // merge)
-            return (t, *grid) if key == "video_grid_thw" else grid
-    size = getattr(vision, "image_size", None)
-    patch = getattr(vision, "patch_size", None)
-    if isinstance(size, int) and isinstance(patch, int) and patch > 0:
-        return size // patch, size // patch
-    raise CamkitValueError(
-        "config: found neither image_grid_thw/video_grid_thw in the inputs nor "
-        "vision_config.image_size and patch_size; give TAM's grid=(h, w)"
-    )
 
 
 def _image_token(model: nn.Module) -> int:

@@ -1,0 +1,192 @@
+"""Layer layouts: token, channels-last and merged-token outputs viewed as ``(N, C, *spatial)``,
+and back."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from camkit.errors import CamkitValueError
+
+LAYOUTS = ("channels_first", "channels_last", "tokens", "merged_tokens")
+
+
+class Layout:
+    """How a layer lays out its output, and the index map to ``(N, C, *spatial)``.
+
+    ``channels_first``: already ``(N, C, *spatial)``. ``channels_last``:
+    ``(N, *spatial, C)``, as in Swin and ConvNeXt blocks. ``tokens``:
+    ``(N, T, C)``, as in vision transformers; the first ``prefix_tokens``
+    (such as CLS) are dropped and the rest arranged on ``grid``, inferred as a
+    square when not given. The tokens run over the grid's axes row-major, the
+    first axis outermost, unless ``token_order`` names the grid's axes from the
+    outermost to the innermost as the tokens run (``(1, 2, 0)`` for a clip's
+    ``(t, h, w)`` grid whose tokens give each patch's frames in turn, as
+    TimeSformer's do).
+
+    ``merged_tokens``: ``(L, C)``, the tokens of every sample one after another on
+    one axis, with no batch axis, as Qwen2-VL's vision tower takes them: each
+    sample's ``grid`` (``(h, w)`` or ``(t, h, w)`` patches) runs in blocks of
+    ``merge_size`` x ``merge_size`` patches (the blocks row-major, then the patches
+    in each block row-major, frame after frame), so that neighbouring patches merge
+    into one language-model token. ``merge_size=1`` reads plain row-major grids
+    (the merger's output, on the merged grid).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        prefix_tokens: int = 1,
+        grid: tuple[int, ...] | None = None,
+        token_order: tuple[int, ...] | None = None,
+        merge_size: int = 1,
+    ):
+        if kind not in LAYOUTS:
+            raise CamkitValueError(f"layout: got {kind!r}; allowed: {', '.join(LAYOUTS)}")
+        if prefix_tokens < 0:
+            raise CamkitValueError(f"prefix_tokens: got {prefix_tokens}; must be >= 0")
+        if grid is not None and (not grid or any(int(g) < 1 for g in grid)):
+            raise CamkitValueError(f"grid: got {grid}; give positive sizes such as (14, 14)")
+        axes = len(grid) if grid is not None else 2
+        if token_order is not None and sorted(token_order) != list(range(axes)):
+            raise CamkitValueError(
+                f"token_order: got {token_order!r}; allowed: an order of the grid's axes "
+                f"0 to {axes - 1}, such as {(*range(1, axes), 0)}"
+            )
+        if merge_size < 1:
+            raise CamkitValueError(f"merge_size: got {merge_size}; must be >= 1")
+        if kind == "merged_tokens":
+            if grid is None or len(grid) not in (2, 3):
+                raise CamkitValueError(
+                    f"grid: got {grid}; layout='merged_tokens' needs each sample's patch grid, "
+                    f"(h, w) or (t, h, w), such as a row of Qwen2-VL's image_grid_thw"
+                )
+            if any(int(g) % merge_size for g in grid[-2:]):
+                raise CamkitValueError(
+                    f"grid: {tuple(grid)} is not a whole number of {merge_size} x "
+                    f"{merge_size} blocks (merge_size)"
+                )
+        self.kind = kind
+        self.merge_size = merge_size
+        self.prefix_tokens = prefix_tokens
+        self.grid = grid
+        self.token_order = None if token_order is None else tuple(token_order)
+
+    def to_channels_first(self, t: Tensor, name: str) -> Tensor:
+        """View ``t`` as ``(N, C, *spatial)``."""
+        if self.kind == "channels_first":
+            return t
+        if self.kind == "merged_tokens":
+            return self._unmerged(t, name)
+        if self.kind == "channels_last":
+            if t.dim() < 3:
+                raise CamkitValueError(
+                    f"layout: {name!r} returned shape {tuple(t.shape)}; channels_last needs "
+                    f"(N, *spatial, C)"
+                )
+            return t.movedim(-1, 1)
+        if t.dim() != 3:
+            raise CamkitValueError(
+                f"layout: {name!r} returned shape {tuple(t.shape)}; tokens needs (N, T, C)"
+            )
+        tokens = t[:, self.prefix_tokens :]
+        grid = self.grid or self._square(tokens.shape[1], name)
+        if math.prod(grid) != tokens.shape[1]:
+            raise CamkitValueError(
+                f"grid: {grid} holds {math.prod(grid)} tokens, but {name!r} has "
+                f"{tokens.shape[1]} after dropping {self.prefix_tokens} prefix token(s)"
+            )
+        if self.token_order is None:
+            return tokens.reshape(len(t), *grid, t.shape[2]).movedim(-1, 1)
+        order = self.token_order
+        stored = tokens.reshape(len(t), *(grid[a] for a in order), t.shape[2])
+        return stored.permute(0, -1, *(1 + order.index(a) for a in range(len(order))))
+
+    def from_channels_first(self, t: Tensor, original: Tensor) -> Tensor:
+        """Inverse of :meth:`to_channels_first`; dropped prefix tokens come from ``original``."""
+        if self.kind == "channels_first":
+            return t
+        if self.kind == "merged_tokens":
+            return self._merged(t)
+        moved = t.movedim(1, -1)
+        if self.kind == "channels_last":
+            return moved
+        if self.token_order is not None:
+            moved = moved.permute(0, *(1 + a for a in self.token_order), -1)
+        prefix = original[:, : self.prefix_tokens].expand(len(t), -1, -1)
+        return torch.cat([prefix.to(t.dtype), moved.reshape(len(t), -1, t.shape[1])], dim=1)
+
+    def activations(self, native: Tensor, name: str, x: Tensor, upsample: bool) -> Tensor:
+        """A layer's output as ``(N, C, *spatial)``, checked against the input batch ``x``
+        (and, with ``upsample``, against resizing to its spatial size)."""
+        activation = self.to_channels_first(native, name)
+        if self.kind == "merged_tokens" and activation.shape[0] != len(x):
+            raise CamkitValueError(
+                f"grid: {name!r} holds {activation.shape[0]} samples of grid {self.grid}, but "
+                f"x has {len(x)}; every sample needs the same grid"
+            )
+        if activation.dim() not in (3, 4, 5) or activation.shape[0] != len(x):
+            raise CamkitValueError(
+                f"layer: {name!r} returned shape {tuple(native.shape)}; a CAM needs "
+                f"(N, C, L), (N, C, H, W) or (N, C, D, H, W) with N = {len(x)} "
+                f"(or set layout= for token or channels-last outputs; "
+                f"camkit.list_layers(model, x) lists the layers that fit, with their options)"
+            )
+        if upsample and activation.dim() != x.dim():
+            raise CamkitValueError(
+                f"upsample: cannot resize the map of {name!r}, with "
+                f"{activation.dim() - 2} spatial dims, to the input's "
+                f"{tuple(x.shape[2:])}; pass upsample=False"
+            )
+        return activation
+
+    def gradients(self, gradients: Tensor, name: str) -> Tensor:
+        """Gradients ``(N, k, *layer output)`` as ``(N, k, C, *spatial)``."""
+        if self.kind == "merged_tokens":  # (L, k, C): no batch axis; samples within L
+            k = gradients.shape[1]
+            grids = self._unmerged(gradients.movedim(1, 0).flatten(0, 1), name)
+            return grids.view(k, -1, *grids.shape[1:]).movedim(0, 1)
+        n, k = gradients.shape[:2]
+        flat = self.to_channels_first(gradients.flatten(0, 1), name)
+        return flat.reshape(n, k, *flat.shape[1:])
+
+    def _blocks(self) -> tuple[int, ...]:
+        """Each sample's tokens as stored: ``(t, h / m, w / m, m, m)``."""
+        assert self.grid is not None
+        t, h, w = (1, *self.grid) if len(self.grid) == 2 else self.grid
+        m = self.merge_size
+        return t, h // m, w // m, m, m
+
+    def _unmerged(self, t: Tensor, name: str) -> Tensor:
+        """``(L, C)`` merged tokens (of one or several ``k``, one after another) as
+        ``(N, C, *grid)``."""
+        per_sample = math.prod(self._blocks())
+        if t.dim() != 2 or t.shape[0] % per_sample:
+            raise CamkitValueError(
+                f"layout: {name!r} returned shape {tuple(t.shape)}; merged_tokens needs "
+                f"(L, C) with L a multiple of the {per_sample} tokens of grid {self.grid}"
+            )
+        frames, rows, cols, m, _ = self._blocks()
+        stored = t.reshape(-1, frames, rows, cols, m, m, t.shape[1])
+        grid = stored.permute(0, 6, 1, 2, 4, 3, 5).reshape(
+            len(stored), t.shape[1], frames, rows * m, cols * m
+        )
+        return grid[:, :, 0] if self.grid is not None and len(self.grid) == 2 else grid
+
+    def _merged(self, grid: Tensor) -> Tensor:
+        """Inverse of :meth:`_unmerged`: ``(N, C, *grid)`` as ``(L, C)``."""
+        frames, rows, cols, m, _ = self._blocks()
+        n, c = grid.shape[:2]
+        split = grid.reshape(n, c, frames, rows, m, cols, m)
+        return split.permute(0, 2, 3, 5, 4, 6, 1).reshape(-1, c)
+
+    def _square(self, count: int, name: str) -> tuple[int, int]:
+        side = math.isqrt(count)
+        if side * side != count:
+            raise CamkitValueError(
+                f"grid: {name!r} has {count} tokens after dropping {self.prefix_tokens} "
+                f"prefix token(s), not a square number; pass grid=(h, w) or prefix_tokens"
+            )
+        return side, side

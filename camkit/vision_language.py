@@ -1,0 +1,96 @@
+"""Vision-language models: where their image tokens lie, and their images as patches.
+
+A vision-language model's image becomes tokens in two places: the vision
+tower's patches, and the image tokens in the language model's sequence.
+:func:`image_grid` reads the grid of the latter from a model's config and its
+processor's inputs (for :class:`~camkit.TAM`); :func:`patchify` turns images
+into the flattened patches Qwen2-VL's vision tower takes, differentiably, so
+that a gradient CAM can take the image itself as its input and explain a
+vision block with ``layout="merged_tokens"`` (see :doc:`/vision-language`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from camkit.errors import CamkitValueError
+
+__all__ = ["image_grid", "patchify"]
+
+
+def patchify(
+    images: Tensor, patch_size: int, merge_size: int = 2, temporal_patch_size: int = 2
+) -> tuple[Tensor, Tensor]:
+    """Images ``(N, C, H, W)``, already resized and normalised, as Qwen2-VL's flattened
+    patches: ``pixel_values`` ``(N * h * w, C * temporal_patch_size * patch_size ** 2)``
+    and ``image_grid_thw`` ``(N, 3)`` with rows ``(1, h, w)``, ``h = H / patch_size``.
+
+    The patches run in blocks of ``merge_size`` x ``merge_size`` (the blocks
+    row-major, then the patches in each block), each image's after the other's, and an
+    image is repeated ``temporal_patch_size`` times over time, as
+    ``Qwen2VLImageProcessor`` lays them out; the result is differentiable in
+    ``images``, so a CAM can take the images as its input.
+
+    Raises:
+        CamkitValueError: If the images are not ``(N, C, H, W)`` with ``H`` and ``W``
+            whole numbers of ``patch_size * merge_size``.
+
+    Example:
+        >>> import torch
+        >>> pixel_values, grid = patchify(torch.rand(2, 3, 56, 84), patch_size=14)
+        >>> pixel_values.shape, grid.tolist()
+        (torch.Size([48, 1176]), [[1, 4, 6], [1, 4, 6]])
+    """
+    side = patch_size * merge_size
+    if images.dim() != 4 or images.shape[2] % side or images.shape[3] % side:
+        raise CamkitValueError(
+            f"images: got shape {tuple(images.shape)}; patchify needs (N, C, H, W) with H "
+            f"and W multiples of patch_size * merge_size = {side}"
+        )
+    n, c, height, width = images.shape
+    h, w = height // patch_size, width // patch_size
+    m, p = merge_size, patch_size
+    blocks = images.reshape(n, c, h // m, m, p, w // m, m, p).permute(0, 2, 5, 3, 6, 1, 4, 7)
+    repeated = blocks.unsqueeze(6).expand(-1, -1, -1, -1, -1, -1, temporal_patch_size, -1, -1)
+    pixel_values = repeated.reshape(n * h * w, c * temporal_patch_size * p * p)
+    grid = torch.tensor([[1, h, w]], device=images.device).expand(n, 3)
+    return pixel_values, grid
+
+
+def image_grid(config: Any, inputs: Mapping[str, Any], index: int = 0) -> tuple[int, ...]:
+    """The grid of the image tokens a vision-language model puts in its sequence, read from
+    its config and inputs (never from a checkpoint's name).
+
+    - Qwen2-VL and its kin: ``image_grid_thw`` (or ``video_grid_thw``) row ``index``,
+      ``(t, h, w)`` in patches, merged by the vision config's ``spatial_merge_size``:
+      ``(h / m, w / m)`` for an image, ``(t, h / m, w / m)`` for a video.
+    - LLaVA and other fixed-size towers: ``image_size / patch_size`` on each side.
+
+    Example:
+        >>> import torch
+        >>> from types import SimpleNamespace
+        >>> vision = SimpleNamespace(spatial_merge_size=2)
+        >>> image_grid(SimpleNamespace(vision_config=vision),
+        ...            {"image_grid_thw": torch.tensor([[1, 16, 22]])})
+        (8, 11)
+    """
+    vision = getattr(config, "vision_config", None)
+    for key in ("image_grid_thw", "video_grid_thw"):
+        thw = inputs.get(key)
+        if isinstance(thw, Tensor):
+            merge = int(getattr(vision, "spatial_merge_size", 1) or 1)
+            t, h, w = (int(v) for v in thw[index])
+            grid = (h // merge, w // merge)
+            return (t, *grid) if key == "video_grid_thw" else grid
+    size = getattr(vision, "image_size", None)
+    patch = getattr(vision, "patch_size", None)
+    if isinstance(size, int) and isinstance(patch, int) and patch > 0:
+        return size // patch, size // patch
+    raise CamkitValueError(
+        "config: found neither image_grid_thw/video_grid_thw in the inputs nor "
+        "vision_config.image_size and patch_size; give TAM's grid=(h, w)"
+    )
