@@ -163,7 +163,8 @@ def _llava_case(device: str) -> Case:
 
 def _llava_calls(case: Case) -> dict[str, Call]:
     """camkit's Grad-CAM of every answer token, and the least plain autograd can do for the
-    same maps: one forward pass with gradients, one backward pass per token."""
+    same maps: one forward pass with gradients, one backward pass per token; and TAM, one
+    forward pass (the no-grad forward is the same teacher-forced pass)."""
     m, x, said, layer = case.model, case.x, case.classes, case.layer
     options = {"layout": "tokens", "prefix_tokens": 1, "grid": (16, 16)}
     module = m.get_submodule(layer)
@@ -187,7 +188,10 @@ def _llava_calls(case: Case) -> dict[str, Call]:
         return torch.stack(maps, 1)
 
     target = camkit.TokenTarget(said)
-    return {
+    return {  # TAM first: right after the forward pass it is compared with
+        f"camkit TAM, {ANSWER_TOKENS} tokens (no backward pass)": lambda: camkit.TAM(
+            m.model, grid=(16, 16)
+        )({"input_ids": m.input_ids, "pixel_values": x}, target),
         f"camkit GradCAM, {ANSWER_TOKENS} tokens (layer grid)": lambda: camkit.GradCAM(
             m, layer, **options
         )(x, target, upsample=False, normalize=False),
