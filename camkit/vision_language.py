@@ -25,39 +25,50 @@ __all__ = ["image_grid", "patchify"]
 def patchify(
     images: Tensor, patch_size: int, merge_size: int = 2, temporal_patch_size: int = 2
 ) -> tuple[Tensor, Tensor]:
-    """Images ``(N, C, H, W)``, already resized and normalised, as Qwen2-VL's flattened
-    patches: ``pixel_values`` ``(N * h * w, C * temporal_patch_size * patch_size ** 2)``
-    and ``image_grid_thw`` ``(N, 3)`` with rows ``(1, h, w)``, ``h = H / patch_size``.
+    """Images ``(N, C, H, W)`` or videos ``(N, C, T, H, W)``, already resized and
+    normalised, as Qwen2-VL's flattened patches: ``pixel_values``
+    ``(N * t * h * w, C * temporal_patch_size * patch_size ** 2)`` and the grids
+    ``(N, 3)`` with rows ``(t, h, w)``: ``h = H / patch_size``, ``w = W / patch_size``,
+    and ``t = 1`` for an image, ``T / temporal_patch_size`` for a video (its last frame
+    repeated to fill the last group, as the processor does).
 
     The patches run in blocks of ``merge_size`` x ``merge_size`` (the blocks
-    row-major, then the patches in each block), each image's after the other's, and an
-    image is repeated ``temporal_patch_size`` times over time, as
-    ``Qwen2VLImageProcessor`` lays them out; the result is differentiable in
-    ``images``, so a CAM can take the images as its input.
+    row-major, then the patches in each block), frame group after frame group, each
+    sample's after the other's, as ``Qwen2VLImageProcessor`` and
+    ``Qwen2VLVideoProcessor`` lay them out (an image is repeated over the
+    ``temporal_patch_size`` frames); the result is differentiable in ``images``, so a
+    CAM can take the images or clips as its input. Pass the grids as
+    ``image_grid_thw`` (images) or ``video_grid_thw`` (videos).
 
     Raises:
-        CamkitValueError: If the images are not ``(N, C, H, W)`` with ``H`` and ``W``
-            whole numbers of ``patch_size * merge_size``.
+        CamkitValueError: If the input is not ``(N, C, H, W)`` or ``(N, C, T, H, W)``
+            with ``H`` and ``W`` whole numbers of ``patch_size * merge_size``.
 
     Example:
         >>> import torch
         >>> pixel_values, grid = patchify(torch.rand(2, 3, 56, 84), patch_size=14)
         >>> pixel_values.shape, grid.tolist()
         (torch.Size([48, 1176]), [[1, 4, 6], [1, 4, 6]])
+        >>> patchify(torch.rand(1, 3, 4, 56, 84), patch_size=14)[1].tolist()  # a clip
+        [[2, 4, 6]]
     """
     side = patch_size * merge_size
-    if images.dim() != 4 or images.shape[2] % side or images.shape[3] % side:
+    if images.dim() not in (4, 5) or images.shape[-2] % side or images.shape[-1] % side:
         raise CamkitValueError(
-            f"images: got shape {tuple(images.shape)}; patchify needs (N, C, H, W) with H "
-            f"and W multiples of patch_size * merge_size = {side}"
+            f"images: got shape {tuple(images.shape)}; patchify needs (N, C, H, W) or "
+            f"(N, C, T, H, W) with H and W multiples of patch_size * merge_size = {side}"
         )
-    n, c, height, width = images.shape
-    h, w = height // patch_size, width // patch_size
-    m, p = merge_size, patch_size
-    blocks = images.reshape(n, c, h // m, m, p, w // m, m, p).permute(0, 2, 5, 3, 6, 1, 4, 7)
-    repeated = blocks.unsqueeze(6).expand(-1, -1, -1, -1, -1, -1, temporal_patch_size, -1, -1)
-    pixel_values = repeated.reshape(n * h * w, c * temporal_patch_size * p * p)
-    grid = torch.tensor([[1, h, w]], device=images.device).expand(n, 3)
+    frames = images[:, :, None] if images.dim() == 4 else images  # (N, C, T, H, W)
+    if pad := -frames.shape[2] % temporal_patch_size:
+        frames = torch.cat([frames, frames[:, :, -1:].expand(-1, -1, pad, -1, -1)], dim=2)
+    n, c, length, height, width = frames.shape
+    t, h, w = length // temporal_patch_size, height // patch_size, width // patch_size
+    m, p, tp = merge_size, patch_size, temporal_patch_size
+    split = frames.reshape(n, c, t, tp, h // m, m, p, w // m, m, p)
+    # (N, t, h / m, w / m, m, m, C, tp, p, p): blocks, patches in a block, then a patch's values
+    ordered = split.permute(0, 2, 4, 7, 5, 8, 1, 3, 6, 9)
+    pixel_values = ordered.reshape(n * t * h * w, c * tp * p * p)
+    grid = torch.tensor([[t, h, w]], device=images.device).expand(n, 3)
     return pixel_values, grid
 
 

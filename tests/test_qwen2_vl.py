@@ -16,7 +16,7 @@ from tests.helpers import assert_untouched, snapshot
 
 transformers = pytest.importorskip("transformers")
 
-IMAGE, VISION_START, VISION_END = 100, 102, 103
+IMAGE, VIDEO, VISION_START, VISION_END = 100, 101, 102, 103
 PATCH, MERGE = 4, 2
 HEIGHT, WIDTH = 16, 24  # 4 x 6 patches, 2 x 3 merged image tokens
 GRID = (HEIGHT // PATCH, WIDTH // PATCH)
@@ -36,7 +36,7 @@ def tiny_qwen2_vl() -> nn.Module:
             "max_position_embeddings": 512,
             "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
         },
-        image_token_id=IMAGE, video_token_id=101, vision_start_token_id=VISION_START,
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START,
         vision_end_token_id=VISION_END,
     )  # fmt: skip
     torch.manual_seed(0)
@@ -82,41 +82,60 @@ def test_patchify_lays_out_patches_as_the_image_processor_does() -> None:
 
 
 def block_output_by_hand(
-    model: nn.Module, images: Tensor, input_ids: Tensor, said: Tensor, block: str
+    model: nn.Module,
+    answering: nn.Module,
+    x: Tensor,
+    said: Tensor,
+    block: str,
+    grid: tuple[int, int, int],
 ) -> tuple[Tensor, Tensor]:
-    """The block's output (N, C, h, w) and each token's gradient (N, k, C, h, w), the patch
-    of each token found by counting through the blocks of 2 x 2 patches, one token at a time."""
+    """The block's output (N, C, t, h, w) and each token's gradient (N, k, C, t, h, w), the
+    place of each token found by counting through the frame groups and the blocks of 2 x 2
+    patches, one token at a time."""  # fmt: skip
     kept: list[Tensor] = []
     handle = model.get_submodule(block).register_forward_hook(lambda m, i, o: kept.append(o))
     try:
-        logits = Answering(model, input_ids)(images)
+        logits = answering(x)
     finally:
         handle.remove()
-    flat = kept[0]  # (N * h * w, C), no batch axis
+    flat = kept[0]  # (N * t * h * w, C), no batch axis
     n, k = said.shape
-    h, w = GRID
+    t, h, w = grid
     where = []
-    for token in range(n * h * w):
-        sample, j = divmod(token, h * w)
+    for token in range(n * t * h * w):
+        sample, j = divmod(token, t * h * w)
+        frame, j = divmod(j, h * w)
         block_index, inside = divmod(j, MERGE * MERGE)
         row_block, col_block = divmod(block_index, w // MERGE)
         row = row_block * MERGE + inside // MERGE
         col = col_block * MERGE + inside % MERGE
-        where.append((sample, row, col))
-    length = input_ids.shape[1]
+        where.append((sample, frame, row, col))
+    length = answering.input_ids.shape[1]
     grads = []
     for j in range(k):
         score = logits[torch.arange(n), length - k + j - 1, said[:, j]].sum()
         (grad,) = torch.autograd.grad(score, flat, retain_graph=True)
         grads.append(grad)
 
-    def grid_of(t: Tensor) -> Tensor:
-        out = torch.zeros(n, t.shape[1], h, w)
-        for token, (sample, row, col) in enumerate(where):
-            out[sample, :, row, col] = t[token]
+    def grid_of(values: Tensor) -> Tensor:
+        out = torch.zeros(n, values.shape[1], t, h, w)
+        for token, (sample, frame, row, col) in enumerate(where):
+            out[sample, :, frame, row, col] = values[token]
         return out
 
     return grid_of(flat.detach()), torch.stack([grid_of(g) for g in grads], 1)
+
+
+def grad_cam_by_hand(activations: Tensor, grads: Tensor) -> Tensor:
+    """Grad-CAM's maps (N, k, t, h, w): channel weights averaged over every position."""
+    weights = grads.mean(dim=(3, 4, 5))  # (N, k, C)
+    return torch.einsum("nkc,ncthw->nkthw", weights, activations).clamp_min(0)
+
+
+def rounding_bound(activations: Tensor, grads: Tensor) -> float:
+    """float32 rounding of the channel sums: 64 eps times the largest sum of magnitudes."""
+    weights = grads.mean(dim=(3, 4, 5)).abs()
+    return 64 * EPS * float(torch.einsum("nkc,ncthw->nkthw", weights, activations.abs()).max())
 
 
 def test_every_answer_tokens_map_at_a_vision_block_equals_plain_autograd() -> None:
@@ -125,18 +144,16 @@ def test_every_answer_tokens_map_at_a_vision_block_equals_plain_autograd() -> No
     input_ids = sequences(2, said.tolist())
     images = torch.randn(2, 3, HEIGHT, WIDTH)
     block = "model.visual.blocks.1"
-    activations, grads = block_output_by_hand(model, images, input_ids, said, block)
-    weights = grads.mean(dim=(3, 4))  # (N, k, C)
-    expected = torch.einsum("nkc,nchw->nkhw", weights, activations).clamp_min(0)
+    answering = Answering(model, input_ids)
+    activations, grads = block_output_by_hand(model, answering, images, said, block, (1, *GRID))
+    expected = grad_cam_by_hand(activations, grads)[:, :, 0]
+    bound = rounding_bound(activations, grads)
     cam = GradCAM(Answering(model, input_ids), f"model.{block}", layout="merged_tokens",
                   grid=GRID, merge_size=MERGE)  # fmt: skip
     before = snapshot(model)
     got = cam.explain(images, TokenTarget(said), upsample=False, normalize=False).maps
     assert_untouched(before, snapshot(model))
     assert got.shape == (2, 3, *GRID)
-    bound = (
-        64 * EPS * float((weights.abs()[..., None, None] * activations.abs()[:, None]).sum(2).max())
-    )
     torch.testing.assert_close(got, expected, rtol=0, atol=bound)
     assert float(expected.amax()) > 100 * bound  # the maps are not all zero
     full = cam(images, TokenTarget(said))
@@ -170,3 +187,50 @@ def test_merged_tokens_round_trip_and_refuse_what_does_not_fit() -> None:
     with pytest.raises(CamkitValueError, match="grid"):
         cam(torch.randn(1, 3, HEIGHT, WIDTH), TokenTarget([7, 8]))
     assert camkit.GradCAM(model, "model.visual.blocks.1").settings()["merge_size"] == 1
+
+
+class VideoAnswering(nn.Module):
+    """Qwen2-VL with its text fixed, taking clips ``(N, 3, T, H, W)`` first."""
+
+    def __init__(self, model: nn.Module, input_ids: Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.input_ids = input_ids
+
+    def forward(self, clips: Tensor) -> Tensor:
+        pixel_values, grid = patchify(clips, PATCH, MERGE)
+        logits: Tensor = self.model(
+            input_ids=self.input_ids, pixel_values_videos=pixel_values, video_grid_thw=grid,
+            mm_token_type_ids=2 * (self.input_ids == VIDEO).int(),
+        ).logits  # fmt: skip
+        return logits
+
+
+def test_a_clip_gets_a_map_per_frame_group_equal_to_plain_autograd() -> None:
+    processor = transformers.Qwen2VLVideoProcessor()
+    clips = torch.randn(2, 3, 4, HEIGHT, WIDTH)  # 4 frames: 2 groups of 2
+    expected_patches, *_ = processor.patchify(clips.movedim(1, 2), PATCH, MERGE, 2)
+    pixel_values, grid = patchify(clips, PATCH, MERGE)
+    torch.testing.assert_close(pixel_values, expected_patches.flatten(0, 1), rtol=0, atol=0)
+    assert grid.tolist() == [[2, *GRID], [2, *GRID]]
+    odd, odd_grid = patchify(clips[:, :, :3], PATCH, MERGE)  # the last frame is repeated
+    torch.testing.assert_close(odd, patchify(clips[:, :, [0, 1, 2, 2]], PATCH, MERGE)[0])
+    assert odd_grid.tolist() == grid.tolist()
+
+    model = tiny_qwen2_vl()
+    said = torch.tensor([[7, 8], [9, 10]])
+    prompt = [1, VISION_START, *[VIDEO] * (2 * TOKENS), VISION_END, 5, 6]
+    input_ids = torch.tensor([prompt + a for a in said.tolist()])
+    answering = VideoAnswering(model, input_ids)
+    block = "model.visual.blocks.1"
+    activations, grads = block_output_by_hand(model, answering, clips, said, block, (2, *GRID))
+    expected = grad_cam_by_hand(activations, grads)
+    cam = GradCAM(answering, f"model.{block}", layout="merged_tokens", grid=(2, *GRID),
+                  merge_size=MERGE)  # fmt: skip
+    got = cam.explain(clips, TokenTarget(said), upsample=False, normalize=False).maps
+    assert got.shape == (2, 2, 2, *GRID)
+    bound = rounding_bound(activations, grads)
+    torch.testing.assert_close(got, expected, rtol=0, atol=bound)
+    assert float(expected.amax()) > 100 * bound
+    per_frame = cam(clips, TokenTarget(said))  # upsampled over time too: one map per frame
+    assert per_frame.shape == (2, 2, 4, HEIGHT, WIDTH)
