@@ -343,3 +343,57 @@ def test_grad_eclip_text_relevance_follows_the_authors_equations() -> None:
                 maps.append((grads[b][0, eos] * seen[f"{b}v_proj"][0] * cosine[:, None]).sum(-1))
         words = torch.relu(torch.stack(maps).sum(0))[1:eos]
         torch.testing.assert_close(got[i, 1:eos], words / words.sum(), rtol=1e-5, atol=1e-6)
+
+
+def tiny_paligemma() -> nn.Module:
+    config = transformers.PaliGemmaConfig(
+        vision_config={
+            "image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "projection_dim": 32,
+            "vision_use_head": False,
+        },
+        text_config={
+            "vocab_size": 120, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "head_dim": 16,
+        },
+        image_token_index=100, projection_dim=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.PaliGemmaForConditionalGeneration(config).eval()
+
+
+def test_paligemma_siglip_tokens_have_no_class_token_and_each_word_its_map() -> None:
+    """PaliGemma's SigLIP tower keeps all 16 patch tokens (no CLS): prefix_tokens=0; the
+    grid comes from the config; TAM reads its image tokens from the config's id."""
+    model = tiny_paligemma()
+    torch.manual_seed(2)
+    image = torch.randn(1, 3, 32, 32)
+    sequence = torch.tensor([[*[100] * 16, 2, 5, 6, 7, 8, 9, 10]])
+    said = sequence[:, -3:]
+    wrapped = Answering(model, sequence).eval()
+    layer = "model.model.vision_tower.encoder.layers.1"
+    grid = camkit.vision_language.image_grid(model.config, {})
+    assert grid == (4, 4)
+    options = {"layout": "tokens", "prefix_tokens": 0, "grid": grid}
+    raw = {"relu": False, "upsample": False, "normalize": False}
+    target = TokenTarget(said)
+    got = GradCAM(wrapped, layer, **options).explain(image, target, **raw).maps
+    magnitude = GradCAMMagnitude(wrapped, layer, **options)
+    size = magnitude.explain(image, target, **raw).maps
+    module = resolve_layer(wrapped, layer).module
+    length = sequence.shape[1]
+
+    def arrange(t: Tensor) -> Tensor:
+        return t.reshape(len(t), 4, 4, t.shape[-1]).movedim(-1, 1)
+
+    for j in range(3):
+        position, token = length - 3 + j, int(said[0, j])
+
+        def score(logits: Tensor, p: int = position, t: int = token) -> Tensor:
+            return logits[:, p - 1, t]
+
+        expected = reference_gradcam_at(wrapped, module, image, score, arrange=arrange)
+        assert_gradcam_close(got[:, j], expected, size[:, j], magnitude.channels)
+    tam = camkit.TAM(model, grid=grid)({"input_ids": sequence, "pixel_values": image}, target)
+    assert tam.shape == (1, 3, 4, 4) and bool(tam.isfinite().all())

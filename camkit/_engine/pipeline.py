@@ -14,6 +14,8 @@ explained (a layer's output, or the input).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -141,10 +143,10 @@ def check_finite(x: Tensor, scores: Tensor, maps: Mapping[str, Tensor]) -> None:
     it non-finite). Only then are the parts looked at one by one, to name the
     culprit (or find that the sum merely overflowed).
     """
-    total = scores.detach().float().sum()
+    total = scores.detach().sum(dtype=torch.float32)
     for values in maps.values():
         total = total + values.sum()
-    if bool(total.isfinite()):
+    if math.isfinite(total.item()):
         return
     check_scores_finite(x, scores)
     for name, values in maps.items():
