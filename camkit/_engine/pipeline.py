@@ -15,7 +15,6 @@ explained (a layer's output, or the input).
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
