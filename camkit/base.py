@@ -96,6 +96,10 @@ class BaseCAM(Explainer):
         merge_size: With ``layout="merged_tokens"``: the side of the blocks of
             patches that run together (2 for Qwen2-VL's vision blocks, 1 for its
             merger's output on the merged grid).
+        tiles: With ``layout="tokens"``: how many consecutive rows of the layer's
+            output belong to one sample, the tiles of an image cut into tiles
+            (LLaVA-NeXT, Idefics3); the maps get a tile axis, ``(N, tiles, h, w)``,
+            and ``x`` is ``(N, C, tiles, H, W)`` (see :doc:`/vision-language`).
         fuse: How the maps of several layers become one, each first upsampled to
             the input and scaled to [0, 1]: ``"mean"`` (the default) or
             ``"product"``, which keeps only what every layer shows (the
@@ -149,6 +153,7 @@ class BaseCAM(Explainer):
         grid: tuple[int, ...] | None = None,
         token_order: tuple[int, ...] | None = None,
         merge_size: int = 1,
+        tiles: int = 1,
         fuse: str = "mean",
     ) -> None:
         model = eager(model)  # a torch.compile'd model: its eager module, the same maps
@@ -161,7 +166,7 @@ class BaseCAM(Explainer):
         places = [(id(ref.module), ref.call, ref.keys) for ref in self.layers]
         if len(set(places)) != len(places):
             raise CamkitValueError(f"layer: {self.layer_names} names a layer twice")
-        self.layout = Layout(layout, prefix_tokens, grid, token_order, merge_size)
+        self.layout = Layout(layout, prefix_tokens, grid, token_order, merge_size, tiles)
         self.model = model
         if fuse not in FUSIONS:
             raise CamkitValueError(f"fuse: got {fuse!r}; allowed: {', '.join(map(repr, FUSIONS))}")
@@ -180,6 +185,7 @@ class BaseCAM(Explainer):
             "grid": setting(layout.grid),
             "token_order": setting(layout.token_order),
             "merge_size": layout.merge_size,
+            "tiles": layout.tiles,
             "fuse": self.fuse,
         }
 

@@ -215,7 +215,11 @@ OTHER: dict[str, list[Any]] = {
     "token_order": [(1, 0)], "stride": [[2], [3]], "fill": ["mean_patch"],
     "blend": ["constant"], "activation": ["softmax"],
 }  # fmt: skip
-TOGETHER = {("LeGrad", "blocks"): ("head",), ("LeGrad", "head"): ("blocks",)}
+TOGETHER = {
+    ("LeGrad", "blocks"): ("head",),
+    ("LeGrad", "head"): ("blocks",),
+    ("*", "tiles"): ("layout",),  # tiles need layout="tokens"
+}
 RENAMED = {"layer": "layers", "attentions": "layers", "attention": "layers", "samples": "samples"}
 NOT_OPTIONS = {"self", "model", "layer", "attentions", "attention", "explainer"}
 
@@ -262,7 +266,7 @@ def test_every_constructor_option_is_in_the_settings_and_changes_them(name: str)
     assert not missing, f"{name}.settings() lacks {missing}"
     for option, parameter in options.items():
         changed = {option: _other(option, parameter, base[RENAMED.get(option, option)])}
-        for partner in TOGETHER.get((name, option), ()):
+        for partner in TOGETHER.get((name, option), TOGETHER.get(("*", option), ())):
             changed[partner] = _other(partner, options[partner], base[partner])
         other = _rebuilt(name, model, changed)
         assert other.settings() != base, f"{name}: changing {option} left the settings equal"

@@ -397,3 +397,97 @@ def test_paligemma_siglip_tokens_have_no_class_token_and_each_word_its_map() -> 
         assert_gradcam_close(got[:, j], expected, size[:, j], magnitude.channels)
     tam = camkit.TAM(model, grid=grid)({"input_ids": sequence, "pixel_values": image}, target)
     assert tam.shape == (1, 3, 4, 4) and bool(tam.isfinite().all())
+
+
+def tiny_llava_next() -> nn.Module:
+    vision = transformers.CLIPVisionConfig(
+        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2,
+    )  # fmt: skip
+    text = transformers.LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+    )  # fmt: skip
+    config = transformers.LlavaNextConfig(
+        vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN,
+        image_grid_pinpoints=[[32, 64], [64, 32], [64, 64]], vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.LlavaNextForConditionalGeneration(config).eval()
+
+
+class TileAnswering(nn.Module):
+    """LLaVA-NeXT with its text and image size fixed, taking tiles ``(N, C, tiles, H, W)``."""
+
+    def __init__(self, model: nn.Module, input_ids: Tensor, image_sizes: Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.input_ids = input_ids
+        self.image_sizes = image_sizes
+
+    def forward(self, tiles: Tensor) -> Tensor:
+        logits: Tensor = self.model(
+            input_ids=self.input_ids, pixel_values=tiles.movedim(2, 1),
+            image_sizes=self.image_sizes,
+        ).logits  # fmt: skip
+        return logits
+
+
+def test_llava_next_tiles_get_a_map_each_equal_to_plain_autograd() -> None:
+    """A 32 x 64 image: LLaVA-NeXT's base tile (the whole image, resized) and two 32 x 32
+    tiles run through the vision tower as three rows; tiles=3 gives each its map."""
+    model = tiny_llava_next()
+    image_tokens = 16 + 2 * 16 + 4  # the base tile, two tiles, a newline per row of tokens
+    sequence = torch.tensor([[1, 5, *[IMAGE_TOKEN] * image_tokens, 7, 8, 40, 41, 42]])
+    wrapped = TileAnswering(model, sequence, torch.tensor([[32, 64]])).eval()
+    torch.manual_seed(3)
+    tiles = torch.randn(1, 3, 3, 32, 32)
+    said = sequence[:, -3:]
+    layer = "model.model.vision_tower.encoder.layers.1"
+    options = {"layout": "tokens", "prefix_tokens": 1, "grid": (4, 4), "tiles": 3}
+    raw = {"relu": False, "upsample": False, "normalize": False}
+    target = TokenTarget(said)
+    with torch.no_grad():
+        wrapped(tiles)  # Hugging Face adds its output recorders on the first call
+    before = snapshot(wrapped)
+    got = GradCAM(wrapped, layer, **options).explain(tiles, target, **raw).maps
+    assert_untouched(before, snapshot(wrapped))
+    assert got.shape == (1, 3, 3, 4, 4)  # (N, k, tiles, h, w)
+    magnitude = GradCAMMagnitude(wrapped, layer, **options)
+    size = magnitude.explain(tiles, target, **raw).maps
+    module = resolve_layer(wrapped, layer).module
+    length = sequence.shape[1]
+
+    def arrange(t: Tensor) -> Tensor:  # (tiles, 1 + 16, C) -> (1, C, tiles, 4, 4)
+        return t[:, 1:].reshape(1, 3, 4, 4, t.shape[-1]).movedim(-1, 1)
+
+    for j in range(3):
+        position, token = length - 3 + j, int(said[0, j])
+
+        def score(logits: Tensor, p: int = position, t: int = token) -> Tensor:
+            return logits[:, p - 1, t]
+
+        expected = reference_gradcam_at(wrapped, module, tiles, score, arrange=arrange)
+        assert_gradcam_close(got[:, j], expected, size[:, j], magnitude.channels)
+    full = camkit.LayerCAM(wrapped, layer, **options)(tiles, target)
+    assert full.shape == (1, 3, 3, 32, 32)  # a map per tile at the tile's size
+    with pytest.raises(CamkitValueError, match="tiles"):
+        GradCAM(wrapped, layer, **{**options, "tiles": 2})(tiles, target)
+
+
+def test_tiles_round_trip_and_refuse_other_layouts() -> None:
+    from camkit._engine.layout import Layout
+
+    layout = Layout("tokens", prefix_tokens=1, grid=(2, 3), tiles=3)
+    rows = torch.randn(2 * 3, 1 + 6, 5)  # two samples of three tiles, a CLS token each
+    grid = layout.to_channels_first(rows, "tower")
+    assert grid.shape == (2, 5, 3, 2, 3)
+    torch.testing.assert_close(grid[1, :, 2, 1, 0], rows[5, 1 + 3])  # sample 1, tile 2
+    torch.testing.assert_close(layout.from_channels_first(grid, rows), rows, rtol=0, atol=0)
+    with pytest.raises(CamkitValueError, match="whole number of 3 tiles"):
+        layout.to_channels_first(torch.randn(4, 7, 5), "tower")
+    with pytest.raises(CamkitValueError, match="tiles"):
+        Layout("channels_first", tiles=2)
+    with pytest.raises(CamkitValueError, match="tiles"):
+        Layout("tokens", grid=(2, 2, 2), token_order=(1, 2, 0), tiles=2)

@@ -33,6 +33,10 @@ class Layout:
     in each block row-major, frame after frame), so that neighbouring patches merge
     into one language-model token. ``merge_size=1`` reads plain row-major grids
     (the merger's output, on the merged grid).
+
+    ``tiles`` (with ``tokens``): the layer's rows are each sample's ``tiles`` tiles in
+    turn, as LLaVA-NeXT's and Idefics3's vision towers see an image cut into tiles;
+    the tiles become an axis of their own, ``(N, C, tiles, *grid)``.
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class Layout:
         grid: tuple[int, ...] | None = None,
         token_order: tuple[int, ...] | None = None,
         merge_size: int = 1,
+        tiles: int = 1,
     ):
         if kind not in LAYOUTS:
             raise CamkitValueError(f"layout: got {kind!r}; allowed: {', '.join(LAYOUTS)}")
@@ -57,6 +62,14 @@ class Layout:
             )
         if merge_size < 1:
             raise CamkitValueError(f"merge_size: got {merge_size}; must be >= 1")
+        if tiles < 1:
+            raise CamkitValueError(f"tiles: got {tiles}; must be >= 1")
+        if tiles > 1 and (kind != "tokens" or token_order is not None):
+            raise CamkitValueError(
+                f"tiles: got {tiles} with layout={kind!r}"
+                + (" and token_order" if token_order is not None else "")
+                + "; tiles need layout='tokens' with row-major tiles"
+            )
         if kind == "merged_tokens":
             if grid is None or len(grid) not in (2, 3):
                 raise CamkitValueError(
@@ -70,6 +83,7 @@ class Layout:
                 )
         self.kind = kind
         self.merge_size = merge_size
+        self.tiles = tiles
         self.prefix_tokens = prefix_tokens
         self.grid = grid
         self.token_order = None if token_order is None else tuple(token_order)
@@ -98,6 +112,14 @@ class Layout:
                 f"grid: {grid} holds {math.prod(grid)} tokens, but {name!r} has "
                 f"{tokens.shape[1]} after dropping {self.prefix_tokens} prefix token(s)"
             )
+        if self.tiles > 1:  # (N * tiles, T, C): each sample's tiles in turn
+            if len(t) % self.tiles:
+                raise CamkitValueError(
+                    f"tiles: {name!r} returned {len(t)} rows, not a whole number of "
+                    f"{self.tiles} tiles per sample"
+                )
+            stored = tokens.reshape(-1, self.tiles, *grid, t.shape[2])
+            return stored.movedim(-1, 1)  # (N, C, tiles, *grid)
         if self.token_order is None:
             return tokens.reshape(len(t), *grid, t.shape[2]).movedim(-1, 1)
         order = self.token_order
@@ -115,17 +137,19 @@ class Layout:
             return moved
         if self.token_order is not None:
             moved = moved.permute(0, *(1 + a for a in self.token_order), -1)
-        prefix = original[:, : self.prefix_tokens].expand(len(t), -1, -1)
-        return torch.cat([prefix.to(t.dtype), moved.reshape(len(t), -1, t.shape[1])], dim=1)
+        rows = len(t) * self.tiles  # a tile per row of the layer's own output
+        prefix = original[:, : self.prefix_tokens].expand(rows, -1, -1)
+        return torch.cat([prefix.to(t.dtype), moved.reshape(rows, -1, t.shape[1])], dim=1)
 
     def activations(self, native: Tensor, name: str, x: Tensor, upsample: bool) -> Tensor:
         """A layer's output as ``(N, C, *spatial)``, checked against the input batch ``x``
         (and, with ``upsample``, against resizing to its spatial size)."""
         activation = self.to_channels_first(native, name)
-        if self.kind == "merged_tokens" and activation.shape[0] != len(x):
+        if (self.kind == "merged_tokens" or self.tiles > 1) and activation.shape[0] != len(x):
             raise CamkitValueError(
-                f"grid: {name!r} holds {activation.shape[0]} samples of grid {self.grid}, but "
-                f"x has {len(x)}; every sample needs the same grid"
+                f"grid: {name!r} holds {activation.shape[0]} samples of grid {self.grid}"
+                f"{f' in {self.tiles} tiles' if self.tiles > 1 else ''}, but x has {len(x)}; "
+                f"every sample needs the same grid"
             )
         if activation.dim() not in (3, 4, 5) or activation.shape[0] != len(x):
             raise CamkitValueError(
@@ -144,9 +168,9 @@ class Layout:
 
     def gradients(self, gradients: Tensor, name: str) -> Tensor:
         """Gradients ``(N, k, *layer output)`` as ``(N, k, C, *spatial)``."""
-        if self.kind == "merged_tokens":  # (L, k, C): no batch axis; samples within L
+        if self.kind == "merged_tokens" or self.tiles > 1:  # rows are not samples
             k = gradients.shape[1]
-            grids = self._unmerged(gradients.movedim(1, 0).flatten(0, 1), name)
+            grids = self.to_channels_first(gradients.movedim(1, 0).flatten(0, 1), name)
             return grids.view(k, -1, *grids.shape[1:]).movedim(0, 1)
         n, k = gradients.shape[:2]
         flat = self.to_channels_first(gradients.flatten(0, 1), name)
