@@ -491,3 +491,133 @@ def test_tiles_round_trip_and_refuse_other_layouts() -> None:
         Layout("channels_first", tiles=2)
     with pytest.raises(CamkitValueError, match="tiles"):
         Layout("tokens", grid=(2, 2, 2), token_order=(1, 2, 0), tiles=2)
+
+
+class IdeficsAnswering(nn.Module):
+    """Idefics3 with its text fixed, taking tiles ``(N, C, tiles, H, W)``."""
+
+    def __init__(self, model: nn.Module, input_ids: Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.input_ids = input_ids
+
+    def forward(self, tiles: Tensor) -> Tensor:
+        logits: Tensor = self.model(
+            input_ids=self.input_ids, pixel_values=tiles.movedim(2, 1)
+        ).logits
+        return logits
+
+
+def test_idefics3_tiles_of_siglip_tokens_get_a_map_each_equal_to_plain_autograd() -> None:
+    """Idefics3 (SmolVLM's architecture): SigLIP tokens without a class token, an image
+    cut into tiles that run as rows of one batch; tiles=3 and prefix_tokens=0."""
+    config = transformers.Idefics3Config(
+        vision_config={
+            "image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 2,
+        },
+        text_config={
+            "vocab_size": 120, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2,
+            "max_position_embeddings": 512,
+        },
+        image_token_id=100, scale_factor=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.Idefics3ForConditionalGeneration(config).eval()
+    sequence = torch.tensor([[1, *[100] * (4 * 3), 5, 6, 40, 41]])  # 4 tokens a tile
+    wrapped = IdeficsAnswering(model, sequence).eval()
+    torch.manual_seed(4)
+    tiles = torch.randn(1, 3, 3, 32, 32)
+    said = sequence[:, -2:]
+    layer = "model.model.vision_model.encoder.layers.1"
+    options = {"layout": "tokens", "prefix_tokens": 0, "grid": (4, 4), "tiles": 3}
+    raw = {"relu": False, "upsample": False, "normalize": False}
+    target = TokenTarget(said)
+    got = GradCAM(wrapped, layer, **options).explain(tiles, target, **raw).maps
+    assert got.shape == (1, 2, 3, 4, 4)
+    magnitude = GradCAMMagnitude(wrapped, layer, **options)
+    size = magnitude.explain(tiles, target, **raw).maps
+    module = resolve_layer(wrapped, layer).module
+    length = sequence.shape[1]
+
+    def arrange(t: Tensor) -> Tensor:  # (tiles, 16, C) -> (1, C, tiles, 4, 4)
+        return t.reshape(1, 3, 4, 4, t.shape[-1]).movedim(-1, 1)
+
+    for j in range(2):
+        position, token = length - 2 + j, int(said[0, j])
+
+        def score(logits: Tensor, p: int = position, t: int = token) -> Tensor:
+            return logits[:, p - 1, t]
+
+        expected = reference_gradcam_at(wrapped, module, tiles, score, arrange=arrange)
+        assert_gradcam_close(got[:, j], expected, size[:, j], magnitude.channels)
+
+
+def tiny_siglip_vision() -> nn.Module:
+    config = transformers.SiglipVisionConfig(
+        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, vision_use_head=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return transformers.SiglipVisionModel(config).eval()
+
+
+class PooledEmbedding(nn.Module):
+    """SigLIP's image embedding: its attention-pooling head's output."""
+
+    def __init__(self, vision: nn.Module) -> None:
+        super().__init__()
+        self.vision = vision
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        return self.vision(pixel_values=pixel_values).pooler_output  # type: ignore[no-any-return]
+
+
+def test_grad_eclip_reads_siglips_pooling_probe_as_the_class_token() -> None:
+    """SigLIP has no class token; its pooling head's probe queries the patches. The map,
+    from the equations with the head recomputed here: the similarity's gradient at the
+    probe's attention output before out_proj, times the values, times the min-max
+    scaled cosine of the probe's query and the keys (both through out_proj)."""
+    vision = tiny_siglip_vision()
+    wrapped = PooledEmbedding(vision).eval()
+    torch.manual_seed(5)
+    x, text = torch.randn(2, 3, 32, 32), torch.randn(32)
+    head = vision.head
+    attention = head.attention
+    with torch.no_grad():
+        hidden = vision(pixel_values=x).last_hidden_state  # the head's input, (2, 16, 32)
+    n, _, d = hidden.shape
+    w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = attention.in_proj_bias.chunk(3)
+    probe = head.probe.expand(n, -1, -1)
+    q, k, v = F.linear(probe, w_q, b_q), F.linear(hidden, w_k, b_k), F.linear(hidden, w_v, b_v)
+    heads = attention.num_heads
+
+    def split(z: Tensor) -> Tensor:
+        return z.view(n, len(z[0]), heads, d // heads).transpose(1, 2)
+
+    weights = (split(q) @ split(k).transpose(-1, -2) * (d // heads) ** -0.5).softmax(-1)
+    attended = (weights @ split(v)).transpose(1, 2).reshape(n, 1, d).detach().requires_grad_()
+    out = attention.out_proj(attended)
+    with torch.no_grad():  # the recomputation is the head's own attention
+        torch.testing.assert_close(out, attention(probe, hidden, hidden)[0])
+    out = out + head.mlp(head.layernorm(out))
+    similarity = F.cosine_similarity(out[:, 0], text[None], dim=-1)
+    (gradient,) = torch.autograd.grad(similarity.sum(), attended)
+    with torch.no_grad():
+        query = F.normalize(attention.out_proj(q[:, 0]), dim=-1)
+        key = F.normalize(attention.out_proj(k), dim=-1)
+        cosine = (key * query[:, None]).sum(-1)
+        low, high = cosine.amin(1, keepdim=True), cosine.amax(1, keepdim=True)
+        patches = torch.relu((gradient * v).sum(-1) * (cosine - low) / (high - low))
+    expected = patches.view(n, 4, 4)
+    low = expected.flatten(1).amin(1).view(n, 1, 1)
+    high = expected.flatten(1).amax(1).view(n, 1, 1)
+    explainer = camkit.GradECLIP(wrapped, "vision.head.attention", prefix_tokens=0)
+    got = explainer(x, camkit.SimilarityTarget(text), upsample=False)
+    torch.testing.assert_close(got, (expected - low) / (high - low), rtol=0, atol=1e-5)
+    assert float((high - low).min()) > 0  # the maps are not flat
+    not_batch_first = nn.Sequential(nn.MultiheadAttention(8, 2))
+    with pytest.raises(CamkitValueError, match="not batch first"):
+        camkit.GradECLIP(not_batch_first, "0")

@@ -64,10 +64,68 @@ class _Projections(Hooks):
         queries, keys, values = (self.outputs[i].float() for i in range(3))
         return queries, keys, values, self.attended
 
+    def before_out_proj(self, gradient: Tensor) -> Tensor:
+        """The gradient at the heads' concatenated output, from the one at :meth:`read`'s."""
+        return gradient
+
+
+class _PoolingProjections(Hooks):
+    """On a ``torch.nn.MultiheadAttention`` (SigLIP's attention-pooling head, whose query is
+    a learnt probe): records the queries, keys and values, computed from its inputs with
+    its ``in_proj`` weights, and makes its output (after ``out_proj``) a leaf the rest of
+    the forward pass records from."""
+
+    watches_inputs = True
+
+    def __init__(self, block: nn.MultiheadAttention) -> None:
+        super().__init__([("attention", block)])
+        self.block = block
+        self.outputs: dict[int, Tensor] = {}
+        self.attended: Tensor | None = None
+
+    def on_input(self, index: int, args: tuple[Any, ...]) -> Any:
+        block = self.block
+        if len(args) < 3 or block.in_proj_weight is None:
+            return None
+        weights = block.in_proj_weight.detach().chunk(3)
+        biases = [None] * 3 if block.in_proj_bias is None else block.in_proj_bias.detach().chunk(3)
+        for i in range(3):
+            self.outputs[i] = F.linear(args[i].detach(), weights[i], biases[i])
+        return None
+
+    def on_output(self, index: int, output: Any) -> Any:
+        torch.set_grad_enabled(True)
+        self.attended = output[0].detach().requires_grad_(True)
+        return (self.attended, *output[1:])
+
+    def read(self, name: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The queries, keys and values (float32) and the block's output of the pass."""
+        if self.attended is None or len(self.outputs) != 3:
+            raise CamkitValueError(
+                f"attention: {name!r} did not run in the forward pass with its query, key "
+                f"and value given as positional inputs"
+            )
+        queries, keys, values = (self.outputs[i].float() for i in range(3))
+        return queries, keys, values, self.attended
+
+    def before_out_proj(self, gradient: Tensor) -> Tensor:
+        """The gradient at the heads' concatenated output: ``out_proj`` is linear, so the
+        gradient at its input is the one at its output times its weight."""
+        return gradient @ self.block.out_proj.weight.detach().to(gradient.dtype)
+
 
 def _attention_block(model: nn.Module, name: str, argument: str) -> nn.Module:
-    """The attention block ``name`` of ``model``, checked to have the four projections."""
+    """The attention block ``name`` of ``model``, checked to have the four projections (or
+    to be a batch-first ``torch.nn.MultiheadAttention``)."""
     block = resolve_layer(model, name).module
+    if isinstance(block, nn.MultiheadAttention):
+        if not block.batch_first or block.in_proj_weight is None:
+            raise CamkitValueError(
+                f"{argument}: {name!r} is a torch.nn.MultiheadAttention that is not batch "
+                f"first or has separate key and value sizes; Grad-ECLIP reads batch-first "
+                f"attention with one in_proj weight (SigLIP's pooling head)"
+            )
+        return block
     missing = [p for p in PROJECTIONS if not isinstance(getattr(block, p, None), nn.Linear)]
     if missing:
         raise CamkitValueError(
@@ -113,12 +171,20 @@ class GradECLIP(Explainer):
     explains the model as it is. Maps ``(N, H, W)`` on the patch grid
     (``upsample=False``) or upsampled bilinearly to the image, scaled to [0, 1].
 
+    SigLIP has no class token: its image embedding is read by an attention-pooling
+    head, whose query is a learnt probe. Name that head's ``torch.nn.MultiheadAttention``
+    (``"vision_model.head.attention"``) with ``prefix_tokens=0``, and the probe plays
+    the class token's part: its query, the gradient at its attention output before
+    ``out_proj``, every token a patch (camkit's extension of the method; the paper
+    and the authors' code treat CLIP).
+
     Args:
         model: A module whose output the target scores, such as a Hugging Face
             ``CLIPVisionModelWithProjection`` (its ``image_embeds``).
         attention: The last attention block of the image encoder, with
             ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj`` submodules
-            (``"vision_model.encoder.layers.11.self_attn"``).
+            (``"vision_model.encoder.layers.11.self_attn"``), or SigLIP's pooling
+            head's ``torch.nn.MultiheadAttention`` (batch first).
         prefix_tokens: Leading tokens before the patches (1: the class token).
         grid: The patch grid ``(h, w)``; a square when omitted.
 
@@ -212,15 +278,21 @@ class GradECLIP(Explainer):
 
     def _explained(self, request: Request, upsample: bool) -> Explained:
         name = self.layer_names[0]
-        with _Projections(self.block, leaf=True) as hooks, torch.no_grad():
+        hooks: _Projections | _PoolingProjections = (
+            _PoolingProjections(self.block)
+            if isinstance(self.block, nn.MultiheadAttention)
+            else _Projections(self.block, leaf=True)
+        )
+        with hooks, torch.no_grad():
             output = request.run(self.model, request.x)
             bound, scores = bind_and_score(request, output)
             queries, keys, values, attended = hooks.read(name)
             (gradient,) = gradients_at(scores, [attended], [repr(name)])
         with torch.no_grad():
             p = self.prefix_tokens
+            gradient = hooks.before_out_proj(gradient[:, :, 0].float())
             loosened = _loosened(self.block, queries[:, 0], keys[:, p:])
-            weighted = torch.einsum("nkd,npd->nkp", gradient[:, :, 0].float(), values[:, p:])
+            weighted = torch.einsum("nkd,npd->nkp", gradient, values[:, p:])
             patches = torch.relu(weighted * loosened[:, None])  # (N, k, P)
             n, k, count = patches.shape
             layout = Layout("tokens", prefix_tokens=0, grid=self.grid)
