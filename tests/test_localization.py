@@ -199,18 +199,25 @@ def test_focus_equals_quantus() -> None:
     np.testing.assert_allclose(got.values.numpy(), np.asarray(expected), rtol=1e-11)
 
 
-def test_rank_sums_by_numpy_and_by_torch_are_the_brute_force_ranks() -> None:
-    from camkit.metrics._sorting import rank_sums_numpy, rank_sums_torch
+def test_mann_whitney_u_by_numpy_and_by_torch_counts_the_pairs() -> None:
+    from camkit.metrics._sorting import mann_whitney_u, rank_sums_torch
 
     generator = torch.Generator().manual_seed(0)
     values = torch.round(torch.rand(6, 50, generator=generator, dtype=torch.float64) * 5) / 5
     selected = torch.rand(6, 50, generator=generator) > 0.5
-    # average rank of v_i: the values below it, plus the mean place among its ties
+    # every (selected, other) pair: 1 where the selected value is larger, 1/2 where tied
+    larger = (values[:, :, None] > values[:, None, :]).double()
+    tied = (values[:, :, None] == values[:, None, :]).double()
+    pairs = selected[:, :, None] & ~selected[:, None, :]
+    expected = ((larger + tied / 2) * pairs).sum(dim=(1, 2))
+    torch.testing.assert_close(mann_whitney_u(values, selected), expected, rtol=0, atol=0)
+    by_torch = mann_whitney_u(values.clone().requires_grad_(), selected)  # the torch path
+    torch.testing.assert_close(by_torch, expected, rtol=0, atol=1e-9)
+    # the rank sums behind the torch path: below, plus the mean place among the ties
     below = (values[:, None, :] < values[:, :, None]).sum(2).double()
-    tied = (values[:, None, :] == values[:, :, None]).sum(2).double()
-    expected = ((below + (tied + 1) / 2) * selected).sum(1)
-    torch.testing.assert_close(rank_sums_numpy(values, selected), expected, rtol=0, atol=1e-9)
-    torch.testing.assert_close(rank_sums_torch(values, selected), expected, rtol=0, atol=1e-9)
+    ties = (values[:, None, :] == values[:, :, None]).sum(2).double()
+    ranks = ((below + (ties + 1) / 2) * selected).sum(1)
+    torch.testing.assert_close(rank_sums_torch(values, selected), ranks, rtol=0, atol=1e-9)
 
 
 def test_average_ranks_by_numpy_and_by_torch() -> None:
@@ -223,3 +230,22 @@ def test_average_ranks_by_numpy_and_by_torch() -> None:
     expected = below + (tied - 1) / 2  # 0-based: the mean of the tied places
     torch.testing.assert_close(average_ranks(values), expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(_average_ranks_torch(values), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("ties", ["average", "first"])
+def test_top_hits_by_numpy_and_by_torch_agree(ties: str) -> None:
+    """The CPU path (NumPy) and the one other devices take (torch), on rows with ties."""
+    from camkit.metrics.localization import _top_hits_numpy, _top_hits_torch
+
+    generator = torch.Generator().manual_seed(1)
+    flat = torch.round(torch.rand(8, 60, generator=generator, dtype=torch.float64) * 6) / 6
+    inside = torch.rand(8, 60, generator=generator) > 0.6
+    for counts in (torch.full((8,), 7), torch.arange(8) * 5):  # the same k, and 0 to 35
+        by_numpy = _top_hits_numpy(flat.numpy(), inside.numpy(), counts.numpy(), ties)
+        by_torch = _top_hits_torch(flat, inside, counts, ties)
+        torch.testing.assert_close(by_numpy, by_torch, rtol=0, atol=1e-12)
+    # and by hand: k = 1 on a row whose top value is tied between a mask pixel and another
+    row = torch.tensor([[0.9, 0.9, 0.1]], dtype=torch.float64)
+    mask = torch.tensor([[True, False, False]])
+    expected = 0.5 if ties == "average" else 1.0
+    assert float(_top_hits_numpy(row.numpy(), mask.numpy(), np.array([1]), ties)[0]) == expected

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.metrics._common import MetricResult, summarize
-from camkit.metrics._sorting import kth_largest, rank_sums
+from camkit.metrics._sorting import kth_largest, mann_whitney_u
 
 __all__ = [
     "auc",
@@ -149,7 +149,7 @@ def auc(maps: Tensor, masks: Tensor) -> MetricResult:
     flat, inside = m.flatten(1), gt.flatten(1)
     positives = inside.sum(dim=1).double()
     total = flat.shape[1]
-    u = rank_sums(flat, inside).to(positives.device) - positives * (positives + 1) / 2
+    u = mann_whitney_u(flat, inside).to(positives.device)
     defined = (positives > 0) & (positives < total)
     values = torch.where(defined, u / (positives * (total - positives)).clamp_min(1), math.nan)
     return summarize("auc", values.cpu())
@@ -220,9 +220,13 @@ def top_k_intersection(
         raise CamkitValueError(f"k: got {k!r}; allowed: a positive int")
     pixels = gt[0].numel()
     taken = min(k, pixels)
-    hits = _top_hits(m, gt, torch.full((len(m),), taken), _checked_ties(ties))
+    ties = _checked_ties(ties)
+    sizes = gt.flatten(1).sum(1).cpu()  # beside the hits, which are read on the host
+    if taken == pixels:  # every pixel is among the top k: the hits are the mask's pixels
+        hits = sizes.double()
+    else:
+        hits = _top_hits(m, gt, torch.full((len(m),), taken), ties)
     values = hits / taken
-    sizes = gt.flatten(1).sum(1)
     if concept_influence:
         values = values * pixels / sizes.clamp_min(1)
     return summarize("top_k_intersection", torch.where(sizes > 0, values, math.nan))
@@ -238,12 +242,19 @@ def _top_hits(m: Tensor, gt: Tensor, counts: Tensor, ties: str) -> Tensor:
     """How many of each map's ``counts[i]`` highest pixels lie in its mask (float64)."""
     flat, inside = m.flatten(1), gt.flatten(1)
     counts = counts.to(torch.int64).cpu()
-    taken = counts.clamp_min(1)
     if ties == "quantus":  # Quantus 0.6: np.argsort(-a), numpy's default (unstable) sort
         order = torch.from_numpy(np.argsort(-flat.cpu().numpy(), axis=-1))
         ranked = inside.cpu().gather(1, order)
         within = torch.arange(flat.shape[1]) < counts[:, None]
         return torch.where(counts > 0, (ranked & within).sum(1).double(), 0.0)
+    if flat.device.type == "cpu":  # NumPy: these small element-wise steps cost it less
+        return _top_hits_numpy(flat.numpy(), inside.numpy(), counts.numpy(), ties)
+    return _top_hits_torch(flat, inside, counts, ties)
+
+
+def _top_hits_torch(flat: Tensor, inside: Tensor, counts: Tensor, ties: str) -> Tensor:
+    """:func:`_top_hits` of rows on any device, by torch (``counts`` on the host)."""
+    taken = counts.clamp_min(1)
     cut = kth_largest(flat, taken)  # (N, 1)
     above, tied = flat > cut, flat == cut
     needed = (counts.to(flat.device) - above.sum(1)).double()
@@ -255,6 +266,25 @@ def _top_hits(m: Tensor, gt: Tensor, counts: Tensor, ties: str) -> Tensor:
         rank_in_tie = tied.long().cumsum(dim=1)  # 1, 2, ... along the tied pixels
         hit = hit + (inside & tied & (rank_in_tie <= needed[:, None])).sum(1).double()
     return torch.where(counts.to(flat.device) > 0, hit, 0.0).cpu()
+
+
+def _top_hits_numpy(flat: np.ndarray, inside: np.ndarray, counts: np.ndarray, ties: str) -> Tensor:
+    """:func:`_top_hits` of CPU rows, by NumPy (``counts`` the same for every row or not)."""
+    taken = np.maximum(counts, 1)
+    if (taken == taken[0]).all():
+        k = int(taken[0])
+        cut = -np.partition(-flat, k - 1, axis=1)[:, k - 1 : k]
+    else:
+        cut = np.take_along_axis(-np.sort(-flat, axis=1), taken[:, None] - 1, axis=1)
+    above, tied = flat > cut, flat == cut
+    needed = (counts - above.sum(1)).astype(np.float64)
+    hit = (inside & above).sum(1).astype(np.float64)
+    if ties == "average":
+        hit += needed * (inside & tied).sum(1) / tied.sum(1)
+    else:  # first: the tied pixels in row-major order
+        rank_in_tie = np.cumsum(tied, axis=1)
+        hit += (inside & tied & (rank_in_tie <= needed[:, None])).sum(1)
+    return torch.from_numpy(np.where(counts > 0, hit, 0.0))
 
 
 def focus(maps: Tensor, quadrants: Tensor) -> MetricResult:
