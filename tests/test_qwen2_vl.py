@@ -186,6 +186,10 @@ def test_merged_tokens_round_trip_and_refuse_what_does_not_fit() -> None:
                   layout="merged_tokens", grid=(4, 4), merge_size=MERGE)  # fmt: skip
     with pytest.raises(CamkitValueError, match="grid"):
         cam(torch.randn(1, 3, HEIGHT, WIDTH), TokenTarget([7, 8]))
+    ablation = camkit.AblationCAM(Answering(model, input_ids), "model.model.visual.blocks.1",
+                                  layout="merged_tokens", grid=GRID, merge_size=MERGE)  # fmt: skip
+    with pytest.raises(CamkitValueError, match="merged tokens, so camkit cannot replace"):
+        ablation(torch.randn(1, 3, HEIGHT, WIDTH), TokenTarget([7, 8]))
     assert camkit.GradCAM(model, "model.visual.blocks.1").settings()["merge_size"] == 1
 
 

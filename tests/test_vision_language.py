@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 import camkit
 from camkit import GradCAM, TokenTarget
-from camkit.errors import CamkitTypeError, CamkitValueError
+from camkit.errors import CamkitModelError, CamkitTypeError, CamkitValueError
 from camkit.layers import resolve_layer
 from tests.helpers import (
     GradCAMMagnitude,
@@ -474,6 +474,12 @@ def test_llava_next_tiles_get_a_map_each_equal_to_plain_autograd() -> None:
     assert full.shape == (1, 3, 3, 32, 32)  # a map per tile at the tile's size
     with pytest.raises(CamkitValueError, match="tiles"):
         GradCAM(wrapped, layer, **{**options, "tiles": 2})(tiles, target)
+    with pytest.raises(CamkitValueError, match="3 tiles, so camkit cannot replace"):
+        camkit.AblationCAM(wrapped, layer, **options)(tiles, target)
+    # LLaVA-NeXT answers many copies with one text's logits, silently: camkit refuses
+    with pytest.raises(CamkitValueError, match="follow the batch"):
+        camkit.ScoreCAM(wrapped, layer, **options)(tiles, target)
+    assert_untouched(before, snapshot(wrapped))
 
 
 def test_tiles_round_trip_and_refuse_other_layouts() -> None:
@@ -621,3 +627,38 @@ def test_grad_eclip_reads_siglips_pooling_probe_as_the_class_token() -> None:
     not_batch_first = nn.Sequential(nn.MultiheadAttention(8, 2))
     with pytest.raises(CamkitValueError, match="not batch first"):
         camkit.GradECLIP(not_batch_first, "0")
+
+
+class TextAsInput(nn.Module):
+    """LLaVA taking the image first and the text as a keyword input, which camkit picks
+    the rows of for every copy a method makes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: Tensor, input_ids: Tensor) -> Tensor:
+        logits: Tensor = self.model(input_ids=input_ids, pixel_values=pixel_values).logits
+        return logits
+
+
+def test_methods_that_rerun_the_model_need_the_text_to_follow_the_batch() -> None:
+    """Score-CAM runs the model on masked copies of the images: with the text fixed in a
+    wrapper, the model sees one text for many copies, a clear error; with the text as
+    forward_kwargs, camkit picks each copy's row, and a batch equals its samples alone."""
+    model = tiny_llava()
+    torch.manual_seed(6)
+    images = torch.randn(2, 3, 32, 32)
+    sequences = torch.cat([answer(model, images[i : i + 1], 3)[0] for i in range(2)])
+    said = sequences[:, -3:]
+    fixed = Answering(model, sequences[:1]).eval()
+    with pytest.raises(CamkitModelError, match="image tokens do not match"):  # LLaVA refuses
+        camkit.ScoreCAM(fixed, LAYER, **TOKENS)(images[:1], TokenTarget(said[:1]))
+    wrapped = TextAsInput(model).eval()
+    cam = camkit.ScoreCAM(wrapped, LAYER, **TOKENS, batch_size=8)
+    both = cam(images, TokenTarget(said), forward_kwargs={"input_ids": sequences})
+    assert both.shape == (2, 3, 32, 32)
+    for i in range(2):
+        alone = cam(images[i : i + 1], TokenTarget(said[i : i + 1]),
+                    forward_kwargs={"input_ids": sequences[i : i + 1]})  # fmt: skip
+        torch.testing.assert_close(both[i], alone[0], rtol=0, atol=1e-5)

@@ -88,6 +88,22 @@ class Layout:
         self.grid = grid
         self.token_order = None if token_order is None else tuple(token_order)
 
+    @property
+    def rows_are_samples(self) -> bool:
+        """Whether the layer's output has one row per sample (not merged tokens, not tiles)."""
+        return self.kind != "merged_tokens" and self.tiles == 1
+
+    def check_replaceable(self, name: str, what: str) -> None:
+        """Refuse to put ``what`` in place of the layer's output where several rows (or
+        none) belong to one sample: the copies a method makes are rows of samples."""
+        if not self.rows_are_samples:
+            lays = "merged tokens" if self.kind == "merged_tokens" else f"{self.tiles} tiles"
+            raise CamkitValueError(
+                f"layer: {name!r} lays each sample out as {lays}, so camkit cannot {what}; "
+                f"use a gradient or activation method (Grad-CAM, LayerCAM, Eigen-CAM, ...) "
+                f"there, or occlusion on the input"
+            )
+
     def to_channels_first(self, t: Tensor, name: str) -> Tensor:
         """View ``t`` as ``(N, C, *spatial)``."""
         if self.kind == "channels_first":

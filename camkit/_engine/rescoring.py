@@ -90,12 +90,21 @@ class Rescoring:
         """The target scores ``(M, k)`` of the model on other inputs, row ``i`` for sample
         ``samples[i]``."""
         output = self.request.run(self.layer.model, inputs, samples)
-        return self.target.scores(output, samples).float()
+        scores = self.target.scores(output, samples).float()
+        if len(scores) != len(inputs):
+            raise CamkitValueError(
+                f"model: gave scores for {len(scores)} rows on {len(inputs)} copies of the "
+                f"input; a method that re-runs the model on copies needs every input to "
+                f"follow the batch: pass the model's other inputs (a text's input_ids) as "
+                f"forward_kwargs, whose rows camkit picks for each copy, not fixed in a wrapper"
+            )
+        return scores
 
     @torch.no_grad()
     def score_activations(self, replacement: Tensor, samples: Tensor) -> Tensor:
         """The target scores ``(M, k)`` with the layer's output replaced by ``replacement``
         ``(M, C, *spatial)`` (channels first), row ``i`` for sample ``samples[i]``."""
+        self.layer.layout.check_replaceable(self.ref.name, "replace its output by copies")
         rows = self.recorded.detach()[samples]
         swapped = self.layer.layout.from_channels_first(replacement, rows).to(rows.dtype)
         with self.request.precision.callers():  # the network after the layer is the model's
@@ -116,6 +125,7 @@ class Rescoring:
                 f"hessian_times: the gradients of layer {name!r} were taken without a "
                 f"graph; set needs_hessian = True on the method"
             )
+        self.layer.layout.check_replaceable(name, "take second derivatives at it")
         v = self.layer.layout.from_channels_first(vectors, recorded).to(recorded.dtype)
         products = []
         with torch.enable_grad():

@@ -82,6 +82,8 @@ class TAM:
       token's; camkit compares ids.
     - The authors' filter gives NaN where a window is constant and positive (a
       standard deviation of 0); camkit takes that window's value.
+    - The authors divide by a zero span where a map and its text activations are all
+      equal (NaN); camkit gives zeros there.
     - The authors round maps to 8 bits; camkit keeps float32.
 
     Args:
