@@ -15,6 +15,7 @@ from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.methods.tam import rank_gaussian_filter
 from camkit.vision_language import image_grid
 from tests.helpers import assert_untouched, snapshot
+from tests.test_vision_language import tiny_llava as llava_of_size
 
 transformers = pytest.importorskip("transformers")
 
@@ -22,21 +23,9 @@ IMAGE_TOKEN = 99
 EPS = float(torch.finfo(torch.float32).eps)
 
 
-def tiny_llava(seed: int = 0) -> nn.Module:
-    vision = transformers.CLIPVisionConfig(
-        image_size=48, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2,
-    )  # fmt: skip
-    text = transformers.LlamaConfig(
-        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-    )  # fmt: skip
-    config = transformers.LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN,
-        vision_feature_layer=-1, vision_feature_select_strategy="default",
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    return transformers.LlavaForConditionalGeneration(config).eval()
+def tiny_llava() -> nn.Module:
+    """The vision-language tests' LLaVA on 48 x 48 images: 6 x 6 image tokens."""
+    return llava_of_size(48)
 
 
 GRID = (6, 6)  # 48 / 8

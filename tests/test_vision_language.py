@@ -32,15 +32,21 @@ LAYER = "model.model.vision_tower.encoder.layers.0"
 TOKENS = {"layout": "tokens", "prefix_tokens": 1, "grid": (4, 4)}
 
 
-def tiny_llava() -> nn.Module:
+def tiny_configs(image_size: int = 32) -> tuple[object, object]:
+    """A CLIP vision tower (8 x 8 patches) and a Llama text model, both small."""
     vision = transformers.CLIPVisionConfig(
-        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2,
+        image_size=image_size, patch_size=8, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=2,
     )  # fmt: skip
     text = transformers.LlamaConfig(
         vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
     )  # fmt: skip
+    return vision, text
+
+
+def tiny_llava(image_size: int = 32) -> nn.Module:
+    vision, text = tiny_configs(image_size)
     config = transformers.LlavaConfig(
         vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN,
         vision_feature_layer=-1, vision_feature_select_strategy="default",
@@ -400,14 +406,7 @@ def test_paligemma_siglip_tokens_have_no_class_token_and_each_word_its_map() -> 
 
 
 def tiny_llava_next() -> nn.Module:
-    vision = transformers.CLIPVisionConfig(
-        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2,
-    )  # fmt: skip
-    text = transformers.LlamaConfig(
-        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-    )  # fmt: skip
+    vision, text = tiny_configs()
     config = transformers.LlavaNextConfig(
         vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN,
         image_grid_pinpoints=[[32, 64], [64, 32], [64, 64]], vision_feature_layer=-1,
