@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         load_split("test", arguments.data),
     )
     n, m = arguments.train_size, arguments.test_size
+    torch.manual_seed(0)  # the initial weights too: a training run is reproducible
     cases = {
         "volume": Case(
             "volume", VolumeNet(),
