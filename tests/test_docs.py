@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tempfile
 import textwrap
 from html.parser import HTMLParser
 from pathlib import Path
@@ -41,7 +42,10 @@ def snippets(page: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
-def test_snippets_run(page: Path) -> None:
+def test_snippets_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the snippets' tempfile.mkdtemp() folders (map stores of 100 MB) go under tmp_path,
+    # which pytest removes, not into the system's temporary folder for good
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     code = snippets(page)
     namespace: dict[str, object] = {"__name__": "__snippet__"}
     for block in code:
