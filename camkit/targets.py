@@ -642,12 +642,24 @@ class TokenTarget:
                 f"{tuple(logits.shape)}"
             )
         m, length, vocabulary = logits.shape
+        tokens, positions = self.rows(m, length, vocabulary, samples)
+        tokens, positions = tokens.to(logits.device), positions.to(logits.device)
+        rows = torch.arange(m, device=logits.device)[:, None]
+        scores: Tensor = logits[rows, positions - 1, tokens]
+        return scores
+
+    def rows(
+        self, m: int, length: int, vocabulary: int, samples: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The token ids and their positions ``(M, k)`` for ``m`` sequences of ``length``
+        positions (row ``i`` for sample ``samples[i]``), checked against the sequence and
+        a ``vocabulary`` of that many ids."""
         k = self.tokens.shape[1]
-        tokens = _for_rows(self.tokens, samples, m, "tokens").to(logits.device)
+        tokens = _for_rows(self.tokens, samples, m, "tokens")
         if self.positions is None:
-            positions = torch.arange(length - k, length, device=logits.device).expand(m, k)
+            positions = torch.arange(length - k, length).expand(m, k)
         else:
-            positions = _for_rows(self.positions, samples, m, "positions").to(logits.device)
+            positions = _for_rows(self.positions, samples, m, "positions")
         if int(positions.max()) >= length or length - k < 1:
             raise CamkitValueError(
                 f"positions: the sequence has {length} positions, too few for {k} tokens at "
@@ -657,9 +669,7 @@ class TokenTarget:
             raise CamkitValueError(
                 f"tokens: got id {int(tokens.max())}; the vocabulary has {vocabulary}"
             )
-        rows = torch.arange(m, device=logits.device)[:, None]
-        scores: Tensor = logits[rows, positions - 1, tokens]
-        return scores
+        return tokens, positions
 
     def __repr__(self) -> str:
         return f"TokenTarget({self.tokens.shape[1]} tokens)"

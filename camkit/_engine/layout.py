@@ -161,7 +161,7 @@ class Layout:
         """A layer's output as ``(N, C, *spatial)``, checked against the input batch ``x``
         (and, with ``upsample``, against resizing to its spatial size)."""
         activation = self.to_channels_first(native, name)
-        if (self.kind == "merged_tokens" or self.tiles > 1) and activation.shape[0] != len(x):
+        if not self.rows_are_samples and activation.shape[0] != len(x):
             raise CamkitValueError(
                 f"grid: {name!r} holds {activation.shape[0]} samples of grid {self.grid}"
                 f"{f' in {self.tiles} tiles' if self.tiles > 1 else ''}, but x has {len(x)}; "
@@ -184,7 +184,7 @@ class Layout:
 
     def gradients(self, gradients: Tensor, name: str) -> Tensor:
         """Gradients ``(N, k, *layer output)`` as ``(N, k, C, *spatial)``."""
-        if self.kind == "merged_tokens" or self.tiles > 1:  # rows are not samples
+        if not self.rows_are_samples:
             k = gradients.shape[1]
             grids = self.to_channels_first(gradients.movedim(1, 0).flatten(0, 1), name)
             return grids.view(k, -1, *grids.shape[1:]).movedim(0, 1)

@@ -221,14 +221,9 @@ class TAM:
                 )
             )
         n, length = ids.shape
-        tokens, positions = _tokens_and_positions(target, n, length, ids.device)
         linear = cast(nn.Linear, self.head.module)
         weight = linear.weight.detach()
-        if int(tokens.max()) >= len(weight):
-            raise CamkitValueError(
-                f"target: token id {int(tokens.max())} is outside the head's vocabulary of "
-                f"{len(weight)}"
-            )
+        tokens, positions = target.rows(n, length, len(weight))
         bias = None if linear.bias is None else linear.bias.detach()
         hidden, output = self._hidden_states(inputs, ids)
         ids, tokens, positions = (t.to(hidden.device) for t in (ids, tokens, positions))
@@ -394,28 +389,6 @@ def _image_token(model: nn.Module) -> int:
         "image_token: the model's config has no image_token_id or image_token_index; "
         "give the id of the image's tokens"
     )
-
-
-def _tokens_and_positions(
-    target: TokenTarget, n: int, length: int, device: torch.device
-) -> tuple[Tensor, Tensor]:
-    tokens = target.tokens.expand(n, -1) if len(target.tokens) == 1 else target.tokens
-    if len(tokens) != n:
-        raise CamkitValueError(
-            f"target: tokens for {len(tokens)} samples, but input_ids has {n} sequences"
-        )
-    k = tokens.shape[1]
-    if target.positions is None:
-        positions = torch.arange(length - k, length).expand(n, k)
-    else:
-        positions = (
-            target.positions.expand(n, -1) if len(target.positions) == 1 else target.positions
-        )
-    if int(positions.max()) >= length:
-        raise CamkitValueError(
-            f"positions: got {int(positions.max())}; the sequence has {length} positions"
-        )
-    return tokens.to(device), positions.to(device)
 
 
 def _context_positions(
