@@ -213,7 +213,7 @@ OTHER: dict[str, list[Any]] = {
     "grid": [(6, 6)], "window": [6], "step": [2], "scales": [[8, 9]], "seed": [7],
     "fc": ["4", "5"], "layers": [["0"]], "alpha": [0.5], "scaling": ["per_channel"],
     "token_order": [(1, 0)], "stride": [[2], [3]], "fill": ["mean_patch"],
-    "blend": ["constant"], "activation": ["softmax"],
+    "blend": ["constant"], "activation": ["softmax"], "batch_size": [3, 4],
 }  # fmt: skip
 TOGETHER = {
     ("LeGrad", "blocks"): ("head",),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from functools import partial
 from typing import Any
@@ -145,6 +146,56 @@ def test_batch_size_never_changes_a_result(metric: Any) -> None:
     assert_untouched(before, snapshot(model))
     from_cam = metric(model, x, GradCAM(model, "4"), batch_size=4).values
     torch.testing.assert_close(from_cam, results[0])
+
+
+_SMALL = {  # parameters that fit a 10 x 10 input, or keep the test short
+    "continuity": {"steps": 8},
+    "faithfulness_correlation": {"subset_size": 10, "runs": 6},
+    "monotonicity_correlation": {"samples": 4},
+    "relative_representation_stability": {"layer": "4"},
+}
+
+
+def _metrics_with_passes() -> list[str]:
+    import camkit.metrics
+
+    names = []
+    for name in camkit.metrics.__all__:
+        function = getattr(camkit.metrics, name)
+        if inspect.isfunction(function) and "batch_size" in inspect.signature(function).parameters:
+            names.append(name)
+    return names
+
+
+@pytest.mark.parametrize("name", _metrics_with_passes())
+def test_every_metric_gives_the_same_values_whatever_its_rows_per_pass(name: str) -> None:
+    """The default (``None``: rows sized to the input) and any int give the same values."""
+    import camkit.metrics
+    from camkit.metrics._common import check_batch
+
+    metric = partial(getattr(camkit.metrics, name), **_SMALL.get(name, {}))
+    model = conv_net(2, in_channels=1).double()  # float64: batching hardly changes rounding
+    x = torch.randn(5, 1, 10, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    cam = GradCAM(model, "4")
+    before = snapshot(model)
+    results = [metric(model, x, cam, batch_size=b).values for b in (None, 1, 3)]
+    for other in results[1:]:
+        torch.testing.assert_close(other, results[0], equal_nan=True)
+    assert_untouched(before, snapshot(model))
+    assert check_batch(x, None) == (5, 256)
+
+
+def test_the_default_rows_per_pass_follow_the_input_size() -> None:
+    from camkit._engine.option_checks import MOST_ROWS, ROW_VALUES
+    from camkit.metrics._common import check_batch
+
+    assert check_batch(torch.zeros(2, 1, 28, 28), None) == (2, MOST_ROWS)
+    assert check_batch(torch.zeros(2, 3, 224, 224), None) == (2, ROW_VALUES // (3 * 224 * 224))
+    assert check_batch(torch.zeros(1, 1, 160, 160, 160), None) == (1, 1)  # never 0 rows
+    assert check_batch(torch.zeros(3, 2), 7) == (3, 7)
+    for bad in (0, -1, 2.0, True, "8"):
+        with pytest.raises(CamkitValueError, match="batch_size: got"):
+            check_batch(torch.zeros(3, 2), bad)  # type: ignore[arg-type]
 
 
 def test_maps_of_the_wrong_kind_are_refused() -> None:

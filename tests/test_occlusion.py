@@ -196,6 +196,29 @@ def test_the_gaussian_fill_and_blend_weights() -> None:
     assert bool((blend_weights((3, 2), "constant") == 1).all())
 
 
+def test_the_default_rows_per_pass_follow_the_input_size() -> None:
+    """batch_size=None (the default) runs as many copies as hold 2 Mi values: 8 of 64 cubed."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv3d(1, 3, 3), nn.ReLU(), nn.AdaptiveAvgPool3d(2), nn.Flatten(), nn.Linear(24, 4)
+    ).eval()
+    rows: list[int] = []
+    handle = model.register_forward_pre_hook(lambda _, args: rows.append(len(args[0])))
+    x = torch.randn(2, 1, 64, 64, 64)
+    try:
+        maps = camkit.OcclusionSensitivity(model, mask_size=32, stride=16).explain(
+            x, [0, 1], relu=False, normalize=False
+        )
+    finally:
+        handle.remove()
+    assert rows[0] == 2 and max(rows[1:]) == 8 and sum(rows[1:]) == 2 * 27  # 3 x 3 x 3 windows
+    fixed = camkit.OcclusionSensitivity(model, mask_size=32, stride=16, batch_size=54)
+    atol = tolerance(model, x)
+    torch.testing.assert_close(
+        fixed.explain(x, [0, 1], relu=False, normalize=False).maps, maps.maps, rtol=0, atol=atol
+    )
+
+
 def test_the_batch_size_and_the_batch_do_not_change_the_maps() -> None:
     model = net_3d()
     x = torch.randn(3, 1, 10, 10, 10)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from camkit._engine import map_ops
 from camkit._engine.model import check_input, eval_mode, forward
 from camkit._engine.model_outputs import logits_in
+from camkit._engine.option_checks import optional_batch_size, rows_per_pass
 from camkit._engine.targets import check_target
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.explainer import Explainer
@@ -153,9 +154,9 @@ def maps_for(maps: Maps, x: Tensor, classes: Tensor) -> Tensor:
     return result.to(x.device, torch.float32)
 
 
-def check_batch(x: object, batch_size: int) -> int:
-    """Validate the input batch and the batch size; return N."""
+def check_batch(x: object, batch_size: int | None) -> tuple[int, int]:
+    """Validate the input batch and the batch size; return N and the rows per forward pass
+    (``batch_size``, or for None as many as :func:`rows_per_pass` picks)."""
     n = check_input(x)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise CamkitValueError(f"batch_size: got {batch_size!r}; allowed: a positive int")
-    return n
+    optional_batch_size(batch_size)
+    return n, rows_per_pass(batch_size, x.shape[1:])  # type: ignore[attr-defined]

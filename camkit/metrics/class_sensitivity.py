@@ -73,7 +73,7 @@ def random_logit(
     num_classes: int | None = None,
     seed: int = 42,
     similarity: Similarity | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Random Logit: the similarity of the explained class's map to another class's.
 
@@ -95,7 +95,8 @@ def random_logit(
         similarity: ``similarity(a, b)`` per pair of maps; by default
             :func:`~camkit.metrics.ssim` over 2-D maps (``data_range`` 1: the maps
             lie in [0, 1]), or the Spearman correlation for other shapes.
-        batch_size: Rows per forward pass for the classes.
+        batch_size: Rows per forward pass for the classes; None sizes
+            the passes to the input (:ref:`metrics-batch-size`).
 
     Returns:
         The similarity per sample, and its mean.
@@ -109,7 +110,7 @@ def random_logit(
         >>> result.values.shape
         torch.Size([2])
     """
-    check_batch(x, batch_size)
+    _, batch_size = check_batch(x, batch_size)
     explainer_of(maps, "random_logit")
     classes = classes_of(model, x, target, batch_size)
     if num_classes is None:

@@ -54,7 +54,7 @@ def faithfulness_correlation(
     softmax: bool = False,
     subsets: Tensor | None = None,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Faithfulness Correlation: the correlation of a random subset's map mass with the
     score's drop when that subset is removed.
@@ -83,7 +83,8 @@ def faithfulness_correlation(
             flattened spatial grid (such as another library's draws); by default
             drawn from a generator seeded with ``seed``.
         seed: The seed of the default subsets (the same subsets on every call).
-        batch_size: Rows per forward pass.
+        batch_size: Rows per forward pass; None sizes
+            the passes to the input (:ref:`metrics-batch-size`).
 
     Returns:
         The correlation per sample, and its mean.
@@ -97,7 +98,7 @@ def faithfulness_correlation(
         >>> result.values.shape
         torch.Size([2])
     """
-    n = check_batch(x, batch_size)
+    n, batch_size = check_batch(x, batch_size)
     classes = classes_of(model, x, target, batch_size)
     weights = maps_for(maps, x, classes).double().flatten(1)
     pixels = weights.shape[1]
@@ -146,7 +147,7 @@ def monotonicity_correlation(
     ties: str = "first",
     fills: Tensor | None = None,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Monotonicity Correlation: the rank correlation of each group's map mass with the
     variance its removal causes.
@@ -179,7 +180,8 @@ def monotonicity_correlation(
         fills: Your own replacement values, ``(steps, samples, N)`` (such as
             another library's draws), in place of the baseline.
         seed: The seed of the ``"uniform"`` draws.
-        batch_size: Rows per forward pass.
+        batch_size: Rows per forward pass; None sizes
+            the passes to the input (:ref:`metrics-batch-size`).
 
     Returns:
         The correlation per sample, and its mean.
@@ -193,7 +195,7 @@ def monotonicity_correlation(
         >>> result.values.shape
         torch.Size([2])
     """
-    n = check_batch(x, batch_size)
+    n, batch_size = check_batch(x, batch_size)
     check_count("features_in_step", features_in_step)
     check_count("samples", samples)
     check_ties(ties)
@@ -240,7 +242,7 @@ def sensitivity_n(
     softmax: bool = True,
     mass: str = "removed",
     ties: str = "first",
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Sensitivity-n: for each ``n``, the correlation over the samples of the mass of the
     ``n`` top pixels with the score's drop when they are removed.
@@ -276,7 +278,8 @@ def sensitivity_n(
         mass: ``"removed"`` (the mass of :math:`S_n`, the paper's) or ``"step"``
             (of the step's group, Quantus 0.6's).
         ties: As in :func:`faithfulness_estimate`.
-        batch_size: Rows per forward pass.
+        batch_size: Rows per forward pass; None sizes
+            the passes to the input (:ref:`metrics-batch-size`).
 
     Returns:
         ``values``: the correlation at each ``n`` (one per step, not per sample);
@@ -291,7 +294,7 @@ def sensitivity_n(
         >>> result.values.shape  # n = 4, 8, 12: up to 80% of 16 pixels
         torch.Size([3])
     """
-    n = check_batch(x, batch_size)
+    n, batch_size = check_batch(x, batch_size)
     if n < 2:
         raise CamkitValueError(
             f"x: got {n} sample; Sensitivity-n correlates over the samples, give 2 or more"

@@ -31,9 +31,9 @@ def _masked_confidence(
     maps: Maps,
     target: Target,
     baseline: Tensor | float,
-    batch_size: int,
+    batch_size: int | None,
 ) -> tuple[Tensor, Tensor]:
-    check_batch(x, batch_size)
+    _, batch_size = check_batch(x, batch_size)
     classes = classes_of(model, x, target, batch_size)
     m = maps_for(maps, x, classes)[:, None]
     base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
@@ -50,7 +50,7 @@ def average_drop(
     target: Target = None,
     *,
     baseline: Tensor | float = 0.0,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Average Drop %: how much confidence is lost when only the map's region is shown.
 
@@ -71,7 +71,8 @@ def average_drop(
             upsampled), or a CAM (any callable ``cam(x, classes)``) to compute them.
         target: ``None`` (predicted class), an int, or one class per sample.
         baseline: What a map value of 0 shows: ``0`` (the default) or a tensor.
-        batch_size: Rows per forward pass.
+        batch_size: Rows per forward pass; None sizes
+            the passes to the input (:ref:`metrics-batch-size`).
 
     Returns:
         Per-sample drops in % and their mean.
@@ -94,7 +95,7 @@ def increase_in_confidence(
     target: Target = None,
     *,
     baseline: Tensor | float = 0.0,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Increase in Confidence %: how often showing only the map's region raises confidence.
 
@@ -154,10 +155,10 @@ def _curve(
     start: Tensor,
     end: Tensor,
     step: int | None,
-    batch_size: int,
+    batch_size: int | None,
     name: str,
 ) -> MetricResult:
-    n = check_batch(x, batch_size)
+    n, batch_size = check_batch(x, batch_size)
     classes = classes_of(model, x, target, batch_size)
     m = maps_for(maps, x, classes).flatten(1)
     pixels = m.shape[1]
@@ -212,7 +213,7 @@ def deletion(
     *,
     baseline: str | Tensor | float = "zeros",
     step: int | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Deletion AUC: remove pixels in order of decreasing saliency; lower is better.
 
@@ -232,7 +233,8 @@ def deletion(
         baseline: ``"zeros"`` (default), ``"blur"`` (:func:`blur` of ``x``), a
             number, or a tensor broadcastable to ``x``.
         step: Pixels per step; by default about 1/50 of the pixels.
-        batch_size: Perturbed images per forward pass.
+        batch_size: Perturbed images per forward pass; None sizes
+            the passes to the input (:ref:`metrics-batch-size`).
 
     Returns:
         Per-sample AUCs, their mean, the curves ``(N, steps + 1)`` and their x-axis.
@@ -265,7 +267,7 @@ def insertion(
     *,
     baseline: str | Tensor | float = "blur",
     step: int | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Insertion AUC: restore pixels in order of decreasing saliency; higher is better.
 

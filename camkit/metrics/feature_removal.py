@@ -59,7 +59,7 @@ def faithfulness_estimate(
     baseline: str | float = "black",
     softmax: bool = False,
     ties: str = "first",
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Faithfulness Estimate: the correlation of each group's map mass with the score's
     drop when that group alone is removed.
@@ -87,7 +87,8 @@ def faithfulness_estimate(
         softmax: Score softmax probabilities instead of logits.
         ties: How tied pixels are ordered: ``"first"`` or ``"quantus"`` (see
             :data:`~camkit.metrics._removal.ORDERS`).
-        batch_size: Rows per forward pass.
+        batch_size: Rows per forward pass; None sizes
+            the passes to the input (:ref:`metrics-batch-size`).
 
     Returns:
         The correlation per sample, and its mean.
@@ -101,7 +102,7 @@ def faithfulness_estimate(
         >>> faithfulness_estimate(model, x, maps, 0, features_in_step=4).values.shape
         torch.Size([2])
     """
-    check_batch(x, batch_size)
+    _, batch_size = check_batch(x, batch_size)
     check_count("features_in_step", features_in_step)
     check_ties(ties)
     classes = classes_of(model, x, target, batch_size)
@@ -126,7 +127,7 @@ def monotonicity(
     baseline: str | float = "black",
     softmax: bool = True,
     ties: str = "first",
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Monotonicity (Arya et al.): does the score never fall as pixels return, least
     important first?
@@ -154,7 +155,8 @@ def monotonicity(
         baseline: As in :func:`faithfulness_estimate`.
         softmax: Score softmax probabilities (Quantus's default here) or logits.
         ties: As in :func:`faithfulness_estimate` (here the lowest come first).
-        batch_size: Rows per forward pass.
+        batch_size: Rows per forward pass; None sizes
+            the passes to the input (:ref:`metrics-batch-size`).
 
     Returns:
         1.0 (monotonic) or 0.0 per sample, and the share of 1.0.
@@ -170,7 +172,7 @@ def monotonicity(
         >>> monotonicity(model, x, torch.rand(1, 2, 2), 0).values.tolist()  # any order rises
         [1.0]
     """
-    check_batch(x, batch_size)
+    _, batch_size = check_batch(x, batch_size)
     check_count("features_in_step", features_in_step)
     check_ties(ties)
     classes = classes_of(model, x, target, batch_size)
@@ -196,7 +198,7 @@ def non_sensitivity(
     features_in_step: int = 1,
     baseline: str | float = "black",
     softmax: bool = True,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Non-Sensitivity: how many pixels break "zero in the map exactly where the model does
     not react"; lower is better, 0 is the axiom.
@@ -223,7 +225,8 @@ def non_sensitivity(
         features_in_step: Pixels per group.
         baseline: ``"black"`` (each input's smallest value), ``"mean"`` or a number.
         softmax: Score softmax probabilities (Quantus's default here) or logits.
-        batch_size: Rows per forward pass.
+        batch_size: Rows per forward pass; None sizes
+            the passes to the input (:ref:`metrics-batch-size`).
 
     Returns:
         The count per sample, and its mean.
@@ -239,7 +242,7 @@ def non_sensitivity(
         >>> non_sensitivity(model, x, maps, 0, baseline=0.0).values.tolist()
         [0.0]
     """
-    n = check_batch(x, batch_size)
+    n, batch_size = check_batch(x, batch_size)
     check_count("features_in_step", features_in_step)
     if not eps > 0:
         raise CamkitValueError(f"eps: got {eps!r}; allowed: a number > 0")

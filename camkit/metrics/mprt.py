@@ -181,7 +181,7 @@ def smooth_mprt(
         >>> result.spearman.shape
         torch.Size([2, 2])
     """
-    n = check_batch(x, 1)
+    n, _ = check_batch(x, 1)
     check_count("samples", samples)
     if not noise >= 0:
         raise CamkitValueError(f"noise: got {noise!r}; allowed: a number >= 0")

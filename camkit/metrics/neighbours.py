@@ -48,7 +48,7 @@ def sufficiency(
     *,
     threshold: float = 0.6,
     alone: float = 0.0,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Sufficiency: the share of the samples whose map is close to a sample's that the
     model puts in the same class; higher is better.
@@ -74,7 +74,8 @@ def sufficiency(
             the metric compares predicted classes whatever is explained.
         threshold: The largest relative distance of close maps, in [0, 1].
         alone: The value of a sample with no other close map (Quantus: 0).
-        batch_size: Rows per forward pass.
+        batch_size: Rows per forward pass; None sizes
+            the passes to the input (:ref:`metrics-batch-size`).
 
     Returns:
         The share per sample, and its mean.
@@ -86,7 +87,7 @@ def sufficiency(
         >>> sufficiency(model, torch.rand(6, 1, 4, 4), torch.rand(6, 4, 4)).values.shape
         torch.Size([6])
     """
-    check_batch(x, batch_size)
+    _, batch_size = check_batch(x, batch_size)
     if not 0 <= threshold <= 1:
         raise CamkitValueError(f"threshold: got {threshold!r}; allowed: a number in [0, 1]")
     predicted = logits(model, x, batch_size).argmax(dim=1).cpu()
@@ -114,7 +115,7 @@ def consistency(
     top: int = 5,
     discretise: str = "top",
     alone: float = 0.0,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Consistency: the share of the samples whose discretised map equals a sample's that
     the model puts in the same class; higher is better.
@@ -139,7 +140,8 @@ def consistency(
         top: How many positions make a map's label.
         discretise: ``"top"`` or ``"quantus"``.
         alone: The value of a sample whose label no other sample shares (Quantus: 0).
-        batch_size: Rows per forward pass.
+        batch_size: Rows per forward pass; None sizes
+            the passes to the input (:ref:`metrics-batch-size`).
 
     Returns:
         The share per sample, and its mean.
@@ -153,7 +155,7 @@ def consistency(
         >>> consistency(model, torch.rand(4, 1, 4, 4), maps, top=1).values.shape
         torch.Size([4])
     """
-    check_batch(x, batch_size)
+    _, batch_size = check_batch(x, batch_size)
     check_count("top", top)
     if discretise not in ("top", "quantus"):
         raise CamkitValueError(f"discretise: got {discretise!r}; allowed: 'top', 'quantus'")

@@ -109,7 +109,7 @@ def region_perturbation(
     softmax: bool = True,
     ties: str = "first",
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Region perturbation: the score's drop as patches are removed one after another,
     and its area over the perturbation curve (AOPC).
@@ -136,7 +136,8 @@ def region_perturbation(
         softmax: Score softmax probabilities (Quantus's default here) or logits.
         ties: How patches of equal mass are ordered, ``"first"`` or ``"quantus"``.
         seed: The seed of ``"random"``.
-        batch_size: Rows per forward pass.
+        batch_size: Rows per forward pass; None sizes
+            the passes to the input (:ref:`metrics-batch-size`).
 
     Returns:
         The AOPC per sample and its mean; ``curves``: the drops ``(N, regions)``.
@@ -150,7 +151,7 @@ def region_perturbation(
         >>> result.curves.shape  # four patches
         torch.Size([2, 4])
     """
-    n = check_batch(x, batch_size)
+    n, batch_size = check_batch(x, batch_size)
     check_count("regions", regions)
     check_ties(ties)
     if order_by not in ("morf", "lerf", "random"):
@@ -194,7 +195,7 @@ def selectivity(
     softmax: bool = True,
     ties: str = "first",
     auc: str = "fraction",
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Selectivity: the area under the score as patches are removed, most relevant first;
     lower is better.
@@ -223,7 +224,8 @@ def selectivity(
         softmax: Score softmax probabilities (Quantus's default here) or logits.
         ties: How patches of equal mass are ordered, ``"first"`` or ``"quantus"``.
         auc: ``"fraction"`` or ``"quantus"`` (see :data:`AREAS`).
-        batch_size: Rows per forward pass.
+        batch_size: Rows per forward pass; None sizes
+            the passes to the input (:ref:`metrics-batch-size`).
 
     Returns:
         The area per sample and its mean; ``curves``: the scores ``(N, patches)``
@@ -237,7 +239,7 @@ def selectivity(
         ...             patch_size=4).curves.shape
         torch.Size([2, 4])
     """
-    check_batch(x, batch_size)
+    _, batch_size = check_batch(x, batch_size)
     check_ties(ties)
     _check_area(auc)
     classes = classes_of(model, x, target, batch_size)
@@ -274,7 +276,7 @@ def irof(
     softmax: bool = True,
     ties: str = "first",
     auc: str = "fraction",
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""IROF, iterative removal of features: the area over the relative score as segments
     are removed, highest mean map value first; higher is better.
@@ -311,7 +313,8 @@ def irof(
         softmax: Score softmax probabilities (Quantus's default here) or logits.
         ties: How segments of equal mean are ordered, ``"first"`` or ``"quantus"``.
         auc: ``"fraction"`` or ``"quantus"`` (see :data:`AREAS`).
-        batch_size: Rows per forward pass.
+        batch_size: Rows per forward pass; None sizes
+            the passes to the input (:ref:`metrics-batch-size`).
 
     Returns:
         The area per sample and its mean; ``curves``: the relative scores ``(N, K)``
@@ -325,7 +328,7 @@ def irof(
         >>> irof(model, torch.rand(2, 1, 8, 8), torch.rand(2, 8, 8), 0, patch_size=4).values.shape
         torch.Size([2])
     """
-    n = check_batch(x, batch_size)
+    n, batch_size = check_batch(x, batch_size)
     check_ties(ties)
     _check_area(auc)
     classes = classes_of(model, x, target, batch_size)
@@ -395,7 +398,7 @@ def infidelity(
     patch_sizes: tuple[int, ...] = (4,),
     baseline: str | float = "black",
     softmax: bool = False,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Infidelity: how far the map's prediction of each perturbation's effect is from
     the effect; lower is better.
@@ -426,7 +429,8 @@ def infidelity(
         patch_sizes: The patches' sides, one pass of the grid each.
         baseline: ``"black"`` (each input's smallest value), ``"mean"`` or a number.
         softmax: Score softmax probabilities instead of logits.
-        batch_size: Rows per forward pass.
+        batch_size: Rows per forward pass; None sizes
+            the passes to the input (:ref:`metrics-batch-size`).
 
     Returns:
         The mean squared difference per sample, and its mean.
@@ -438,7 +442,7 @@ def infidelity(
         >>> infidelity(model, torch.rand(2, 1, 8, 8), torch.rand(2, 8, 8), 0).values.shape
         torch.Size([2])
     """
-    n = check_batch(x, batch_size)
+    n, batch_size = check_batch(x, batch_size)
     if not isinstance(patch_sizes, (tuple, list)) or not patch_sizes:
         raise CamkitValueError(
             f"patch_sizes: got {patch_sizes!r}; allowed: a non-empty tuple of positive ints"

@@ -125,7 +125,7 @@ def road(
     order: str = "morf",
     noise: float = 0.01,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""ROAD: class probability after removing the most (or least) relevant pixels.
 
@@ -145,7 +145,8 @@ def road(
         order: ``"morf"`` (most relevant first) or ``"lerf"`` (least relevant first).
         noise: Std of the imputation noise.
         seed: Seed of the imputation noise, so results repeat.
-        batch_size: Images per forward pass.
+        batch_size: Images per forward pass; None sizes
+            the passes to the input (:ref:`metrics-batch-size`).
 
     Returns:
         ``values`` of shape ``(N, len(percentages))`` and the mean per percentage.
@@ -158,7 +159,7 @@ def road(
         ...      ).values.shape
         torch.Size([2, 2])
     """
-    n = check_batch(x, batch_size)
+    n, batch_size = check_batch(x, batch_size)
     if order not in ("morf", "lerf"):
         raise CamkitValueError(f"order: got {order!r}; allowed: 'morf', 'lerf'")
     if not percentages or any(not 0 < float(p) < 100 for p in percentages):

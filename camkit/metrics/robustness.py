@@ -49,7 +49,7 @@ def max_sensitivity(
     noise: Noise | None = None,
     seed: int = 0,
     nan_when_prediction_changes: bool = False,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Max-Sensitivity: the largest relative change of the map over noisy copies of the input.
 
@@ -76,7 +76,8 @@ def max_sensitivity(
             ``return_nan_when_prediction_changes`` makes the sample ``NaN`` when any
             copy's prediction changed: ``self.max_func = np.max if
             return_nan_when_prediction_changes else np.nanmax``.)
-        batch_size: Rows per forward pass for the predictions.
+        batch_size: Rows per forward pass for the predictions; None sizes
+            the passes to the input (:ref:`metrics-batch-size`).
 
     Returns:
         The largest relative change per sample, and its mean.
@@ -111,7 +112,7 @@ def avg_sensitivity(
     noise: Noise | None = None,
     seed: int = 0,
     nan_when_prediction_changes: bool = False,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Avg-Sensitivity: the mean relative change of the map over noisy copies of the input.
 
@@ -185,12 +186,12 @@ def over_copies(
     samples: int,
     noise: Noise,
     nan_when_prediction_changes: bool,
-    batch_size: int,
+    batch_size: int | None,
     objective: Objective,
 ) -> Tensor:
     """``(N, samples)``: ``objective`` on each noisy copy of ``x`` and its maps (re-run for the
     same classes); NaN for a copy left out because its prediction changed."""
-    check_batch(x, batch_size)
+    _, batch_size = check_batch(x, batch_size)
     explainer_of(maps, "a robustness metric")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise CamkitValueError(f"samples: got {samples!r}; allowed: a positive int")
@@ -221,7 +222,7 @@ def _relative_changes(
     noise: Noise | None,
     seed: int,
     nan_when_prediction_changes: bool,
-    batch_size: int,
+    batch_size: int | None,
 ) -> Tensor:
     """``(N, samples)``: ``||e(x') - e(x)||_F / ||e(x)||_F`` per sample and copy (NaN for a
     copy left out)."""

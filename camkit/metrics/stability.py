@@ -67,7 +67,7 @@ def local_lipschitz_estimate(
     noise: Noise | None = None,
     seed: int = 0,
     nan_when_prediction_changes: bool = False,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Local Lipschitz Estimate: the largest ratio of the map's change to the input's,
     over noisy copies of the input.
@@ -88,7 +88,8 @@ def local_lipschitz_estimate(
         noise: Your own perturbation, ``noise(x, step)``, in place of the Gaussian.
         seed: The seed of the default noise.
         nan_when_prediction_changes: Leave out copies whose predicted class changed.
-        batch_size: Rows per forward pass for the predictions.
+        batch_size: Rows per forward pass for the predictions; None sizes
+            the passes to the input (:ref:`metrics-batch-size`).
 
     Returns:
         The estimate per sample, and its mean.
@@ -128,7 +129,7 @@ def continuity(
     steps: int = 28,
     baseline: str | float = "black",
     nan_when_prediction_changes: bool = False,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Continuity: the largest ratio of the map's change to the input's as the image is
     shifted sideways.
@@ -152,7 +153,8 @@ def continuity(
         steps: How many shifts.
         baseline: ``"black"`` (each input's smallest value), ``"mean"`` or a number.
         nan_when_prediction_changes: Leave out shifts whose predicted class changed.
-        batch_size: Rows per forward pass for the predictions.
+        batch_size: Rows per forward pass for the predictions; None sizes
+            the passes to the input (:ref:`metrics-batch-size`).
 
     Returns:
         The largest ratio per sample, and its mean.
@@ -165,7 +167,7 @@ def continuity(
         >>> continuity(model, torch.randn(2, 1, 8, 8), GradCAM(model, "1"), steps=4).values.shape
         torch.Size([2])
     """
-    check_batch(x, batch_size)
+    _, batch_size = check_batch(x, batch_size)
     check_count("steps", steps)
     width = x.shape[-1]
     stride = (2 * width + 1) // steps
@@ -220,7 +222,7 @@ def _stability(
     seed: int,
     eps: float,
     nan_when_prediction_changes: bool,
-    batch_size: int,
+    batch_size: int | None,
     denominator: Callable[[Tensor, Tensor], Tensor],
 ) -> MetricResult:
     if not eps > 0:
@@ -249,7 +251,7 @@ def relative_input_stability(
     seed: int = 0,
     eps: float = 1e-6,
     nan_when_prediction_changes: bool = True,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Relative Input Stability (RIS): the largest ratio of the map's relative change to
     the input's.
@@ -273,7 +275,8 @@ def relative_input_stability(
         seed: The seed of the default noise.
         eps: What a zero is replaced by in a division.
         nan_when_prediction_changes: Leave out copies whose predicted class changed.
-        batch_size: Rows per forward pass.
+        batch_size: Rows per forward pass; None sizes
+            the passes to the input (:ref:`metrics-batch-size`).
 
     Returns:
         The largest ratio per sample, and its mean.
@@ -309,7 +312,7 @@ def relative_output_stability(
     seed: int = 0,
     eps: float = 1e-6,
     nan_when_prediction_changes: bool = True,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Relative Output Stability (ROS): the largest ratio of the map's relative change to
     the change of the logits.
@@ -342,7 +345,7 @@ def relative_output_stability(
         ...                           samples=3).values.shape
         torch.Size([2])
     """
-    check_batch(x, batch_size)
+    _, batch_size = check_batch(x, batch_size)
     reference = logits(model, x, batch_size).double()
 
     def outputs(x: Tensor, noisy: Tensor) -> Tensor:
@@ -370,7 +373,7 @@ def relative_representation_stability(
     seed: int = 0,
     eps: float = 1e-6,
     nan_when_prediction_changes: bool = True,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> MetricResult:
     r"""Relative Representation Stability (RRS): the largest ratio of the map's relative
     change to the relative change of a layer's output.
@@ -407,7 +410,7 @@ def relative_representation_stability(
         ...                                   layer="1", samples=3).values.shape
         torch.Size([2])
     """
-    check_batch(x, batch_size)
+    _, batch_size = check_batch(x, batch_size)
     _, module = find_layer(model, layer)
     reference = _representation(model, module, layer, x, batch_size)
 
