@@ -48,7 +48,8 @@ def upsample(maps: Tensor, size: tuple[int, ...]) -> Tensor:
     if len(size) == 2:  # the common case: two products, no transposes, contiguous result
         rows = _matrix(maps.shape[1], size[0], maps.dtype, maps.device)
         cols = _matrix(maps.shape[2], size[1], maps.dtype, maps.device)
-        return torch.matmul(torch.matmul(rows, maps), cols.T)
+        # the columns first: (N, H, W) @ (W, W') folds into one plain matrix product
+        return torch.matmul(rows, torch.matmul(maps, cols.T))
     out = maps
     for axis, target in enumerate(size, start=1):
         if out.shape[axis] == target:
@@ -69,10 +70,10 @@ _ROUNDING = {
 }  # looked up per call: torch.finfo costs more than the arithmetic on a small map
 
 
-def _varies(low: Tensor, high: Tensor, span: Tensor) -> Tensor:
-    """Whether each map's range ``span = high - low`` exceeds its rounding (see
+def _flat(low: Tensor, high: Tensor, span: Tensor) -> Tensor:
+    """Whether each map's range ``span = high - low`` is within its rounding (see
     :data:`ROUNDING_ULPS`); ``low <= high``, so the magnitude is ``max(high, -low)``."""
-    return span > _ROUNDING[span.dtype] * torch.maximum(high, -low)
+    return span <= torch.maximum(high, low.neg()).mul_(_ROUNDING[span.dtype])
 
 
 def min_max_normalize_(maps: Tensor) -> Tensor:
@@ -87,7 +88,7 @@ def min_max_normalize_(maps: Tensor) -> Tensor:
     # amin and amax are two passes, yet several times faster than aminmax on the CPU
     low, high = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
     span = high - low
-    flat.sub_(low).div_(span.where(_varies(low, high, span), torch.inf))  # x / inf = 0
+    flat.sub_(low).div_(span.masked_fill_(_flat(low, high, span), torch.inf))  # x / inf = 0
     return maps
 
 
@@ -112,7 +113,8 @@ def scaled_maps(maps: Tensor) -> Tensor:
     flat = maps.flatten(2)
     low, high = flat.amin(dim=2, keepdim=True), flat.amax(dim=2, keepdim=True)
     span = high - low
-    scaled = (flat - low) / span.clamp_min(SCALE_EPSILON) * _varies(low, high, span)
+    varies = ~_flat(low.detach(), high.detach(), span.detach())  # a mask: no gradient
+    scaled = (flat - low) / span.clamp_min(SCALE_EPSILON) * varies
     return scaled.view_as(maps)
 
 
@@ -235,8 +237,8 @@ def channel_maps(
     channel sum. Channel weights and the sum take one batched matrix product."""
     n, k = weights.shape[:2]
     spatial = activations.shape[3:]
-    if weights.dim() == 3 and combine is None:
-        return (weights @ activations[:, 0].flatten(2)).view(n, k, *spatial)
+    if weights.dim() == 3 and combine is None:  # bmm itself: matmul adds views and expands
+        return torch.bmm(weights, activations[:, 0].flatten(2)).view(n, k, *spatial)
     if weights.dim() == 3:
         weights = weights.view(*weights.shape, *([1] * len(spatial)))
     weighted = weights * activations  # (N, k, C, *spatial)
