@@ -184,6 +184,8 @@ class Layout:
 
     def gradients(self, gradients: Tensor, name: str) -> Tensor:
         """Gradients ``(N, k, *layer output)`` as ``(N, k, C, *spatial)``."""
+        if self.kind == "channels_first":  # as they are: no views on the hot path
+            return gradients
         if not self.rows_are_samples:
             k = gradients.shape[1]
             grids = self.to_channels_first(gradients.movedim(1, 0).flatten(0, 1), name)
