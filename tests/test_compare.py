@@ -148,3 +148,37 @@ def test_ranks_compare_with_the_best_of_the_group_not_a_chain() -> None:
         difference = cells[best].values[draws].mean(1) - cells[other].values[draws].mean(1)
         low = torch.quantile(difference, torch.tensor(0.025, dtype=torch.float64))
         assert bool(low > 0) == apart
+
+
+def test_a_metric_of_whole_batches_is_resampled_over_the_batches(
+    mnist: tuple[nn.Module, DataLoader[tuple[Tensor, ...]]],
+) -> None:
+    """Sensitivity-n is one correlation per batch (and per n): evaluate keeps a row per batch,
+    compare bootstraps those rows, beside a per-sample metric resampled over the samples."""
+    from camkit.metrics import sensitivity_n
+
+    model, loader = mnist
+    small = DataLoader(loader.dataset, batch_size=16)  # 96 samples: 6 batches
+    metrics = {"sensitivity_n": partial(sensitivity_n, features_in_step=98),
+               "deletion": METRICS["deletion"]}  # fmt: skip
+    cam = camkit.GradCAM(model, "features.relu")
+    found = evaluate(model, cam, small, metrics, progress=False)
+    direct = []
+    for x, _ in small:
+        classes = model(x).argmax(1)
+        direct.append(metrics["sensitivity_n"](model, x, cam(x, classes), classes).values)
+    assert found["sensitivity_n"].unit == "batch" and found["deletion"].unit == "sample"
+    torch.testing.assert_close(found["sensitivity_n"].values, torch.stack(direct))
+    assert found["sensitivity_n"].summary == pytest.approx(float(torch.stack(direct).mean()))
+    result = compare(model, small, {"Grad-CAM": cam}, metrics, progress=False, resamples=200)
+    cell = result.cells["Grad-CAM", "sensitivity_n"]
+    torch.testing.assert_close(cell.values, torch.stack(direct).double().nanmean(dim=1))
+    assert cell.low <= cell.mean <= cell.high and cell.low < cell.high
+    assert len(result.cells["Grad-CAM", "deletion"].values) == 96
+    rows = {(r["candidate"], r["metric"]): r for r in result.table()}
+    assert rows["Grad-CAM", "sensitivity_n"]["unit"] == "batch"
+    assert rows["Grad-CAM", "sensitivity_n"]["samples"] == 6
+    assert rows["Grad-CAM", "deletion"]["unit"] == "sample"
+    with pytest.raises(CamkitValueError, match="scores whole batches"):
+        compare(model, DataLoader(loader.dataset, batch_size=96), {"Grad-CAM": cam},
+                {"sensitivity_n": metrics["sensitivity_n"]}, progress=False)  # fmt: skip

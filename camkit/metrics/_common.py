@@ -37,6 +37,10 @@ class MetricResult:
         curves: Per-sample curves where the metric has them (deletion and
             insertion: ``(N, steps + 1)`` probabilities), else ``None``.
         fractions: The x-axis of ``curves`` or the columns of ``values``.
+        unit: ``"sample"``, or ``"batch"`` for a metric that describes a batch as a
+            whole (Sensitivity-n's correlation over the samples: ``values`` holds
+            one value per ``n``; over a dataset, :func:`~camkit.metrics.evaluate`
+            gives one row per batch, ``(batches, P)``).
     """
 
     name: str
@@ -44,6 +48,7 @@ class MetricResult:
     summary: float | list[float]
     curves: Tensor | None = None
     fractions: Tensor | None = field(default=None)
+    unit: str = "sample"
 
 
 def summarize(name: str, values: Tensor, **extra: Any) -> MetricResult:

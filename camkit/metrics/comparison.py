@@ -7,7 +7,8 @@ a baseline of uniformly random maps, and returns a :class:`Comparison`: per
 candidate and metric the mean with a bootstrap confidence interval (samples
 drawn with replacement, the same draws for every candidate, so that the
 comparison is paired), the candidates ranked per metric, a table (CSV, JSON)
-and a figure.
+and a figure. A metric of whole batches (Sensitivity-n, a correlation over a
+batch's samples) is bootstrapped over the batches instead.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,7 @@ _HIGHER = {
     "relative_input_stability": False,
     "relative_output_stability": False,
     "relative_representation_stability": False,
+    "sensitivity_n": True,
 }
 """Whether a higher value is better, for camkit's metrics (by function name)."""
 
@@ -98,7 +100,8 @@ class Cell:
         rank: 1 for the best; candidates that cannot be told apart from the one
             ranked above them share its rank.
         values: The per-sample values (a metric with several values per sample,
-            such as ROAD's percentages, is averaged per sample).
+            such as ROAD's percentages, is averaged per sample); per batch for a
+            metric of whole batches (``unit="batch"``, Sensitivity-n).
     """
 
     mean: float
@@ -119,6 +122,8 @@ class Comparison:
         cells: Per ``(candidate, metric)``, the :class:`Cell`.
         confidence: The confidence level of the intervals (0.95 by default).
         resamples: How many bootstrap resamples made them.
+        units: Per metric, what its values and their resamples are of:
+            ``"sample"``, or ``"batch"`` for a metric of whole batches.
     """
 
     candidates: list[str]
@@ -127,6 +132,7 @@ class Comparison:
     cells: dict[tuple[str, str], Cell]
     confidence: float
     resamples: int
+    units: dict[str, str] = field(default_factory=dict)
 
     def ranking(self, metric: str) -> list[str]:
         """The candidates from best to worst on ``metric``."""
@@ -138,7 +144,8 @@ class Comparison:
         return -mean if self.higher_is_better[metric] else mean
 
     def table(self) -> list[dict[str, Any]]:
-        """One row per candidate and metric: mean, interval, rank, direction."""
+        """One row per candidate and metric: mean, interval, rank, direction, and how many
+        samples (or batches, for a metric of whole batches: see ``unit``) were scored."""
         return [
             {
                 "candidate": candidate,
@@ -149,6 +156,7 @@ class Comparison:
                 "rank": cell.rank,
                 "better": "higher" if self.higher_is_better[metric] else "lower",
                 "samples": int((~cell.values.isnan()).sum()),
+                "unit": self.units.get(metric, "sample"),
             }
             for metric in self.metrics
             for candidate in self.ranking(metric)
@@ -286,27 +294,27 @@ def compare(
     if baseline:
         scored[BASELINE] = RandomMaps(seed)
     values: dict[tuple[str, str], Tensor] = {}
+    units: dict[str, str] = {}
     for name, explainer in scored.items():
         results = evaluate(model, explainer, loader, metrics, target=target, device=device,
                            progress=progress)  # fmt: skip
         for metric, result in results.items():
-            per_sample = result.values.double()
-            if per_sample.dim() > 1:
-                per_sample = per_sample.flatten(1).nanmean(dim=1)
-            values[name, metric] = per_sample
+            per_unit = result.values.double()
+            if per_unit.dim() > 1:
+                per_unit = per_unit.flatten(1).nanmean(dim=1)
+            values[name, metric] = per_unit
+            units[metric] = result.unit
     names = list(scored)
-    lengths = {len(v) for v in values.values()}
-    if len(lengths) != 1:
-        raise CamkitValueError(
-            "loader: the candidates were scored on different numbers of samples; give a "
-            "loader that yields the same batches on every pass"
-        )
-    count = lengths.pop()
+    counts = _unit_counts(names, metrics, values, units)
     generator = torch.Generator().manual_seed(seed)
-    draws = torch.randint(0, count, (resamples, count), generator=generator)
+    draws_of: dict[int, Tensor] = {}  # the same draws for every metric with as many units
+    for count in counts.values():
+        if count not in draws_of:
+            draws_of[count] = torch.randint(0, count, (resamples, count), generator=generator)
     tail = (1 - confidence) / 2
     cells: dict[tuple[str, str], Cell] = {}
     for metric in metrics:
+        draws = draws_of[counts[metric]]
         sign = -1.0 if directions[metric] else 1.0  # sort ascending: best first
         boot = {name: values[name, metric][draws].nanmean(dim=1) for name in names}
         means = {name: float(values[name, metric].nanmean()) for name in names}
@@ -333,7 +341,32 @@ def compare(
             else:
                 low = high = math.nan
             cells[name, metric] = Cell(means[name], low, high, ranks[name], values[name, metric])
-    return Comparison(names, list(metrics), directions, cells, confidence, resamples)
+    return Comparison(names, list(metrics), directions, cells, confidence, resamples, units)
+
+
+def _unit_counts(
+    names: list[str],
+    metrics: Mapping[str, Metric],
+    values: Mapping[tuple[str, str], Tensor],
+    units: Mapping[str, str],
+) -> dict[str, int]:
+    """How many samples (or batches) each metric scored, the same for every candidate."""
+    counts = {}
+    for metric in metrics:
+        lengths = {len(values[name, metric]) for name in names}
+        if len(lengths) != 1:
+            raise CamkitValueError(
+                "loader: the candidates were scored on different numbers of samples; give a "
+                "loader that yields the same batches on every pass"
+            )
+        counts[metric] = lengths.pop()
+        if units[metric] == "batch" and counts[metric] < 2:
+            raise CamkitValueError(
+                f"metrics: {metric!r} scores whole batches (one value per batch), and the "
+                f"loader gave {counts[metric]}; compare resamples the batches, so give a "
+                f"loader with several (smaller batches)"
+            )
+    return counts
 
 
 def _key(value: float) -> float:

@@ -328,4 +328,4 @@ def sensitivity_n(
     masses = per_step.cumsum(dim=1) if mass == "removed" else per_step
     counts = torch.arange(1, steps + 1, dtype=torch.float64) * features_in_step
     correlations = pearson(masses.T, drops.T)
-    return summarize("sensitivity_n", correlations, fractions=counts / pixels)
+    return summarize("sensitivity_n", correlations, fractions=counts / pixels, unit="batch")

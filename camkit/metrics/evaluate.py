@@ -40,7 +40,9 @@ def evaluate(
     For each batch ``(x, labels, ...)`` of ``loader``: the classes to explain
     (the model's prediction, or the label), the maps (once), then every metric
     as ``metric(model, x, maps, classes)``. Per-sample values are concatenated
-    and summarized over the whole dataset.
+    and summarized over the whole dataset; a metric of whole batches
+    (``unit="batch"``, Sensitivity-n) gives one row per batch, and its summary
+    is the mean of every row.
 
     Args:
         model: The classifier; left unchanged.
@@ -145,13 +147,22 @@ def _to_cpu(result: MetricResult) -> MetricResult:
 
     values = result.values.cpu()
     return MetricResult(
-        result.name, values, result.summary, host(result.curves), host(result.fractions)
+        result.name,
+        values,
+        result.summary,
+        host(result.curves),
+        host(result.fractions),
+        result.unit,
     )
 
 
 def _concatenate(name: str, parts: list[MetricResult]) -> MetricResult:
     if not parts:
         raise CamkitValueError("loader: yielded no batches")
+    if parts[0].unit == "batch":  # one row per batch, the summary the mean of them all
+        rows = torch.stack([p.values for p in parts])
+        summary = float(rows.double().nanmean())
+        return MetricResult(name, rows, summary, fractions=parts[0].fractions, unit="batch")
     values = torch.cat([p.values for p in parts])
     curves = None
     if all(p.curves is not None for p in parts):

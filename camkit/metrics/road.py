@@ -81,7 +81,53 @@ def impute(
     n, c, h, w = images.shape
     x = images.double().reshape(n * c, h, w)
     hole = removed.to(images.device).repeat_interleave(c, dim=0)
-    degree = _neighbours(torch.ones(1, h, w, dtype=torch.float64, device=x.device))[0]
+    v = _solve(x, hole, iterations, tolerance)
+    if isinstance(noise, Tensor):
+        v = v + noise.reshape(v.shape).to(v)
+    elif noise:
+        v = v + noise * torch.randn(v.shape, generator=generator, dtype=v.dtype).to(v.device)
+    filled = torch.where(hole, v, x)
+    return filled.view(n, c, h, w).to(images.dtype)
+
+
+COARSEST = 16
+"""The smallest side :func:`_solve` still starts from a coarser grid's solution."""
+
+
+def _solve(x: Tensor, hole: Tensor, iterations: int, tolerance: float) -> Tensor:
+    """The imputed values ``(B, H, W)`` (zero on the kept pixels) of each image's hole, by
+    conjugate gradients started from the coarser problem's solution.
+
+    Conjugate gradients removes an error's rough parts in a few iterations and its
+    smooth parts slowly (a hole's size in pixels squared), so the smooth part is
+    solved first on a grid of half the side: a coarse pixel is kept, with the mean
+    of its kept pixels, if any of its 2 x 2 pixels is kept, and the coarse solution,
+    interpolated, starts the iterations here (recursively, down to
+    :data:`COARSEST` pixels a side). The equations and their solution are unchanged;
+    only the iterations it takes to reach ``tolerance`` drop (about 450 to about 60
+    for 80 % of a 224 x 224 image).
+    """
+    h, w = x.shape[1:]
+    start = torch.zeros_like(x)
+    if min(h, w) >= 2 * COARSEST and bool(hole.any()):
+        kept = (~hole).to(x.dtype)[:, None]
+        size = (h // 2, w // 2)
+        share = F.interpolate(kept, size=size, mode="area")
+        coarse = F.interpolate(x[:, None] * kept, size=size, mode="area") / share.clamp_min(1e-12)
+        coarse_hole = share[:, 0] == 0
+        values = _solve(torch.where(coarse_hole, 0.0, coarse[:, 0]), coarse_hole, iterations,
+                        tolerance)  # fmt: skip
+        guess = torch.where(coarse_hole, values, coarse[:, 0])
+        guess = F.interpolate(guess[:, None], size=(h, w), mode="bilinear", align_corners=False)
+        start = torch.where(hole, guess[:, 0], 0.0)
+    return _conjugate_gradients(x, hole, start, iterations, tolerance)
+
+
+def _conjugate_gradients(
+    x: Tensor, hole: Tensor, v: Tensor, iterations: int, tolerance: float
+) -> Tensor:
+    """Solve the neighbour equations of the hole's pixels from the start ``v``."""
+    degree = _neighbours(torch.ones(1, *x.shape[1:], dtype=x.dtype, device=x.device))[0]
     known = torch.where(hole, 0.0, x)
     rhs = torch.where(hole, _neighbours(known), 0.0)
 
@@ -89,7 +135,6 @@ def impute(
         v = torch.where(hole, v, 0.0)
         return torch.where(hole, degree * v - _neighbours(v), 0.0)
 
-    v = torch.zeros_like(x)
     r = rhs - apply(v)
     p = r.clone()
     rs = (r * r).sum(dim=(1, 2))
@@ -107,12 +152,7 @@ def impute(
         beta = torch.where(usable, rs_new / torch.where(usable, rs, 1.0), 0.0)
         p = torch.where(usable[:, None, None], r + beta[:, None, None] * p, p)
         rs = rs_new
-    if isinstance(noise, Tensor):
-        v = v + noise.reshape(v.shape).to(v)
-    elif noise:
-        v = v + noise * torch.randn(v.shape, generator=generator, dtype=v.dtype).to(v.device)
-    filled = torch.where(hole, v, x)
-    return filled.view(n, c, h, w).to(images.dtype)
+    return v
 
 
 def road(
