@@ -262,6 +262,28 @@ def test_imputation_solves_the_neighbour_equations() -> None:
     assert torch.equal(added[~hole], torch.zeros_like(added[~hole]))
 
 
+@pytest.mark.parametrize("share", [0.2, 0.8])
+def test_imputation_equals_quantus_sparse_solve(share: float) -> None:
+    """camkit's coarse-started conjugate gradients reach the solution Quantus 0.6 finds by a
+    direct sparse solve (its ``noisy_linear_imputation``, noise 0), on 64 x 48 images (two
+    coarser grids) with a smooth map's top pixels removed."""
+    perturb = pytest.importorskip("quantus.functions.perturb_func")
+    torch.manual_seed(3)
+    x = torch.rand(2, 3, 64, 48, dtype=torch.float64)
+    order = torch.nn.functional.interpolate(torch.rand(2, 1, 4, 3), size=(64, 48),
+                                            mode="bilinear")[:, 0].flatten(1)  # fmt: skip
+    ranks = order.argsort(1, descending=True).argsort(1)
+    hole = (ranks < round(share * 64 * 48)).view(2, 64, 48)
+    exact = impute(x, hole, noise=0.0, tolerance=1e-12, iterations=5000)
+    default = impute(x, hole, noise=0.0)
+    for n in range(2):
+        indices = hole[n].flatten().nonzero()[:, 0].numpy()
+        theirs = perturb.noisy_linear_imputation(x[n].numpy(), indices, noise=0.0)
+        np.testing.assert_allclose(exact[n].numpy(), theirs, rtol=0, atol=1e-9)
+        # the default tolerance (residual norm 1e-6) is far inside ROAD's noise (std 0.01)
+        np.testing.assert_allclose(default[n].numpy(), theirs, rtol=0, atol=1e-4)
+
+
 def test_road_morf_hurts_more_than_lerf_for_a_pixel_sum() -> None:
     x = _positive_images(4, 8)
     maps = x[:, 0]  # the brightest pixels carry the score

@@ -22,14 +22,17 @@ from camkit.targets import Target
 
 __all__ = ["impute", "road"]
 
-# Neighbour weights of the imputation: 1/6 for the 4 direct neighbours, 1/12 diagonally.
-_STENCIL = torch.tensor([[1 / 12, 1 / 6, 1 / 12], [1 / 6, 0.0, 1 / 6], [1 / 12, 1 / 6, 1 / 12]])
-
 
 def _neighbours(v: Tensor) -> Tensor:
-    """Weighted sum of each pixel's 8 neighbours (zero outside the image), ``(B, H, W)``."""
-    kernel = _STENCIL.to(v.dtype).to(v.device).view(1, 1, 3, 3)
-    return F.conv2d(v[:, None], kernel, padding=1)[:, 0]
+    """Weighted sum of each pixel's 8 neighbours, 1/6 direct and 1/12 diagonal (zero outside
+    the image), ``(B, H, W)``: shifted sums, several times faster than a 3 x 3 convolution in
+    float64 on the CPU."""
+    padded = F.pad(v, (1, 1, 1, 1))
+    above_and_below = padded[:, :-2] + padded[:, 2:]  # (B, H, W + 2)
+    middle = padded[:, 1:-1]
+    direct = above_and_below[:, :, 1:-1] + middle[:, :, :-2] + middle[:, :, 2:]
+    diagonal = above_and_below[:, :, :-2] + above_and_below[:, :, 2:]
+    return direct.mul_(1 / 6).add_(diagonal, alpha=1 / 12)
 
 
 def impute(
@@ -50,8 +53,11 @@ def impute(
     .. math:: d_i v_i - \sum_{j \in \mathcal N(i)} w_{ij} v_j = 0
         \quad (i \text{ removed}), \qquad v_j = x_j \quad (j \text{ kept}),
 
-    solved here by batched conjugate gradients; Gaussian noise of std
-    ``noise`` is then added to the imputed pixels.
+    solved here by batched conjugate gradients, each started from the solution
+    of the same problem on a grid of half the side (recursively), which takes
+    the smooth part of the solution off the slow iterations (equal to Quantus
+    0.6's direct sparse solve, tested); Gaussian noise of std ``noise`` is then
+    added to the imputed pixels.
 
     Args:
         images: ``(N, C, H, W)`` images.
@@ -128,12 +134,12 @@ def _conjugate_gradients(
 ) -> Tensor:
     """Solve the neighbour equations of the hole's pixels from the start ``v``."""
     degree = _neighbours(torch.ones(1, *x.shape[1:], dtype=x.dtype, device=x.device))[0]
-    known = torch.where(hole, 0.0, x)
-    rhs = torch.where(hole, _neighbours(known), 0.0)
+    zero = x.new_zeros(())
+    known = torch.where(hole, zero, x)
+    rhs = torch.where(hole, _neighbours(known), zero)
 
-    def apply(v: Tensor) -> Tensor:
-        v = torch.where(hole, v, 0.0)
-        return torch.where(hole, degree * v - _neighbours(v), 0.0)
+    def apply(v: Tensor) -> Tensor:  # v is zero off the hole, and so is the result
+        return torch.where(hole, degree * v - _neighbours(v), zero)
 
     r = rhs - apply(v)
     p = r.clone()
@@ -145,12 +151,12 @@ def _conjugate_gradients(
         ap = apply(p)
         denom = (p * ap).sum(dim=(1, 2))
         usable = active & (denom > 0)
-        alpha = torch.where(usable, rs / torch.where(usable, denom, 1.0), 0.0)
-        v = v + alpha[:, None, None] * p
-        r = r - alpha[:, None, None] * ap
+        alpha = torch.where(usable, rs / torch.where(usable, denom, 1.0), 0.0)[:, None, None]
+        v = v.addcmul_(alpha, p)
+        r = r.addcmul_(alpha, ap, value=-1)
         rs_new = (r * r).sum(dim=(1, 2))
-        beta = torch.where(usable, rs_new / torch.where(usable, rs, 1.0), 0.0)
-        p = torch.where(usable[:, None, None], r + beta[:, None, None] * p, p)
+        beta = torch.where(usable, rs_new / torch.where(usable, rs, 1.0), 0.0)[:, None, None]
+        p = torch.where(usable[:, None, None], r + beta * p, p)
         rs = rs_new
     return v
 
