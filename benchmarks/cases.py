@@ -225,9 +225,11 @@ def camkit_calls(case: Case) -> dict[str, Call]:
             "camkit GradCAM": lambda: camkit.GradCAM(m, layer)(x, c),
             "camkit GradCAM++": lambda: camkit.GradCAMPlusPlus(m, layer)(x, c),
         }
-        if case.name in OCCLUSION:
-            occlusion = camkit.OcclusionSensitivity(m, **OCCLUSION[case.name], batch_size=16)
+        if case.name in OCCLUSION:  # its default: copies a pass sized to the input
+            occlusion = camkit.OcclusionSensitivity(m, **OCCLUSION[case.name])
             volume_calls["camkit OcclusionSensitivity"] = lambda: occlusion(x, c)
+            same = camkit.OcclusionSensitivity(m, **OCCLUSION[case.name], batch_size=16)
+            volume_calls["camkit OcclusionSensitivity, 16 copies a pass"] = lambda: same(x, c)
         return volume_calls
     opts = {"layout": case.layout}
     calls: dict[str, Call] = {
@@ -362,7 +364,7 @@ def _monai_calls(case: Case) -> dict[str, Call]:
         "MONAI GradCAM": lambda: gradcam(x, class_idx=c),
         "MONAI GradCAMpp": lambda: gradcampp(x, class_idx=c),
     }
-    if case.name in OCCLUSION:
+    if case.name in OCCLUSION:  # MONAI's default: 16 copies a pass
         occlusion = MonaiOcclusion(
             copy.deepcopy(case.model), **OCCLUSION[case.name], n_batch=16, verbose=False,
             activate=False,
