@@ -304,6 +304,22 @@ def test_blur_keeps_constants_and_smooths() -> None:
     torch.testing.assert_close(blur(torch.full((2, 3, 6, 7), 0.5)), torch.full((2, 3, 6, 7), 0.5))
 
 
+def test_ssim_equals_scikit_image() -> None:
+    """scikit-image's SSIM with the paper's settings (Gaussian window of sigma 1.5, 11 taps;
+    population covariances) averaged over the positions a full window covers, as camkit's."""
+    metrics = pytest.importorskip("skimage.metrics")
+    generator = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 40, 33, dtype=torch.float64, generator=generator)
+    b = (a + 0.3 * torch.rand(3, 40, 33, dtype=torch.float64, generator=generator)).clamp(0, 1)
+    theirs = [
+        metrics.structural_similarity(a[i].numpy(), b[i].numpy(), gaussian_weights=True,
+                                      sigma=1.5, use_sample_covariance=False, data_range=1.0)
+        for i in range(3)
+    ]  # fmt: skip
+    # float64 sums of a few thousand terms of magnitude at most 1
+    np.testing.assert_allclose(ssim(a, b).numpy(), theirs, rtol=0, atol=1e-12)
+
+
 def test_spearman_and_ssim_by_hand() -> None:
     # ranks of [1, 2, 2, 3] are [1, 2.5, 2.5, 4]; of [4, 3, 2, 1] reversed
     rho = spearman(torch.tensor([[1.0, 2.0, 2.0, 3.0]]), torch.tensor([[4.0, 3.0, 2.0, 1.0]]))
