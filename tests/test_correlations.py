@@ -96,6 +96,11 @@ def test_seeded_and_given_draws() -> None:
         first.values,
         faithfulness_correlation(model, x, maps, 0, runs=8, subset_size=4, seed=1).values,
     )
+    # the seeded subsets: each run's top 4 of a uniform draw per pixel, drawn run after run
+    generator = torch.Generator().manual_seed(1)
+    drawn = torch.stack([torch.rand(2, 36, generator=generator).topk(4).indices for _ in range(8)])
+    again = faithfulness_correlation(model, x, maps, 0, subsets=drawn)
+    assert torch.equal(again.values, first.values)
     subsets = torch.stack([torch.randperm(36)[:4].expand(2, 4) for _ in range(8)])
     given = faithfulness_correlation(model, x, maps, 0, subsets=subsets)
     assert given.values.shape == (2,)
