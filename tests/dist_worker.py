@@ -2,6 +2,7 @@
 
 python tests/dist_worker.py explain OUT N [KILL_AT] [METHOD]
 python tests/dist_worker.py evaluate OUT.pt N
+python tests/dist_worker.py twice OUT N      (two stores, OUT/first and OUT/second, then evaluate)
 """
 
 from __future__ import annotations
@@ -81,6 +82,12 @@ if __name__ == "__main__":
     if mode == "explain":
         kill_at = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4] != "-" else None
         explain(out, n, kill_at, *(sys.argv[5:6]))
+    elif mode == "twice":  # one script, several dataset calls: one process group for all
+        explain(os.path.join(out, "first"), n)
+        explain(os.path.join(out, "second"), n, None, "LayerCAM")
+        results = metrics(n)
+        if int(os.environ.get("RANK", "0")) == 0:
+            torch.save({k: r.values for k, r in results.items()}, os.path.join(out, "metrics.pt"))
     else:
         results = metrics(n)
         if int(os.environ.get("RANK", "0")) == 0:

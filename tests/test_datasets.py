@@ -279,6 +279,24 @@ def test_evaluate_under_torchrun_equals_one_process(tmp_path: Path) -> None:
         assert (curves is None and result.curves is None) or torch.equal(curves, result.curves)
 
 
+def test_one_torchrun_script_makes_several_dataset_calls(
+    reference: MapStore, tmp_path: Path
+) -> None:
+    """Two stores and an evaluation in one script under torchrun: the process group camkit
+    starts for the first call serves the others (started again, gloo failed to connect)."""
+    run = _run("twice", str(tmp_path), str(LENGTH), torchrun=2)
+    assert run.returncode == 0, run.stderr
+    _assert_same(MapStore(tmp_path / "first"), reference)
+    second = MapStore(tmp_path / "second")
+    assert second.indices == reference.indices
+    layercam = camkit.LayerCAM(model(), MNIST_LAYER)
+    x, y = Digits(LENGTH)[:8]
+    torch.testing.assert_close(torch.stack([second.map(i) for i in range(8)]), layercam(x, y))
+    spread = torch.load(tmp_path / "metrics.pt", weights_only=True)
+    for name, result in metrics(LENGTH).items():
+        assert torch.equal(spread[name], result.values)
+
+
 def test_on_batch_sees_every_sample_once_without_a_store() -> None:
     seen: list[int] = []
     net = model()

@@ -10,6 +10,7 @@ repeated when the dataset's length does not divide.
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -42,9 +43,12 @@ def process_group() -> Iterator[Rank]:
 
     If ``torch.distributed`` is already initialized, its default group is used
     and left running. Otherwise, if the environment comes from ``torchrun``
-    (``WORLD_SIZE`` above 1), a group is started for the block (NCCL when CUDA
-    is available, gloo otherwise; torchrun's rendezvous variables say where)
-    and destroyed after it. Otherwise the block runs as rank 0 of 1.
+    (``WORLD_SIZE`` above 1), a group is started (NCCL when CUDA is available,
+    gloo otherwise; torchrun's rendezvous variables say where) and kept until
+    the process exits, for every later call to use: a group cannot be started a
+    second time from torchrun's rendezvous (gloo's ranks would connect to the
+    first group's addresses), so one script that explains two datasets would
+    fail on the second. Otherwise the block runs as rank 0 of 1.
     """
     if dist.is_available() and dist.is_initialized():
         yield Rank(dist.get_rank(), dist.get_world_size())
@@ -61,9 +65,13 @@ def process_group() -> Iterator[Rank]:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend)
-    try:
-        yield Rank(dist.get_rank(), dist.get_world_size())
-    finally:
+    atexit.register(_destroy_at_exit)
+    yield Rank(dist.get_rank(), dist.get_world_size())
+
+
+def _destroy_at_exit() -> None:
+    """Destroy the process group camkit started, as the process exits."""
+    if dist.is_initialized():
         dist.destroy_process_group()
 
 

@@ -11,6 +11,10 @@
 * :data:`TRACING`: one :mod:`torch.fx` trace at a time (fx patches
   ``torch.nn.Module.__call__`` for the whole process while it traces).
 
+* The ``torch.distributed`` process group, where camkit started it under ``torchrun``:
+  kept until the process exits, for later calls (see
+  :func:`camkit._engine.distributed.process_group`).
+
 :func:`clear_caches` forgets the two caches; nothing else outlives a call.
 """
 
