@@ -189,6 +189,30 @@ def test_explain_under_torchrun_equals_one_process(tree: Path, tmp_path: Path) -
     assert all(torch.equal(one.map(i), two.map(i)) for i in range(23))
 
 
+def test_evaluate_compares_methods_under_torchrun_as_one_process(
+    tree: Path, tmp_path: Path
+) -> None:
+    """A comparison runs evaluate once per candidate: under torchrun they share one process
+    group, and the table equals one process's."""
+    net = ["--model", "examples.mnist.model:MnistNet", "--weights", str(WEIGHTS)]
+    argv = ["evaluate", str(tree), *net, "--channels", "1", "--no-progress", *_standardization()]
+    argv += ["--methods", "GradCAM", "LayerCAM", "--layer", "features.relu"]
+    argv += ["--metrics", "deletion", "--target", "label", "--batch-size", "4"]
+    assert main([*argv, "--json", str(tmp_path / "one.json")]) == 0
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    run = subprocess.run(
+        [*launch, "-m", "camkit", *argv, "--json", str(tmp_path / "two.json")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert run.returncode == 0, run.stderr
+    one = json.loads((tmp_path / "one.json").read_text())["rows"]
+    two = json.loads((tmp_path / "two.json").read_text())["rows"]
+    assert len(one) == 3 and one == two
+
+
 def _page_commands() -> list[list[str]]:
     """The ``camkit ...`` commands of the "Whole datasets" page, as argument lists."""
     import shlex

@@ -182,3 +182,16 @@ def test_a_metric_of_whole_batches_is_resampled_over_the_batches(
     with pytest.raises(CamkitValueError, match="scores whole batches"):
         compare(model, DataLoader(loader.dataset, batch_size=96), {"Grad-CAM": cam},
                 {"sensitivity_n": metrics["sensitivity_n"]}, progress=False)  # fmt: skip
+
+
+def test_the_baseline_map_of_a_sample_depends_on_the_sample_and_the_seed_alone() -> None:
+    """So a comparison's baseline is the same whatever the batches, their order, or the number
+    of processes sharing them."""
+    x = torch.rand(6, 3, 5, 7, generator=torch.Generator().manual_seed(0))
+    classes = torch.zeros(6, dtype=torch.long)
+    whole = RandomMaps(3)(x, classes)
+    assert whole.shape == (6, 5, 7) and float(whole.min()) >= 0 and float(whole.max()) <= 1
+    parts = torch.cat([RandomMaps(3)(x[i : i + 2], classes[:2]) for i in (4, 0, 2)])
+    torch.testing.assert_close(parts, whole[[4, 5, 0, 1, 2, 3]], rtol=0, atol=0)
+    assert not torch.equal(RandomMaps(4)(x, classes), whole)
+    assert not torch.equal(whole[0], whole[1])  # different samples, different maps

@@ -18,6 +18,7 @@ import functools
 import json
 import math
 import os
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,18 +76,25 @@ _HIGHER = {
 
 
 class RandomMaps:
-    """A baseline explainer: uniformly random maps in [0, 1], the same on every run (the
-    ``k``-th call draws from a generator seeded with ``seed + k``)."""
+    """A baseline explainer: uniformly random maps in [0, 1], each drawn from a generator
+    seeded with the CRC-32 of ``seed`` and the sample's own values. A sample's map
+    therefore depends on nothing else: not on its batch, the order of the batches, or
+    how many processes share them under ``torchrun``, so a comparison gives the same
+    numbers whatever the run."""
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
-        self.calls = 0
 
     def __call__(self, x: Tensor, classes: Tensor) -> Tensor:
         """Random maps ``(N, *spatial)`` for the batch ``x``."""
-        generator = torch.Generator().manual_seed(self.seed + self.calls)
-        self.calls += 1
-        return torch.rand((len(x), *x.shape[2:]), generator=generator).to(x.device)
+        maps = []
+        for sample in x.detach().cpu():
+            data = sample.contiguous().view(-1).view(torch.uint8).numpy()
+            # the CPU generator keeps 32 bits of a seed: the seed starts the checksum
+            key = zlib.crc32(data, zlib.crc32(str(self.seed).encode()))
+            generator = torch.Generator().manual_seed(key)
+            maps.append(torch.rand(x.shape[2:], generator=generator))
+        return torch.stack(maps).to(x.device)
 
 
 @dataclass(frozen=True)
