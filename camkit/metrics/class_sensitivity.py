@@ -95,8 +95,8 @@ def random_logit(
         similarity: ``similarity(a, b)`` per pair of maps; by default
             :func:`~camkit.metrics.ssim` over 2-D maps (``data_range`` 1: the maps
             lie in [0, 1]), or the Spearman correlation for other shapes.
-        batch_size: Rows per forward pass for the classes; None sizes
-            the passes to the input (:ref:`metrics-batch-size`).
+        batch_size: Rows per forward pass for the classes; None sizes the passes to the
+            input (:ref:`metrics-batch-size`).
 
     Returns:
         The similarity per sample, and its mean.

@@ -83,8 +83,8 @@ def faithfulness_correlation(
             flattened spatial grid (such as another library's draws); by default
             drawn from a generator seeded with ``seed``.
         seed: The seed of the default subsets (the same subsets on every call).
-        batch_size: Rows per forward pass; None sizes
-            the passes to the input (:ref:`metrics-batch-size`).
+        batch_size: Rows per forward pass; None sizes the passes to the
+            input (:ref:`metrics-batch-size`).
 
     Returns:
         The correlation per sample, and its mean.
@@ -179,8 +179,8 @@ def monotonicity_correlation(
         fills: Your own replacement values, ``(steps, samples, N)`` (such as
             another library's draws), in place of the baseline.
         seed: The seed of the ``"uniform"`` draws.
-        batch_size: Rows per forward pass; None sizes
-            the passes to the input (:ref:`metrics-batch-size`).
+        batch_size: Rows per forward pass; None sizes the passes to the
+            input (:ref:`metrics-batch-size`).
 
     Returns:
         The correlation per sample, and its mean.
@@ -277,8 +277,8 @@ def sensitivity_n(
         mass: ``"removed"`` (the mass of :math:`S_n`, the paper's) or ``"step"``
             (of the step's group, Quantus 0.6's).
         ties: As in :func:`faithfulness_estimate`.
-        batch_size: Rows per forward pass; None sizes
-            the passes to the input (:ref:`metrics-batch-size`).
+        batch_size: Rows per forward pass; None sizes the passes to the
+            input (:ref:`metrics-batch-size`).
 
     Returns:
         ``values``: the correlation at each ``n`` (one per step, not per sample);

@@ -71,8 +71,8 @@ def average_drop(
             upsampled), or a CAM (any callable ``cam(x, classes)``) to compute them.
         target: ``None`` (predicted class), an int, or one class per sample.
         baseline: What a map value of 0 shows: ``0`` (the default) or a tensor.
-        batch_size: Rows per forward pass; None sizes
-            the passes to the input (:ref:`metrics-batch-size`).
+        batch_size: Rows per forward pass; None sizes the passes to the
+            input (:ref:`metrics-batch-size`).
 
     Returns:
         Per-sample drops in % and their mean.
@@ -233,8 +233,8 @@ def deletion(
         baseline: ``"zeros"`` (default), ``"blur"`` (:func:`blur` of ``x``), a
             number, or a tensor broadcastable to ``x``.
         step: Pixels per step; by default about 1/50 of the pixels.
-        batch_size: Perturbed images per forward pass; None sizes
-            the passes to the input (:ref:`metrics-batch-size`).
+        batch_size: Perturbed images per forward pass; None sizes the passes to the
+            input (:ref:`metrics-batch-size`).
 
     Returns:
         Per-sample AUCs, their mean, the curves ``(N, steps + 1)`` and their x-axis.

@@ -87,8 +87,8 @@ def faithfulness_estimate(
         softmax: Score softmax probabilities instead of logits.
         ties: How tied pixels are ordered: ``"first"`` or ``"quantus"`` (see
             :data:`~camkit.metrics._removal.ORDERS`).
-        batch_size: Rows per forward pass; None sizes
-            the passes to the input (:ref:`metrics-batch-size`).
+        batch_size: Rows per forward pass; None sizes the passes to the
+            input (:ref:`metrics-batch-size`).
 
     Returns:
         The correlation per sample, and its mean.
@@ -155,8 +155,8 @@ def monotonicity(
         baseline: As in :func:`faithfulness_estimate`.
         softmax: Score softmax probabilities (Quantus's default here) or logits.
         ties: As in :func:`faithfulness_estimate` (here the lowest come first).
-        batch_size: Rows per forward pass; None sizes
-            the passes to the input (:ref:`metrics-batch-size`).
+        batch_size: Rows per forward pass; None sizes the passes to the
+            input (:ref:`metrics-batch-size`).
 
     Returns:
         1.0 (monotonic) or 0.0 per sample, and the share of 1.0.
@@ -225,8 +225,8 @@ def non_sensitivity(
         features_in_step: Pixels per group.
         baseline: ``"black"`` (each input's smallest value), ``"mean"`` or a number.
         softmax: Score softmax probabilities (Quantus's default here) or logits.
-        batch_size: Rows per forward pass; None sizes
-            the passes to the input (:ref:`metrics-batch-size`).
+        batch_size: Rows per forward pass; None sizes the passes to the
+            input (:ref:`metrics-batch-size`).
 
     Returns:
         The count per sample, and its mean.

@@ -74,8 +74,8 @@ def sufficiency(
             the metric compares predicted classes whatever is explained.
         threshold: The largest relative distance of close maps, in [0, 1].
         alone: The value of a sample with no other close map (Quantus: 0).
-        batch_size: Rows per forward pass; None sizes
-            the passes to the input (:ref:`metrics-batch-size`).
+        batch_size: Rows per forward pass; None sizes the passes to the
+            input (:ref:`metrics-batch-size`).
 
     Returns:
         The share per sample, and its mean.
@@ -140,8 +140,8 @@ def consistency(
         top: How many positions make a map's label.
         discretise: ``"top"`` or ``"quantus"``.
         alone: The value of a sample whose label no other sample shares (Quantus: 0).
-        batch_size: Rows per forward pass; None sizes
-            the passes to the input (:ref:`metrics-batch-size`).
+        batch_size: Rows per forward pass; None sizes the passes to the
+            input (:ref:`metrics-batch-size`).
 
     Returns:
         The share per sample, and its mean.

@@ -136,8 +136,8 @@ def region_perturbation(
         softmax: Score softmax probabilities (Quantus's default here) or logits.
         ties: How patches of equal mass are ordered, ``"first"`` or ``"quantus"``.
         seed: The seed of ``"random"``.
-        batch_size: Rows per forward pass; None sizes
-            the passes to the input (:ref:`metrics-batch-size`).
+        batch_size: Rows per forward pass; None sizes the passes to the
+            input (:ref:`metrics-batch-size`).
 
     Returns:
         The AOPC per sample and its mean; ``curves``: the drops ``(N, regions)``.
@@ -224,8 +224,8 @@ def selectivity(
         softmax: Score softmax probabilities (Quantus's default here) or logits.
         ties: How patches of equal mass are ordered, ``"first"`` or ``"quantus"``.
         auc: ``"fraction"`` or ``"quantus"`` (see :data:`AREAS`).
-        batch_size: Rows per forward pass; None sizes
-            the passes to the input (:ref:`metrics-batch-size`).
+        batch_size: Rows per forward pass; None sizes the passes to the
+            input (:ref:`metrics-batch-size`).
 
     Returns:
         The area per sample and its mean; ``curves``: the scores ``(N, patches)``
@@ -313,8 +313,8 @@ def irof(
         softmax: Score softmax probabilities (Quantus's default here) or logits.
         ties: How segments of equal mean are ordered, ``"first"`` or ``"quantus"``.
         auc: ``"fraction"`` or ``"quantus"`` (see :data:`AREAS`).
-        batch_size: Rows per forward pass; None sizes
-            the passes to the input (:ref:`metrics-batch-size`).
+        batch_size: Rows per forward pass; None sizes the passes to the
+            input (:ref:`metrics-batch-size`).
 
     Returns:
         The area per sample and its mean; ``curves``: the relative scores ``(N, K)``
@@ -429,8 +429,8 @@ def infidelity(
         patch_sizes: The patches' sides, one pass of the grid each.
         baseline: ``"black"`` (each input's smallest value), ``"mean"`` or a number.
         softmax: Score softmax probabilities instead of logits.
-        batch_size: Rows per forward pass; None sizes
-            the passes to the input (:ref:`metrics-batch-size`).
+        batch_size: Rows per forward pass; None sizes the passes to the
+            input (:ref:`metrics-batch-size`).
 
     Returns:
         The mean squared difference per sample, and its mean.

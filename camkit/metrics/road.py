@@ -191,8 +191,8 @@ def road(
         order: ``"morf"`` (most relevant first) or ``"lerf"`` (least relevant first).
         noise: Std of the imputation noise.
         seed: Seed of the imputation noise, so results repeat.
-        batch_size: Images per forward pass; None sizes
-            the passes to the input (:ref:`metrics-batch-size`).
+        batch_size: Images per forward pass; None sizes the passes to the
+            input (:ref:`metrics-batch-size`).
 
     Returns:
         ``values`` of shape ``(N, len(percentages))`` and the mean per percentage.

@@ -76,8 +76,8 @@ def max_sensitivity(
             ``return_nan_when_prediction_changes`` makes the sample ``NaN`` when any
             copy's prediction changed: ``self.max_func = np.max if
             return_nan_when_prediction_changes else np.nanmax``.)
-        batch_size: Rows per forward pass for the predictions; None sizes
-            the passes to the input (:ref:`metrics-batch-size`).
+        batch_size: Rows per forward pass for the predictions; None sizes the passes to the
+            input (:ref:`metrics-batch-size`).
 
     Returns:
         The largest relative change per sample, and its mean.

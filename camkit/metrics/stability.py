@@ -88,8 +88,8 @@ def local_lipschitz_estimate(
         noise: Your own perturbation, ``noise(x, step)``, in place of the Gaussian.
         seed: The seed of the default noise.
         nan_when_prediction_changes: Leave out copies whose predicted class changed.
-        batch_size: Rows per forward pass for the predictions; None sizes
-            the passes to the input (:ref:`metrics-batch-size`).
+        batch_size: Rows per forward pass for the predictions; None sizes the passes to the
+            input (:ref:`metrics-batch-size`).
 
     Returns:
         The estimate per sample, and its mean.
@@ -153,8 +153,8 @@ def continuity(
         steps: How many shifts.
         baseline: ``"black"`` (each input's smallest value), ``"mean"`` or a number.
         nan_when_prediction_changes: Leave out shifts whose predicted class changed.
-        batch_size: Rows per forward pass for the predictions; None sizes
-            the passes to the input (:ref:`metrics-batch-size`).
+        batch_size: Rows per forward pass for the predictions; None sizes the passes to the
+            input (:ref:`metrics-batch-size`).
 
     Returns:
         The largest ratio per sample, and its mean.
@@ -275,8 +275,8 @@ def relative_input_stability(
         seed: The seed of the default noise.
         eps: What a zero is replaced by in a division.
         nan_when_prediction_changes: Leave out copies whose predicted class changed.
-        batch_size: Rows per forward pass; None sizes
-            the passes to the input (:ref:`metrics-batch-size`).
+        batch_size: Rows per forward pass; None sizes the passes to the
+            input (:ref:`metrics-batch-size`).
 
     Returns:
         The largest ratio per sample, and its mean.
