@@ -135,3 +135,16 @@ def test_equal_to_quantus() -> None:
         got = consistency(model, x, maps, discretise="quantus")
         # Quantus divides by (count + 1e-9)
         np.testing.assert_allclose(got.values.numpy(), np.asarray(expected), rtol=1e-8)
+
+
+def test_the_top_positions_are_a_stable_sorts_with_ties_in_row_major_order() -> None:
+    """Consistency's labels come from one topk; they equal what a stable descending sort
+    keeps, on maps full of ties (values in {0, 1, 2, 3})."""
+    from camkit.metrics.neighbours import _top_positions
+
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        flat = (torch.rand(7, 50, generator=generator) * 4).floor().double()
+        top = int(torch.randint(1, 51, (1,), generator=generator))
+        ranked = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :top]
+        assert torch.equal(_top_positions(flat, top), ranked.sort(dim=1).values)

@@ -40,6 +40,17 @@ def _agreement(same_map: Tensor, predicted: Tensor, alone: float) -> Tensor:
     return torch.where(count > 0, share, alone)
 
 
+def _top_positions(flat: Tensor, top: int) -> Tensor:
+    """The positions of each row's ``top`` largest values, ties taken in row-major order,
+    in increasing order ``(N, top)``: what a stable descending sort keeps, from one topk
+    instead of a full sort."""
+    kth = flat.topk(top, dim=1).values[:, -1:]
+    above, equal = flat > kth, flat == kth
+    needed = top - above.sum(dim=1, keepdim=True)
+    chosen = above | (equal & (equal.cumsum(dim=1) <= needed))
+    return chosen.nonzero()[:, 1].view(len(flat), top)
+
+
 def sufficiency(
     model: nn.Module,
     x: Tensor,
@@ -163,8 +174,7 @@ def consistency(
     classes = predicted if target is None else classes_of(model, x, target, batch_size)
     flat = maps_for(maps, x, classes).double().flatten(1).cpu()
     if discretise == "top":
-        ranked = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :top]
-        labels = ranked.sort(dim=1).values
+        labels = _top_positions(flat, min(top, flat.shape[1]))
     else:
         labels = flat[:, :top].sign()
     same = (labels[:, None] == labels[None]).all(dim=2)
