@@ -170,18 +170,24 @@ def test_weights_that_do_not_fit(tmp_path: Path) -> None:
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in state.items())
 
 
-def test_explain_under_torchrun_equals_one_process(tree: Path, tmp_path: Path) -> None:
-    argv = ["explain", str(tree), *MNIST, *_standardization(), "--batch-size", "4"]
-    assert main([*argv, "--store", str(tmp_path / "one")]) == 0
+def _camkit_under_torchrun(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc_per_node=2 -m camkit ARGV``, which must succeed."""
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     run = subprocess.run(
-        [*launch, "-m", "camkit", *argv, "--store", str(tmp_path / "two")],
+        [*launch, "-m", "camkit", *argv],
         capture_output=True,
         text=True,
         cwd=ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert run.returncode == 0, run.stderr
+    return run
+
+
+def test_explain_under_torchrun_equals_one_process(tree: Path, tmp_path: Path) -> None:
+    argv = ["explain", str(tree), *MNIST, *_standardization(), "--batch-size", "4"]
+    assert main([*argv, "--store", str(tmp_path / "one")]) == 0
+    run = _camkit_under_torchrun(*argv, "--store", str(tmp_path / "two"))
     assert run.stdout.count("camkit explain: wrote 23 maps") == 1  # rank 0 reports
     one, two = camkit.MapStore(tmp_path / "one"), camkit.MapStore(tmp_path / "two")
     assert two.complete and one.indices == two.indices == list(range(23))
@@ -199,15 +205,7 @@ def test_evaluate_compares_methods_under_torchrun_as_one_process(
     argv += ["--methods", "GradCAM", "LayerCAM", "--layer", "features.relu"]
     argv += ["--metrics", "deletion", "--target", "label", "--batch-size", "4"]
     assert main([*argv, "--json", str(tmp_path / "one.json")]) == 0
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    run = subprocess.run(
-        [*launch, "-m", "camkit", *argv, "--json", str(tmp_path / "two.json")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert run.returncode == 0, run.stderr
+    _camkit_under_torchrun(*argv, "--json", str(tmp_path / "two.json"))
     one = json.loads((tmp_path / "one.json").read_text())["rows"]
     two = json.loads((tmp_path / "two.json").read_text())["rows"]
     assert len(one) == 3 and one == two
