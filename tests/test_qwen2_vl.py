@@ -193,13 +193,8 @@ def test_merged_tokens_round_trip_and_refuse_what_does_not_fit() -> None:
     assert camkit.GradCAM(model, "model.visual.blocks.1").settings()["merge_size"] == 1
 
 
-class VideoAnswering(nn.Module):
+class VideoAnswering(Answering):
     """Qwen2-VL with its text fixed, taking clips ``(N, 3, T, H, W)`` first."""
-
-    def __init__(self, model: nn.Module, input_ids: Tensor) -> None:
-        super().__init__()
-        self.model = model
-        self.input_ids = input_ids
 
     def forward(self, clips: Tensor) -> Tensor:
         pixel_values, grid = patchify(clips, PATCH, MERGE)

@@ -498,13 +498,8 @@ def test_tiles_round_trip_and_refuse_other_layouts() -> None:
         Layout("tokens", grid=(2, 2, 2), token_order=(1, 2, 0), tiles=2)
 
 
-class IdeficsAnswering(nn.Module):
+class IdeficsAnswering(Answering):
     """Idefics3 with its text fixed, taking tiles ``(N, C, tiles, H, W)``."""
-
-    def __init__(self, model: nn.Module, input_ids: Tensor) -> None:
-        super().__init__()
-        self.model = model
-        self.input_ids = input_ids
 
     def forward(self, tiles: Tensor) -> Tensor:
         logits: Tensor = self.model(
