@@ -199,39 +199,6 @@ def test_focus_equals_quantus() -> None:
     np.testing.assert_allclose(got.values.numpy(), np.asarray(expected), rtol=1e-11)
 
 
-def test_mann_whitney_u_by_numpy_and_by_torch_counts_the_pairs() -> None:
-    from camkit.metrics._sorting import mann_whitney_u, rank_sums_torch
-
-    generator = torch.Generator().manual_seed(0)
-    values = torch.round(torch.rand(6, 50, generator=generator, dtype=torch.float64) * 5) / 5
-    selected = torch.rand(6, 50, generator=generator) > 0.5
-    # every (selected, other) pair: 1 where the selected value is larger, 1/2 where tied
-    larger = (values[:, :, None] > values[:, None, :]).double()
-    tied = (values[:, :, None] == values[:, None, :]).double()
-    pairs = selected[:, :, None] & ~selected[:, None, :]
-    expected = ((larger + tied / 2) * pairs).sum(dim=(1, 2))
-    torch.testing.assert_close(mann_whitney_u(values, selected), expected, rtol=0, atol=0)
-    by_torch = mann_whitney_u(values.clone().requires_grad_(), selected)  # the torch path
-    torch.testing.assert_close(by_torch, expected, rtol=0, atol=1e-9)
-    # the rank sums behind the torch path: below, plus the mean place among the ties
-    below = (values[:, None, :] < values[:, :, None]).sum(2).double()
-    ties = (values[:, None, :] == values[:, :, None]).sum(2).double()
-    ranks = ((below + (ties + 1) / 2) * selected).sum(1)
-    torch.testing.assert_close(rank_sums_torch(values, selected), ranks, rtol=0, atol=1e-9)
-
-
-def test_average_ranks_by_numpy_and_by_torch() -> None:
-    from camkit.metrics._sorting import _average_ranks_torch, average_ranks
-
-    values = torch.round(torch.rand(5, 40, generator=torch.Generator().manual_seed(1)) * 4) / 4
-    values = values.double()
-    below = (values[:, None, :] < values[:, :, None]).sum(2).double()
-    tied = (values[:, None, :] == values[:, :, None]).sum(2).double()
-    expected = below + (tied - 1) / 2  # 0-based: the mean of the tied places
-    torch.testing.assert_close(average_ranks(values), expected, rtol=0, atol=1e-12)
-    torch.testing.assert_close(_average_ranks_torch(values), expected, rtol=0, atol=1e-12)
-
-
 @pytest.mark.parametrize("ties", ["average", "first"])
 def test_top_hits_by_numpy_and_by_torch_agree(ties: str) -> None:
     """The CPU path (NumPy) and the one other devices take (torch), on rows with ties."""

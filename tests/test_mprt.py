@@ -61,6 +61,30 @@ def test_a_method_blind_to_the_weights_scores_zero() -> None:
         efficient_mprt(model, blind, x, layers=["9"])
 
 
+def test_randomisation_is_seeded_and_leaves_the_callers_random_state() -> None:
+    """Each layer is re-initialised from its seed alone, and the caller's generator goes on
+    where it was: the same draw follows with or without a randomisation test between."""
+    from camkit.metrics._weights import randomize
+
+    model = _model()
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    method = lambda m: camkit.GradCAM(m, "1")  # noqa: E731
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    first = randomization_test(model, method, x, seed=5)
+    assert torch.equal(torch.rand(4), expected)
+    torch.manual_seed(999)  # another global state: the same maps
+    again = randomization_test(model, method, x, seed=5)
+    assert torch.equal(first.maps, again.maps)
+    # a layer's new weights are its reset_parameters() from torch.manual_seed(seed)
+    layer = nn.Linear(5, 2)
+    randomize(layer, 7)
+    torch.manual_seed(7)
+    by_hand = nn.Linear(5, 2)
+    assert torch.equal(layer.weight, by_hand.weight) and torch.equal(layer.bias, by_hand.bias)
+
+
 def test_smooth_mprt_is_the_cascading_test_on_averaged_maps() -> None:
     checkpoint, _ = load()
     model = checkpoint.model

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from camkit._engine.model import eval_mode, forward
 from camkit._engine.model_outputs import logits_in
 from camkit.errors import CamkitValueError
+from camkit.metrics._sorting import stable_order
 
 ORDERS = ("first", "quantus")
 """How pixels that tie in the map are ordered: ``"first"`` takes them in row-major
@@ -35,7 +36,7 @@ def order(weights: Tensor, ties: str) -> Tensor:
     """Each row's indices, highest first (ties as ``ties`` says), ``(N, P)`` int64 on the CPU."""
     if ties == "quantus":
         return torch.from_numpy(np.argsort(-weights.cpu().numpy(), axis=1)).long()
-    return torch.sort(weights.cpu(), dim=1, descending=True, stable=True).indices
+    return stable_order(weights.cpu(), descending=True)
 
 
 def baseline_values(x: Tensor, baseline: str | float) -> Tensor:

@@ -5,7 +5,9 @@ default sort (measured on rows of 784 and 50,176 values: 0.84 against 0.06 ms
 for 32 rows of 784), which dominates metrics that only need each row's values in
 order (a Gini index, a cut value, ranks by search). There, the values are
 sorted by NumPy; on other devices by ``torch.sort``. Orders of indices, where
-ties matter, are left to ``torch.sort(stable=True)``.
+ties matter, are a values-only sort too: each float32 value and its index packed
+into one int64 key (:func:`stable_order`), five times faster than
+``torch.sort(stable=True)`` on rows of 784 and twice on rows of 50,176.
 """
 
 from __future__ import annotations
@@ -21,6 +23,53 @@ def sorted_rows(values: Tensor, descending: bool = False) -> Tensor:
         return torch.sort(values, dim=1, descending=descending).values
     ordered = torch.from_numpy(np.sort(values.numpy(), axis=1))
     return ordered.flip(1) if descending else ordered
+
+
+def _float32_values(values: Tensor) -> np.ndarray | None:
+    """``values`` as a float32 NumPy array where that is exact and cheap (a CPU tensor with no
+    gradient, of at most 32 bits, or float64 values that float32 holds exactly) and holds no
+    NaN; else None."""
+    if values.device.type != "cpu" or values.requires_grad or not values.is_floating_point():
+        return None
+    if values.dtype == torch.float64:
+        v64 = values.numpy()
+        v = v64.astype(np.float32)
+        if not np.array_equal(v, v64):  # also False for a NaN
+            return None
+        return v
+    if values.dtype.itemsize > 4:
+        return None
+    v = values.float().numpy()
+    return None if np.isnan(v).any() else v
+
+
+def stable_order(values: Tensor, descending: bool = False) -> Tensor:
+    """Each row's indices in the order of its values, equal values by index: what
+    ``torch.sort(values, dim=1, descending=descending, stable=True).indices`` gives,
+    ``(N, P)`` int64 on ``values``' device.
+
+    On the CPU, for values float32 holds exactly and free of NaN, each value's bits are
+    mapped to an int32 of the same order (-0.0 first made +0.0, which ``torch.sort``
+    counts equal to it), shifted into the top half of an int64 with the index below, and
+    the keys sorted by NumPy's values-only sort. Elsewhere by ``torch.sort``.
+    """
+    v = _float32_values(values) if values.dim() == 2 and values.shape[1] < 2**31 else None
+    if v is None:
+        return torch.sort(values, dim=1, descending=descending, stable=True).indices
+    return torch.from_numpy(_packed_order(v, descending))
+
+
+def _packed_order(v: np.ndarray, descending: bool) -> np.ndarray:
+    """:func:`stable_order` of float32 rows ``v`` ``(N, P)``, by one sort of int64 keys."""
+    bits = (v + np.float32(0.0)).view(np.int32)  # + 0.0 turns -0.0 into +0.0
+    key = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))  # the floats' order, as int32
+    if descending:
+        key = ~key
+    packed = key.astype(np.int64) << 32
+    packed |= np.arange(v.shape[1], dtype=np.int64)
+    packed.sort(axis=1)
+    packed &= 0xFFFFFFFF
+    return packed
 
 
 def kth_largest(values: Tensor, k: Tensor) -> Tensor:
@@ -77,16 +126,20 @@ def average_ranks(values: Tensor) -> Tensor:
         return _average_ranks_torch(values)
     v = values.numpy()
     n, p = v.shape
-    order = np.argsort(v, axis=1)
+    v32 = _float32_values(values)
+    order = _packed_order(v32, False) if v32 is not None else np.argsort(v, axis=1)
     ordered = np.take_along_axis(v, order, axis=1)
-    starts = np.ones(ordered.shape, dtype=bool)
-    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    first = np.flatnonzero(starts)
-    sizes = np.diff(np.append(first, n * p))
-    group = np.cumsum(starts.ravel()) - 1
-    mean_place = (first % p + (sizes - 1) / 2)[group].reshape(n, p)
-    ranks = np.empty_like(mean_place)
-    np.put_along_axis(ranks, order, mean_place, axis=1)
+    starts = np.empty(ordered.shape, dtype=bool)
+    starts[:, :1] = True
+    np.not_equal(ordered[:, 1:], ordered[:, :-1], out=starts[:, 1:])
+    ranks = np.empty((n, p))
+    rows = np.arange(n)[:, None]
+    if starts.all():  # no ties: each value's place
+        ranks[rows, order] = np.arange(p, dtype=np.float64)
+    else:  # each run of equal values shares the mean of its places
+        first = np.flatnonzero(starts)
+        sizes = np.diff(np.append(first, n * p))
+        ranks[rows, order] = np.repeat(first % p + (sizes - 1) / 2, sizes).reshape(n, p)
     return torch.from_numpy(ranks).to(values.dtype)
 
 

@@ -31,15 +31,36 @@ def parameterized_layers(model: nn.Module, x: Tensor) -> list[str]:
 
 
 def randomize(module: nn.Module, seed: int) -> None:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        reset = getattr(module, "reset_parameters", None)
-        if callable(reset):
-            reset()
+    """Re-initialise ``module`` from ``seed``: its ``reset_parameters``, else N(0, 0.02) for
+    its own parameters. Only the generator of the module's device is seeded, and the
+    caller's random state is restored after (``torch.manual_seed`` would also seed, and
+    leave seeded, every CUDA, XPU and MTIA generator, and costs a stack trace each on a
+    machine where they are not started)."""
+    device = next(module.parameters(), torch.empty(0)).device
+    if device.type == "cpu":
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            _reset(module)
+        return
+    index = device.index if device.index is not None else 0
+    with torch.random.fork_rng(devices=[index], device_type=device.type):
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
         else:
-            with torch.no_grad():
-                for p in module.parameters(recurse=False):
-                    p.normal_(0.0, 0.02)
+            torch.manual_seed(seed)
+        _reset(module)
+
+
+def _reset(module: nn.Module) -> None:
+    reset = getattr(module, "reset_parameters", None)
+    if callable(reset):
+        reset()
+    else:
+        with torch.no_grad():
+            for p in module.parameters(recurse=False):
+                p.normal_(0.0, 0.02)
 
 
 def reduce_channels(maps: Tensor, x: Tensor) -> Tensor:

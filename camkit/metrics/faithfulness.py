@@ -20,6 +20,7 @@ from camkit.metrics._common import (
     probabilities,
     summarize,
 )
+from camkit.metrics._sorting import stable_order
 from camkit.targets import Target
 
 __all__ = ["average_drop", "blur", "deletion", "increase_in_confidence", "insertion"]
@@ -166,7 +167,7 @@ def _curve(
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise CamkitValueError(f"step: got {step!r}; allowed: a positive number of pixels")
     counts = torch.tensor(sorted({min(c, pixels) for c in range(0, pixels + step, step)}))
-    order = m.argsort(dim=1, descending=True, stable=True)
+    order = stable_order(m, descending=True)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(pixels, device=m.device).expand(n, -1))
     start_flat = start.flatten(2)

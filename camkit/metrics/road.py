@@ -18,6 +18,7 @@ from camkit.metrics._common import (
     probabilities,
     summarize,
 )
+from camkit.metrics._sorting import stable_order
 from camkit.targets import Target
 
 __all__ = ["impute", "road"]
@@ -213,7 +214,7 @@ def road(
     classes = classes_of(model, x, target, batch_size)
     m = maps_for(maps, x, classes).flatten(1)
     pixels = m.shape[1]
-    order_index = m.argsort(dim=1, descending=order == "morf", stable=True)
+    order_index = stable_order(m, descending=order == "morf")
     rank = torch.empty_like(order_index)
     rank.scatter_(1, order_index, torch.arange(pixels, device=m.device).expand(n, -1))
     generator = torch.Generator().manual_seed(seed)
