@@ -100,15 +100,30 @@ def removed_scores(
     rows = torch.arange(n, device=x.device)[:, None]
     per_pass = max(1, batch_size // n)
     out = []
+    channels = flat.shape[1]
     for first in range(0, len(removals), per_pass):
-        copies = []
-        for pixels, fill in removals[first : first + per_pass]:
-            removed = flat.clone()
-            index = pixels.to(x.device)
-            removed[rows, :, index] = fill.to(x.dtype)[:, None, :].expand(-1, index.shape[1], -1)
-            copies.append(removed.view_as(x))
-        count = len(copies)
-        scored = scores(model, torch.cat(copies), classes.repeat(count), softmax, batch_size)
+        part = removals[first : first + per_pass]
+        count = len(part)
+        if len({pixels.shape[1] for pixels, _ in part}) == 1:  # one scatter for the pass
+            index = torch.cat([pixels for pixels, _ in part]).to(x.device, torch.int64)
+            fills = torch.cat([fill for _, fill in part]).to(x.device, x.dtype)  # (count * N, C)
+            k = index.shape[1]
+            batch = flat.repeat(count, 1, 1).scatter_(
+                2, index[:, None, :].expand(-1, channels, -1), fills[:, :, None].expand(-1, -1, k)
+            )
+        else:
+            copies = []
+            for pixels, fill in part:
+                removed = flat.clone()
+                index = pixels.to(x.device)
+                removed[rows, :, index] = fill.to(x.dtype)[:, None, :].expand(
+                    -1, index.shape[1], -1
+                )
+                copies.append(removed)
+            batch = torch.cat(copies)
+        scored = scores(
+            model, batch.view(count * n, *x.shape[1:]), classes.repeat(count), softmax, batch_size
+        )
         out.append(scored.view(count, n))
     return torch.cat(out)
 
@@ -141,10 +156,12 @@ def cumulative_scores(
     per_pass = max(1, batch_size // n)
     out = []
     for first in range(0, steps, per_pass):
-        done = range(first, min(first + per_pass, steps))
-        copies = [torch.where(step_of <= s, end_flat, start_flat).view_as(start) for s in done]
-        scored = scores(model, torch.cat(copies), classes.repeat(len(copies)), softmax, batch_size)
-        out.append(scored.view(len(copies), n))
+        done = torch.arange(first, min(first + per_pass, steps), device=start.device)
+        # every copy of the pass in one where: (copies, N, C, P)
+        taken = step_of[None] <= done.view(-1, 1, 1, 1)
+        copies = torch.where(taken, end_flat, start_flat).view(-1, *start.shape[1:])
+        scored = scores(model, copies, classes.repeat(len(done)), softmax, batch_size)
+        out.append(scored.view(len(done), n))
     return torch.cat(out).T
 
 
