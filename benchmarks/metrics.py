@@ -60,6 +60,7 @@ class Entry:
     ours: Call
     theirs: Call | None
     bound: bool  # by forward passes or the explainer's re-runs
+    floor: Call | None = None  # work every library must also do, timed with the passes
 
 
 class Counter:
@@ -161,12 +162,14 @@ def entries(s: Setup, counter: Counter, quantus: object) -> list[Entry]:
     inner = "layer4.1" if s.name == "resnet18" else layer
     slic = q.helpers.utils.get_superpixel_segments  # type: ignore[attr-defined]
 
-    def irof_with_segments() -> object:
-        segments = torch.from_numpy(np.stack([
+    def segment() -> Tensor:  # Quantus's SLIC, which its IROF runs inside
+        return torch.from_numpy(np.stack([
             slic(img=np.moveaxis(image, 0, -1).astype("double"), segmentation_method="slic")
             for image in x.numpy()
         ])).long()  # fmt: skip
-        return ck.irof(model, x, maps, y, segments=segments)
+
+    def irof_with_segments() -> object:
+        return ck.irof(model, x, maps, y, segments=segment())
 
     tiles = torch.rand(len(x), 2 * h, 2 * w, generator=torch.Generator().manual_seed(0))
     quadrants = torch.rand(len(x), 4) > 0.5
@@ -199,8 +202,8 @@ def entries(s: Setup, counter: Counter, quantus: object) -> list[Entry]:
         Entry("faithfulness", "Sensitivity-n",
           ours(ck.sensitivity_n, model, x, maps, y, features_in_step=step),
           theirs(q.SensitivityN(features_in_step=step, disable_warnings=True)), True),
-        Entry("faithfulness", "IROF (SLIC segments in both)", irof_with_segments,
-          theirs(q.IROF(disable_warnings=True)), True),
+        Entry("faithfulness", "IROF (SLIC segments in both, and in the passes' time)",
+          irof_with_segments, theirs(q.IROF(disable_warnings=True)), True, segment),
         Entry("faithfulness", "Infidelity",
           ours(ck.infidelity, model, x, maps, y, patch_sizes=(patch,)),
           theirs(q.Infidelity(perturb_patch_sizes=[patch], n_perturb_samples=1,
@@ -301,8 +304,9 @@ def timed(call: Call, budget: float = 1.0) -> float:
     return statistics.median(times)
 
 
-def passes_alone(s: Setup, rows: list[int], explains: int) -> float:
-    """The same forward passes, and the same number of explainer calls, run bare."""
+def passes_alone(s: Setup, rows: list[int], explains: int, floor: Call | None = None) -> float:
+    """The same forward passes, and the same number of explainer calls, run bare (and the
+    work ``floor`` every library must also do, such as IROF's segmentation)."""
     largest = max(rows, default=len(s.x))
     pool = s.x.repeat(-(-largest // len(s.x)), *([1] * (s.x.dim() - 1)))
     cam = camkit.GradCAM(s.model, s.layer)
@@ -312,30 +316,45 @@ def passes_alone(s: Setup, rows: list[int], explains: int) -> float:
             s.model(pool[:count])
     for _ in range(explains):
         cam(s.x, s.y)
+    if floor is not None:
+        floor()
     return time.perf_counter() - started
 
 
-def run(s: Setup, quantus: object, only: set[str] | None) -> list[list[str]]:
+def run(
+    s: Setup,
+    quantus: object,
+    only: set[str] | None,
+    names: list[str] | None = None,
+    budget: float = 1.0,
+) -> list[list[str]]:
     cam = camkit.GradCAM(s.model, s.layer)
     counter = Counter(s.model, cam)
     table = []
     for entry in entries(s, counter, quantus):
         if only and entry.family not in only:
             continue
+        if names and not any(name.lower() in entry.metric.lower() for name in names):
+            continue
         with counter.counting():  # one call counted: its passes and explainer calls
             first = timed(entry.ours, budget=0.0)
         rows, explains = list(counter.rows), counter.explains
-        ours = first if first > 1.0 else timed(entry.ours)
+        ours = first if first > budget else timed(entry.ours, budget)
         try:
-            theirs = f"{timed(entry.theirs):.4f}" if entry.theirs is not None else ""
+            theirs = f"{timed(entry.theirs, budget):.4f}" if entry.theirs is not None else ""
             ratio = f"{float(theirs) / ours:.1f}x" if theirs else ""
         except Exception as error:  # a peer's failure is a result
             theirs, ratio = f"fails: {type(error).__name__}", ""
             print(f"  Quantus {entry.metric}: {str(error)[:120]}", flush=True)
-        bare = timed(partial(passes_alone, s, rows, explains)) if entry.bound else 0.0
+        bare = (
+            timed(partial(passes_alone, s, rows, explains, entry.floor), budget)
+            if entry.bound
+            else 0.0
+        )
         line = [
             entry.family, entry.metric, f"{ours:.4f}", theirs, ratio,
             f"{bare:.4f}" if entry.bound else "", f"{ours / bare:.2f}x" if entry.bound else "",
+            f"{(ours - bare) * 1e3:.2f}" if entry.bound else "",
         ]  # fmt: skip
         print(" | ".join(line), flush=True)
         table.append(line)
@@ -347,6 +366,12 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", default=["mnist", "resnet18"])
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--families", nargs="*", default=None)
+    parser.add_argument("--budget", type=float, default=1.0,
+                        help="seconds of repeats per timing: at least 3 calls while under it; "
+                             "a call slower runs once")  # fmt: skip
+    parser.add_argument("--metrics", nargs="*", default=None,
+                        help="only these metrics (parts of their names); their rows replace "
+                             "the same rows of an existing --out")  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results-metrics.md")
     parser.add_argument("--rst", type=Path, default=ROOT / "docs" / "metrics" / "benchmark.rst",
                         help="the docs' copy of the tables")  # fmt: skip
@@ -360,34 +385,66 @@ def main() -> None:
 
     if not hasattr(np, "trapz"):  # Quantus 0.6 calls np.trapz, which NumPy 2.4 removed
         np.trapz = np.trapezoid  # type: ignore[attr-defined]
+    budget = f" --budget {args.budget:g}" if args.budget != 1.0 else ""
     lines = [
         "# camkit's metrics beside Quantus 0.6",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} CPU, torch "
         f"{torch.__version__}, {torch.get_num_threads()} CPU threads, quantus "
         f"{quantus.__version__}, one run each. Command: `python benchmarks/metrics.py "
-        f"--cases {' '.join(args.cases)} --images {args.images}`. Seconds per batch of "
+        f"--cases {' '.join(args.cases)} --images {args.images}{budget}`. Seconds per batch of "
         f"{args.images}; *passes alone*: the forward passes camkit made (the same rows in "
         f"the same batches) and the explainer's re-runs, timed bare; a metric bound by them "
-        f"cannot be faster than they are.",
+        f"cannot be faster than they are; *own (ms)*: camkit's time less the passes' (its "
+        f"own arithmetic: building the perturbed copies, sorting, the statistics).",
     ]
     for name in args.cases:
         s = build(name, args.images)
         print(f"## {name}", flush=True)
-        table = run(s, quantus, set(args.families) if args.families else None)
+        only = set(args.families) if args.families else None
+        table = run(s, quantus, only, args.metrics, args.budget)
+        if args.metrics:
+            replace_rows(args.out, s, table, budget)
+            continue
         lines += [
             "",
             f"## {name}: batch {args.images}, input {tuple(s.x.shape[1:])}, Grad-CAM maps at "
             f"`{s.layer}`",
             "",
             "| family | metric | camkit (s) | Quantus (s) | Quantus / camkit | passes alone (s) "
-            "| camkit / passes |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+            "| camkit / passes | own (ms) |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         lines += ["| " + " | ".join(row) + " |" for row in table]
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out}")
+    if not args.metrics:
+        args.out.write_text("\n".join(lines) + "\n")
+        print(f"wrote {args.out}")
     write_rst(args.out, args.rst)
+
+
+def replace_rows(markdown: Path, s: Setup, table: list[list[str]], options: str) -> None:
+    """Put ``table``'s rows in place of the same metrics' rows in ``s``'s table of
+    ``markdown``, and say below that table when they were measured."""
+    lines = markdown.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"## {s.name}:"))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    fresh = {row[1]: "| " + " | ".join(row) + " |" for row in table}
+    for i in range(start, end):
+        cells = [c.strip() for c in lines[i].strip("|").split("|")]
+        if lines[i].startswith("| ") and len(cells) > 1 and cells[1] in fresh:
+            lines[i] = fresh.pop(cells[1])
+    if fresh:
+        raise SystemExit(f"no rows named {sorted(fresh)} in {markdown}'s {s.name} table")
+    note = (
+        f"Re-measured {time.strftime('%Y-%m-%d')} (`--cases {s.name} --metrics ...{options}`): "
+        + ", ".join(row[1] for row in table)
+        + "."
+    )
+    last = max(i for i in range(start, end) if lines[i].startswith("| "))
+    lines.insert(last + 1, "")
+    lines.insert(last + 2, note)
+    markdown.write_text("\n".join(lines) + "\n")
+    print(f"updated {len(table)} rows of {markdown}")
 
 
 def write_rst(markdown: Path, rst: Path) -> None:
