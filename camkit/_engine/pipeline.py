@@ -143,8 +143,8 @@ def check_finite(x: Tensor, scores: Tensor, maps: Mapping[str, Tensor]) -> None:
     culprit (or find that the sum merely overflowed).
     """
     total = scores.detach().sum(dtype=torch.float32)
-    for values in maps.values():
-        total = total + values.sum()
+    for values in maps.values():  # differentiable maps: read without joining their graph
+        total = total + (values.detach() if values.requires_grad else values).sum()
     if math.isfinite(float(total)):  # one read; Tensor.isfinite adds four operations
         return
     check_scores_finite(x, scores)
