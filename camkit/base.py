@@ -113,6 +113,8 @@ class BaseCAM(Explainer):
         CamkitTypeError: If ``model`` or ``layer`` has the wrong type.
     """
 
+    reports_output = True
+
     needs_gradients: ClassVar[bool] = True
     """Whether :meth:`weights` uses :attr:`LayerContext.gradients`."""
 

@@ -75,6 +75,13 @@ class Explainer(ABC):
     """Whether a sample's map has the input's channels, ``(N, C, *spatial)`` like ``x``
     (Guided Backprop), rather than one value per position, ``(N, *spatial)``."""
 
+    reports_output: ClassVar[bool] = False
+    """Whether the ``output`` of ``explain(x, ...)`` is the model's own eval-mode output on
+    ``x`` itself (that of the forward pass the maps come from), so that a caller needing the
+    model's predictions on ``x`` can read them there instead of running the model again
+    (the robustness metrics do, for each noisy copy). :func:`camkit.testing.check_explainer`
+    checks it. camkit's explainers declare it; a new one is not assumed to."""
+
     model: nn.Module
     """The model explained; the explainer never modifies it."""
 

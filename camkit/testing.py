@@ -124,7 +124,8 @@ def check_explainer(
     settings; that ``explain(x, target)`` returns one float32, finite map per
     sample (``(N, *spatial)`` like ``x``, or ``(N, C, *spatial)`` where it
     declares ``input_channels``) with per-sample scores and the output of the
-    forward pass, and that ``explainer(x, target)`` returns the same maps;
+    forward pass (the model's own eval-mode output on ``x`` where it declares
+    ``reports_output``), and that ``explainer(x, target)`` returns the same maps;
     that ``upsample=False`` gives maps at a layer's resolution where
     ``layer_resolution`` is declared and is refused with a
     :class:`~camkit.CamkitValueError` otherwise; that ``differentiable=True``
@@ -199,6 +200,47 @@ def _check_result(name: str, explainer: Explainer, result: CAMResult, x: Tensor)
     _expect(bool(torch.isfinite(maps).all()), f"{name}: maps are not finite")
     _expect(tuple(result.scores.shape) == (len(x),), f"{name}: scores are not one per sample")
     _expect(result.output is not None, f"{name}: the result has no model output")
+    if explainer.reports_output:
+        model = explainer.model
+        training = {m: m.training for m in model.modules()}
+        try:
+            with torch.no_grad():
+                expected = model.eval()(x)
+        finally:
+            for module, flag in training.items():
+                module.training = flag
+        _expect(
+            _same_values(result.output, expected),
+            f"{name} declares reports_output, but explain's output is not the model's "
+            f"eval-mode output on x",
+        )
+
+
+def _same_values(got: Any, expected: Any) -> bool:
+    """Whether two model outputs hold the same values: tensors equal to float32's rounding
+    of a forward pass (``torch.testing.assert_close``'s default for the dtype), and
+    tuples, lists and dicts of them alike."""
+    if isinstance(expected, Tensor):
+        if not isinstance(got, Tensor) or got.shape != expected.shape:
+            return False
+        try:
+            torch.testing.assert_close(got.detach(), expected.detach())
+        except AssertionError:
+            return False
+        return True
+    if isinstance(expected, dict):
+        return (
+            isinstance(got, dict)
+            and got.keys() == expected.keys()
+            and all(_same_values(got[k], expected[k]) for k in expected)
+        )
+    if isinstance(expected, (tuple, list)):
+        return (
+            isinstance(got, (tuple, list))
+            and len(got) == len(expected)
+            and all(_same_values(a, b) for a, b in zip(got, expected, strict=True))
+        )
+    return bool(got == expected)
 
 
 def _expect_refusal(name: str, option: str, call: Any) -> CamkitValueError:

@@ -8,6 +8,7 @@ before it resumes), and that changing it changes them.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -192,6 +193,16 @@ def test_the_check_catches_a_broken_declaration() -> None:
 
     with pytest.raises((AssertionError, RuntimeError)):  # maps outside the graph
         check_explainer(Pretends(smooth_net(), "1"), x, target=[0, 1])
+
+    class Shifted(camkit.GradCAM):
+        """Declares (as GradCAM does) that its output is the model's, then changes it."""
+
+        def explain(self, x: Tensor, target: Any = None, **options: Any) -> camkit.CAMResult:
+            result = super().explain(x, target, **options)
+            return dataclasses.replace(result, output=result.output + 1e-3)
+
+    with pytest.raises(AssertionError, match="declares reports_output, but explain's output"):
+        check_explainer(Shifted(smooth_net(), "1"), x, target=[0, 1])
 
 
 def test_the_differentiable_methods_are_those_that_declare_it() -> None:

@@ -81,6 +81,43 @@ def test_prediction_changes_can_be_left_out() -> None:
         assert math.isnan(fewer) or fewer <= all_copies + 1e-12
 
 
+@pytest.mark.parametrize("metric", ["max_sensitivity", "relative_input_stability", "continuity"])
+def test_an_explainer_of_the_model_gives_the_predictions_without_another_pass(
+    metric: str,
+) -> None:
+    """A camkit explainer of the same model reports its forward pass's output: the check
+    that a copy kept its prediction reads it there (one pass fewer per copy, and for the
+    input), and the values are those of the separate passes a plain function needs."""
+    from camkit import metrics
+
+    model = _model()
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    cam = camkit.GradCAM(model, "1")
+    options: dict[str, object] = {"steps": 6} if metric == "continuity" else {"samples": 6}
+    if metric == "max_sensitivity":
+        options["radius"] = 3.0  # large enough that some copies change their prediction
+    score = partial(getattr(metrics, metric), model, x, target=[0, 1, 2, 0],
+                    nan_when_prediction_changes=True, **options)  # fmt: skip
+    rows: list[int] = []
+    handle = model.register_forward_pre_hook(lambda m, args: rows.append(len(args[0])))
+    try:
+        direct = score(cam)
+        explained = len(rows)  # the explainer's passes: the input's and one per copy
+        rows.clear()
+        wrapped = score(lambda v, c: cam(v, c))
+        both = len(rows)
+        rows.clear()
+        score(camkit.GradCAM(_model(), "1"))  # an equal model, but another object
+        predicted = len(rows)  # its explainer runs elsewhere: these are the prediction passes
+    finally:
+        handle.remove()
+    assert predicted == explained >= 6  # continuity skips the shift by the whole width
+    assert both == explained + predicted
+    torch.testing.assert_close(direct.values, wrapped.values, rtol=0, atol=0, equal_nan=True)
+    if metric == "max_sensitivity":
+        assert bool(direct.values.isnan().any()) or bool(direct.values.isfinite().all())
+
+
 def test_clear_errors() -> None:
     model = _model()
     x = torch.randn(2, 1, 8, 8)

@@ -101,6 +101,8 @@ class DeepFeatureFactorization(Explainer):
         (torch.Size([3, 2, 8, 8]), torch.Size([4, 2]))
     """
 
+    reports_output = True
+
     not_differentiable_because = "its factorization runs iterative updates outside the graph"
     layer_resolution = True
 

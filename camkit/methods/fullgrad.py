@@ -75,6 +75,8 @@ class FullGrad(Explainer):
         torch.Size([3, 8, 8])
     """
 
+    reports_output = True
+
     not_differentiable_because = "each term is scaled per channel outside the autograd graph"
 
     def __init__(

@@ -205,6 +205,8 @@ class GradECLIP(Explainer):
         torch.Size([2, 32, 32])
     """
 
+    reports_output = True
+
     not_differentiable_because = (
         "its maps are read from one block's queries, keys and values, recorded without gradients"
     )

@@ -84,6 +84,8 @@ class GuidedBackprop(Explainer):
         torch.Size([3, 1, 8, 8])
     """
 
+    reports_output = True
+
     not_differentiable_because = _GUIDED
     input_channels = True
 
@@ -176,6 +178,8 @@ class GuidedGradCAM(Explainer):
         >>> GuidedGradCAM(model, "1")(torch.randn(3, 1, 8, 8)).shape
         torch.Size([3, 1, 8, 8])
     """
+
+    reports_output = True
 
     not_differentiable_because = _GUIDED
     input_channels = True

@@ -94,6 +94,8 @@ class LeGrad(Explainer):
         torch.Size([2, 16, 16])
     """
 
+    reports_output = True
+
     not_differentiable_because = "its attention gradients are taken without a graph of their own"
     layer_resolution = True
 

@@ -175,6 +175,8 @@ class OcclusionSensitivity(Explainer):
         torch.Size([2, 8, 8, 8])
     """
 
+    reports_output = True
+
     not_differentiable_because = "its maps are made from forward passes run without gradients"
 
     def __init__(

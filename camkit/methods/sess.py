@@ -68,6 +68,8 @@ class SESS(Explainer):
         torch.Size([2, 16, 16])
     """
 
+    reports_output = True
+
     not_differentiable_because = (
         "its maps are pasted together from patches explained outside the autograd graph"
     )

@@ -126,6 +126,17 @@ def explainer_of(maps: Maps, metric: str) -> Maps:
 def maps_for(maps: Maps, x: Tensor, classes: Tensor) -> Tensor:
     """Maps ``(N, *x spatial)`` in [0, 1], computed by an explainer or a function, or given;
     checked for their shape and their range (maps at a layer's resolution are upsampled)."""
+    return maps_and_logits(maps, x, classes, None)[0]
+
+
+def maps_and_logits(
+    maps: Maps, x: Tensor, classes: Tensor, model: nn.Module | None
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`maps_for`'s maps, and ``model``'s ``(N, classes)`` logits on ``x`` where the
+    explainer's own forward pass gave them (a camkit explainer of this very ``model`` that
+    declares :attr:`~camkit.Explainer.reports_output`): a pass the caller need not run
+    again. ``None`` for the logits otherwise."""
+    found = None
     if isinstance(maps, Tensor):
         result = maps.detach()
     elif isinstance(maps, Explainer):
@@ -135,7 +146,12 @@ def maps_for(maps: Maps, x: Tensor, classes: Tensor) -> Tensor:
                 f"*spatial); metrics need one value per position: reduce them first (such as "
                 f"the largest absolute value over channels, scaled to [0, 1])"
             )
-        result = maps.explain(x, classes).maps
+        explained = maps.explain(x, classes)
+        result = explained.maps
+        if model is not None and maps.model is model and maps.reports_output:
+            output = logits_in(explained.output)
+            if isinstance(output, Tensor) and output.dim() == 2 and len(output) == len(x):
+                found = output
     elif callable(maps):
         result = maps(x, classes)
     else:
@@ -156,7 +172,7 @@ def maps_for(maps: Maps, x: Tensor, classes: Tensor) -> Tensor:
         )
     if tuple(result.shape[1:]) != tuple(x.shape[2:]):
         result = map_ops.upsample(result.float(), tuple(x.shape[2:]))
-    return result.to(x.device, torch.float32)
+    return result.to(x.device, torch.float32), found
 
 
 def check_batch(x: object, batch_size: int | None) -> tuple[int, int]:

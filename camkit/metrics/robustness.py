@@ -25,7 +25,7 @@ from camkit.metrics._common import (
     classes_of,
     explainer_of,
     logits,
-    maps_for,
+    maps_and_logits,
     reruns_explainer,
     summarize,
 )
@@ -196,18 +196,23 @@ def over_copies(
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise CamkitValueError(f"samples: got {samples!r}; allowed: a positive int")
     classes = classes_of(model, x, target, batch_size)
-    reference = maps_for(maps, x, classes).double().flatten(1)
-    predicted = (
-        logits(model, x, batch_size).argmax(1).cpu() if nan_when_prediction_changes else None
-    )
+    # a camkit explainer of this model gives its forward pass's logits with the maps: the
+    # predictions come from there, and no second pass runs per copy
+    reference, scores = maps_and_logits(maps, x, classes, model)
+    reference = reference.double().flatten(1)
+    predicted = None
+    if nan_when_prediction_changes:
+        predicted = (scores if scores is not None else logits(model, x, batch_size)).argmax(1)
+        predicted = predicted.cpu()
     values = torch.full((len(x), samples), torch.nan, dtype=torch.float64)
     for step in range(samples):
         noisy = noise(x, step)
-        changed = maps_for(maps, noisy, classes).double().flatten(1)
+        changed, scores = maps_and_logits(maps, noisy, classes, model)
+        changed = changed.double().flatten(1)
         value = objective(x, noisy, reference, changed).cpu()
         if predicted is not None:
-            now = logits(model, noisy, batch_size).argmax(1).cpu()
-            value = torch.where(now == predicted, value, torch.nan)
+            now = (scores if scores is not None else logits(model, noisy, batch_size)).argmax(1)
+            value = torch.where(now.cpu() == predicted, value, torch.nan)
         values[:, step] = value
     return values
 
