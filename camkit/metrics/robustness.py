@@ -173,9 +173,11 @@ def gaussian_noise(std: float, seed: int) -> Noise:
     return noise
 
 
-Objective = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
-"""``objective(x, noisy, e, e_noisy)``: one value per sample for one copy, ``(N,)``; the maps
-``e`` flattened ``(N, P)`` float64."""
+Objective = Callable[[Tensor, Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
+"""``objective(x, noisy, e, e_noisy, scores)``: one value per sample for one copy, ``(N,)``;
+the maps ``e`` flattened ``(N, P)`` float64; ``scores`` the model's logits on the copy where
+they are known (asked for by :func:`over_copies`'s ``wants_logits``, or read from the
+explainer's own pass), else ``None``."""
 
 
 def over_copies(
@@ -188,6 +190,7 @@ def over_copies(
     nan_when_prediction_changes: bool,
     batch_size: int | None,
     objective: Objective,
+    wants_logits: bool = False,
 ) -> Tensor:
     """``(N, samples)``: ``objective`` on each noisy copy of ``x`` and its maps (re-run for the
     same classes); NaN for a copy left out because its prediction changed."""
@@ -209,10 +212,11 @@ def over_copies(
         noisy = noise(x, step)
         changed, scores = maps_and_logits(maps, noisy, classes, model)
         changed = changed.double().flatten(1)
-        value = objective(x, noisy, reference, changed).cpu()
-        if predicted is not None:
-            now = (scores if scores is not None else logits(model, noisy, batch_size)).argmax(1)
-            value = torch.where(now.cpu() == predicted, value, torch.nan)
+        if scores is None and (predicted is not None or wants_logits):
+            scores = logits(model, noisy, batch_size)
+        value = objective(x, noisy, reference, changed, scores).cpu()
+        if predicted is not None and scores is not None:
+            value = torch.where(scores.argmax(1).cpu() == predicted, value, torch.nan)
         values[:, step] = value
     return values
 
@@ -234,7 +238,9 @@ def _relative_changes(
     if not radius >= 0:
         raise CamkitValueError(f"radius: got {radius!r}; allowed: a number >= 0")
 
-    def relative(x: Tensor, noisy: Tensor, e: Tensor, e_noisy: Tensor) -> Tensor:
+    def relative(
+        x: Tensor, noisy: Tensor, e: Tensor, e_noisy: Tensor, scores: Tensor | None
+    ) -> Tensor:
         change: Tensor = torch.linalg.vector_norm(e_noisy - e, dim=1)
         size: Tensor = torch.linalg.vector_norm(e, dim=1)
         return change / size

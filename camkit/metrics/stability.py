@@ -107,7 +107,9 @@ def local_lipschitz_estimate(
     if not std >= 0:
         raise CamkitValueError(f"std: got {std!r}; allowed: a number >= 0")
 
-    def ratio(x: Tensor, noisy: Tensor, e: Tensor, e_noisy: Tensor) -> Tensor:
+    def ratio(
+        x: Tensor, noisy: Tensor, e: Tensor, e_noisy: Tensor, scores: Tensor | None
+    ) -> Tensor:
         moved: Tensor = torch.linalg.vector_norm((x.double() - noisy.double()).flatten(1), dim=1)
         change: Tensor = torch.linalg.vector_norm(e - e_noisy, dim=1)
         return change / (moved + 1e-10)
@@ -182,7 +184,9 @@ def continuity(
     def shifted(x: Tensor, step: int) -> Tensor:
         return _shift(x, image, shifts[step])
 
-    def ratio(x: Tensor, moved: Tensor, e: Tensor, e_moved: Tensor) -> Tensor:
+    def ratio(
+        x: Tensor, moved: Tensor, e: Tensor, e_moved: Tensor, scores: Tensor | None
+    ) -> Tensor:
         distance: Tensor = torch.linalg.vector_norm((x.double() - moved.double()).flatten(1), dim=1)
         return (e - e_moved).abs().sum(dim=1) / (distance + 1e-9)
 
@@ -223,18 +227,21 @@ def _stability(
     eps: float,
     nan_when_prediction_changes: bool,
     batch_size: int | None,
-    denominator: Callable[[Tensor, Tensor], Tensor],
+    denominator: Callable[[Tensor, Tensor, Tensor | None], Tensor],
+    wants_logits: bool = False,
 ) -> MetricResult:
     if not eps > 0:
         raise CamkitValueError(f"eps: got {eps!r}; allowed: a number > 0")
 
-    def ratio(x: Tensor, noisy: Tensor, e: Tensor, e_noisy: Tensor) -> Tensor:
-        below = denominator(x, noisy)
+    def ratio(
+        x: Tensor, noisy: Tensor, e: Tensor, e_noisy: Tensor, scores: Tensor | None
+    ) -> Tensor:
+        below = denominator(x, noisy, scores)
         return _relative(e, e_noisy, eps) / torch.where(below == 0, eps, below)
 
     values = over_copies(
         model, x, maps, target, samples, noise or uniform_noise(0.02, 0.2, seed),
-        nan_when_prediction_changes, batch_size, ratio,
+        nan_when_prediction_changes, batch_size, ratio, wants_logits,
     )  # fmt: skip
     return summarize(name, _largest(values))
 
@@ -291,7 +298,7 @@ def relative_input_stability(
         torch.Size([2])
     """
 
-    def inputs(x: Tensor, noisy: Tensor) -> Tensor:
+    def inputs(x: Tensor, noisy: Tensor, scores: Tensor | None) -> Tensor:
         return _relative(x, noisy, eps)
 
     return _stability(
@@ -348,15 +355,15 @@ def relative_output_stability(
     _, batch_size = check_batch(x, batch_size)
     reference = logits(model, x, batch_size).double()
 
-    def outputs(x: Tensor, noisy: Tensor) -> Tensor:
-        moved: Tensor = torch.linalg.vector_norm(
-            reference - logits(model, noisy, batch_size).double(), dim=1
-        )
+    def outputs(x: Tensor, noisy: Tensor, scores: Tensor | None) -> Tensor:
+        # wants_logits: the copy's logits come from the explainer's pass, or from one run here
+        now = scores if scores is not None else logits(model, noisy, batch_size)
+        moved: Tensor = torch.linalg.vector_norm(reference - now.double(), dim=1)
         return moved
 
     return _stability(
         "relative_output_stability", model, x, maps, target, samples, noise, seed, eps,
-        nan_when_prediction_changes, batch_size, outputs,
+        nan_when_prediction_changes, batch_size, outputs, wants_logits=True,
     )  # fmt: skip
 
 
@@ -414,7 +421,7 @@ def relative_representation_stability(
     _, module = find_layer(model, layer)
     reference = _representation(model, module, layer, x, batch_size)
 
-    def representations(x: Tensor, noisy: Tensor) -> Tensor:
+    def representations(x: Tensor, noisy: Tensor, scores: Tensor | None) -> Tensor:
         return _relative(reference, _representation(model, module, layer, noisy, batch_size), eps)
 
     return _stability(
