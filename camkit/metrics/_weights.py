@@ -33,9 +33,9 @@ def parameterized_layers(model: nn.Module, x: Tensor) -> list[str]:
 def randomize(module: nn.Module, seed: int) -> None:
     """Re-initialise ``module`` from ``seed``: its ``reset_parameters``, else N(0, 0.02) for
     its own parameters. Only the generator of the module's device is seeded, and the
-    caller's random state is restored after (``torch.manual_seed`` would also seed, and
-    leave seeded, every CUDA, XPU and MTIA generator, and costs a stack trace each on a
-    machine where they are not started)."""
+    caller's random state is restored after: ``torch.manual_seed`` would also seed, and
+    leave seeded, every CUDA, XPU and MTIA generator, and where those devices are not
+    started it records a stack trace for each (about a millisecond a call)."""
     device = next(module.parameters(), torch.empty(0)).device
     if device.type == "cpu":
         with torch.random.fork_rng(devices=[]):
