@@ -347,6 +347,11 @@ def test_randomization_separates_gradcam_from_a_model_blind_method() -> None:
     assert cascade.maps.shape == (6, 6, 12, 12)
     assert cascade.passes()
     assert_untouched(before, snapshot(model, x))
+    for step, maps in enumerate(cascade.maps[1:]):  # all steps ranked at once, each alike
+        expected = spearman(cascade.maps[0], maps)
+        torch.testing.assert_close(
+            cascade.spearman[step], expected, rtol=0, atol=1e-12, equal_nan=True
+        )
 
     def blind(m: nn.Module) -> Any:
         return lambda inputs, classes: inputs[:, 0].abs()

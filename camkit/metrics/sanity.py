@@ -39,15 +39,13 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
 
 def _correlations(original: Tensor, after: Tensor) -> Tensor:
     """Spearman correlation of ``original`` ``(N, ...)`` with each of ``after`` ``(S, N,
-    ...)``, ``(S, N)``; the original's ranks computed once."""
+    ...)``, ``(S, N)``: the original's ranks computed once, every step's in one call."""
     ra = average_ranks(original.flatten(1).double())
     ra = ra - ra.mean(1, keepdim=True)
-    out = []
-    for m in after:
-        rb = average_ranks(m.flatten(1).double())
-        rb = rb - rb.mean(1, keepdim=True)
-        out.append((ra * rb).sum(1) / ((ra * ra).sum(1) * (rb * rb).sum(1)).sqrt())
-    return torch.stack(out)
+    steps, n = after.shape[:2]
+    rb = average_ranks(after.reshape(steps * n, -1).double()).view(steps, n, -1)
+    rb = rb - rb.mean(2, keepdim=True)
+    return (ra * rb).sum(2) / ((ra * ra).sum(1) * (rb * rb).sum(2)).sqrt()
 
 
 def _band(taps: Tensor, length: int) -> Tensor:
