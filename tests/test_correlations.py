@@ -101,6 +101,10 @@ def test_seeded_and_given_draws() -> None:
     drawn = torch.stack([torch.rand(2, 36, generator=generator).topk(4).indices for _ in range(8)])
     again = faithfulness_correlation(model, x, maps, 0, subsets=drawn)
     assert torch.equal(again.values, first.values)
+    # a subset is a set: the order of its indices changes nothing, to the last bit
+    shuffled = drawn.gather(2, torch.rand(drawn.shape, generator=generator).argsort(2))
+    shuffle = faithfulness_correlation(model, x, maps, 0, subsets=shuffled)
+    assert torch.equal(shuffle.values, first.values)
     subsets = torch.stack([torch.randperm(36)[:4].expand(2, 4) for _ in range(8)])
     given = faithfulness_correlation(model, x, maps, 0, subsets=subsets)
     assert given.values.shape == (2,)
