@@ -129,11 +129,7 @@ def faithfulness_correlation(
     intact = scores(model, x.detach(), classes, softmax, batch_size)
     removed = removed_scores(model, x, classes, [(s, fill) for s in subsets], softmax, batch_size)
     drops = (intact[None] - removed).T  # (N, runs)
-    # each subset's mass summed in pixel order over a mask: the same number whatever the
-    # order of its indices (and a pixel named twice counted once, as it is removed once)
-    chosen = torch.zeros(len(subsets), n, pixels, dtype=torch.bool, device=weights.device)
-    chosen.scatter_(2, subsets.to(weights.device), True)
-    masses = torch.where(chosen, weights, 0.0).sum(2).T  # (N, runs)
+    masses = torch.stack([weights.gather(1, s.to(weights.device)).sum(1) for s in subsets], 1)
     return summarize("faithfulness_correlation", pearson(masses.cpu(), drops))
 
 
