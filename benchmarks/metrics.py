@@ -66,14 +66,11 @@ class Entry:
 class Counter:
     """Counts the rows of every forward pass outside the explainer, and the explainer's calls."""
 
-    def __init__(self, model: nn.Module, cam: Callable[[Tensor, Tensor], Tensor]) -> None:
-        self.model, self.cam = model, cam
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
         self.rows: list[int] = []
         self.explains = 0
         self.inside = False
-
-    def explain(self, x: Tensor, classes: Tensor) -> Tensor:
-        return self.wrap(self.cam)(x, classes)
 
     def wrap(self, cam: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
         """``cam``, its calls counted and its forward passes left out of the rows."""
@@ -346,8 +343,7 @@ def run(
     names: list[str] | None = None,
     budget: float = 1.0,
 ) -> list[list[str]]:
-    cam = camkit.GradCAM(s.model, s.layer)
-    counter = Counter(s.model, cam)
+    counter = Counter(s.model)
     table = []
     for entry in entries(s, counter, quantus):
         if only and entry.family not in only:
