@@ -16,6 +16,14 @@ _VALUES = [0.0, -0.0, 1.0, -1.0, 0.5, 1e-40, -1e-40, 3.0e38, -3.0e38, 1e5, 1 / 3
 _VALUES += [float("inf"), float("-inf")]
 
 
+def _pairwise_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Each value's 0-based average rank by counting pairs: the values below it, plus the
+    mean place among those equal to it."""
+    below = (values[:, None, :] < values[:, :, None]).sum(2).double()
+    tied = (values[:, None, :] == values[:, :, None]).sum(2).double()
+    return below + (tied - 1) / 2
+
+
 @st.composite
 def rows(draw: st.DrawFn) -> torch.Tensor:
     n = draw(st.integers(1, 4))
@@ -49,9 +57,7 @@ def test_stable_order_falls_back_to_torch_with_nan_and_gradients() -> None:
 @given(rows())
 def test_average_ranks_are_the_mean_place_of_each_run_of_ties(values: torch.Tensor) -> None:
     values = values.double()
-    below = (values[:, None, :] < values[:, :, None]).sum(2).double()
-    tied = (values[:, None, :] == values[:, :, None]).sum(2).double()
-    expected = below + (tied - 1) / 2  # 0-based: the mean of the tied places
+    expected = _pairwise_ranks(values)
     torch.testing.assert_close(average_ranks(values), expected, rtol=0, atol=1e-12)
 
 
@@ -81,8 +87,6 @@ def test_average_ranks_by_numpy_and_by_torch() -> None:
 
     values = torch.round(torch.rand(5, 40, generator=torch.Generator().manual_seed(1)) * 4) / 4
     values = values.double()
-    below = (values[:, None, :] < values[:, :, None]).sum(2).double()
-    tied = (values[:, None, :] == values[:, :, None]).sum(2).double()
-    expected = below + (tied - 1) / 2  # 0-based: the mean of the tied places
+    expected = _pairwise_ranks(values)
     torch.testing.assert_close(average_ranks(values), expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(_average_ranks_torch(values), expected, rtol=0, atol=1e-12)

@@ -97,7 +97,6 @@ def removed_scores(
     N)`` float64 scores; copies are scored ``batch_size`` rows at a time."""
     n = len(x)
     flat = x.detach().flatten(2)  # (N, C, P)
-    rows = torch.arange(n, device=x.device)[:, None]
     per_pass = max(1, batch_size // n)
     out = []
     channels = flat.shape[1]
@@ -111,7 +110,8 @@ def removed_scores(
             batch = flat.repeat(count, 1, 1).scatter_(
                 2, index[:, None, :].expand(-1, channels, -1), fills[:, :, None].expand(-1, -1, k)
             )
-        else:
+        else:  # subsets of several sizes: one copy at a time
+            rows = torch.arange(n, device=x.device)[:, None]
             copies = []
             for pixels, fill in part:
                 removed = flat.clone()
