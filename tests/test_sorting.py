@@ -56,9 +56,13 @@ def test_stable_order_falls_back_to_torch_with_nan_and_gradients() -> None:
 
 @given(rows())
 def test_average_ranks_are_the_mean_place_of_each_run_of_ties(values: torch.Tensor) -> None:
-    values = values.double()
+    # in any dtype, the ranks come back as float64, exactly (halves of small integers)
     expected = _pairwise_ranks(values)
-    torch.testing.assert_close(average_ranks(values), expected, rtol=0, atol=1e-12)
+    ranks = average_ranks(values)
+    assert ranks.dtype == torch.float64
+    torch.testing.assert_close(ranks, expected, rtol=0, atol=0)
+    strided = values.T.contiguous().T  # a transposed view ranks alike
+    torch.testing.assert_close(average_ranks(strided), expected, rtol=0, atol=0)
 
 
 def test_mann_whitney_u_by_numpy_and_by_torch_counts_the_pairs() -> None:
@@ -90,3 +94,15 @@ def test_average_ranks_by_numpy_and_by_torch() -> None:
     expected = _pairwise_ranks(values)
     torch.testing.assert_close(average_ranks(values), expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(_average_ranks_torch(values), expected, rtol=0, atol=1e-12)
+
+
+def test_average_ranks_of_rows_with_nan_in_every_dtype() -> None:
+    from camkit.metrics._sorting import _average_ranks_torch
+
+    # NaN sorts last and ties with nothing, in NumPy's path as in torch's
+    row = [[2.0, float("nan"), 1.0, 2.0, float("nan"), -0.0, 0.0]]
+    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        values = torch.tensor(row, dtype=dtype)
+        expected = torch.tensor([[3.5, 5.0, 2.0, 3.5, 6.0, 0.5, 0.5]], dtype=torch.float64)
+        torch.testing.assert_close(average_ranks(values), expected, rtol=0, atol=0)
+        torch.testing.assert_close(_average_ranks_torch(values), expected, rtol=0, atol=0)

@@ -61,6 +61,15 @@ def stable_order(values: Tensor, descending: bool = False) -> Tensor:
 
 def _packed_order(v: np.ndarray, descending: bool) -> np.ndarray:
     """:func:`stable_order` of float32 rows ``v`` ``(N, P)``, by one sort of int64 keys."""
+    packed = _sorted_keys(v, descending)
+    packed &= 0xFFFFFFFF
+    return packed
+
+
+def _sorted_keys(v: np.ndarray, descending: bool) -> np.ndarray:
+    """Each row of float32 ``v`` ``(N, P)`` as sorted int64 keys: the value mapped to an
+    int32 of the same order in the top half (so equal values, and only they, have equal
+    top halves), its index in the bottom half."""
     bits = (v + np.float32(0.0)).view(np.int32)  # + 0.0 turns -0.0 into +0.0
     key = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))  # the floats' order, as int32
     if descending:
@@ -68,7 +77,6 @@ def _packed_order(v: np.ndarray, descending: bool) -> np.ndarray:
     packed = key.astype(np.int64) << 32
     packed |= np.arange(v.shape[1], dtype=np.int64)
     packed.sort(axis=1)
-    packed &= 0xFFFFFFFF
     return packed
 
 
@@ -120,27 +128,43 @@ def rank_sums_torch(values: Tensor, selected: Tensor) -> Tensor:
 
 
 def average_ranks(values: Tensor) -> Tensor:
-    """Each row's average ranks (0-based; tied values share the mean of their places), in
-    ``values``' dtype and shape ``(N, P)``; on the CPU by NumPy."""
+    """Each row's average ranks (0-based; tied values share the mean of their places),
+    ``(N, P)`` float64 (exact for any ``values`` dtype); on the CPU by NumPy.
+
+    On the CPU, for values float32 holds exactly, the order and the runs of equal values
+    both come from one sort of packed keys (:func:`_sorted_keys`); each run's first and
+    last place are running maxima and minima over the flattened rows, so ties cost two
+    passes whatever their number.
+    """
     if values.device.type != "cpu" or values.requires_grad:
         return _average_ranks_torch(values)
-    v = values.numpy()
-    n, p = v.shape
+    n, p = values.shape
     v32 = _float32_values(values)
-    order = _packed_order(v32, False) if v32 is not None else np.argsort(v, axis=1)
-    ordered = np.take_along_axis(v, order, axis=1)
-    starts = np.empty(ordered.shape, dtype=bool)
+    starts = np.empty((n, p), dtype=bool)  # where each run of equal sorted values begins
     starts[:, :1] = True
-    np.not_equal(ordered[:, 1:], ordered[:, :-1], out=starts[:, 1:])
-    ranks = np.empty((n, p))
-    rows = np.arange(n)[:, None]
+    if v32 is not None:
+        packed = _sorted_keys(v32, False)
+        order = packed & 0xFFFFFFFF
+        packed >>= 32  # the values' keys, in order
+        np.not_equal(packed[:, 1:], packed[:, :-1], out=starts[:, 1:])
+    else:
+        v = values.double().numpy()
+        order = np.argsort(v, axis=1)
+        ordered = np.take_along_axis(v, order, axis=1)
+        np.not_equal(ordered[:, 1:], ordered[:, :-1], out=starts[:, 1:])
+    offsets = np.arange(0, n * p, p, dtype=np.int64)[:, None]  # each row's first flat place
     if starts.all():  # no ties: each value's place
-        ranks[rows, order] = np.arange(p, dtype=np.float64)
-    else:  # each run of equal values shares the mean of its places
-        first = np.flatnonzero(starts)
-        sizes = np.diff(np.append(first, n * p))
-        ranks[rows, order] = np.repeat(first % p + (sizes - 1) / 2, sizes).reshape(n, p)
-    return torch.from_numpy(ranks).to(values.dtype)
+        placed = np.broadcast_to(np.arange(p, dtype=np.float64), (n, p))
+    else:  # the mean of each run's first and last place (runs end where a row ends)
+        flat = np.arange(n * p, dtype=np.int64)
+        first = np.maximum.accumulate(np.where(starts.ravel(), flat, 0))
+        ends = np.empty(n * p, dtype=bool)
+        ends[:-1], ends[-1] = starts.ravel()[1:], True
+        last = np.minimum.accumulate(np.where(ends, flat, n * p - 1)[::-1])[::-1]
+        placed = (first + last).reshape(n, p) * 0.5 - offsets
+    ranks = np.empty(n * p)
+    ranks[(order + offsets).ravel()] = placed.ravel()
+    return torch.from_numpy(ranks.reshape(n, p))
 
 
 def _average_ranks_torch(x: Tensor) -> Tensor:
@@ -154,4 +178,4 @@ def _average_ranks_torch(x: Tensor) -> Tensor:
     sums = torch.zeros_like(positions).scatter_add_(-1, group, positions)
     counts = torch.zeros_like(positions).scatter_add_(-1, group, torch.ones_like(positions))
     mean_rank = (sums / counts.clamp_min(1)).gather(-1, group)
-    return torch.empty_like(mean_rank).scatter_(-1, order, mean_rank).to(x.dtype)
+    return torch.empty_like(mean_rank).scatter_(-1, order, mean_rank)

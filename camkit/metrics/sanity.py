@@ -32,7 +32,7 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     """
     if a.shape != b.shape:
         raise CamkitValueError(f"b: shape {tuple(b.shape)} differs from a's {tuple(a.shape)}")
-    ra, rb = average_ranks(a.flatten(1).double()), average_ranks(b.flatten(1).double())
+    ra, rb = average_ranks(a.flatten(1)), average_ranks(b.flatten(1))  # float64
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
     return (ra * rb).sum(1) / ((ra * ra).sum(1) * (rb * rb).sum(1)).sqrt()
 
@@ -40,10 +40,10 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
 def _correlations(original: Tensor, after: Tensor) -> Tensor:
     """Spearman correlation of ``original`` ``(N, ...)`` with each of ``after`` ``(S, N,
     ...)``, ``(S, N)``: the original's ranks computed once, every step's in one call."""
-    ra = average_ranks(original.flatten(1).double())
+    ra = average_ranks(original.flatten(1))  # float64, from maps in their own dtype
     ra = ra - ra.mean(1, keepdim=True)
     steps, n = after.shape[:2]
-    rb = average_ranks(after.reshape(steps * n, -1).double()).view(steps, n, -1)
+    rb = average_ranks(after.reshape(steps * n, -1)).view(steps, n, -1)
     rb = rb - rb.mean(2, keepdim=True)
     return (ra * rb).sum(2) / ((ra * ra).sum(1) * (rb * rb).sum(2)).sqrt()
 
