@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 
 import numpy as np
 import pytest
@@ -209,3 +210,99 @@ def test_equal_to_quantus_with_the_same_noise() -> None:
         )
     got = continuity(model, x, soft, y)
     np.testing.assert_allclose(got.values.numpy(), np.asarray(expected), rtol=1e-4)
+
+
+def _counting(model: nn.Module) -> tuple[list[int], object]:
+    rows: list[int] = []
+    return rows, model.register_forward_pre_hook(lambda m, args: rows.append(len(args[0])))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layer", ["1", "2", "4"])  # the CAM layer, one before it, one after
+def test_representations_are_read_from_the_explainers_own_passes(
+    layer: str, dtype: torch.dtype
+) -> None:
+    """Given a camkit explainer of the same model, relative representation stability reads
+    the layer's output from the explainer's forward passes: no pass of its own, and values
+    equal to the last bit to those of the separate passes a plain function needs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.ReLU(inplace=True),  # "2" writes over "1"
+        nn.Flatten(), nn.Linear(64, 8), nn.ReLU(inplace=True), nn.Linear(8, 3),
+    ).eval().to(dtype)  # fmt: skip
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    cam = camkit.GradCAM(model, "2")
+    score = partial(relative_representation_stability, model, x, target=[0, 1, 2, 0], layer=layer,
+                    samples=5, nan_when_prediction_changes=False)  # fmt: skip
+    rows, handle = _counting(model)
+    try:
+        direct = score(cam)
+        explained = len(rows)
+        rows.clear()
+        wrapped = score(lambda v, c: cam(v, c))
+        both = len(rows)
+    finally:
+        handle.remove()  # type: ignore[attr-defined]
+    assert explained == 1 + 5  # the input's pass and one per copy, nothing else
+    assert both == 2 * explained  # a function: the explainer's passes, and the layer's
+    torch.testing.assert_close(direct.values, wrapped.values, rtol=0, atol=0, equal_nan=True)
+    # the layer's output as the layer gave it, before the in-place ReLU after it wrote over it
+    from camkit.metrics.robustness import layer_output
+
+    with torch.no_grad():
+        expected = model[: int(layer) + 1](x).double().flatten(1)  # the model up to the layer
+    got = layer_output(model, layer, model.get_submodule(layer), x, 4)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+class _Flipped(camkit.GradCAM):
+    """Grad-CAM with a test-time flip on every call."""
+
+    def explain(self, x: Tensor, target: object = None, **options: object) -> camkit.CAMResult:
+        return super().explain(x, target, aug_smooth=True, **options)  # type: ignore[arg-type]
+
+
+class _LooksElsewhereFirst(camkit.GradCAM):
+    """Grad-CAM that first runs the model on another input."""
+
+    def explain(self, x: Tensor, target: object = None, **options: object) -> camkit.CAMResult:
+        with torch.no_grad():
+            self.model(x.flip(-1))
+        return super().explain(x, target, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("make", "read"),
+    [
+        (lambda m: camkit.SmoothGradCAMPlusPlus(m, "2", samples=2), True),  # x's, then noisy
+        (lambda m: _Flipped(m, "2"), True),  # x's own pass first, then the flipped copy's
+        (lambda m: camkit.ScoreCAM(m, "2"), True),  # x's own pass first, then masked copies
+        (lambda m: _LooksElsewhereFirst(m, "2"), False),  # another input's pass first
+    ],
+)
+def test_an_explainer_whose_first_pass_is_another_gets_the_layers_own_pass(
+    make: object, read: bool
+) -> None:
+    """The layer's output is read from the explainer's pass only where that first pass was
+    the model's own on the input; otherwise a pass runs for it. Either way the values equal
+    a plain function's, to the last bit."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)
+    ).eval()
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    cam = make(model)  # type: ignore[operator]
+    score = partial(relative_representation_stability, model, x, target=[0, 1, 2], layer="1",
+                    samples=3, nan_when_prediction_changes=False)  # fmt: skip
+    rows, handle = _counting(model)
+    try:
+        direct = score(cam)
+        explained = len(rows)
+        rows.clear()
+        wrapped = score(lambda v, c: cam(v, c))
+        both = len(rows)
+    finally:
+        handle.remove()  # type: ignore[attr-defined]
+    own = 1 + 3  # the layer's passes: the input's and one per copy
+    assert explained == both - (own if read else 0)
+    torch.testing.assert_close(direct.values, wrapped.values, rtol=0, atol=0, equal_nan=True)

@@ -13,11 +13,14 @@ of the difference of the maps over the norm of the map, 200 noisy copies.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from camkit.errors import CamkitValueError
+from camkit._engine.model import eval_mode, forward
+from camkit._engine.model_outputs import logits_in
+from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.metrics._common import (
     Maps,
     MetricResult,
@@ -173,11 +176,31 @@ def gaussian_noise(std: float, seed: int) -> Noise:
     return noise
 
 
-Objective = Callable[[Tensor, Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
-"""``objective(x, noisy, e, e_noisy, scores)``: one value per sample for one copy, ``(N,)``;
-the maps ``e`` flattened ``(N, P)`` float64; ``scores`` the model's logits on the copy where
-they are known (asked for by :func:`over_copies`'s ``wants_logits``, or read from the
-explainer's own pass), else ``None``."""
+class Copy(NamedTuple):
+    """What an :data:`Objective` sees of one noisy copy of the batch."""
+
+    x: Tensor
+    """The batch."""
+    noisy: Tensor
+    """The copy."""
+    maps: Tensor
+    """The maps of ``x``, flattened ``(N, P)``, float64."""
+    noisy_maps: Tensor
+    """The maps of the copy, as ``maps``."""
+    logits: Tensor | None
+    """The model's logits on the copy where they are known (asked for by
+    :func:`over_copies`'s ``wants_logits``, or read from the explainer's own pass)."""
+    reference_logits: Tensor | None
+    """The model's logits on ``x``, as ``logits``."""
+    layer: Tensor | None
+    """The output of :func:`over_copies`'s ``layer`` on the copy, flattened ``(N, D)``
+    float64; ``None`` without a layer."""
+    reference_layer: Tensor | None
+    """The same on ``x``."""
+
+
+Objective = Callable[[Copy], Tensor]
+"""``objective(copy)``: one value per sample for one :class:`Copy`, ``(N,)``."""
 
 
 def over_copies(
@@ -191,34 +214,159 @@ def over_copies(
     batch_size: int | None,
     objective: Objective,
     wants_logits: bool = False,
+    layer: tuple[str, nn.Module] | None = None,
 ) -> Tensor:
     """``(N, samples)``: ``objective`` on each noisy copy of ``x`` and its maps (re-run for the
-    same classes); NaN for a copy left out because its prediction changed."""
+    same classes); NaN for a copy left out because its prediction changed. With ``layer``
+    (its dotted name and module), the objective also gets that layer's output on ``x`` and
+    on each copy: read from the explainer's own pass where it can be (see
+    :class:`_FirstPass`), else from a pass run for it."""
     _, batch_size = check_batch(x, batch_size)
     explainer_of(maps, "a robustness metric")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise CamkitValueError(f"samples: got {samples!r}; allowed: a positive int")
     classes = classes_of(model, x, target, batch_size)
-    # a camkit explainer of this model gives its forward pass's logits with the maps: the
-    # predictions come from there, and no second pass runs per copy
-    reference, scores = maps_and_logits(maps, x, classes, model)
-    reference = reference.double().flatten(1)
+
+    def explained(inputs: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        # a camkit explainer of this model gives its forward pass's logits with the maps
+        # (and, watched, the layer's output): passes the caller need not run again
+        with _FirstPass(model, None if layer is None else layer[1]) as watch:
+            e, scores = maps_and_logits(maps, inputs, classes, model)
+        seen = None if layer is None else watch.layer_output(inputs, scores)
+        if layer is not None and seen is None:
+            seen = layer_output(model, *layer, inputs, batch_size)
+        return e.double().flatten(1), scores, seen
+
+    reference, reference_logits, reference_layer = explained(x)
+    if reference_logits is None and (nan_when_prediction_changes or wants_logits):
+        reference_logits = logits(model, x, batch_size)
     predicted = None
-    if nan_when_prediction_changes:
-        predicted = (scores if scores is not None else logits(model, x, batch_size)).argmax(1)
-        predicted = predicted.cpu()
+    if nan_when_prediction_changes and reference_logits is not None:
+        predicted = reference_logits.argmax(1).cpu()
     values = torch.full((len(x), samples), torch.nan, dtype=torch.float64)
     for step in range(samples):
         noisy = noise(x, step)
-        changed, scores = maps_and_logits(maps, noisy, classes, model)
-        changed = changed.double().flatten(1)
+        changed, scores, seen = explained(noisy)
         if scores is None and (predicted is not None or wants_logits):
             scores = logits(model, noisy, batch_size)
-        value = objective(x, noisy, reference, changed, scores).cpu()
+        copy = Copy(x, noisy, reference, changed, scores, reference_logits, seen, reference_layer)
+        value = objective(copy).cpu()
         if predicted is not None and scores is not None:
             value = torch.where(scores.argmax(1).cpu() == predicted, value, torch.nan)
         values[:, step] = value
     return values
+
+
+class _FirstPass:
+    """Watches the first forward pass of ``model`` that an explainer runs, for the output of
+    ``module`` in it.
+
+    That output is the layer's output on the explained input only if that first pass was
+    the model's own eval-mode pass on that very input, which :meth:`layer_output` checks
+    from what the pass saw: its input equal to the input, the model in eval mode, no
+    autocast, and its output equal to the logits the explainer reported (which the
+    contract, :attr:`~camkit.Explainer.reports_output`, says are the eval-mode model's).
+    An explainer whose first pass is another (noisy copies, augmentations, a batch in
+    parts) fails the check, and the caller runs the pass itself. With no module it
+    watches nothing.
+    """
+
+    def __init__(self, model: nn.Module, module: nn.Module | None) -> None:
+        self.model, self.module = model, module
+        self.calls, self.inside = 0, False
+        self.input: object = None
+        self.output: object = None
+        self.seen: object = None
+        self.plain = False
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> _FirstPass:
+        if self.module is not None:
+            self.handles = [
+                self.model.register_forward_pre_hook(self._starts),
+                self.module.register_forward_hook(self._layer),
+                self.model.register_forward_hook(self._ends),
+            ]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def _starts(self, model: nn.Module, args: tuple[Any, ...]) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.inside = True
+            self.input = args[0] if args else None
+            self.plain = not model.training and not any(
+                torch.is_autocast_enabled(kind) for kind in ("cpu", "cuda")
+            )
+
+    def _layer(self, _module: nn.Module, _args: object, output: object) -> None:
+        if self.inside and self.seen is None:  # a copy: a layer after may write in place
+            self.seen = _flat_copy(output) if isinstance(output, Tensor) else False
+
+    def _ends(self, _model: nn.Module, _args: object, output: object) -> None:
+        if self.inside:
+            self.inside, self.output = False, logits_in(output)
+
+    def layer_output(self, x: Tensor, logits: Tensor | None) -> Tensor | None:
+        """The module's output on ``x``, flattened ``(N, D)`` float64, if the first pass was
+        the model's own on ``x`` that gave ``logits``; else ``None``."""
+        first, seen, output = self.input, self.seen, self.output
+        if not (
+            self.plain
+            and logits is not None
+            and isinstance(first, Tensor)
+            and isinstance(seen, Tensor)
+            and isinstance(output, Tensor)
+            and len(seen) == len(x)
+            and (first is x or (first.shape == x.shape and bool(torch.equal(first, x))))
+            and output.shape == logits.shape
+            and bool(torch.equal(output, logits))
+        ):
+            return None
+        return seen
+
+
+def _flat_copy(output: Tensor) -> Tensor:
+    """A layer's output as kept: flattened ``(N, D)``, float64, copied (a later in-place
+    operation in the model, such as ``ReLU(inplace=True)``, must not change it)."""
+    return output.detach().to(torch.float64, copy=True).flatten(1)
+
+
+@torch.no_grad()
+def layer_output(
+    model: nn.Module, layer: str, module: nn.Module, x: Tensor, batch_size: int
+) -> Tensor:
+    """``layer``'s output on ``x`` (its first call in a forward pass), flattened per sample,
+    ``(N, D)`` float64."""
+    outputs: list[Tensor] = []
+    calls: list[Tensor] = []
+
+    def keep(_module: nn.Module, _inputs: object, output: object) -> None:
+        if not isinstance(output, Tensor):
+            raise CamkitTypeError(
+                f"layer: {layer!r} returns {type(output).__name__}; relative representation "
+                f"stability needs a layer whose output is a tensor"
+            )
+        calls.append(_flat_copy(output))
+
+    handle = module.register_forward_hook(keep)
+    try:
+        with eval_mode(model):
+            for start in range(0, len(x), batch_size):
+                calls.clear()
+                forward(model, x[start : start + batch_size])
+                if not calls:
+                    raise CamkitValueError(
+                        f"layer: the forward pass never reached {layer!r}; name a layer the "
+                        f"model runs"
+                    )
+                outputs.append(calls[0])
+    finally:
+        handle.remove()
+    return torch.cat(outputs)
 
 
 def _relative_changes(
@@ -238,11 +386,9 @@ def _relative_changes(
     if not radius >= 0:
         raise CamkitValueError(f"radius: got {radius!r}; allowed: a number >= 0")
 
-    def relative(
-        x: Tensor, noisy: Tensor, e: Tensor, e_noisy: Tensor, scores: Tensor | None
-    ) -> Tensor:
-        change: Tensor = torch.linalg.vector_norm(e_noisy - e, dim=1)
-        size: Tensor = torch.linalg.vector_norm(e, dim=1)
+    def relative(copy: Copy) -> Tensor:
+        change: Tensor = torch.linalg.vector_norm(copy.noisy_maps - copy.maps, dim=1)
+        size: Tensor = torch.linalg.vector_norm(copy.maps, dim=1)
         return change / size
 
     return over_copies(

@@ -21,23 +21,22 @@ single changed prediction makes the whole sample ``NaN``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from camkit._engine.layers import find_layer
-from camkit._engine.model import eval_mode, forward
-from camkit.errors import CamkitTypeError, CamkitValueError
+from camkit.errors import CamkitValueError
 from camkit.metrics._common import (
     Maps,
     MetricResult,
     check_batch,
-    logits,
     reruns_explainer,
     summarize,
 )
 from camkit.metrics._removal import baseline_image, baseline_values, check_count
-from camkit.metrics.robustness import Noise, gaussian_noise, over_copies, uniform_noise
+from camkit.metrics.robustness import Copy, Noise, gaussian_noise, over_copies, uniform_noise
 from camkit.targets import Target
 
 __all__ = [
@@ -107,11 +106,10 @@ def local_lipschitz_estimate(
     if not std >= 0:
         raise CamkitValueError(f"std: got {std!r}; allowed: a number >= 0")
 
-    def ratio(
-        x: Tensor, noisy: Tensor, e: Tensor, e_noisy: Tensor, scores: Tensor | None
-    ) -> Tensor:
-        moved: Tensor = torch.linalg.vector_norm((x.double() - noisy.double()).flatten(1), dim=1)
-        change: Tensor = torch.linalg.vector_norm(e - e_noisy, dim=1)
+    def ratio(copy: Copy) -> Tensor:
+        step = (copy.x.double() - copy.noisy.double()).flatten(1)
+        moved: Tensor = torch.linalg.vector_norm(step, dim=1)
+        change: Tensor = torch.linalg.vector_norm(copy.maps - copy.noisy_maps, dim=1)
         return change / (moved + 1e-10)
 
     values = over_copies(
@@ -184,11 +182,10 @@ def continuity(
     def shifted(x: Tensor, step: int) -> Tensor:
         return _shift(x, image, shifts[step])
 
-    def ratio(
-        x: Tensor, moved: Tensor, e: Tensor, e_moved: Tensor, scores: Tensor | None
-    ) -> Tensor:
-        distance: Tensor = torch.linalg.vector_norm((x.double() - moved.double()).flatten(1), dim=1)
-        return (e - e_moved).abs().sum(dim=1) / (distance + 1e-9)
+    def ratio(copy: Copy) -> Tensor:
+        step = (copy.x.double() - copy.noisy.double()).flatten(1)
+        distance: Tensor = torch.linalg.vector_norm(step, dim=1)
+        return (copy.maps - copy.noisy_maps).abs().sum(dim=1) / (distance + 1e-9)
 
     values = over_copies(
         model, x, maps, target, len(shifts), shifted, nan_when_prediction_changes, batch_size,
@@ -227,21 +224,20 @@ def _stability(
     eps: float,
     nan_when_prediction_changes: bool,
     batch_size: int | None,
-    denominator: Callable[[Tensor, Tensor, Tensor | None], Tensor],
+    denominator: Callable[[Copy], Tensor],
     wants_logits: bool = False,
+    layer: tuple[str, nn.Module] | None = None,
 ) -> MetricResult:
     if not eps > 0:
         raise CamkitValueError(f"eps: got {eps!r}; allowed: a number > 0")
 
-    def ratio(
-        x: Tensor, noisy: Tensor, e: Tensor, e_noisy: Tensor, scores: Tensor | None
-    ) -> Tensor:
-        below = denominator(x, noisy, scores)
-        return _relative(e, e_noisy, eps) / torch.where(below == 0, eps, below)
+    def ratio(copy: Copy) -> Tensor:
+        below = denominator(copy)
+        return _relative(copy.maps, copy.noisy_maps, eps) / torch.where(below == 0, eps, below)
 
     values = over_copies(
         model, x, maps, target, samples, noise or uniform_noise(0.02, 0.2, seed),
-        nan_when_prediction_changes, batch_size, ratio, wants_logits,
+        nan_when_prediction_changes, batch_size, ratio, wants_logits, layer,
     )  # fmt: skip
     return summarize(name, _largest(values))
 
@@ -298,8 +294,8 @@ def relative_input_stability(
         torch.Size([2])
     """
 
-    def inputs(x: Tensor, noisy: Tensor, scores: Tensor | None) -> Tensor:
-        return _relative(x, noisy, eps)
+    def inputs(copy: Copy) -> Tensor:
+        return _relative(copy.x, copy.noisy, eps)
 
     return _stability(
         "relative_input_stability", model, x, maps, target, samples, noise, seed, eps,
@@ -352,14 +348,13 @@ def relative_output_stability(
         ...                           samples=3).values.shape
         torch.Size([2])
     """
-    _, batch_size = check_batch(x, batch_size)
-    reference = logits(model, x, batch_size).double()
 
-    def outputs(x: Tensor, noisy: Tensor, scores: Tensor | None) -> Tensor:
-        # wants_logits: the copy's logits come from the explainer's pass, or from one run here
-        now = scores if scores is not None else logits(model, noisy, batch_size)
-        moved: Tensor = torch.linalg.vector_norm(reference - now.double(), dim=1)
-        return moved
+    def outputs(copy: Copy) -> Tensor:
+        # wants_logits: both logits come from the explainer's passes, or from passes run
+        # for them by over_copies
+        moved = cast(Tensor, copy.reference_logits).double() - cast(Tensor, copy.logits).double()
+        norm: Tensor = torch.linalg.vector_norm(moved, dim=1)
+        return norm
 
     return _stability(
         "relative_output_stability", model, x, maps, target, samples, noise, seed, eps,
@@ -390,7 +385,11 @@ def relative_representation_stability(
     ``layer`` (a dotted name) flattened, as Quantus 0.6's
     ``quantus.RelativeRepresentationStability`` with ``layer_names=[layer]``
     (by default Quantus concatenates every layer's output; name the layer you
-    mean).
+    mean). Given a camkit explainer of ``model``, the layer's output on the
+    input and on each copy is read from the explainer's own first forward
+    pass where that pass is checked to be the model's own on that input (the
+    same input, eval mode, the logits the explainer reports), which saves a
+    pass per copy; otherwise a pass is run for it.
 
     Args:
         model: As in :func:`relative_input_stability`.
@@ -417,48 +416,13 @@ def relative_representation_stability(
         ...                                   layer="1", samples=3).values.shape
         torch.Size([2])
     """
-    _, batch_size = check_batch(x, batch_size)
     _, module = find_layer(model, layer)
-    reference = _representation(model, module, layer, x, batch_size)
 
-    def representations(x: Tensor, noisy: Tensor, scores: Tensor | None) -> Tensor:
-        return _relative(reference, _representation(model, module, layer, noisy, batch_size), eps)
+    def representations(copy: Copy) -> Tensor:
+        # over_copies gives both, as it was given the layer
+        return _relative(cast(Tensor, copy.reference_layer), cast(Tensor, copy.layer), eps)
 
     return _stability(
         "relative_representation_stability", model, x, maps, target, samples, noise, seed,
-        eps, nan_when_prediction_changes, batch_size, representations,
+        eps, nan_when_prediction_changes, batch_size, representations, layer=(layer, module),
     )  # fmt: skip
-
-
-@torch.no_grad()
-def _representation(
-    model: nn.Module, module: nn.Module, layer: str, x: Tensor, batch_size: int
-) -> Tensor:
-    """``layer``'s output on ``x`` (its first call in a forward pass), flattened per sample,
-    ``(N, D)`` float64."""
-    outputs: list[Tensor] = []
-    calls: list[Tensor] = []
-
-    def keep(_module: nn.Module, _inputs: object, output: object) -> None:
-        if not isinstance(output, Tensor):
-            raise CamkitTypeError(
-                f"layer: {layer!r} returns {type(output).__name__}; relative representation "
-                f"stability needs a layer whose output is a tensor"
-            )
-        calls.append(output.detach().double().flatten(1))
-
-    handle = module.register_forward_hook(keep)
-    try:
-        with eval_mode(model):
-            for start in range(0, len(x), batch_size):
-                calls.clear()
-                forward(model, x[start : start + batch_size])
-                if not calls:
-                    raise CamkitValueError(
-                        f"layer: the forward pass never reached {layer!r}; name a layer the "
-                        f"model runs"
-                    )
-                outputs.append(calls[0])
-    finally:
-        handle.remove()
-    return torch.cat(outputs)
