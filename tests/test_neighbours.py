@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 import camkit
@@ -148,3 +151,30 @@ def test_the_top_positions_are_a_stable_sorts_with_ties_in_row_major_order() -> 
         top = int(torch.randint(1, 51, (1,), generator=generator))
         ranked = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :top]
         assert torch.equal(_top_positions(flat, top), ranked.sort(dim=1).values)
+
+
+@given(
+    st.integers(1, 10),
+    st.integers(0, 40),
+    st.lists(st.integers(0, 9), min_size=0, max_size=4),
+    st.integers(0, 2**16),
+)
+def test_distances_by_one_product_are_the_direct_differences(
+    n: int, d: int, repeats: list[int], seed: int
+) -> None:
+    """The product form of the distances between centred rows equals the direct
+    differences within its rounding, and equal rows are exactly 0 apart."""
+    from camkit.metrics.neighbours import _distances
+
+    rows = torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    for i, j in itertools.pairwise(repeats):  # some rows equal to others
+        rows[j % n] = rows[i % n]
+    rows = rows - rows.mean(dim=0)
+    direct = (rows[:, None] - rows[None, :]).square().sum(dim=2).sqrt()
+    got = _distances(rows)
+    squares = rows.square().sum(dim=1)
+    # the squared distance's rounding is at most about (D + 2) eps (|a|^2 + |b|^2)
+    bound = (2 * (d + 2) * torch.finfo(torch.float64).eps * (squares[:, None] + squares)).sqrt()
+    assert bool(((got - direct).abs() <= bound).all())
+    assert bool((got[direct == 0] == 0).all())
+    assert bool((got.diagonal() == 0).all())
