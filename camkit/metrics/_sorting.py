@@ -66,16 +66,21 @@ def _packed_order(v: np.ndarray, descending: bool) -> np.ndarray:
     return packed
 
 
-def _sorted_keys(v: np.ndarray, descending: bool) -> np.ndarray:
+def _sorted_keys(v: np.ndarray, descending: bool, flat: bool = False) -> np.ndarray:
     """Each row of float32 ``v`` ``(N, P)`` as sorted int64 keys: the value mapped to an
     int32 of the same order in the top half (so equal values, and only they, have equal
-    top halves), its index in the bottom half."""
+    top halves), its index in the bottom half: within its row, or with ``flat`` (for
+    ``N * P < 2**32``) in the flattened array, which keeps each row's order."""
     bits = (v + np.float32(0.0)).view(np.int32)  # + 0.0 turns -0.0 into +0.0
     key = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))  # the floats' order, as int32
     if descending:
         key = ~key
     packed = key.astype(np.int64) << 32
-    packed |= np.arange(v.shape[1], dtype=np.int64)
+    n, p = v.shape
+    if flat:
+        packed |= np.arange(n * p, dtype=np.int64).reshape(n, p)
+    else:
+        packed |= np.arange(p, dtype=np.int64)
     packed.sort(axis=1)
     return packed
 
@@ -132,19 +137,19 @@ def average_ranks(values: Tensor) -> Tensor:
     ``(N, P)`` float64 (exact for any ``values`` dtype); on the CPU by NumPy.
 
     On the CPU, for values float32 holds exactly, the order and the runs of equal values
-    both come from one sort of packed keys (:func:`_sorted_keys`); each run's first and
-    last place are running maxima and minima over the flattened rows, so ties cost two
-    passes whatever their number.
+    both come from one sort of packed keys (:func:`_sorted_keys`, with flat indices).
+    Every value is first given its place; only the values in a run of ties (the zeros
+    of a map, mostly) are then given their run's mean place.
     """
     if values.device.type != "cpu" or values.requires_grad:
         return _average_ranks_torch(values)
     n, p = values.shape
-    v32 = _float32_values(values)
+    v32 = _float32_values(values) if n * p < 2**32 else None
     starts = np.empty((n, p), dtype=bool)  # where each run of equal sorted values begins
     starts[:, :1] = True
     if v32 is not None:
-        packed = _sorted_keys(v32, False)
-        order = packed & 0xFFFFFFFF
+        packed = _sorted_keys(v32, False, flat=True)
+        at = (packed & 0xFFFFFFFF).ravel()  # the flat index of each sorted value
         packed >>= 32  # the values' keys, in order
         np.not_equal(packed[:, 1:], packed[:, :-1], out=starts[:, 1:])
     else:
@@ -152,18 +157,18 @@ def average_ranks(values: Tensor) -> Tensor:
         order = np.argsort(v, axis=1)
         ordered = np.take_along_axis(v, order, axis=1)
         np.not_equal(ordered[:, 1:], ordered[:, :-1], out=starts[:, 1:])
-    offsets = np.arange(0, n * p, p, dtype=np.int64)[:, None]  # each row's first flat place
-    if starts.all():  # no ties: each value's place
-        placed = np.broadcast_to(np.arange(p, dtype=np.float64), (n, p))
-    else:  # the mean of each run's first and last place (runs end where a row ends)
-        flat = np.arange(n * p, dtype=np.int64)
-        first = np.maximum.accumulate(np.where(starts.ravel(), flat, 0))
-        ends = np.empty(n * p, dtype=bool)
-        ends[:-1], ends[-1] = starts.ravel()[1:], True
-        last = np.minimum.accumulate(np.where(ends, flat, n * p - 1)[::-1])[::-1]
-        placed = (first + last).reshape(n, p) * 0.5 - offsets
+        at = (order + np.arange(0, n * p, p, dtype=np.int64)[:, None]).ravel()
     ranks = np.empty(n * p)
-    ranks[(order + offsets).ravel()] = placed.ravel()
+    ranks[at.reshape(n, p)] = np.arange(p, dtype=np.float64)  # each value's place
+    begins = starts.ravel()
+    ends = np.empty(n * p, dtype=bool)  # where each run ends (a row's last value ends one)
+    ends[:-1], ends[-1:] = begins[1:], True
+    tied = np.flatnonzero(~(begins & ends))  # the sorted places of the values in runs of ties
+    if len(tied):
+        first = np.flatnonzero(begins[tied])  # each run's first, among the tied
+        sizes = np.diff(np.append(first, len(tied)))
+        middle = tied[first] % p + (sizes - 1) / 2  # each run's mean place in its row
+        ranks[at[tied]] = np.repeat(middle, sizes)
     return torch.from_numpy(ranks.reshape(n, p))
 
 
