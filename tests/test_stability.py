@@ -4,6 +4,7 @@ with known perturbations, and Quantus 0.6's values with the same noise."""
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from functools import partial
 
@@ -306,3 +307,54 @@ def test_an_explainer_whose_first_pass_is_another_gets_the_layers_own_pass(
     own = 1 + 3  # the layer's passes: the input's and one per copy
     assert explained == both - (own if read else 0)
     torch.testing.assert_close(direct.values, wrapped.values, rtol=0, atol=0, equal_nan=True)
+
+
+class _Interrupted(camkit.GradCAM):
+    """Grad-CAM during whose first pass another thread runs the model on another input:
+    that pass reaches layer "2" before the explainer's does, and ends after it."""
+
+    def explain(self, x: Tensor, target: object = None, **options: object) -> camkit.CAMResult:
+        reached, release = threading.Event(), threading.Event()
+        other = threading.Thread(target=lambda: self.model(x.flip(-1)))
+
+        def start(module: nn.Module, args: object, output: object) -> None:
+            if threading.current_thread() is not other and other.ident is None:  # once
+                other.start()
+                reached.wait(30)  # until the other pass has been through layer "2"
+
+        def seen(module: nn.Module, args: object, output: object) -> None:
+            if threading.current_thread() is other:
+                reached.set()
+
+        def hold(module: nn.Module, args: object, output: object) -> None:
+            if threading.current_thread() is other:
+                release.wait(30)  # until the explainer's own pass is over
+
+        layer = self.model.get_submodule
+        handles = [layer("1").register_forward_hook(start),
+                   layer("2").register_forward_hook(seen),
+                   layer("3").register_forward_hook(hold)]  # fmt: skip
+        try:
+            return super().explain(x, target, **options)  # type: ignore[arg-type]
+        finally:
+            release.set()
+            other.join(30)
+            for handle in handles:
+                handle.remove()
+
+
+def test_another_threads_pass_is_not_taken_for_the_explainers() -> None:
+    """A pass of the model in another thread, during the explainer's own, does not lend
+    its layer output: the values equal a plain function's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(),
+        nn.Linear(64, 3),
+    ).eval()  # fmt: skip
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    cam = _Interrupted(model, "3")
+    score = partial(relative_representation_stability, model, x, target=[0, 1, 2], layer="2",
+                    samples=2, nan_when_prediction_changes=False)  # fmt: skip
+    torch.testing.assert_close(
+        score(cam).values, score(lambda v, c: cam(v, c)).values, rtol=0, atol=0, equal_nan=True
+    )

@@ -12,6 +12,7 @@ of the difference of the maps over the norm of the map, 200 noisy copies.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -267,13 +268,15 @@ class _FirstPass:
     autocast, and its output equal to the logits the explainer reported (which the
     contract, :attr:`~camkit.Explainer.reports_output`, says are the eval-mode model's).
     An explainer whose first pass is another (noisy copies, augmentations, a batch in
-    parts) fails the check, and the caller runs the pass itself. With no module it
-    watches nothing.
+    parts) fails the check, and the caller runs the pass itself. Only the calling
+    thread's passes are watched: another thread running the model meanwhile is not taken
+    for the explainer. With no module it watches nothing.
     """
 
     def __init__(self, model: nn.Module, module: nn.Module | None) -> None:
         self.model, self.module = model, module
         self.calls, self.inside = 0, False
+        self.thread = threading.get_ident()  # another thread's passes are not watched
         self.input: object = None
         self.output: object = None
         self.seen: object = None
@@ -294,6 +297,8 @@ class _FirstPass:
             handle.remove()
 
     def _starts(self, model: nn.Module, args: tuple[Any, ...]) -> None:
+        if threading.get_ident() != self.thread:
+            return
         self.calls += 1
         if self.calls == 1:
             self.inside = True
@@ -303,11 +308,12 @@ class _FirstPass:
             )
 
     def _layer(self, _module: nn.Module, _args: object, output: object) -> None:
-        if self.inside and self.seen is None:  # a copy: a layer after may write in place
+        if self.inside and self.seen is None and threading.get_ident() == self.thread:
+            # a copy: a layer after it may write in place
             self.seen = _flat_copy(output) if isinstance(output, Tensor) else False
 
     def _ends(self, _model: nn.Module, _args: object, output: object) -> None:
-        if self.inside:
+        if self.inside and threading.get_ident() == self.thread:
             self.inside, self.output = False, logits_in(output)
 
     def layer_output(self, x: Tensor, logits: Tensor | None) -> Tensor | None:
