@@ -308,9 +308,10 @@ def entries(s: Setup, counter: Counter, quantus: object) -> list[Entry]:
 
 def timed(call: Call, budget: float = 1.0) -> float:
     """The median seconds of repeated calls: at least 3, and more while under ``budget``
-    seconds in all (at most 15); a call slower than ``budget`` runs once."""
+    seconds in all (at most 1,000: a call of a fraction of a millisecond needs many for a
+    steady median); a call slower than ``budget`` runs once."""
     times: list[float] = []
-    while not times or (len(times) < 15 and (len(times) < 3 or sum(times) < budget)):
+    while not times or (len(times) < 1000 and (len(times) < 3 or sum(times) < budget)):
         started = time.perf_counter()
         call()
         times.append(time.perf_counter() - started)
