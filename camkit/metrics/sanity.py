@@ -52,11 +52,12 @@ def _band(taps: Tensor, length: int) -> Tensor:
     """The ``(length, length - len(taps) + 1)`` matrix whose product with a row of
     ``length`` values is its valid correlation with ``taps``."""
     outputs = length - len(taps) + 1
-    band = taps.new_zeros(length, outputs)
-    column = torch.arange(outputs, device=taps.device)
-    for k, tap in enumerate(taps):
-        band[column + k, column] = tap
-    return band
+    # entry (i, j) is taps[i - j] where 0 <= i - j < len(taps), else 0
+    lag = torch.arange(length, device=taps.device)[:, None] - torch.arange(
+        outputs, device=taps.device
+    )
+    inside = (lag >= 0) & (lag < len(taps))
+    return torch.where(inside, taps[lag.clamp(0, len(taps) - 1)], 0.0)
 
 
 def ssim(
