@@ -358,3 +358,19 @@ def test_another_threads_pass_is_not_taken_for_the_explainers() -> None:
     torch.testing.assert_close(
         score(cam).values, score(lambda v, c: cam(v, c)).values, rtol=0, atol=0, equal_nan=True
     )
+
+
+def test_representations_under_autocast_equal_a_plain_functions() -> None:
+    """Under the caller's CPU autocast, the layer's output read from the explainer's pass
+    is the one a pass in that precision gives."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)
+    ).eval()
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    cam = camkit.GradCAM(model, "2")
+    score = partial(relative_representation_stability, model, x, target=[0, 1, 2], layer="1",
+                    samples=2, nan_when_prediction_changes=False)  # fmt: skip
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        direct, wrapped = score(cam), score(lambda v, c: cam(v, c))
+    torch.testing.assert_close(direct.values, wrapped.values, rtol=0, atol=0, equal_nan=True)

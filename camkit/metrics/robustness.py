@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from camkit._engine.model import eval_mode, forward
+from camkit._engine.model import Precision, eval_mode, forward
 from camkit._engine.model_outputs import logits_in
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.metrics._common import (
@@ -264,19 +264,21 @@ class _FirstPass:
 
     That output is the layer's output on the explained input only if that first pass was
     the model's own eval-mode pass on that very input, which :meth:`layer_output` checks
-    from what the pass saw: its input equal to the input, the model in eval mode, no
-    autocast, and its output equal to the logits the explainer reported (which the
-    contract, :attr:`~camkit.Explainer.reports_output`, says are the eval-mode model's).
-    An explainer whose first pass is another (noisy copies, augmentations, a batch in
-    parts) fails the check, and the caller runs the pass itself. Only the calling
-    thread's passes are watched: another thread running the model meanwhile is not taken
-    for the explainer. With no module it watches nothing.
+    from what the pass saw: its input equal to the input, the model in eval mode, the
+    caller's autocast regions open (as in a pass run here), and its output equal to the
+    logits the explainer reported (which the contract,
+    :attr:`~camkit.Explainer.reports_output`, says are the eval-mode model's). An
+    explainer whose first pass is another (noisy copies, augmentations, a batch in parts)
+    fails the check, and the caller runs the pass itself. Only the calling thread's passes
+    are watched: another thread running the model meanwhile is not taken for the
+    explainer. With no module it watches nothing.
     """
 
     def __init__(self, model: nn.Module, module: nn.Module | None) -> None:
         self.model, self.module = model, module
         self.calls, self.inside = 0, False
         self.thread = threading.get_ident()  # another thread's passes are not watched
+        self.precision = Precision.of_caller()  # the autocast regions the caller has open
         self.input: object = None
         self.output: object = None
         self.seen: object = None
@@ -303,9 +305,8 @@ class _FirstPass:
         if self.calls == 1:
             self.inside = True
             self.input = args[0] if args else None
-            self.plain = not model.training and not any(
-                torch.is_autocast_enabled(kind) for kind in ("cpu", "cuda")
-            )
+            # the pass's precision is the caller's, in which a pass run here would be
+            self.plain = not model.training and Precision.of_caller() == self.precision
 
     def _layer(self, _module: nn.Module, _args: object, output: object) -> None:
         if self.inside and self.seen is None and threading.get_ident() == self.thread:
