@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 import threading
 import warnings
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import numpy as np
 import pytest
@@ -213,9 +215,21 @@ def test_equal_to_quantus_with_the_same_noise() -> None:
     np.testing.assert_allclose(got.values.numpy(), np.asarray(expected), rtol=1e-4)
 
 
-def _counting(model: nn.Module) -> tuple[list[int], object]:
-    rows: list[int] = []
-    return rows, model.register_forward_pre_hook(lambda m, args: rows.append(len(args[0])))
+def _explainer_and_function(
+    score: Callable[[object], Any], model: nn.Module, cam: camkit.Explainer
+) -> tuple[Any, Any, int, int]:
+    """``score`` of the explainer itself and of a plain function calling it, with the
+    model's forward passes in each: (direct, wrapped, passes direct, passes wrapped)."""
+    passes: list[int] = []
+    handle = model.register_forward_pre_hook(lambda m, args: passes.append(1))
+    try:
+        direct = score(cam)
+        explained = len(passes)
+        passes.clear()
+        wrapped = score(lambda v, c: cam(v, c))
+    finally:
+        handle.remove()
+    return direct, wrapped, explained, len(passes)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -235,15 +249,7 @@ def test_representations_are_read_from_the_explainers_own_passes(
     cam = camkit.GradCAM(model, "2")
     score = partial(relative_representation_stability, model, x, target=[0, 1, 2, 0], layer=layer,
                     samples=5, nan_when_prediction_changes=False)  # fmt: skip
-    rows, handle = _counting(model)
-    try:
-        direct = score(cam)
-        explained = len(rows)
-        rows.clear()
-        wrapped = score(lambda v, c: cam(v, c))
-        both = len(rows)
-    finally:
-        handle.remove()  # type: ignore[attr-defined]
+    direct, wrapped, explained, both = _explainer_and_function(score, model, cam)
     assert explained == 1 + 5  # the input's pass and one per copy, nothing else
     assert both == 2 * explained  # a function: the explainer's passes, and the layer's
     torch.testing.assert_close(direct.values, wrapped.values, rtol=0, atol=0, equal_nan=True)
@@ -295,15 +301,7 @@ def test_an_explainer_whose_first_pass_is_another_gets_the_layers_own_pass(
     cam = make(model)  # type: ignore[operator]
     score = partial(relative_representation_stability, model, x, target=[0, 1, 2], layer="1",
                     samples=3, nan_when_prediction_changes=False)  # fmt: skip
-    rows, handle = _counting(model)
-    try:
-        direct = score(cam)
-        explained = len(rows)
-        rows.clear()
-        wrapped = score(lambda v, c: cam(v, c))
-        both = len(rows)
-    finally:
-        handle.remove()  # type: ignore[attr-defined]
+    direct, wrapped, explained, both = _explainer_and_function(score, model, cam)
     own = 1 + 3  # the layer's passes: the input's and one per copy
     assert explained == both - (own if read else 0)
     torch.testing.assert_close(direct.values, wrapped.values, rtol=0, atol=0, equal_nan=True)
