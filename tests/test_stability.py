@@ -358,17 +358,28 @@ def test_another_threads_pass_is_not_taken_for_the_explainers() -> None:
     )
 
 
-def test_representations_under_autocast_equal_a_plain_functions() -> None:
-    """Under the caller's CPU autocast, the layer's output read from the explainer's pass
-    is the one a pass in that precision gives."""
+class _FullPrecision(camkit.GradCAM):
+    """Grad-CAM that closes the caller's CPU autocast for its whole call."""
+
+    def explain(self, x: Tensor, target: object = None, **options: object) -> camkit.CAMResult:
+        with torch.autocast("cpu", enabled=False):
+            return super().explain(x, target, **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("kind", "read"), [(camkit.GradCAM, True), (_FullPrecision, False)])
+def test_representations_under_autocast_equal_a_plain_functions(kind: type, read: bool) -> None:
+    """Under the caller's CPU autocast, the layer's output is read from the explainer's pass
+    only where that pass ran in the caller's precision: an explainer that runs in full
+    precision gets a pass in the caller's, as a plain function does."""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)
     ).eval()
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(5))
-    cam = camkit.GradCAM(model, "2")
+    cam = kind(model, "2")
     score = partial(relative_representation_stability, model, x, target=[0, 1, 2], layer="1",
                     samples=2, nan_when_prediction_changes=False)  # fmt: skip
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        direct, wrapped = score(cam), score(lambda v, c: cam(v, c))
+        direct, wrapped, explained, both = _explainer_and_function(score, model, cam)
+    assert explained == both - (1 + 2 if read else 0)  # the layer's passes, when read
     torch.testing.assert_close(direct.values, wrapped.values, rtol=0, atol=0, equal_nan=True)

@@ -276,7 +276,7 @@ class _FirstPass:
 
     def __init__(self, model: nn.Module, module: nn.Module | None) -> None:
         self.model, self.module = model, module
-        self.calls, self.inside = 0, False
+        self.started, self.inside = False, False
         self.thread = threading.get_ident()  # another thread's passes are not watched
         self.precision = Precision.of_caller()  # the autocast regions the caller has open
         self.input: object = None
@@ -301,9 +301,8 @@ class _FirstPass:
     def _starts(self, model: nn.Module, args: tuple[Any, ...]) -> None:
         if threading.get_ident() != self.thread:
             return
-        self.calls += 1
-        if self.calls == 1:
-            self.inside = True
+        if not self.started:
+            self.started = self.inside = True
             self.input = args[0] if args else None
             # the pass's precision is the caller's, in which a pass run here would be
             self.plain = not model.training and Precision.of_caller() == self.precision

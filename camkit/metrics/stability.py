@@ -388,8 +388,9 @@ def relative_representation_stability(
     mean). Given a camkit explainer of ``model``, the layer's output on the
     input and on each copy is read from the explainer's own first forward
     pass where that pass is checked to be the model's own on that input (the
-    same input, eval mode, the logits the explainer reports), which saves a
-    pass per copy; otherwise a pass is run for it.
+    same input, eval mode, the caller's autocast, the logits the explainer
+    reports; the calling thread's), which saves a pass per copy; otherwise a
+    pass is run for it.
 
     Args:
         model: As in :func:`relative_input_stability`.
