@@ -150,3 +150,17 @@ def test_fullgrad_layers_and_errors() -> None:
         FullGrad(model, layers=["2"])
     with pytest.raises(CamkitValueError, match="model: has no convolution"):
         FullGrad(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
+    with pytest.raises(CamkitValueError, match="layers: got an empty list"):
+        FullGrad(model, layers=[])
+
+
+def test_fullgrad_takes_one_layer_by_name_or_module() -> None:
+    # a name of several characters: a str is a sequence too, taken one character at a time
+    outer = nn.Sequential()
+    outer.add_module("body", bn_net())
+    x = torch.randn(SHAPES[2])
+    expected = FullGrad(outer, layers=["body.1"])(x, target=1)
+    for one in ("body.1", outer.body[1]):
+        cam = FullGrad(outer, layers=one)
+        assert [name for name, _ in cam.layers] == ["body.1"]
+        assert torch.equal(cam(x, target=1), expected)

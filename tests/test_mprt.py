@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from torch import nn
 import camkit
 from camkit.errors import CamkitValueError
 from camkit.metrics import efficient_mprt, randomization_test, smooth_mprt
+from camkit.metrics._weights import parameterized_layers
 from camkit.metrics.mprt import discrete_entropy
 from examples.mnist.data import load_split
 from examples.mnist.train import load
@@ -59,6 +61,27 @@ def test_a_method_blind_to_the_weights_scores_zero() -> None:
         efficient_mprt(model, blind, x, reseed="once")
     with pytest.raises(CamkitValueError, match="layers: \\['9'\\] own no parameters"):
         efficient_mprt(model, blind, x, layers=["9"])
+    with pytest.raises(CamkitValueError, match="layers: got an empty list"):
+        efficient_mprt(model, blind, x, layers=[])
+
+
+def test_one_layer_is_named_by_itself_or_in_a_list() -> None:
+    """A name of several characters alone means that layer (a str is a sequence too: taken
+    one character at a time it named no layer)."""
+    outer = nn.Sequential()
+    outer.add_module("body", _model())
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def blind(m: nn.Module) -> Any:
+        return lambda inputs, classes: inputs[:, 0].sigmoid()
+
+    first = parameterized_layers(outer, x)[0]
+    assert len(first) > 1
+    for test in (randomization_test, smooth_mprt):
+        alone = test(outer, blind, x, layers=first)
+        assert alone.layers == [first]
+        torch.testing.assert_close(alone.spearman, test(outer, blind, x, layers=[first]).spearman)
+    assert efficient_mprt(outer, blind, x, layers=first).values.tolist() == [0.0, 0.0, 0.0]
 
 
 def test_randomisation_is_seeded_and_leaves_the_callers_random_state() -> None:

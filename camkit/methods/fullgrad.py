@@ -57,8 +57,8 @@ class FullGrad(Explainer):
 
     Args:
         model: Any :class:`torch.nn.Module`; it is not modified.
-        layers: The biased layers to include (names or modules); by default every
-            convolution and batch normalization with a bias.
+        layers: The biased layers to include: one name or module, or a list of them; by
+            default every convolution and batch normalization with a bias.
         scaling: How each term is scaled before it is resized and summed:
             ``"authors"`` or ``"per_channel"`` (see above).
 
@@ -82,7 +82,7 @@ class FullGrad(Explainer):
     def __init__(
         self,
         model: nn.Module,
-        layers: Sequence[str | nn.Module] | None = None,
+        layers: str | nn.Module | Sequence[str | nn.Module] | None = None,
         *,
         scaling: str = "authors",
     ) -> None:
@@ -104,6 +104,13 @@ class FullGrad(Explainer):
                 if isinstance(m, _BIASED) and getattr(m, "bias", None) is not None
             ]
         else:
+            if isinstance(layers, (str, nn.Module)):  # one layer (a name is not a sequence here)
+                layers = [layers]
+            if not layers:
+                raise CamkitValueError(
+                    "layers: got an empty list; allowed: one or more biased layers (names or "
+                    "modules), or None for every convolution and batch normalization"
+                )
             by_module = {id(m): name for name, m in named.items()}
             chosen = []
             for layer in layers:

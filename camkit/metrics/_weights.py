@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from camkit._engine.model import eval_mode
+from camkit.errors import CamkitValueError
 
 
 def parameterized_layers(model: nn.Module, x: Tensor) -> list[str]:
@@ -28,6 +29,25 @@ def parameterized_layers(model: nn.Module, x: Tensor) -> list[str]:
         for handle in handles:
             handle.remove()
     return list(dict.fromkeys(seen))
+
+
+def chosen_layers(layers: str | list[str] | None, order: list[str]) -> list[str]:
+    """The layers a randomisation test randomises: ``order`` (the model's parameterised
+    layers) for ``None``, else ``layers`` (one name, or a list), each checked to be one of
+    ``order``."""
+    if layers is None:
+        return order
+    chosen = [layers] if isinstance(layers, str) else list(layers)
+    unknown = [name for name in chosen if name not in order]
+    if unknown:
+        raise CamkitValueError(
+            f"layers: {unknown} own no parameters the forward pass uses; choose from {order}"
+        )
+    if not chosen:
+        raise CamkitValueError(
+            f"layers: got an empty list; allowed: one or more of {order}, or None for all"
+        )
+    return chosen
 
 
 def randomize(module: nn.Module, seed: int) -> None:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import MetricResult, check_batch, classes_of, summarize
 from camkit.metrics._removal import check_count
-from camkit.metrics._weights import parameterized_layers, randomize, reduce_channels
+from camkit.metrics._weights import chosen_layers, parameterized_layers, randomize, reduce_channels
 from camkit.metrics.sanity import RandomizationResult, randomization_test
 from camkit.targets import Target
 
@@ -64,7 +64,7 @@ def efficient_mprt(
     target: Target = None,
     *,
     bins: int = 100,
-    layers: list[str] | None = None,
+    layers: str | list[str] | None = None,
     seed: int = 42,
     reseed: str = "each",
 ) -> MetricResult:
@@ -88,8 +88,8 @@ def efficient_mprt(
         target: ``None`` (the original model's predicted class), an int, or one
             class per sample; both models explain the same classes.
         bins: The histogram's bins.
-        layers: The layers to randomise; by default every module that owns
-            parameters the forward pass uses.
+        layers: The layers to randomise, one name or a list; by default every module
+            that owns parameters the forward pass uses.
         seed: The seed of the re-initialisation.
         reseed: ``"each"``: layer ``i`` re-initialised from ``seed + i``;
             ``"quantus"``: every layer from ``seed + 1``, as Quantus 0.6 does
@@ -112,12 +112,7 @@ def efficient_mprt(
         raise CamkitValueError(f"reseed: got {reseed!r}; allowed: 'each', 'quantus'")
     classes = classes_of(model, x, target, 256)
     order = parameterized_layers(model, x)
-    chosen = order if layers is None else list(layers)
-    unknown = [name for name in chosen if name not in order]
-    if unknown:
-        raise CamkitValueError(
-            f"layers: {unknown} own no parameters the forward pass uses; choose from {order}"
-        )
+    chosen = chosen_layers(layers, order)
     original = reduce_channels(method(model)(x, classes).detach(), x)
     twin = copy.deepcopy(model)
     for i, name in enumerate(chosen):
@@ -135,7 +130,7 @@ def smooth_mprt(
     *,
     samples: int = 50,
     noise: float = 0.1,
-    layers: list[str] | None = None,
+    layers: str | list[str] | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> RandomizationResult:

@@ -14,7 +14,7 @@ from camkit._engine import map_ops
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import check_batch, classes_of
 from camkit.metrics._sorting import average_ranks
-from camkit.metrics._weights import parameterized_layers, randomize, reduce_channels
+from camkit.metrics._weights import chosen_layers, parameterized_layers, randomize, reduce_channels
 from camkit.targets import Target
 
 __all__ = ["RandomizationResult", "randomization_test", "spearman", "ssim"]
@@ -143,7 +143,7 @@ def randomization_test(
     target: Target = None,
     *,
     mode: str = "cascading",
-    layers: list[str] | None = None,
+    layers: str | list[str] | None = None,
     seed: int = 0,
     structural: bool = True,
     progress: bool = False,
@@ -167,8 +167,8 @@ def randomization_test(
         target: ``None`` (the original model's predicted class), an int, or one
             class per sample; the same classes are explained at every step.
         mode: ``"cascading"`` or ``"independent"``.
-        layers: Names of the layers to randomize; by default every module that
-            owns parameters, in forward order.
+        layers: The layers to randomize, one name or a list; by default every
+            module that owns parameters, in forward order.
         seed: Seed of the re-initialization.
         structural: Compute SSIM (the costliest of the three similarities on large
             maps); ``False`` leaves ``ssim`` NaN.
@@ -191,12 +191,7 @@ def randomization_test(
     check_batch(x, 1)
     classes = classes_of(model, x, target, 256)
     order = parameterized_layers(model, x)
-    chosen = order if layers is None else list(layers)
-    unknown = [name for name in chosen if name not in order]
-    if unknown:
-        raise CamkitValueError(
-            f"layers: {unknown} own no parameters the forward pass uses; choose from {order}"
-        )
+    chosen = chosen_layers(layers, order)
     steps = list(reversed(chosen)) if mode == "cascading" else chosen
     original = reduce_channels(method(model)(x, classes).detach(), x)
     all_maps = [original]
