@@ -40,15 +40,16 @@ from camkit.errors import CamkitError, CamkitTypeError, CamkitValueError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 METHODS = (
-    "GradCAM",
-    "GradCAMPlusPlus",
-    "XGradCAM",
-    "HiResCAM",
-    "LayerCAM",
-    "EigenCAM",
-    "ScoreCAM",
-    "AblationCAM",
-)
+    "GradCAM", "GradCAMPlusPlus", "XGradCAM", "HiResCAM", "LayerCAM", "GradCAMElementWise",
+    "FinerCAM", "ShapleyCAM", "RefineCAM", "EigenCAM", "EigenGradCAM", "SegEigenCAM",
+    "KPCACAM", "FEM", "ScoreCAM", "SSCAM", "ISCAM", "SmoothGradCAMPlusPlus", "AblationCAM",
+    "RandomCAM",
+)  # fmt: skip
+"""camkit's explainers that the command builds as ``Method(model, layer)``, their other
+options at their defaults: those whose maps have one value per position, from one layer."""
+SEEDED = ("SSCAM", "SmoothGradCAMPlusPlus", "RandomCAM")
+"""Of :data:`METHODS`, those that draw random numbers: built with ``seed=--seed``, so that a
+run gives the same maps again (and a stored run resumes)."""
 METRICS = (
     "average_drop", "increase_in_confidence", "deletion", "insertion", "road",
     "faithfulness_estimate", "faithfulness_correlation", "monotonicity",
@@ -70,7 +71,7 @@ class ImageFiles(Dataset[tuple[Tensor, int]]):
     Args:
         inputs: Image files, folders of images, or ImageFolder trees (class
             folders; the label is the class folder's index in sorted order, -1
-            for images outside one).
+            for images outside one): one path, or a list of them.
         size: ``(H, W)`` to resize every image to, or ``None`` to keep sizes (then
             they must all be equal, which is checked from the files' headers).
         channels: 1 (grayscale) or 3 (RGB).
@@ -80,13 +81,15 @@ class ImageFiles(Dataset[tuple[Tensor, int]]):
 
     def __init__(
         self,
-        inputs: Sequence[str | os.PathLike[str]],
+        inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         *,
         size: tuple[int, int] | None = None,
         channels: int = 3,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
+        if isinstance(inputs, (str, os.PathLike)):  # one path (a str is a sequence too)
+            inputs = [inputs]
         self.files, self.labels, self.names, self.classes = _collect(inputs)
         if channels not in (1, 3):
             raise CamkitValueError(f"--channels: got {channels}; allowed: 1, 3")
@@ -384,8 +387,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--seed",
         type=int,
         default=0,
-        help="the seed of the random weights when --weights is not given (default 0): the "
-        "same weights on every run, so a stored run can resume",
+        help="the seed of the random weights when --weights is not given, and of the "
+        f"random draws of {', '.join(SEEDED)} (default 0): the same weights and maps on "
+        "every run, so a stored run can resume",
     )
     parser.add_argument(
         "--layer", help="the layer to explain, e.g. layer4 or features.relu (required)"
@@ -544,7 +548,7 @@ def _run(arguments: argparse.Namespace, team: Rank) -> int:
     comparing = arguments.command == "evaluate" and (arguments.methods or arguments.layers)
     if arguments.layer is None and not (comparing and arguments.layers):
         raise CamkitValueError("--layer: name the layer to explain, e.g. --layer layer4")
-    cam = None if comparing else getattr(camkit, arguments.method)(model, arguments.layer)
+    cam = None if comparing else _explainer(arguments.method, model, arguments.layer, arguments)
     loader = DataLoader(dataset, batch_size=arguments.batch_size, num_workers=arguments.workers)
     target = None if arguments.target == "predicted" else arguments.target
     if target == "label" and -1 in dataset.labels:
@@ -668,6 +672,16 @@ class _Overlays:
         self.written.add(index)
 
 
+def _explainer(
+    method: str, model: nn.Module, layer: str, arguments: argparse.Namespace
+) -> camkit.Explainer:
+    """``method`` (one of :data:`METHODS`) of ``model`` at ``layer``, seeded by ``--seed``
+    if it draws random numbers."""
+    seeded = {"seed": arguments.seed} if method in SEEDED else {}
+    explainer: camkit.Explainer = getattr(camkit, method)(model, layer, **seeded)
+    return explainer
+
+
 def _compare(
     arguments: argparse.Namespace,
     model: nn.Module,
@@ -681,7 +695,7 @@ def _compare(
     methods = arguments.methods or [arguments.method]
     layers = arguments.layers or [arguments.layer]
     candidates: dict[str, camkit.Explainer] = {
-        f"{method} at {layer}": getattr(camkit, method)(model, layer)
+        f"{method} at {layer}": _explainer(method, model, layer, arguments)
         for method in methods
         for layer in layers
     }
