@@ -20,6 +20,7 @@ from camkit.metrics._common import (
     probabilities,
     summarize,
 )
+from camkit.metrics._removal import cumulative_scores
 from camkit.metrics._sorting import stable_order
 from camkit.targets import Target
 
@@ -170,20 +171,9 @@ def _curve(
     order = stable_order(m, descending=True)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(pixels, device=m.device).expand(n, -1))
-    start_flat = start.flatten(2)
-    end_flat = end.flatten(2)
-    curves = torch.empty(n, len(counts), dtype=torch.float64)
-    rows = [(i, j) for i in range(n) for j in range(len(counts))]
-    for chunk in range(0, len(rows), batch_size):
-        part = rows[chunk : chunk + batch_size]
-        samples = torch.tensor([i for i, _ in part])
-        done = counts[[j for _, j in part]].to(m.device)
-        changed = (rank[samples] < done[:, None])[:, None]  # (B, 1, pixels)
-        images = torch.where(changed, end_flat[samples], start_flat[samples]).view(
-            len(part), *x.shape[1:]
-        )
-        probs = probabilities(model, images, classes[samples], batch_size)
-        curves[samples, [j for _, j in part]] = probs
+    # after step j the pixels ranked below counts[j] hold their end values
+    step_of = torch.searchsorted(counts.to(rank.device), rank, right=True)
+    curves = cumulative_scores(model, start, end, step_of, len(counts), classes, True, batch_size)
     fractions = counts.double() / pixels
     auc = torch.trapezoid(curves, fractions, dim=1)
     return summarize(name, auc, curves=curves, fractions=fractions)
