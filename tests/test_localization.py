@@ -1,4 +1,5 @@
-"""Localization metrics against masks: AUC, relevance rank accuracy, top-k intersection.
+"""Localization metrics against masks: the pointing game and its energy variant, AUC,
+relevance rank accuracy, top-k intersection.
 
 Hand-derived values, invariance to the order of tied pixels, and equality with
 scikit-learn's ROC AUC and Quantus 0.6 on the MNIST net's maps (stroke masks).
@@ -15,7 +16,13 @@ import torch
 
 import camkit
 from camkit.errors import CamkitValueError
-from camkit.metrics import auc, relevance_rank_accuracy, top_k_intersection
+from camkit.metrics import (
+    auc,
+    energy_pointing_game,
+    pointing_game,
+    relevance_rank_accuracy,
+    top_k_intersection,
+)
 from examples.mnist.data import load_split
 from examples.mnist.train import load
 
@@ -64,6 +71,54 @@ def test_average_ties_do_not_depend_on_pixel_order() -> None:
     first = relevance_rank_accuracy(maps, masks, ties="first").values
     shuffled_first = relevance_rank_accuracy(shuffled_maps, shuffled_masks, ties="first").values
     assert not torch.equal(first, shuffled_first)  # the order of the pixels decides "first"
+
+
+def test_tied_maxima_by_hand() -> None:
+    maps = torch.zeros(3, 4, 4)
+    masks = torch.zeros(3, 4, 4, dtype=torch.bool)
+    maps[0, 0, 0] = maps[0, 3, 3] = 1.0  # two maxima: the first outside the mask, one inside
+    masks[0, 3, 3] = True
+    masks[1, 0, :2] = True  # a constant map: every pixel a maximum, 2 of 16 on the mask
+    maps[2, 1, 1] = 1.0  # one maximum, one pixel from the mask
+    masks[2, 1, 2] = True
+    assert pointing_game(maps, masks, tolerance=0).values.tolist() == [0.5, 2 / 16, 0.0]
+    assert pointing_game(maps, masks, tolerance=0, ties="first").values.tolist() == [0, 1, 0]
+    assert pointing_game(maps, masks, tolerance=0, ties="quantus").values.tolist() == [1, 1, 0]
+    # within one pixel: 5 of the 16 pixels are within reach of (0, 0) or (0, 1)
+    assert pointing_game(maps, masks, tolerance=1).values.tolist() == [0.5, 5 / 16, 1.0]
+    with pytest.raises(CamkitValueError, match="ties: got 'any'"):
+        pointing_game(maps, masks, ties="any")
+
+
+def _pointing_by_brute_force(maps: torch.Tensor, masks: torch.Tensor, tolerance: float) -> list:
+    """The share of each map's maxima within ``tolerance`` of a mask pixel, one at a time."""
+    shares = []
+    for m, mask in zip(maps, masks, strict=True):
+        grid = torch.stack(torch.meshgrid(*[torch.arange(s) for s in m.shape], indexing="ij"), -1)
+        points = grid.view(-1, m.dim()).double()
+        targets = points[mask.flatten()]
+        peaks = points[m.flatten() == m.max()]
+        hits = [bool((((targets - p) ** 2).sum(1) <= tolerance**2 + 1e-6).any()) for p in peaks]
+        shares.append(sum(hits) / len(hits) if len(targets) else math.nan)
+    return shares
+
+
+@pytest.mark.parametrize("shape", [(12, 12), (5, 6, 7), (40,)])
+@pytest.mark.parametrize("tolerance", [0.0, 1.0, 1.5, 3.0])
+def test_average_pointing_game_is_the_share_of_maxima_that_hit(
+    shape: tuple[int, ...], tolerance: float
+) -> None:
+    generator = torch.Generator().manual_seed(len(shape))
+    maps = (torch.rand(6, *shape, generator=generator) * 3).floor()  # many tied maxima
+    maps[0] = 0.0  # a constant map: every position a maximum (the distance transform's case)
+    masks = torch.rand(6, *shape, generator=generator) > 0.85
+    masks[1] = False
+    got = pointing_game(maps, masks, tolerance=tolerance).values.tolist()
+    expected = _pointing_by_brute_force(maps, masks, tolerance)
+    assert math.isnan(got[1]) and math.isnan(expected[1])
+    assert got[:1] + got[2:] == pytest.approx(expected[:1] + expected[2:], abs=1e-12)
+    flipped = pointing_game(maps.flip(-1), masks.flip(-1), tolerance=tolerance).values
+    torch.testing.assert_close(flipped, torch.tensor(got, dtype=torch.float64), equal_nan=True)
 
 
 def test_clear_errors() -> None:
@@ -142,6 +197,70 @@ def test_equal_to_quantus(mnist: tuple[dict[str, torch.Tensor], torch.Tensor]) -
             top_k_intersection(distinct, masks, k=50, ties=ties).values,
             top_k_intersection(distinct, masks, k=50, ties="quantus").values,
         )
+
+
+def test_pointing_game_and_relevance_mass_equal_quantus(
+    mnist: tuple[dict[str, torch.Tensor], torch.Tensor],
+) -> None:
+    quantus = pytest.importorskip("quantus")
+    maps, masks = mnist
+    values = maps["Grad-CAM"].double()
+    n = len(values)
+    tied = values.clone()
+    tied[:, 0, 0] = tied.flatten(1).amax(1)  # a second maximum, in the corner: off every stroke
+    common = {"model": None, "x_batch": np.zeros((n, 1, 28, 28), np.float32),
+              "y_batch": np.zeros(n, int), "s_batch": masks.numpy()[:, None]}  # fmt: skip
+
+    def theirs(metric: object, a: torch.Tensor) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(metric(a_batch=a.numpy()[:, None].copy(), **common), float)  # type: ignore[operator]
+
+    for a in (values, tied):
+        expected = theirs(quantus.PointingGame(disable_warnings=True), a)
+        got = pointing_game(a, masks, tolerance=0, ties="quantus").values.numpy()
+        np.testing.assert_array_equal(got, expected)
+    # with the corner maximum, Quantus's any-maximum hit is the average's 1 where the first
+    # (the corner) misses
+    stroke = pointing_game(values, masks, tolerance=0).values
+    assert stroke.sum() > 0
+    average = pointing_game(tied, masks, tolerance=0).values
+    torch.testing.assert_close(average, stroke / 2)
+    assert pointing_game(tied, masks, tolerance=0, ties="first").values.sum() == 0
+    mass = energy_pointing_game(values, masks).values.numpy()
+    np.testing.assert_allclose(mass, theirs(quantus.RelevanceMassAccuracy(disable_warnings=True),
+                                            values), rtol=1e-12)  # fmt: skip
+    # Attribution Localisation (unweighted) is the same share, its denominator + 1e-9
+    located = theirs(quantus.AttributionLocalisation(disable_warnings=True), values)
+    np.testing.assert_allclose(mass, located, rtol=2e-9 / float(values.flatten(1).sum(1).min()))
+
+
+def test_the_quantus_conventions_camkit_does_not_follow() -> None:
+    """What the docs say of Quantus 0.6's pointing game and Attribution Localisation."""
+    quantus = pytest.importorskip("quantus")
+    maps = torch.rand(6, 1, 6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    masks = torch.zeros(6, 1, 6, 6, dtype=torch.bool)
+    masks[1:, 0, :2, :2] = True
+    maps[1:, 0, 0, 0] = 2.0  # every sample with a mask hits it
+
+    def theirs(metric: object, n: int) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(metric(  # type: ignore[operator]
+                model=None, x_batch=np.zeros((n, 1, 6, 6), np.float32), y_batch=np.zeros(n, int),
+                a_batch=maps[:n].numpy().copy(), s_batch=masks[:n].numpy().copy(),
+            ), float)  # fmt: skip
+
+    # an empty mask: a hit in Quantus, left out by camkit
+    assert theirs(quantus.PointingGame(disable_warnings=True), 6)[0] == 1.0
+    assert math.isnan(pointing_game(maps[:, 0], masks[:, 0], tolerance=0).values[0])
+    with pytest.raises(TypeError):
+        theirs(quantus.PointingGame(weighted=True, disable_warnings=True), 6)
+    # the weighted share: the mask's 4 pixels over the (n - 2) * 36 values of x_batch[2:]
+    for n in (4, 6):
+        weighted = theirs(quantus.AttributionLocalisation(weighted=True, disable_warnings=True), n)
+        plain = theirs(quantus.AttributionLocalisation(disable_warnings=True), n)
+        np.testing.assert_allclose(weighted[1:] / plain[1:], 4 / ((n - 2) * 36), rtol=1e-12)
 
 
 def test_mosaics_and_focus_by_hand() -> None:

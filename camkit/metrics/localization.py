@@ -8,7 +8,9 @@ that is zero over much of the image ties there), camkit counts the tied pixels
 at their expected share (``ties="average"``: the value is the same whatever
 the order of the pixels), where Quantus 0.6 takes them in the order of
 ``np.argsort(-a)``, an unstable sort (``ties="quantus"`` reproduces it, and
-``ties="first"`` takes them in row-major order).
+``ties="first"`` takes them in row-major order). The pointing game likewise
+counts a map's several maxima at equal shares, where Quantus scores a hit if
+any of them hits.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from camkit.errors import CamkitTypeError, CamkitValueError
@@ -34,7 +37,8 @@ __all__ = [
 ]
 
 TIES = ("average", "first", "quantus")
-"""How the ranking metrics take pixels that tie at the cut (see the module's text)."""
+"""How the ranking metrics take pixels that tie at the cut (see the module's text), and
+how the pointing game counts a map's several maxima."""
 
 
 def _check(maps: Tensor, masks: Tensor, convert: bool = True) -> tuple[Tensor, Tensor]:
@@ -52,23 +56,42 @@ def _check(maps: Tensor, masks: Tensor, convert: bool = True) -> tuple[Tensor, T
     return maps.detach().double(), masks.detach().bool()
 
 
-def pointing_game(maps: Tensor, masks: Tensor, *, tolerance: float = 15.0) -> MetricResult:
+def pointing_game(
+    maps: Tensor, masks: Tensor, *, tolerance: float = 15.0, ties: str = "average"
+) -> MetricResult:
     r"""Pointing game: is the map's maximum within ``tolerance`` pixels of the object?
 
     Zhang et al., *Top-down Neural Attention by Excitation Backprop*, ECCV 2016,
     https://arxiv.org/abs/1608.00507. A hit is scored when the location of the
-    map's maximum (the first one, in row-major order, on ties) lies within
-    Euclidean distance ``tolerance`` of a mask pixel (15 pixels in the paper;
-    0 asks for the mask itself). Samples with an empty mask are ``NaN`` and
-    left out of the summary, the hit rate.
+    map's maximum lies within Euclidean distance ``tolerance`` of a mask pixel
+    (15 pixels in the paper; 0 asks for the mask itself). Samples with an empty
+    mask are ``NaN`` and left out of the summary, the hit rate.
+
+    A map can have its maximum at several pixels (an upsampled CAM often does,
+    at the border; an all-zero map everywhere). With ``ties="average"`` (the
+    default) each of them counts at an equal share: the sample scores the share
+    of its maxima that hit, the expected hit of a maximum picked at random, so
+    that the value does not depend on the order of the pixels, and a map that
+    points nowhere (a constant map) scores what pointing at random scores.
+    ``ties="first"`` takes the first maximum in row-major order;
+    ``ties="quantus"`` scores a hit when *any* maximum hits, as Quantus 0.6's
+    ``PointingGame`` does (``np.any(s_batch * max_attribution)``, at
+    ``tolerance=0``), which scores every constant map a hit.
+
+    Quantus 0.6 scores a sample with an empty mask a hit too (it writes
+    ``np.nan`` into a boolean array, which stores ``True``); camkit leaves it
+    out, as Quantus means to. Its ``weighted=True`` raises a ``TypeError`` once a
+    sample hits; camkit does not offer it.
 
     Args:
         maps: ``(N, *spatial)`` maps.
         masks: ``(N, *spatial)`` boolean ground-truth masks.
         tolerance: Distance in pixels.
+        ties: ``"average"``, ``"first"`` or ``"quantus"``: how several maxima count.
 
     Returns:
-        1.0 (hit) or 0.0 (miss) per sample, and the hit rate.
+        1.0 (hit) or 0.0 (miss) per sample (with ``ties="average"``, the share of
+        the sample's maxima that hit), and the hit rate.
 
     Example:
         >>> import torch
@@ -81,24 +104,65 @@ def pointing_game(maps: Tensor, masks: Tensor, *, tolerance: float = 15.0) -> Me
     m, gt = _check(maps, masks)
     if tolerance < 0:
         raise CamkitValueError(f"tolerance: got {tolerance}; must be >= 0")
-    spatial = m.shape[1:]
-    peak = m.flatten(1).argmax(dim=1)
-    coords = torch.stack(torch.unravel_index(peak, spatial), dim=1).double()  # (N, d)
-    inside = gt.flatten(1)
-    if tolerance == 0:
-        hit = inside.gather(1, peak[:, None])[:, 0].double()
+    ties = _checked_ties(ties)
+    flat, inside = m.flatten(1), gt.flatten(1)
+    if ties == "first":
+        peaks = torch.zeros_like(inside).scatter_(1, flat.argmax(dim=1, keepdim=True), True)
     else:
-        grid = torch.stack(
-            torch.meshgrid(
-                *[torch.arange(s, dtype=torch.float64, device=m.device) for s in spatial],
-                indexing="ij",
-            ),
-            dim=-1,
-        ).view(-1, len(spatial))  # (P, d)
-        squared = ((grid[None] - coords[:, None]) ** 2).sum(dim=-1)  # (N, P)
-        hit = ((squared <= (tolerance + 1e-9) ** 2) & inside).any(dim=1).double()
+        peaks = flat == flat.amax(dim=1, keepdim=True)
+    near = inside if tolerance == 0 else _near(peaks, inside, m.shape[1:], tolerance)
+    hits = (peaks & near).sum(dim=1).double()
+    hit = hits / peaks.sum(dim=1) if ties == "average" else (hits > 0).double()
     empty = ~inside.any(dim=1)
     return summarize("pointing_game", torch.where(empty, math.nan, hit))
+
+
+def _near(peaks: Tensor, inside: Tensor, spatial: tuple[int, ...], tolerance: float) -> Tensor:
+    """Of the positions marked in ``peaks`` ``(N, P)``, those within ``tolerance`` of a mask
+    pixel (``inside``, ``(N, P)``): from each peak's distances to every position where a
+    sample has few peaks, from the mask's distance transform where it has many (a
+    constant map's every position)."""
+    reach = (tolerance + 1e-9) ** 2
+    grid = torch.stack(
+        torch.meshgrid(
+            *[torch.arange(s, dtype=torch.float64, device=peaks.device) for s in spatial],
+            indexing="ij",
+        ),
+        dim=-1,
+    ).view(-1, len(spatial))  # (P, d)
+    pixels = grid.shape[0]
+    near = torch.zeros_like(peaks)
+    many = peaks.sum(dim=1) > max(64, pixels // 64)
+    for i in many.nonzero()[:, 0].tolist():
+        squared = _squared_distances(inside[i].view(spatial), math.floor(tolerance + 1e-9))
+        near[i] = peaks[i] & (squared.flatten() <= reach)
+    rows, columns = (peaks & ~many[:, None]).nonzero(as_tuple=True)
+    block = max(1, (1 << 22) // pixels)
+    for first in range(0, len(rows), block):
+        row, column = rows[first : first + block], columns[first : first + block]
+        squared = ((grid[None] - grid[column][:, None]) ** 2).sum(dim=-1)  # (block, P)
+        near[row, column] = ((squared <= reach) & inside[row]).any(dim=1)
+    return near
+
+
+def _squared_distances(mask: Tensor, radius: int) -> Tensor:
+    """Each position's squared Euclidean distance to the nearest ``True`` of ``mask``, exact
+    where it is at most ``radius ** 2`` (``inf`` where it is farther). The squared distance
+    separates over the axes, ``min_y |x - y|^2 = min_{y_1} ((x_1 - y_1)^2 + min_{y_2}
+    (...))``, so it is found one axis at a time; a distance within the radius has every
+    axis's step within it, so each axis looks ``radius`` positions either side."""
+    found = torch.where(mask, 0.0, math.inf).double()
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=mask.device) ** 2
+    for axis in range(mask.dim()):
+        moved = found.movedim(axis, -1)
+        lines = F.pad(moved.reshape(-1, 1, moved.shape[-1]), (radius, radius), value=math.inf)
+        block = max(1, (1 << 23) // (moved.shape[-1] * len(offsets)))
+        nearest = [
+            (lines[j : j + block, 0].unfold(1, len(offsets), 1) + offsets).amin(dim=-1)
+            for j in range(0, len(lines), block)
+        ]  # each (lines, L, 2 radius + 1) before the minimum
+        found = torch.cat(nearest).view(moved.shape).movedim(-1, axis)
+    return found
 
 
 def energy_pointing_game(maps: Tensor, masks: Tensor) -> MetricResult:

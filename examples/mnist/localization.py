@@ -39,9 +39,9 @@ class Localization:
 
     ``mass``: share of the map's mass on strokes, camkit's energy pointing game
     (NaN for an all-zero map); ``area``: share of the image the strokes cover;
-    ``hit``: 1.0 where the map's maximum lies on a stroke pixel, camkit's
-    pointing game with no tolerance (an all-zero map, which points nowhere, is
-    a miss), else 0.0.
+    ``hit``: camkit's pointing game with no tolerance, 1.0 where the map's maximum
+    lies on a stroke pixel, else 0.0 (the share of its maxima that do, where it has
+    several; an all-zero map, which points nowhere, is a miss).
     """
 
     mass: Tensor
