@@ -130,11 +130,12 @@ def _near(peaks: Tensor, inside: Tensor, spatial: tuple[int, ...], tolerance: fl
         ),
         dim=-1,
     ).view(-1, len(spatial))  # (P, d)
-    pixels = grid.shape[0]
+    pixels, radius = grid.shape[0], math.floor(tolerance + 1e-9)
     near = torch.zeros_like(peaks)
-    many = peaks.sum(dim=1) > max(64, pixels // 64)
+    # the transform costs about P * d * (2 radius + 1), the distances P * d per peak
+    many = peaks.sum(dim=1) > 2 * radius + 1
     for i in many.nonzero()[:, 0].tolist():
-        squared = _squared_distances(inside[i].view(spatial), math.floor(tolerance + 1e-9))
+        squared = _squared_distances(inside[i].view(spatial), radius)
         near[i] = peaks[i] & (squared.flatten() <= reach)
     rows, columns = (peaks & ~many[:, None]).nonzero(as_tuple=True)
     block = max(1, (1 << 22) // pixels)
