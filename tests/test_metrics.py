@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from functools import partial
 from typing import Any
 
@@ -80,6 +81,46 @@ def test_deletion_and_insertion_of_a_pixel_sum_in_closed_form(step: int) -> None
         assert dele.values[i].item() == pytest.approx(_trapezoid(expected_del, xs), rel=1e-5)
         assert ins.values[i].item() == pytest.approx(_trapezoid(expected_ins, xs), rel=1e-5)
     assert dele.summary == pytest.approx(float(dele.values.mean()))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_deletion_is_quantus_pixel_flipping(tied: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The curve after each step, the area by ``auc="quantus"`` and, for maps with ties
+    (Grad-CAM's zeros), the order by ``ties="quantus"``, on the MNIST net."""
+    quantus = pytest.importorskip("quantus")
+    if not hasattr(np, "trapz"):  # Quantus 0.6 calls np.trapz, which NumPy 2.4 removed
+        monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)
+    from examples.mnist.data import load_split
+    from examples.mnist.train import load
+
+    checkpoint, _ = load()
+    model = checkpoint.model
+    x = checkpoint.prepare(load_split("test").images[:16])
+    y = model(x).argmax(1)
+    if tied:
+        maps = GradCAM(model, "features.relu")(x, y).double()
+        assert (maps == 0).sum() > 100
+    else:
+        maps = torch.rand(16, 28, 28, generator=torch.Generator().manual_seed(0)).double()
+    ties = "quantus" if tied else "first"
+    ours = deletion(model, x, maps, y, step=98, baseline=float(x.min()), ties=ties)
+    area = deletion(model, x, maps, y, step=98, baseline=float(x.min()), ties=ties, auc="quantus")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = quantus.PixelFlipping(features_in_step=98, disable_warnings=True)
+        common = {"model": model, "x_batch": x.numpy(), "y_batch": y.numpy(), "device": "cpu"}
+        curves = np.asarray(run(a_batch=maps.numpy()[:, None].copy(), **common))
+        run = quantus.PixelFlipping(features_in_step=98, return_auc_per_sample=True,
+                                    disable_warnings=True)  # fmt: skip
+        areas = np.asarray(run(a_batch=maps.numpy()[:, None].copy(), **common))
+    # Quantus's probabilities come from float32 logits: each moves by at most its logits'
+    # rounding, 2^-23 of the largest logit difference (below 64 here), through the softmax
+    logits = model(x)
+    assert float(logits.max() - logits.min()) < 64
+    bound = 64 * 2.0**-23
+    np.testing.assert_allclose(ours.curves[:, 1:].numpy(), curves, rtol=0, atol=bound)
+    np.testing.assert_allclose(area.values.numpy(), areas, rtol=0, atol=bound * curves.shape[1])
+    assert area.curves.equal(ours.curves) and not area.values.equal(ours.values)
 
 
 def test_average_drop_and_increase_of_a_pixel_sum_by_hand() -> None:

@@ -1,5 +1,5 @@
-"""Efficient and Smooth MPRT: the histogram entropy against numpy's, eMPRT against Quantus
-0.6, sMPRT against its definition."""
+"""Efficient and Smooth MPRT: the histogram entropy against numpy's, MPRT and eMPRT against
+Quantus 0.6, sMPRT against its definition."""
 
 from __future__ import annotations
 
@@ -164,3 +164,45 @@ def test_efficient_mprt_equals_quantus() -> None:
     got = efficient_mprt(model, method, x, y, reseed="quantus")
     np.testing.assert_allclose(got.values.numpy(), np.asarray(expected), rtol=1e-10)
     assert got.values.isfinite().all()
+
+
+def test_mprt_equals_quantus() -> None:
+    """The cascading test's Spearman correlations of the absolute maps, layer by layer from
+    the logits down, with Quantus's seeding (``reseed="quantus"``, seed 42)."""
+    quantus = pytest.importorskip("quantus")
+    checkpoint, _ = load()
+    model = checkpoint.model
+    x = checkpoint.prepare(load_split("test").images[:8])
+    cam = camkit.GradCAM(model, "features.relu")
+    y = cam.explain(x).classes
+    assert y is not None
+
+    def explain(model: nn.Module, inputs: np.ndarray, targets: np.ndarray, **kwargs: object
+                ) -> np.ndarray:  # fmt: skip
+        maps = camkit.GradCAM(model, "features.relu")(torch.from_numpy(inputs),
+                                                      torch.from_numpy(targets))  # fmt: skip
+        return maps.double().numpy()[:, None]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = quantus.MPRT(disable_warnings=True)(
+            model=model, x_batch=x.numpy(), y_batch=y.numpy(), explain_func=explain,
+            a_batch=explain(model, x.numpy(), y.numpy()), device="cpu",
+        )  # fmt: skip
+
+    def method(m: nn.Module) -> object:
+        return lambda inputs, classes: torch.from_numpy(
+            explain(m, inputs.numpy(), classes.numpy())[:, 0]
+        )
+
+    got = randomization_test(model, method, x, y, seed=42, reseed="quantus", structural=False)
+    assert list(expected) == ["original", *got.layers]
+    np.testing.assert_allclose(expected["original"], 1.0, rtol=1e-12)
+    for step, layer in enumerate(got.layers):
+        np.testing.assert_allclose(got.spearman_abs[step].numpy(), expected[layer], rtol=1e-12,
+                                   atol=1e-12, err_msg=layer)  # fmt: skip
+    # camkit's own seeding (each layer from its own seed) draws other weights
+    own = randomization_test(model, method, x, y, seed=42, structural=False)
+    assert not torch.equal(own.spearman_abs, got.spearman_abs)
+    with pytest.raises(CamkitValueError, match="reseed: got 'once'"):
+        randomization_test(model, method, x, y, reseed="once")

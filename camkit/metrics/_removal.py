@@ -20,6 +20,18 @@ order (the result does not depend on a sorting algorithm); ``"quantus"`` in the 
 of ``np.argsort(-a)``, an unstable sort, as Quantus 0.6 does."""
 
 
+AREAS = ("fraction", "quantus")
+"""How a curve is summarised: ``"fraction"``, the trapezoid area with the unperturbed
+point first and the x-axis the share of pixels (or regions) removed, on [0, 1];
+``"quantus"``, Quantus 0.6's ``np.trapz(curve, dx=1)`` over the perturbed points only."""
+
+
+def check_area(area: str) -> None:
+    """``area`` one of :data:`AREAS`, else a clear error naming the argument ``auc``."""
+    if area not in AREAS:
+        raise CamkitValueError(f"auc: got {area!r}; allowed: {', '.join(map(repr, AREAS))}")
+
+
 def check_count(name: str, value: object) -> int:
     """A positive int, else a clear error naming the argument."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

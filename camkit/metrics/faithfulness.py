@@ -20,8 +20,7 @@ from camkit.metrics._common import (
     probabilities,
     summarize,
 )
-from camkit.metrics._removal import cumulative_scores
-from camkit.metrics._sorting import stable_order
+from camkit.metrics._removal import check_area, check_ties, cumulative_scores, order
 from camkit.targets import Target
 
 __all__ = ["average_drop", "blur", "deletion", "increase_in_confidence", "insertion"]
@@ -157,10 +156,14 @@ def _curve(
     start: Tensor,
     end: Tensor,
     step: int | None,
+    ties: str,
+    auc: str,
     batch_size: int | None,
     name: str,
 ) -> MetricResult:
     n, batch_size = check_batch(x, batch_size)
+    check_ties(ties)
+    check_area(auc)
     classes = classes_of(model, x, target, batch_size)
     m = maps_for(maps, x, classes).flatten(1)
     pixels = m.shape[1]
@@ -168,15 +171,18 @@ def _curve(
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise CamkitValueError(f"step: got {step!r}; allowed: a positive number of pixels")
     counts = torch.tensor(sorted({min(c, pixels) for c in range(0, pixels + step, step)}))
-    order = stable_order(m, descending=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(pixels, device=m.device).expand(n, -1))
+    ranked = order(m, ties).to(m.device)
+    rank = torch.empty_like(ranked)
+    rank.scatter_(1, ranked, torch.arange(pixels, device=m.device).expand(n, -1))
     # after step j the pixels ranked below counts[j] hold their end values
     step_of = torch.searchsorted(counts.to(rank.device), rank, right=True)
     curves = cumulative_scores(model, start, end, step_of, len(counts), classes, True, batch_size)
     fractions = counts.double() / pixels
-    auc = torch.trapezoid(curves, fractions, dim=1)
-    return summarize(name, auc, curves=curves, fractions=fractions)
+    if auc == "quantus":
+        area = torch.trapezoid(curves[:, 1:], dx=1.0, dim=1)
+    else:
+        area = torch.trapezoid(curves, fractions, dim=1)
+    return summarize(name, area, curves=curves, fractions=fractions)
 
 
 def _baseline(x: Tensor, baseline: str | Tensor | float) -> Tensor:
@@ -204,6 +210,8 @@ def deletion(
     *,
     baseline: str | Tensor | float = "zeros",
     step: int | None = None,
+    ties: str = "first",
+    auc: str = "fraction",
     batch_size: int | None = None,
 ) -> MetricResult:
     r"""Deletion AUC: remove pixels in order of decreasing saliency; lower is better.
@@ -216,6 +224,12 @@ def deletion(
     score is the area under that curve by the trapezoid rule, with the x-axis
     the fraction of pixels removed, on [0, 1].
 
+    Quantus 0.6's ``PixelFlipping`` records the same curve without its
+    unperturbed first point (tested equal, the baseline the inputs' smallest
+    value, as its "black"); its area, ``np.trapz(curve, dx=1)`` over the
+    perturbed points, is ``auc="quantus"``, and its order of tied pixels (an
+    unstable sort's) ``ties="quantus"``.
+
     Args:
         model: A classifier returning ``(N, classes)`` logits; left unchanged.
         x: Input batch ``(N, C, *spatial)``.
@@ -224,6 +238,9 @@ def deletion(
         baseline: ``"zeros"`` (default), ``"blur"`` (:func:`blur` of ``x``), a
             number, or a tensor broadcastable to ``x``.
         step: Pixels per step; by default about 1/50 of the pixels.
+        ties: How pixels of equal map value are ordered, ``"first"`` (by position) or
+            ``"quantus"`` (see :data:`~camkit.metrics._removal.ORDERS`).
+        auc: ``"fraction"`` or ``"quantus"`` (see :data:`~camkit.metrics._removal.AREAS`).
         batch_size: Perturbed images per forward pass; None sizes the passes to the
             input (:ref:`metrics-batch-size`).
 
@@ -245,6 +262,8 @@ def deletion(
         start=x,
         end=_baseline(x, baseline),
         step=step,
+        ties=ties,
+        auc=auc,
         batch_size=batch_size,
         name="deletion",
     )
@@ -258,6 +277,8 @@ def insertion(
     *,
     baseline: str | Tensor | float = "blur",
     step: int | None = None,
+    ties: str = "first",
+    auc: str = "fraction",
     batch_size: int | None = None,
 ) -> MetricResult:
     r"""Insertion AUC: restore pixels in order of decreasing saliency; higher is better.
@@ -281,6 +302,8 @@ def insertion(
         start=_baseline(x, baseline),
         end=x,
         step=step,
+        ties=ties,
+        auc=auc,
         batch_size=batch_size,
         name="insertion",
     )

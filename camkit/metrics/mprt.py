@@ -132,6 +132,7 @@ def smooth_mprt(
     noise: float = 0.1,
     layers: str | list[str] | None = None,
     seed: int = 0,
+    reseed: str = "each",
     progress: bool = False,
 ) -> RandomizationResult:
     r"""Smooth MPRT (sMPRT): the cascading randomisation test on maps averaged over noisy
@@ -161,6 +162,7 @@ def smooth_mprt(
         noise: The noise's standard deviation as a share of each input's range.
         layers: As in :func:`~camkit.metrics.randomization_test`.
         seed: The seed of the noise and of the re-initialisation.
+        reseed: As in :func:`~camkit.metrics.randomization_test`.
         progress: Show a progress bar over the steps.
 
     Returns:
@@ -198,5 +200,13 @@ def smooth_mprt(
         return average
 
     return randomization_test(
-        model, smoothed, x, target, mode="cascading", layers=layers, seed=seed, progress=progress
+        model,
+        smoothed,
+        x,
+        target,
+        mode="cascading",
+        layers=layers,
+        seed=seed,
+        reseed=reseed,
+        progress=progress,
     )

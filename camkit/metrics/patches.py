@@ -25,6 +25,7 @@ from camkit.metrics._common import Maps, MetricResult, check_batch, classes_of, 
 from camkit.metrics._removal import (
     baseline_image,
     baseline_values,
+    check_area,
     check_count,
     check_ties,
     cumulative_scores,
@@ -34,11 +35,6 @@ from camkit.metrics._removal import (
 from camkit.targets import Target
 
 __all__ = ["infidelity", "irof", "patch_grid", "region_perturbation", "selectivity"]
-
-AREAS = ("fraction", "quantus")
-"""How a curve is summarised: ``"fraction"``, the trapezoid area with the unperturbed
-point first and the x-axis the share of regions removed, on [0, 1]; ``"quantus"``,
-Quantus 0.6's ``np.trapz(curve, dx=1)`` over the perturbed points only."""
 
 
 def patch_grid(spatial: tuple[int, ...], patch_size: int) -> Tensor:
@@ -89,11 +85,6 @@ def _area(curve: Tensor, area: str) -> Tensor:
         return torch.trapezoid(curve[:, 1:], dx=1.0, dim=1)
     steps = curve.shape[1] - 1
     return torch.trapezoid(curve, dx=1.0 / steps, dim=1)
-
-
-def _check_area(area: str) -> None:
-    if area not in AREAS:
-        raise CamkitValueError(f"auc: got {area!r}; allowed: {', '.join(map(repr, AREAS))}")
 
 
 def region_perturbation(
@@ -223,7 +214,7 @@ def selectivity(
         baseline: ``"black"`` (each input's smallest value), ``"mean"`` or a number.
         softmax: Score softmax probabilities (Quantus's default here) or logits.
         ties: How patches of equal mass are ordered, ``"first"`` or ``"quantus"``.
-        auc: ``"fraction"`` or ``"quantus"`` (see :data:`AREAS`).
+        auc: ``"fraction"`` or ``"quantus"`` (see :data:`~camkit.metrics._removal.AREAS`).
         batch_size: Rows per forward pass; None sizes the passes to the
             input (:ref:`metrics-batch-size`).
 
@@ -241,7 +232,7 @@ def selectivity(
     """
     _, batch_size = check_batch(x, batch_size)
     check_ties(ties)
-    _check_area(auc)
+    check_area(auc)
     classes = classes_of(model, x, target, batch_size)
     weights = maps_for(maps, x, classes).double().flatten(1)
     labels = patch_grid(tuple(x.shape[2:]), patch_size)
@@ -312,7 +303,7 @@ def irof(
         baseline: ``"mean"`` (each input's mean), ``"black"`` or a number.
         softmax: Score softmax probabilities (Quantus's default here) or logits.
         ties: How segments of equal mean are ordered, ``"first"`` or ``"quantus"``.
-        auc: ``"fraction"`` or ``"quantus"`` (see :data:`AREAS`).
+        auc: ``"fraction"`` or ``"quantus"`` (see :data:`~camkit.metrics._removal.AREAS`).
         batch_size: Rows per forward pass; None sizes the passes to the
             input (:ref:`metrics-batch-size`).
 
@@ -330,7 +321,7 @@ def irof(
     """
     n, batch_size = check_batch(x, batch_size)
     check_ties(ties)
-    _check_area(auc)
+    check_area(auc)
     classes = classes_of(model, x, target, batch_size)
     weights = maps_for(maps, x, classes).double().flatten(1)
     if segments is None:

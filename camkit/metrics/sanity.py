@@ -145,6 +145,7 @@ def randomization_test(
     mode: str = "cascading",
     layers: str | list[str] | None = None,
     seed: int = 0,
+    reseed: str = "each",
     structural: bool = True,
     progress: bool = False,
 ) -> RandomizationResult:
@@ -170,6 +171,10 @@ def randomization_test(
         layers: The layers to randomize, one name or a list; by default every
             module that owns parameters, in forward order.
         seed: Seed of the re-initialization.
+        reseed: ``"each"``: step ``i``'s layer re-initialized from ``seed + i``;
+            ``"quantus"``: every layer from ``seed + 1``, as Quantus 0.6's ``MPRT``
+            does (its ``seed`` is 42; tested equal, its ``spearman`` of absolute
+            maps camkit's ``spearman_abs``).
         structural: Compute SSIM (the costliest of the three similarities on large
             maps); ``False`` leaves ``ssim`` NaN.
         progress: Show a progress bar over the steps.
@@ -188,6 +193,8 @@ def randomization_test(
     """
     if mode not in ("cascading", "independent"):
         raise CamkitValueError(f"mode: got {mode!r}; allowed: 'cascading', 'independent'")
+    if reseed not in ("each", "quantus"):
+        raise CamkitValueError(f"reseed: got {reseed!r}; allowed: 'each', 'quantus'")
     check_batch(x, 1)
     classes = classes_of(model, x, target, 256)
     order = parameterized_layers(model, x)
@@ -201,7 +208,7 @@ def randomization_test(
     ):
         if mode == "independent":
             twin = copy.deepcopy(model)
-        randomize(twin.get_submodule(name), seed + i)
+        randomize(twin.get_submodule(name), seed + 1 if reseed == "quantus" else seed + i)
         all_maps.append(reduce_channels(method(twin)(x, classes).detach(), x))
     stacked = torch.stack(all_maps)
     after = stacked[1:]
