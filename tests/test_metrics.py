@@ -325,6 +325,43 @@ def test_imputation_equals_quantus_sparse_solve(share: float) -> None:
         np.testing.assert_allclose(default[n].numpy(), theirs, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_road_accuracy_equals_quantus(tied: bool) -> None:
+    """``score="accuracy"``: Quantus 0.6's ROAD on the MNIST net, both without noise, at
+    percentages where int() and round() of the pixel count agree (78, 235, 392 pixels)."""
+    quantus = pytest.importorskip("quantus")
+    from examples.mnist.data import load_split
+    from examples.mnist.train import load
+
+    checkpoint, _ = load()
+    model = checkpoint.model
+    x = checkpoint.prepare(load_split("test").images[:24])
+    y = model(x).argmax(1)
+    cam = GradCAM(model, "features.relu")
+    if tied:  # zero over much of the image
+        maps = cam(x, y).double()
+    else:  # the raw map, before the ReLU: few ties, scaled into [0, 1]
+        raw = cam.explain(x, y, relu=False, normalize=False).maps.double().flatten(1)
+        low, high = raw.amin(1, keepdim=True), raw.amax(1, keepdim=True)
+        maps = ((raw - low) / (high - low)).view(24, 28, 28)
+    percentages = [10, 30, 50]
+    ours = road(model, x, maps, y, percentages=percentages, noise=0.0, score="accuracy",
+                ties="quantus" if tied else "first")  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = quantus.ROAD(percentages=percentages, noise=0.0, disable_warnings=True)(
+            model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=maps.numpy()[:, None],
+            device="cpu",
+        )  # fmt: skip
+    assert ours.summary == pytest.approx([theirs[p] for p in percentages], abs=1e-12)
+    assert set(ours.values.unique().tolist()) <= {0.0, 1.0}
+    assert ours.summary != pytest.approx([1.0, 1.0, 1.0])  # some predictions do change
+    probability = road(model, x, maps, y, percentages=percentages, noise=0.0)
+    assert not probability.values.equal(ours.values)
+    with pytest.raises(CamkitValueError, match="score: got 'auc'"):
+        road(model, x, maps, y, score="auc")
+
+
 def test_road_morf_hurts_more_than_lerf_for_a_pixel_sum() -> None:
     x = _positive_images(4, 8)
     maps = x[:, 0]  # the brightest pixels carry the score

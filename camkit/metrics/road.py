@@ -14,11 +14,13 @@ from camkit.metrics._common import (
     MetricResult,
     check_batch,
     classes_of,
+    logits,
     maps_for,
     probabilities,
     summarize,
 )
-from camkit.metrics._sorting import stable_order
+from camkit.metrics._removal import check_ties
+from camkit.metrics._removal import order as ranked_pixels
 from camkit.targets import Target
 
 __all__ = ["impute", "road"]
@@ -172,6 +174,8 @@ def road(
     order: str = "morf",
     noise: float = 0.01,
     seed: int = 0,
+    score: str = "probability",
+    ties: str = "first",
     batch_size: int | None = None,
 ) -> MetricResult:
     r"""ROAD: class probability after removing the most (or least) relevant pixels.
@@ -181,7 +185,17 @@ def road(
     :math:`p`, the :math:`p\%` most relevant pixels (``order="morf"``: lower
     probability is better) or least relevant pixels (``order="lerf"``: higher is
     better) by the map are removed and filled by :func:`impute`, and the softmax
-    probability of the target class is recorded.
+    probability of the target class is recorded (``score="probability"``), or
+    whether the model still predicts the target class (``score="accuracy"``: the
+    paper's and Quantus 0.6's measure, 1 or 0 per sample; the summary is then
+    the accuracy per percentage).
+
+    ``quantus.ROAD`` gives the same accuracies (tested, with ``noise=0`` in
+    both, ``ties="quantus"`` for its order of tied pixels, and percentages where
+    the two pixel counts agree): it removes ``int(P * p / 100)`` of the ``P``
+    pixels where camkit rounds to the nearest count, and it averages only the
+    first batch it is given (``self.evaluation_scores[0]``), where camkit's
+    summary covers every sample.
 
     Args:
         model: A classifier returning ``(N, classes)`` logits; left unchanged.
@@ -192,6 +206,9 @@ def road(
         order: ``"morf"`` (most relevant first) or ``"lerf"`` (least relevant first).
         noise: Std of the imputation noise.
         seed: Seed of the imputation noise, so results repeat.
+        score: ``"probability"`` (the target's softmax probability) or ``"accuracy"``.
+        ties: How pixels of equal map value are ordered, ``"first"`` (by position) or
+            ``"quantus"`` (see :data:`~camkit.metrics._removal.ORDERS`).
         batch_size: Images per forward pass; None sizes the passes to the
             input (:ref:`metrics-batch-size`).
 
@@ -211,10 +228,13 @@ def road(
         raise CamkitValueError(f"order: got {order!r}; allowed: 'morf', 'lerf'")
     if not percentages or any(not 0 < float(p) < 100 for p in percentages):
         raise CamkitValueError(f"percentages: got {list(percentages)}; each must be in (0, 100)")
+    if score not in ("probability", "accuracy"):
+        raise CamkitValueError(f"score: got {score!r}; allowed: 'probability', 'accuracy'")
+    check_ties(ties)
     classes = classes_of(model, x, target, batch_size)
     m = maps_for(maps, x, classes).flatten(1)
     pixels = m.shape[1]
-    order_index = stable_order(m, descending=order == "morf")
+    order_index = ranked_pixels(m if order == "morf" else -m, ties).to(m.device)
     rank = torch.empty_like(order_index)
     rank.scatter_(1, order_index, torch.arange(pixels, device=m.device).expand(n, -1))
     generator = torch.Generator().manual_seed(seed)
@@ -226,6 +246,10 @@ def road(
         for start in range(0, n, batch_size):
             part = slice(start, start + batch_size)
             filled = impute(x[part], removed[part], noise=jitter[part])
-            values[part, j] = probabilities(model, filled, classes[part], batch_size)
+            if score == "accuracy":
+                predicted = logits(model, filled, batch_size).argmax(dim=1).cpu()
+                values[part, j] = (predicted == classes[part].cpu()).double()
+            else:
+                values[part, j] = probabilities(model, filled, classes[part], batch_size)
     fractions = torch.tensor([float(p) / 100 for p in percentages], dtype=torch.float64)
     return summarize(f"road_{order}", values, fractions=fractions)
