@@ -115,7 +115,8 @@ def test_deletion_is_quantus_pixel_flipping(tied: bool, monkeypatch: pytest.Monk
         areas = np.asarray(run(a_batch=maps.numpy()[:, None].copy(), **common))
     # Quantus's probabilities come from float32 logits: each moves by at most its logits'
     # rounding, 2^-23 of the largest logit difference (below 64 here), through the softmax
-    logits = model(x)
+    with torch.no_grad():
+        logits = model(x)
     assert float(logits.max() - logits.min()) < 64
     bound = 64 * 2.0**-23
     np.testing.assert_allclose(ours.curves[:, 1:].numpy(), curves, rtol=0, atol=bound)
