@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 import camkit
 from camkit.errors import CamkitValueError
@@ -134,34 +134,42 @@ def test_smooth_mprt_is_the_cascading_test_on_averaged_maps() -> None:
         smooth_mprt(model, method, x, noise=-1)
 
 
-def test_efficient_mprt_equals_quantus() -> None:
-    quantus = pytest.importorskip("quantus")
+def _explain(model: nn.Module, inputs: np.ndarray, targets: np.ndarray, **kwargs: object
+             ) -> np.ndarray:  # fmt: skip
+    """Grad-CAM at ``features.relu`` as Quantus's ``explain_func`` (float64: the same
+    histogram edges as camkit's)."""
+    maps = camkit.GradCAM(model, "features.relu")(torch.from_numpy(inputs),
+                                                  torch.from_numpy(targets))  # fmt: skip
+    return maps.double().numpy()[:, None]
+
+
+def _method(m: nn.Module) -> object:
+    """The same maps as camkit's randomisation tests take them."""
+    return lambda inputs, classes: torch.from_numpy(
+        _explain(m, inputs.numpy(), classes.numpy())[:, 0]
+    )
+
+
+def _against_quantus(metric: object) -> tuple[nn.Module, Tensor, Tensor, Any]:
+    """The MNIST net, 8 digits, their predicted classes, and ``metric``'s Quantus result."""
     checkpoint, _ = load()
     model = checkpoint.model
     x = checkpoint.prepare(load_split("test").images[:8])
-    cam = camkit.GradCAM(model, "features.relu")
-    y = cam.explain(x).classes
+    y = camkit.GradCAM(model, "features.relu").explain(x).classes
     assert y is not None
-
-    def explain(model: nn.Module, inputs: np.ndarray, targets: np.ndarray, **kwargs: object
-                ) -> np.ndarray:  # fmt: skip
-        maps = camkit.GradCAM(model, "features.relu")(torch.from_numpy(inputs),
-                                                      torch.from_numpy(targets))  # fmt: skip
-        return maps.double().numpy()[:, None]  # float64: the same histogram edges as camkit
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        expected = quantus.EfficientMPRT(disable_warnings=True)(
-            model=model, x_batch=x.numpy(), y_batch=y.numpy(), explain_func=explain,
-            a_batch=explain(model, x.numpy(), y.numpy()), device="cpu",
+        expected = metric(  # type: ignore[operator]
+            model=model, x_batch=x.numpy(), y_batch=y.numpy(), explain_func=_explain,
+            a_batch=_explain(model, x.numpy(), y.numpy()), device="cpu",
         )  # fmt: skip
+    return model, x, y, expected
 
-    def method(m: nn.Module) -> object:
-        return lambda inputs, classes: torch.from_numpy(
-            explain(m, inputs.numpy(), classes.numpy())[:, 0]
-        )
 
-    got = efficient_mprt(model, method, x, y, reseed="quantus")
+def test_efficient_mprt_equals_quantus() -> None:
+    quantus = pytest.importorskip("quantus")
+    model, x, y, expected = _against_quantus(quantus.EfficientMPRT(disable_warnings=True))
+    got = efficient_mprt(model, _method, x, y, reseed="quantus")
     np.testing.assert_allclose(got.values.numpy(), np.asarray(expected), rtol=1e-10)
     assert got.values.isfinite().all()
 
@@ -170,31 +178,8 @@ def test_mprt_equals_quantus() -> None:
     """The cascading test's Spearman correlations of the absolute maps, layer by layer from
     the logits down, with Quantus's seeding (``reseed="quantus"``, seed 42)."""
     quantus = pytest.importorskip("quantus")
-    checkpoint, _ = load()
-    model = checkpoint.model
-    x = checkpoint.prepare(load_split("test").images[:8])
-    cam = camkit.GradCAM(model, "features.relu")
-    y = cam.explain(x).classes
-    assert y is not None
-
-    def explain(model: nn.Module, inputs: np.ndarray, targets: np.ndarray, **kwargs: object
-                ) -> np.ndarray:  # fmt: skip
-        maps = camkit.GradCAM(model, "features.relu")(torch.from_numpy(inputs),
-                                                      torch.from_numpy(targets))  # fmt: skip
-        return maps.double().numpy()[:, None]
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        expected = quantus.MPRT(disable_warnings=True)(
-            model=model, x_batch=x.numpy(), y_batch=y.numpy(), explain_func=explain,
-            a_batch=explain(model, x.numpy(), y.numpy()), device="cpu",
-        )  # fmt: skip
-
-    def method(m: nn.Module) -> object:
-        return lambda inputs, classes: torch.from_numpy(
-            explain(m, inputs.numpy(), classes.numpy())[:, 0]
-        )
-
+    model, x, y, expected = _against_quantus(quantus.MPRT(disable_warnings=True))
+    method = _method
     got = randomization_test(model, method, x, y, seed=42, reseed="quantus", structural=False)
     assert list(expected) == ["original", *got.layers]
     np.testing.assert_allclose(expected["original"], 1.0, rtol=1e-12)
