@@ -113,8 +113,9 @@ def test_deletion_is_quantus_pixel_flipping(tied: bool, monkeypatch: pytest.Monk
         run = quantus.PixelFlipping(features_in_step=98, return_auc_per_sample=True,
                                     disable_warnings=True)  # fmt: skip
         areas = np.asarray(run(a_batch=maps.numpy()[:, None].copy(), **common))
-    # Quantus's probabilities come from float32 logits: each moves by at most its logits'
-    # rounding, 2^-23 of the largest logit difference (below 64 here), through the softmax
+    # the same float32 network in both, on batches of other sizes, and Quantus's softmax in
+    # float32: a probability moves by at most a few float32 roundings of the logits'
+    # differences (below 64 here); 2^-23 of 64 bounds it
     with torch.no_grad():
         logits = model(x)
     assert float(logits.max() - logits.min()) < 64

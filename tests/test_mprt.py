@@ -179,15 +179,14 @@ def test_mprt_equals_quantus() -> None:
     the logits down, with Quantus's seeding (``reseed="quantus"``, seed 42)."""
     quantus = pytest.importorskip("quantus")
     model, x, y, expected = _against_quantus(quantus.MPRT(disable_warnings=True))
-    method = _method
-    got = randomization_test(model, method, x, y, seed=42, reseed="quantus", structural=False)
+    got = randomization_test(model, _method, x, y, seed=42, reseed="quantus", structural=False)
     assert list(expected) == ["original", *got.layers]
     np.testing.assert_allclose(expected["original"], 1.0, rtol=1e-12)
     for step, layer in enumerate(got.layers):
         np.testing.assert_allclose(got.spearman_abs[step].numpy(), expected[layer], rtol=1e-12,
                                    atol=1e-12, err_msg=layer)  # fmt: skip
     # camkit's own seeding (each layer from its own seed) draws other weights
-    own = randomization_test(model, method, x, y, seed=42, structural=False)
+    own = randomization_test(model, _method, x, y, seed=42, structural=False)
     assert not torch.equal(own.spearman_abs, got.spearman_abs)
     with pytest.raises(CamkitValueError, match="reseed: got 'once'"):
-        randomization_test(model, method, x, y, reseed="once")
+        randomization_test(model, _method, x, y, reseed="once")
