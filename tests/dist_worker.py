@@ -3,10 +3,12 @@
 python tests/dist_worker.py explain OUT N [KILL_AT] [METHOD]
 python tests/dist_worker.py evaluate OUT.pt N
 python tests/dist_worker.py twice OUT N      (two stores, OUT/first and OUT/second, then evaluate)
+python tests/dist_worker.py exchange OUT.json N  (N rounds of gather, each rank's own size)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -88,6 +90,16 @@ if __name__ == "__main__":
         results = metrics(n)
         if int(os.environ.get("RANK", "0")) == 0:
             torch.save({k: r.values for k, r in results.items()}, os.path.join(out, "metrics.pt"))
+    elif mode == "exchange":
+        from camkit._engine.distributed import gather, process_group
+
+        with process_group() as team:
+            mine = [{"rank": team.rank, "round": i, "bytes": bytes(team.rank * 70_001 + i)}
+                    for i in range(n)]  # fmt: skip
+            rounds = [gather(team, value) for value in mine]
+        if team.main:  # the bytes as hex, for JSON
+            Path(out).write_text(json.dumps([[{**v, "bytes": v["bytes"].hex()} for v in r]
+                                             for r in rounds]))  # fmt: skip
     else:
         results = metrics(n)
         if int(os.environ.get("RANK", "0")) == 0:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from camkit._engine import state
 from camkit.errors import CamkitTypeError, CamkitValueError
 
 
@@ -70,9 +72,12 @@ def process_group() -> Iterator[Rank]:
 
 
 def _destroy_at_exit() -> None:
-    """Destroy the process group camkit started, as the process exits."""
+    """Destroy the process group camkit started, as the process exits; then let go of the
+    tensors of its last exchange (see :func:`gather`)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+    with state.EXCHANGED_LOCK:
+        state.EXCHANGED.clear()
 
 
 def barrier(team: Rank) -> None:
@@ -85,12 +90,36 @@ def barrier(team: Rank) -> None:
 
 
 def gather(team: Rank, value: Any) -> list[Any]:
-    """Every rank's ``value`` (picklable), in rank order, on every rank."""
+    """Every rank's ``value`` (picklable), in rank order, on every rank.
+
+    What :func:`torch.distributed.all_gather_object` does (pickles, their sizes gathered,
+    then the pickles padded to the longest), but the tensors exchanged are kept
+    (:data:`~camkit._engine.state.EXCHANGED`) until the next exchange or the group's
+    end: a collective's work holds its tensors, and where the work is freed last by
+    the backend's own thread, freeing a tensor Python made needs the interpreter lock.
+    On torch 2.4, gloo's group then deadlocks as it is destroyed (its destructor holds
+    the lock and waits for that thread): half of all two-process runs hung at exit
+    (tests/test_cli.py under the oldest versions .ci/run tests). Tensors Python still
+    holds are freed by Python, not by that thread.
+    """
     if team.size == 1:
         return [value]
-    values: list[Any] = [None] * team.size
-    dist.all_gather_object(values, value)
-    return values
+    device = torch.device("cpu")
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    payload = torch.frombuffer(bytearray(pickle.dumps(value)), dtype=torch.uint8).to(device)
+    size = torch.tensor([len(payload)], dtype=torch.int64, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(team.size)]
+    dist.all_gather(sizes, size)
+    lengths = [int(s) for s in torch.cat(sizes).tolist()]
+    padded = torch.zeros(max(lengths), dtype=torch.uint8, device=device)
+    padded[: len(payload)] = payload
+    received = [torch.empty_like(padded) for _ in range(team.size)]
+    dist.all_gather(received, padded)
+    with state.EXCHANGED_LOCK:
+        state.EXCHANGED[:] = [payload, size, *sizes, padded, *received]
+    together = torch.stack(received).cpu().numpy()
+    return [pickle.loads(row[:n].tobytes()) for row, n in zip(together, lengths, strict=True)]
 
 
 _T = TypeVar("_T")

@@ -14,6 +14,9 @@
 * The ``torch.distributed`` process group, where camkit started it under ``torchrun``:
   kept until the process exits, for later calls (see
   :func:`camkit._engine.distributed.process_group`).
+* :data:`EXCHANGED` (under :data:`EXCHANGED_LOCK`): the tensors of the last exchange
+  between ranks, kept until the next or until the group camkit started ends (see
+  :func:`camkit._engine.distributed.gather`). A few bytes per rank.
 
 :func:`clear_caches` forgets the two caches; nothing else outlives a call.
 """
@@ -40,6 +43,10 @@ WRITES_IN_PLACE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], b
 )
 """Per module, the parts of its output (by keys) the network modifies in place, so camkit
 must copy them."""
+
+EXCHANGED_LOCK = threading.Lock()
+EXCHANGED: list[Tensor] = []
+"""The tensors of the last exchange between ranks, which Python, not the backend, frees."""
 
 TRACING = threading.Lock()
 """Held while :mod:`torch.fx` traces a model."""
