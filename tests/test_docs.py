@@ -123,6 +123,8 @@ def _external(address: str) -> bool:
 @pytest.fixture(scope="module")
 def built_docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Sphinx site, built as CI builds it (warnings are errors)."""
+    import sphinx  # noqa: F401  (the docs extra; the build below runs it in a subprocess)
+
     out = tmp_path_factory.mktemp("html")
     command = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html"]
     result = subprocess.run(

@@ -19,7 +19,6 @@ from camkit.errors import CamkitValueError
 from camkit.methods.occlusion import blend_weights, gaussian_fill, occlusion_windows
 from camkit.testing import assert_model_unchanged, model_state
 
-monai_visualize = pytest.importorskip("monai.visualize")
 # MONAI 1.6 indexes with lists of slices, which torch warns about (and still allows)
 pytestmark = pytest.mark.filterwarnings("ignore:Using a non-tuple sequence:UserWarning")
 
@@ -42,8 +41,11 @@ def net_3d() -> nn.Module:
 
 
 def monai_maps(model: nn.Module, x: Tensor, classes: list[int], **options: object) -> Tensor:
-    """MONAI's occlusion map of each sample's class, one MONAI call per sample."""
-    occlusion = monai_visualize.OcclusionSensitivity(model, verbose=False, **options)
+    """MONAI's occlusion map of each sample's class, one MONAI call per sample (MONAI is
+    the integrations extra: without it the tests that call this fail, not skip)."""
+    from monai.visualize import OcclusionSensitivity
+
+    occlusion = OcclusionSensitivity(model, verbose=False, **options)
     rows = []
     for sample, c in zip(x, classes, strict=True):
         sensitivity, _ = occlusion(sample[None])

@@ -9,9 +9,9 @@ import types
 from importlib.metadata import version
 from pathlib import Path
 
-import pytest
-
 import camkit
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_version_matches_distribution() -> None:
@@ -87,13 +87,41 @@ def test_ci_reruns_the_numeric_tests_on_other_kernels_and_one_thread() -> None:
         assert (root / "tests" / f"test_{name}.py").is_file(), name
 
 
+def _requirements(extras: bool) -> list[str]:
+    """pyproject.toml's requirements: the dependencies, and with ``extras`` every extra's."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the installed distribution's, the same lines
+        from importlib.metadata import requires
+
+        listed = requires("camkit") or []
+        return [r.split(";")[0].strip() for r in listed if extras or "extra ==" not in r]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"]]
+    if extras:
+        for extra in project["optional-dependencies"].values():
+            requirements += extra
+    return requirements
+
+
+def test_the_oldest_versions_run_installs_the_declared_floors() -> None:
+    """.ci/run's oldest-versions run pins each dependency at pyproject's floor (its major
+    and minor version), so that the floors users are promised are the ones tested."""
+    floor = re.search(r"^FLOOR=\(([^)]*)\)", (ROOT / ".ci" / "run").read_text(), re.M)
+    assert floor is not None
+    pinned = dict(pin.split("==") for pin in floor.group(1).split())
+    dependencies = _requirements(extras=False)
+    assert len(dependencies) == 4
+    for requirement in dependencies:
+        found = re.fullmatch(r"([\w-]+)>=([\d.]+)", requirement)
+        assert found is not None, requirement
+        name, lowest = found.groups()
+        assert pinned[name].split(".")[:2] == lowest.split(".")[:2], (name, pinned[name])
+
+
 def test_dependencies_set_no_upper_bound() -> None:
     """A library must not stop its users from upgrading; versions are pinned in .ci/run only."""
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
-    requirements = [*project["dependencies"]]
-    for extra in project["optional-dependencies"].values():
-        requirements += extra
+    requirements = _requirements(extras=True)
     assert len(requirements) > 10
     capped = [r for r in requirements if re.search(r"<|==|~=", r)]
     assert not capped, capped

@@ -6,6 +6,7 @@ its own networks); a video's map is one map per frame, ``(N, T, H, W)``.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -194,11 +195,21 @@ def test_a_token_order_round_trips() -> None:
         Layout("tokens", grid=(2, 3), token_order=(0, 0))
 
 
-monai_nets = pytest.importorskip("monai.networks.nets")
-monai_visualize = pytest.importorskip("monai.visualize")
+@pytest.fixture(scope="module")
+def monai_nets() -> Any:
+    """MONAI's networks (the integrations extra: without it these tests fail, not skip)."""
+    return importlib.import_module("monai.networks.nets")
 
 
-def test_monai_densenet121_3d_equals_plain_autograd_and_monai() -> None:
+@pytest.fixture(scope="module")
+def monai_visualize() -> Any:
+    """MONAI's Grad-CAM and Grad-CAM++."""
+    return importlib.import_module("monai.visualize")
+
+
+def test_monai_densenet121_3d_equals_plain_autograd_and_monai(
+    monai_nets: Any, monai_visualize: Any
+) -> None:
     torch.manual_seed(0)
     model = monai_nets.DenseNet121(spatial_dims=3, in_channels=1, out_channels=3).eval()
     x = torch.randn(2, 1, 64, 64, 64)
@@ -215,7 +226,9 @@ def test_monai_densenet121_3d_equals_plain_autograd_and_monai() -> None:
         assert_untouched(before, snapshot(model))  # MONAI leaves its hooks on the layer
 
 
-def test_monai_gradcampp_sums_the_cubed_gradients_over_positions() -> None:
+def test_monai_gradcampp_sums_the_cubed_gradients_over_positions(
+    monai_nets: Any, monai_visualize: Any
+) -> None:
     """MONAI's Grad-CAM++ divides by ``2 g² + sum over positions of A g³`` (+ 1e-7) where
     Eq. 19 has ``2 g² + (sum over positions of A) g³``: its maps equal that formula (the
     ``exp(score)`` factor, one number per sample, cancels in the scaling), not camkit's."""
@@ -238,7 +251,7 @@ def test_monai_gradcampp_sums_the_cubed_gradients_over_positions() -> None:
     assert float((ours.double() - monai_formula).abs().max()) > 1e-2
 
 
-def test_monai_unet_segmentation_over_a_3d_mask() -> None:
+def test_monai_unet_segmentation_over_a_3d_mask(monai_nets: Any) -> None:
     torch.manual_seed(0)
     model = monai_nets.UNet(
         spatial_dims=3, in_channels=1, out_channels=2, channels=(4, 8, 16), strides=(2, 2),
@@ -253,7 +266,7 @@ def test_monai_unet_segmentation_over_a_3d_mask() -> None:
     assert GradCAM(model, name)(x, target).shape == (2, 16, 16, 16)
 
 
-def test_monai_swinunetr_segmentation_over_a_3d_mask() -> None:
+def test_monai_swinunetr_segmentation_over_a_3d_mask(monai_nets: Any) -> None:
     """SwinUNETR (MONAI's transformer segmenter; 64³ is the least its instance norms take):
     a decoder stage and a Swin stage, both channels first, against plain autograd."""
     torch.manual_seed(0)
