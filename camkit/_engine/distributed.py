@@ -94,12 +94,13 @@ def gather(team: Rank, value: Any) -> list[Any]:
 
     What :func:`torch.distributed.all_gather_object` does (pickles, their sizes gathered,
     then the pickles padded to the longest), but the tensors exchanged are kept
-    (:data:`~camkit._engine.state.EXCHANGED`) until the next exchange or the group's
-    end: a collective's work holds its tensors, and where the work is freed last by
-    the backend's own thread, freeing a tensor Python made needs the interpreter lock.
-    On torch 2.4, gloo's group then deadlocks as it is destroyed (its destructor holds
-    the lock and waits for that thread): half of all two-process runs hung at exit
-    (tests/test_cli.py under the oldest versions .ci/run tests). Tensors Python still
+    (:data:`~camkit._engine.state.EXCHANGED`, emptied: a few hundred bytes each) until
+    the group camkit started ends. A collective's work holds its tensors, and where the
+    backend's own thread frees the work last (later collectives, a barrier, keep it
+    alive), freeing a tensor Python made needs the interpreter lock. On torch 2.4,
+    gloo's group then deadlocks as it is destroyed (its destructor holds the lock and
+    waits for that thread): half of all two-process runs hung at exit (seen with py-spy,
+    in tests/test_cli.py under the oldest versions .ci/run tests). Tensors Python still
     holds are freed by Python, not by that thread.
     """
     if team.size == 1:
@@ -116,9 +117,12 @@ def gather(team: Rank, value: Any) -> list[Any]:
     padded[: len(payload)] = payload
     received = [torch.empty_like(padded) for _ in range(team.size)]
     dist.all_gather(received, padded)
-    with state.EXCHANGED_LOCK:
-        state.EXCHANGED[:] = [payload, size, *sizes, padded, *received]
     together = torch.stack(received).cpu().numpy()
+    exchanged = [payload, size, *sizes, padded, *received]
+    for tensor in exchanged:
+        tensor.data = tensor.new_empty(0)  # its memory goes now; the tensor stays (see above)
+    with state.EXCHANGED_LOCK:
+        state.EXCHANGED.extend(exchanged)
     return [pickle.loads(row[:n].tobytes()) for row, n in zip(together, lengths, strict=True)]
 
 

@@ -14,9 +14,10 @@
 * The ``torch.distributed`` process group, where camkit started it under ``torchrun``:
   kept until the process exits, for later calls (see
   :func:`camkit._engine.distributed.process_group`).
-* :data:`EXCHANGED` (under :data:`EXCHANGED_LOCK`): the tensors of the last exchange
-  between ranks, kept until the next or until the group camkit started ends (see
-  :func:`camkit._engine.distributed.gather`). A few bytes per rank.
+* :data:`EXCHANGED` (under :data:`EXCHANGED_LOCK`): the tensors of the exchanges
+  between ranks, emptied, kept until the group camkit started ends (see
+  :func:`camkit._engine.distributed.gather`): a few hundred bytes per tensor, a few
+  exchanges per dataset call.
 
 :func:`clear_caches` forgets the two caches; nothing else outlives a call.
 """
@@ -46,7 +47,7 @@ must copy them."""
 
 EXCHANGED_LOCK = threading.Lock()
 EXCHANGED: list[Tensor] = []
-"""The tensors of the last exchange between ranks, which Python, not the backend, frees."""
+"""The (emptied) tensors of the exchanges between ranks, which Python, not the backend, frees."""
 
 TRACING = threading.Lock()
 """Held while :mod:`torch.fx` traces a model."""
