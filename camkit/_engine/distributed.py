@@ -73,7 +73,7 @@ def process_group() -> Iterator[Rank]:
 
 def _destroy_at_exit() -> None:
     """Destroy the process group camkit started, as the process exits; then let go of the
-    tensors of its last exchange (see :func:`gather`)."""
+    tensors of its exchanges (see :func:`gather`)."""
     if dist.is_initialized():
         dist.destroy_process_group()
     with state.EXCHANGED_LOCK:

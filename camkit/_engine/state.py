@@ -19,7 +19,8 @@
   :func:`camkit._engine.distributed.gather`): a few hundred bytes per tensor, a few
   exchanges per dataset call.
 
-:func:`clear_caches` forgets the two caches; nothing else outlives a call.
+:func:`clear_caches` forgets the two caches; nothing else outlives a call but the
+process group camkit started and its exchanges' tensors.
 """
 
 from __future__ import annotations
