@@ -353,7 +353,8 @@ def test_ablation_cam_on_resnet18_under_autocast_equals_full_reruns() -> None:
     torch.testing.assert_close(tail, full, rtol=0, atol=rounding)
 
 
-# cuda: without a GPU it warns, stays off; mps and xpu have autocast from torch 2.5 or so
+# cuda: without a GPU it warns, stays off; mps and xpu where the installed torch has
+# autocast for them (torch 2.4 has none for mps)
 @pytest.mark.parametrize(
     "device", [d for d in ("cpu", "mps", "xpu") if torch.amp.is_autocast_available(d)]
 )

@@ -285,7 +285,7 @@ def test_evaluate_under_torchrun_equals_one_process(tmp_path: Path) -> None:
 def test_ranks_exchange_values_of_any_size_and_exit(tmp_path: Path) -> None:
     """What the ranks tell each other (configurations, results, errors) arrives whole, in
     rank order, whatever each one's size; and the processes end (on torch 2.4, gloo's
-    group hung as it was destroyed after all_gather_object in half of all runs)."""
+    group hung as it was destroyed after all_gather_object, in a third to a half of runs)."""
     out = tmp_path / "exchanged.json"
     run = _run("exchange", str(out), "3", torchrun=2)
     assert run.returncode == 0, run.stderr

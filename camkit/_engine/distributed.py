@@ -99,7 +99,7 @@ def gather(team: Rank, value: Any) -> list[Any]:
     backend's own thread frees the work last (later collectives, a barrier, keep it
     alive), freeing a tensor Python made needs the interpreter lock. On torch 2.4,
     gloo's group then deadlocks as it is destroyed (its destructor holds the lock and
-    waits for that thread): half of all two-process runs hung at exit (seen with py-spy,
+    waits for that thread): a third to a half of two-process runs hung at exit (py-spy,
     in tests/test_cli.py under the oldest versions .ci/run tests). Tensors Python still
     holds are freed by Python, not by that thread.
     """
@@ -112,7 +112,7 @@ def gather(team: Rank, value: Any) -> list[Any]:
     size = torch.tensor([len(payload)], dtype=torch.int64, device=device)
     sizes = [torch.zeros_like(size) for _ in range(team.size)]
     dist.all_gather(sizes, size)
-    lengths = [int(s) for s in torch.cat(sizes).tolist()]
+    lengths: list[int] = torch.cat(sizes).tolist()
     padded = torch.zeros(max(lengths), dtype=torch.uint8, device=device)
     padded[: len(payload)] = payload
     received = [torch.empty_like(padded) for _ in range(team.size)]
