@@ -74,8 +74,18 @@ def class_scores(output: Tensor, classes: Tensor) -> Tensor:
         >>> class_scores(torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([1, 0]))
         tensor([2., 3.])
     """
-    index = classes.to(output.device)
+    index = _autograd_safe(classes.to(output.device))
     return output.gather(1, index.view(len(index), -1)).view(index.shape)
+
+
+def _autograd_safe(table: Tensor) -> Tensor:
+    """``table``, copied if it is an inference tensor (one made under
+    :func:`torch.inference_mode`, such as classes predicted there), which autograd cannot
+    save for the backward pass; any other tensor as it is, uncopied."""
+    if not table.is_inference():
+        return table
+    with torch.inference_mode(False):
+        return table.clone()
 
 
 Classes = int | Sequence[int] | Sequence[Sequence[int]] | Tensor | np.ndarray
@@ -377,7 +387,7 @@ class SimilarityTarget:
                 f"got shape {tuple(embedding.shape)}"
             )
         unit = F.normalize(embedding, dim=1)
-        reference = self.reference.to(unit.device, unit.dtype)
+        reference = _autograd_safe(self.reference.to(unit.device, unit.dtype))
         if self.per_sample:
             rows = _for_rows(reference, samples, len(unit), "reference")
             return (unit * rows).sum(1)
@@ -552,6 +562,8 @@ class RegressionTarget:
         negate: bool = False,
         key: str | None = None,
     ) -> None:
+        if isinstance(index, (Tensor, np.ndarray)):  # ints, as the signature says
+            index = index.tolist()
         self.index = index
         self.negate = negate
         self.key = key
@@ -760,6 +772,7 @@ def _boxes(value: Any, name: str, per_sample_dim: int) -> Tensor:
 
 def _for_rows(table: Tensor, samples: Tensor | None, m: int, name: str) -> Tensor:
     """The rows of a per-sample ``table`` (or its one row, broadcast) for ``m`` output rows."""
+    table = _autograd_safe(table)
     if len(table) == 1:
         return table.expand(m, *table.shape[1:])
     if samples is not None:

@@ -125,7 +125,8 @@ def check_explainer(
     sample (``(N, *spatial)`` like ``x``, or ``(N, C, *spatial)`` where it
     declares ``input_channels``) with per-sample scores and the output of the
     forward pass (the model's own eval-mode output on ``x`` where it declares
-    ``reports_output``), and that ``explainer(x, target)`` returns the same maps;
+    ``reports_output``), and that ``explainer(x, target)`` returns the same maps,
+    called as it is or under :func:`torch.no_grad` or :func:`torch.inference_mode`;
     that ``upsample=False`` gives maps at a layer's resolution where
     ``layer_resolution`` is declared and is refused with a
     :class:`~camkit.CamkitValueError` otherwise; that ``differentiable=True``
@@ -167,6 +168,19 @@ def check_explainer(
     _check_result(name, explainer, result, x)
     again = explainer(x, target)
     _expect(torch.equal(again, result.maps), f"{name}(x, target) differs from explain().maps")
+    for quiet in (torch.no_grad, torch.inference_mode):  # as inference code calls it
+        try:
+            with quiet():
+                inside = explainer(x, target)
+        except Exception as failure:
+            raise AssertionError(
+                f"{name}(x, target) fails under torch.{quiet.__name__}(): "
+                f"{type(failure).__name__}: {failure}"
+            ) from failure
+        _expect(
+            torch.equal(inside, result.maps),
+            f"{name}(x, target) under torch.{quiet.__name__}() differs from its maps outside",
+        )
 
     if explainer.layer_resolution:
         small = explainer.explain(x, target, upsample=False).maps

@@ -171,6 +171,38 @@ def test_each_explainer_keeps_the_contract(name: str) -> None:
     check_explainer(explainer, torch.randn(2, *shape), target=[0, 2])
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_each_explainer_explains_a_float64_model_as_the_float32_one(name: str) -> None:
+    """A float64 model (and input) gives camkit's float32 maps, equal to the float32 model's
+    up to float32's rounding. The largest difference is where a method divides by the
+    difference of two nearly equal scores (occlusion, ablation): float32's 1.2e-7 grows to
+    about 1e-5 there, so 1e-4 holds with a wide margin."""
+    make_model, make, shape = CASES[name]
+    torch.manual_seed(1)
+    x = torch.randn(2, *shape)
+    expected = make(make_model())(x, [0, 2])
+    got = make(make_model().double())(x.double(), [0, 2])
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_each_explainer_explains_a_half_precision_model(name: str, dtype: torch.dtype) -> None:
+    """A model converted to bfloat16 or float16 (its input too) gives finite float32 maps of
+    the float32 model's shape, in [0, 1] where its are (guided backpropagation's are signed
+    gradients); their values are the half-precision model's own, so they are not compared."""
+    make_model, make, shape = CASES[name]
+    torch.manual_seed(1)
+    x = torch.randn(2, *shape)
+    full = make(make_model())(x, [0, 2])
+    maps = make(make_model().to(dtype))(x.to(dtype), [0, 2])
+    assert maps.dtype == torch.float32 and maps.shape == full.shape
+    assert bool(maps.isfinite().all())
+    if float(full.min()) >= 0 and float(full.max()) <= 1:
+        assert 0 <= float(maps.min()) <= float(maps.max()) <= 1
+
+
 def test_the_check_catches_a_broken_declaration() -> None:
     """The shared check fails an explainer whose declarations are false."""
 
@@ -203,6 +235,20 @@ def test_the_check_catches_a_broken_declaration() -> None:
 
     with pytest.raises(AssertionError, match="declares reports_output, but explain's output"):
         check_explainer(Shifted(smooth_net(), "1"), x, target=[0, 1])
+
+    class Bare(camkit.GradCAM):
+        """Takes a gradient itself, outside camkit's pass, with grad mode on: that works
+        under no_grad, but under inference_mode no graph is recorded."""
+
+        def explain(self, x: Tensor, target: Any = None, **options: Any) -> camkit.CAMResult:
+            result = super().explain(x, target, **options)
+            with torch.enable_grad():
+                leaf = x.detach().requires_grad_()
+                torch.autograd.grad(self.model(leaf).sum(), leaf)
+            return result
+
+    with pytest.raises(AssertionError, match=r"fails under torch.inference_mode\(\)"):
+        check_explainer(Bare(smooth_net(), "1"), x, target=[0, 1])
 
 
 def test_the_differentiable_methods_are_those_that_declare_it() -> None:

@@ -377,3 +377,51 @@ def test_a_box_of_zero_area_matches_itself() -> None:
     empty = torch.tensor([[60.0, 47.0, 60.0, 48.0]])
     iou = box_iou(torch.cat([empty, empty + 1]), empty)
     torch.testing.assert_close(iou, torch.tensor([[1.0], [0.0]]))
+
+
+def _classifier() -> tuple[nn.Module, Tensor]:
+    return OneLogit(outputs=4).eval(), torch.randn(3, 1, 8, 8)
+
+
+def _predicted(model: nn.Module, x: Tensor) -> Tensor:
+    return model(x).argmax(1)  # under inference_mode: an inference tensor, as users make them
+
+
+INFERENCE_TARGETS: dict[str, tuple[Callable[[], tuple[nn.Module, Tensor]], str, Any]] = {
+    "classes": (_classifier, "body.1", _predicted),
+    "class tensor": (_classifier, "body.1", lambda m, x: torch.tensor([3, 0, 1])),
+    "finer": (_classifier, "body.1", lambda m, x: camkit.FinerTarget(_predicted(m, x))),
+    "binary": (lambda: (OneLogit().eval(), torch.randn(3, 1, 8, 8)), "body.1",
+               lambda m, x: BinaryTarget(torch.tensor([1, 0, 1]))),
+    "regression": (_classifier, "body.1", lambda m, x: RegressionTarget(torch.tensor([0, 2]))),
+    "similarity": (lambda: (Embedder().eval(), torch.randn(3, 3, 8, 8)), "body.1",
+                   lambda m, x: SimilarityTarget(m(x))),
+    "similarity per sample": (lambda: (Embedder().eval(), torch.randn(3, 3, 8, 8)), "body.1",
+                              lambda m, x: SimilarityTarget(m(x).flip(0), per_sample=True)),
+    "segmentation mask": (_seg, "body.1", lambda m, x: SegmentationTarget(1, mask=MASK.clone())),
+    "segmentation box": (_seg, "body.1", lambda m, x: SegmentationTarget(
+        torch.tensor([1, 2, 0, 1]), box=torch.tensor([1, 2, 7, 5]))),
+    "detection": (lambda: _detector()[:2], "body.1", lambda m, x: DetectionTarget(
+        torch.tensor([1, 1, 1]), ToyDetector.BOXES[:1].clone())),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("method", PER_SAMPLE_METHODS)
+@pytest.mark.parametrize("kind", INFERENCE_TARGETS)
+def test_targets_made_under_inference_mode_give_the_same_maps(method: str, kind: str) -> None:
+    """Tensors made under torch.inference_mode (classes predicted there, say) cannot be saved
+    for a backward pass; a target holding them explains as a target made outside does, the
+    call itself under inference_mode or not."""
+    make_model, layer, make_target = INFERENCE_TARGETS[kind]
+    torch.manual_seed(0)
+    model, x = make_model()
+    cam = PER_SAMPLE_METHODS[method](model, layer)
+    with torch.no_grad():
+        expected = cam(x, make_target(model, x))
+    with torch.inference_mode():
+        target = make_target(model, x)
+        inside = cam(x, target)
+    assert torch.equal(inside, expected)
+    with torch.inference_mode():
+        target = make_target(model, x)
+    assert torch.equal(cam(x, target), expected)

@@ -284,7 +284,8 @@ class DeepFeatureFactorization(Explainer):
         scores = None
         if self.head is not None:
             with torch.no_grad(), request.precision.callers():  # part of the model
-                scores = self.head(directions.T.contiguous()).float()
+                # in the layer's own precision, as the head receives the layer's output
+                scores = self.head(directions.T.to(native.dtype).contiguous()).float()
         return Factorization(maps, directions, scores, error), output
 
 

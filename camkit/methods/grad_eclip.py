@@ -141,8 +141,11 @@ def _loosened(block: nn.Module, query: Tensor, keys: Tensor) -> Tensor:
     keys ``(N, P, D)``, both passed through ``out_proj`` (as the authors' code does), scaled
     to [0, 1] over the keys of a row (zeros where they are all equal)."""
     out_proj = cast(nn.Linear, block.get_submodule("out_proj"))  # checked when found
-    query = F.normalize(F.linear(query, out_proj.weight, out_proj.bias), dim=-1)
-    keys = F.normalize(F.linear(keys, out_proj.weight, out_proj.bias), dim=-1)
+    # in the activations' precision (float32), whatever the model's own (float64, bfloat16)
+    weight = out_proj.weight.to(query.dtype)
+    bias = None if out_proj.bias is None else out_proj.bias.to(query.dtype)
+    query = F.normalize(F.linear(query, weight, bias), dim=-1)
+    keys = F.normalize(F.linear(keys, weight, bias), dim=-1)
     cosine = (keys * query[:, None]).sum(-1)
     low = cosine.amin(1, keepdim=True)
     span = cosine.amax(1, keepdim=True) - low

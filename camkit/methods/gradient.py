@@ -488,7 +488,8 @@ class SmoothGradCAMPlusPlus(BaseCAM):
             generator = torch.Generator(x.device).manual_seed(self.seed)
         moments = [torch.zeros((), dtype=torch.float64, device=x.device)] * 3
         for _ in range(self.samples):
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            # drawn in float32 whatever the input's precision: a seed gives the same noise
+            noise = torch.randn(x.shape, generator=generator, device=x.device).to(x.dtype)
             g = context.rerun(x + self.noise_std * noise).gradients.double()
             moments = [m + g**p for m, p in zip(moments, (1, 2, 3), strict=True)]
         d1, d2, d3 = (m / self.samples for m in moments)

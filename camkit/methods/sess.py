@@ -238,9 +238,12 @@ class SESS(Explainer):
             short, long = (height, width) if height <= width else (width, height)
             other = int(scale * long / short)
             shape = (scale, other) if height <= width else (other, scale)
+            # resized in float32 at least (antialiased resizing has no half-precision CPU
+            # kernel), then given back to the model in the input's own dtype
+            wide = image if image.dtype == torch.float64 else image.float()
             scaled = F.interpolate(
-                image, size=shape, mode="bilinear", align_corners=False, antialias=True
-            )
+                wide, size=shape, mode="bilinear", align_corners=False, antialias=True
+            ).to(image.dtype)
             rows, cols = scaled.shape[-2:]
             for top in _starts(rows, step, window):
                 for left in _starts(cols, step, window):
