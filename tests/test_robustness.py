@@ -13,7 +13,7 @@ from torch import Tensor
 
 import camkit
 from camkit.errors import CamkitValueError
-from camkit.metrics import avg_sensitivity, max_sensitivity
+from camkit.metrics import avg_sensitivity, max_sensitivity, robustness
 from examples.mnist.data import load_split
 from examples.mnist.train import load
 from tests.helpers import FLOAT32_EPS, assert_untouched, snapshot
@@ -67,6 +67,22 @@ def test_noise_is_seeded_and_the_model_is_left_alone() -> None:
     assert torch.equal(first, avg_sensitivity(model, x, cam, samples=4, seed=3).values)
     assert not torch.equal(first, avg_sensitivity(model, x, cam, samples=4, seed=4).values)
     assert_untouched(state, snapshot(model))
+
+
+@pytest.mark.parametrize("kind", ["uniform", "gaussian"])
+def test_a_seed_gives_the_same_copies_in_every_precision(kind: str) -> None:
+    """The noise is drawn in float32 whatever the input's dtype: a float64 input's copies are
+    its float32 twin's, to the one rounding of the sum (float32's sum of two float32 values
+    is their exact sum, held in float64, rounded once)."""
+    make = (
+        partial(robustness.uniform_noise, -0.1, 0.1)
+        if kind == "uniform"
+        else partial(robustness.gaussian_noise, 0.1)
+    )
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    single, double = make(seed=5), make(seed=5)
+    for step in range(3):
+        assert torch.equal(double(x.double(), step).float(), single(x, step))
 
 
 def test_prediction_changes_can_be_left_out() -> None:

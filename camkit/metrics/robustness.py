@@ -157,22 +157,25 @@ def avg_sensitivity(
 
 def uniform_noise(low: float, high: float, seed: int) -> Noise:
     """Noise ``U[low, high]`` on every value, from a CPU generator seeded with ``seed``; the
-    copies are drawn in order, so call it with steps 0, 1, 2, ..."""
+    copies are drawn in order, so call it with steps 0, 1, 2, ... The noise is drawn in
+    float32 whatever ``x``'s precision, so that a seed gives the same copies of a float64
+    or half-precision input."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
 
     def noise(x: Tensor, step: int) -> Tensor:
-        delta = torch.rand(x.shape, generator=generator, dtype=x.dtype) * (high - low) + low
-        return x + delta.to(x.device)
+        delta = torch.rand(x.shape, generator=generator) * (high - low) + low
+        return x + delta.to(x.device, x.dtype)
 
     return noise
 
 
 def gaussian_noise(std: float, seed: int) -> Noise:
-    """Noise ``N(0, std^2)`` on every value, seeded as :func:`uniform_noise`."""
+    """Noise ``N(0, std^2)`` on every value, seeded (and drawn in float32) as
+    :func:`uniform_noise`."""
     generator = torch.Generator(device="cpu").manual_seed(seed)
 
     def noise(x: Tensor, step: int) -> Tensor:
-        return x + (torch.randn(x.shape, generator=generator, dtype=x.dtype) * std).to(x.device)
+        return x + (torch.randn(x.shape, generator=generator) * std).to(x.device, x.dtype)
 
     return noise
 
