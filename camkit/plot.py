@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from torch import Tensor
 
+from camkit._engine import map_ops
 from camkit.errors import CamkitTypeError, CamkitValueError
 
 if TYPE_CHECKING:
@@ -60,8 +62,11 @@ def blend(
 
     Args:
         image: ``(H, W)`` grayscale, ``(C, H, W)`` tensor or ``(H, W, C)`` array
-            with ``C`` 1 or 3; values in [0, 1] unless ``mean``/``std`` are given.
-        cam: ``(H, W)`` map with values in [0, 1], as camkit returns them.
+            with ``C`` 1 or 3; values in [0, 1] (or ``uint8``, 0 to 255) unless
+            ``mean``/``std`` are given.
+        cam: ``(H, W)`` map with values in [0, 1], as camkit returns them; a map
+            of another size (at a layer's resolution) is resized to the image
+            bilinearly, as camkit's explainers resize theirs.
         cmap: A matplotlib colormap name.
         alpha: Opacity where the map is 1; it falls linearly to 0 where the map is 0.
         mean: Per-channel (or single) mean used to standardize ``image``; undone here.
@@ -71,7 +76,10 @@ def blend(
         ``(1 - alpha * m) * image + alpha * m * cmap(m)`` with ``m`` the map.
 
     Raises:
-        CamkitValueError: If shapes do not match or ranks are wrong.
+        CamkitValueError: If ranks are wrong, the map holds values outside [0, 1]
+            (NaN included), or the image, with neither ``mean`` nor ``std``, holds
+            float values outside [0, 1] (a standardized image or one in 0 to 255:
+            the overlay would be clipped to white).
 
     Example:
         >>> import torch
@@ -83,14 +91,11 @@ def blend(
     if not 0.0 <= alpha <= 1.0:
         raise CamkitValueError(f"alpha: got {alpha}; allowed: a number in [0, 1]")
     rgb = _as_rgb(image, mean, std)
-    m = _as_array(cam, "cam")
+    m = _as_map(cam, "cam")
     if m.ndim != 2:
         raise CamkitValueError(f"cam: expected an (H, W) map, got shape {m.shape}")
-    if m.shape != rgb.shape[:2]:
-        raise CamkitValueError(
-            f"cam: map of shape {m.shape} does not match the image's {rgb.shape[:2]}"
-        )
-    m = np.clip(m, 0.0, 1.0)
+    if m.shape != rgb.shape[:2]:  # a map at a layer's resolution: resized as camkit's are
+        m = map_ops.upsample(torch.from_numpy(m)[None], rgb.shape[:2])[0].numpy()
     colours = mpl.colormaps[cmap](m)[..., :3]
     weight = alpha * m[..., None]
     return np.asarray(np.clip((1 - weight) * rgb + weight * colours, 0.0, 1.0))
@@ -112,7 +117,8 @@ def overlay(
 
     Args:
         image: The image, as for :func:`blend`.
-        cam: The ``(H, W)`` map, values in [0, 1].
+        cam: The ``(H, W)`` map, values in [0, 1] (resized to the image as for
+            :func:`blend`).
         ax: Axes to draw on; a new figure is made when ``None``.
         cmap: A matplotlib colormap name.
         alpha: Opacity where the map is 1.
@@ -332,7 +338,7 @@ def concepts(
     if not 0.0 <= alpha <= 1.0:
         raise CamkitValueError(f"alpha: got {alpha}; allowed: a number in [0, 1]")
     rgb = _as_rgb(image, mean, std)
-    m = _as_array(maps, "maps")
+    m = _as_map(maps, "maps")
     if m.ndim != 3 or m.shape[1:] != rgb.shape[:2]:
         raise CamkitValueError(
             f"maps: expected (K, H, W) maps with (H, W) = {rgb.shape[:2]}, got shape {m.shape}"
@@ -342,7 +348,7 @@ def concepts(
     palette = mpl.colormaps[cmap]
     colours = np.array([palette(k % palette.N)[:3] for k in range(len(m))])
     strongest = m.argmax(axis=0)
-    weight = alpha * np.clip(m.max(axis=0), 0.0, 1.0)[..., None]
+    weight = alpha * m.max(axis=0)[..., None]
     blended = (1 - weight) * rgb + weight * colours[strongest]
     if ax is None:
         _, ax = plt.subplots(figsize=(3, 3))
@@ -674,7 +680,7 @@ def tokens(
         >>> [ax.get_title() for ax in fig.axes]
         ['seven left', '.']
     """
-    m = _as_array(maps, "maps")
+    m = _as_map(maps, "maps")
     if m.ndim != 3 or len(words) != len(m):
         raise CamkitValueError(
             f"words: got {len(words)} words for maps of shape {m.shape}; give (k, H, W) maps "
@@ -710,13 +716,13 @@ def _volume_and_map(volume: Any, cam: Any, name: str) -> tuple[np.ndarray, np.nd
     grey = _as_array(volume, name)
     if grey.ndim == 4 and grey.shape[0] == 1:
         grey = grey[0]
-    m = _as_array(cam, "cam")
+    m = _as_map(cam, "cam")
     if grey.ndim != 3 or m.shape != grey.shape:
         raise CamkitValueError(
             f"cam: expected a (D, H, W) map over a (D, H, W) or (1, D, H, W) {name}; got a map "
             f"of shape {m.shape} over a {name} of shape {tuple(np.shape(volume))}"
         )
-    return grey, np.clip(m, 0.0, 1.0)
+    return grey, m
 
 
 def _windowed(grey: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
@@ -735,7 +741,9 @@ def _windowed(grey: np.ndarray, window: tuple[float, float] | None) -> np.ndarra
 def _frames_and_maps(clip: Any, cams: Any) -> tuple[list[np.ndarray], np.ndarray]:
     """A clip's frames, each ``(H, W, C)`` or ``(H, W)``, and its ``(T, H, W)`` maps."""
     frames = _as_array(clip, "clip")
-    m = _as_array(cams, "cams")
+    if _is_uint8(clip):
+        frames = frames / 255
+    m = _as_map(cams, "cams")
     if frames.ndim == 4:
         frames = frames.transpose(1, 2, 3, 0)  # (C, T, H, W) -> (T, H, W, C)
     if frames.ndim not in (3, 4) or m.ndim != 3 or m.shape != frames.shape[:3]:
@@ -746,9 +754,40 @@ def _frames_and_maps(clip: Any, cams: Any) -> tuple[list[np.ndarray], np.ndarray
     return list(frames), m
 
 
+def _as_map(value: Any, name: str) -> np.ndarray:
+    """Maps as a float64 array, checked to hold values in [0, 1] (camkit's explainers scale
+    theirs so): a raw map clipped to [0, 1] would draw a misleading picture."""
+    m = _as_array(value, name)
+    _check_unit_range(m, name, "; scale each map to [0, 1] (camkit's explainers do, with "
+                      "normalize=True)")  # fmt: skip
+    return m
+
+
+def _check_unit_range(values: np.ndarray, name: str, advice: str) -> None:
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise CamkitValueError(
+            f"{name}: holds {int((~finite).sum())} NaN or infinite value(s); allowed: finite "
+            f"values in [0, 1]"
+        )
+    if values.size and (values.min() < 0 or values.max() > 1):
+        raise CamkitValueError(
+            f"{name}: values must lie in [0, 1], got {values.min():.4g} to "
+            f"{values.max():.4g}{advice}"
+        )
+
+
+def _is_uint8(value: Any) -> bool:
+    return (isinstance(value, Tensor) and value.dtype == torch.uint8) or (
+        isinstance(value, np.ndarray) and value.dtype == np.uint8
+    )
+
+
 def _as_array(value: Any, name: str) -> np.ndarray:
     if isinstance(value, Tensor):
-        return np.asarray(value.detach().float().cpu().numpy(), dtype=np.float64)
+        tensor = value.detach().cpu()  # float64 kept whole, any other dtype as float32
+        tensor = tensor if tensor.dtype == torch.float64 else tensor.float()
+        return np.asarray(tensor.numpy(), dtype=np.float64)
     if isinstance(value, np.ndarray):
         return value.astype(np.float64)
     raise CamkitTypeError(f"{name}: expected a tensor or numpy array, got {type(value).__name__}")
@@ -758,6 +797,12 @@ def _as_rgb(
     image: Any, mean: Sequence[float] | float | None, std: Sequence[float] | float | None
 ) -> np.ndarray:
     img = _as_array(image, "image")
+    if _is_uint8(image):
+        img = img / 255
+    elif mean is None and std is None:
+        _check_unit_range(img, "image", "; for a standardized image give mean= and std=; "
+                          "scale any other to [0, 1] (clamp one that noise pushed out), or "
+                          "give it as uint8")  # fmt: skip
     if img.ndim == 3 and isinstance(image, Tensor):
         img = img.transpose(1, 2, 0)
     if img.ndim == 2:

@@ -75,18 +75,47 @@ def test_standardized_images_are_restored() -> None:
 @pytest.mark.parametrize(
     ("image", "cam", "error", "message"),
     [
-        (torch.rand(3, 6, 5), torch.rand(6, 4), CamkitValueError, r"does not match"),
         (torch.rand(3, 6, 5), torch.rand(1, 6, 5), CamkitValueError, r"cam: expected an \(H, W\)"),
+        (torch.rand(3, 6, 5), torch.rand(6, 5) * 3, CamkitValueError,
+         r"cam: values must lie in \[0, 1\], got 0.* to 2.*normalize=True"),
+        (torch.rand(3, 6, 5), torch.full((6, 5), torch.nan), CamkitValueError,
+         r"cam: holds 30 NaN or infinite value\(s\)"),
+        (torch.randn(3, 6, 5), torch.rand(6, 5), CamkitValueError,
+         r"image: values must lie in \[0, 1\].*give mean= and std="),
+        (np.full((6, 5, 3), 200.0), torch.rand(6, 5), CamkitValueError,
+         r"image: values must lie in \[0, 1\], got 200 to 200.*uint8"),
         (torch.rand(2, 6, 5), torch.rand(6, 5), CamkitValueError, r"image: expected"),
         (torch.rand(1, 1, 6, 5), torch.rand(6, 5), CamkitValueError, r"image: expected"),
         ([[0.0]], torch.rand(1, 1), CamkitTypeError, r"image: expected a tensor"),
     ],
-)
+)  # fmt: skip
 def test_bad_input(image: object, cam: object, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         blend(image, cam)  # type: ignore[arg-type]
     with pytest.raises(CamkitValueError, match="alpha"):
         blend(torch.rand(2, 2), torch.rand(2, 2), alpha=1.5)
+
+
+def test_uint8_images_are_read_as_0_to_255() -> None:
+    """A uint8 image (as PIL and OpenCV give them) blends as its [0, 1] float twin; before,
+    its values were clipped to 1, a white picture."""
+    pixels = torch.randint(0, 256, (3, 6, 5), dtype=torch.uint8)
+    cam = torch.rand(6, 5)
+    expected = blend(pixels.double() / 255, cam)
+    np.testing.assert_array_equal(blend(pixels, cam), expected)
+    hwc = pixels.permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(blend(hwc, cam), expected)
+
+
+def test_a_map_at_a_layer_resolution_is_resized_as_camkit_resizes() -> None:
+    """A map of another size than the image is upsampled bilinearly (align_corners=False),
+    as torch.nn.functional.interpolate does, before it is blended."""
+    image, small = torch.rand(3, 12, 10), torch.rand(3, 5)
+    resized = torch.nn.functional.interpolate(
+        small.double()[None, None], size=(12, 10), mode="bilinear", align_corners=False
+    )[0, 0]
+    # the same interpolation by matrix products: float64 rounding, values at most 1
+    np.testing.assert_allclose(blend(image, small), blend(image, resized), rtol=0, atol=1e-12)
 
 
 def test_overlay_draws_the_blend_and_returns_axes(tmp_path: Path) -> None:

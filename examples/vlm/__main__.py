@@ -104,9 +104,10 @@ def figures(test: Canvases, answers: Tensor, maps: dict[str, Tensor], out: Path)
     words = said(answers)
     for i in (0, 1):
         for method in ("LayerCAM", "Grad-CAM", "TAM"):
-            fig = camkit.plot.tokens(
-                test.images[i], maps[method][i], [f" {w}" for w in words[i]], ncols=4, size=2.4
-            )
+            fig = camkit.plot.tokens(  # the canvas's noise takes it out of [0, 1]: clamped
+                test.images[i].clamp(0, 1), maps[method][i], [f" {w}" for w in words[i]],
+                ncols=4, size=2.4,
+            )  # fmt: skip
             fig.suptitle(f"{method}: {' '.join(words[i])}")
             fig.set_figheight(1.9)  # the panels are twice as wide as high
             name = f"canvas-{i}-{method.lower().replace('-', '')}.png"

@@ -130,15 +130,17 @@ def figures(cases: dict[str, Case], maps: dict[str, dict[str, Tensor]], out: Pat
     written.append("volume-0-grid.png")
     clip = cases["clip"].test
     for method in ("Grad-CAM", "Occlusion"):
-        fig = camkit.plot.frame_strip(
-            clip.inputs[0], maps["clip"][method][0], ncols=8,
+        fig = camkit.plot.frame_strip(  # the clip's noise takes it out of [0, 1]: clamped
+            clip.inputs[0].clamp(0, 1), maps["clip"][method][0], ncols=8,
             suptitle=f"{method}: digit {int(clip.labels[0])} moving, a map per frame",
         )  # fmt: skip
         name = f"clip-0-{method.lower().replace('-', '')}.png"
         fig.savefig(out / name, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(name)
-    camkit.plot.animate(clip.inputs[0], maps["clip"]["Grad-CAM"][0], out / "clip-0.gif", fps=4)
+    camkit.plot.animate(
+        clip.inputs[0].clamp(0, 1), maps["clip"]["Grad-CAM"][0], out / "clip-0.gif", fps=4
+    )
     written.append("clip-0.gif")
     return written
 
