@@ -174,10 +174,12 @@ class Batches:
             )
         if len(dataset) == 0:
             raise CamkitValueError(f"{name}: its dataset is empty")
-        if loader.batch_size is None:
+        if loader.batch_size is None:  # a batch_sampler of its own, or batch_size=None
+            custom = loader.batch_sampler is not None
+            why = "a custom batch_sampler" if custom else "batch_size=None"
             raise CamkitValueError(
-                f"{name}: has a custom batch_sampler; give a DataLoader with batch_size= "
-                f"(camkit batches the dataset in order, by that size)"
+                f"{name}: has {why}; give a DataLoader with batch_size= (camkit batches the "
+                f"dataset in order, by that size)"
             )
         return cls(loader, len(dataset), int(loader.batch_size))
 
