@@ -78,8 +78,8 @@ def blend(
     Raises:
         CamkitValueError: If ranks are wrong, the map holds values outside [0, 1]
             (NaN included), or the image, with neither ``mean`` nor ``std``, holds
-            float values outside [0, 1] (a standardized image or one in 0 to 255:
-            the overlay would be clipped to white).
+            float values outside [0, 1] (a standardized image, or one in 0 to 255:
+            clipped to [0, 1], it would draw a misleading picture).
 
     Example:
         >>> import torch
