@@ -760,7 +760,12 @@ def _as_map(value: Any, name: str) -> np.ndarray:
     m = _as_array(value, name)
     _check_unit_range(m, name, "; scale each map to [0, 1] (camkit's explainers do, with "
                       "normalize=True)")  # fmt: skip
-    return m
+    return np.asarray(np.clip(m, 0.0, 1.0))  # past [0, 1] by rounding at most
+
+
+_ROUNDING = 1e-6
+"""How far past 0 or 1 an image's or a map's values may lie and still count as in [0, 1]
+(then clipped): a few float32 units, what a resize or a colour conversion in float32 leaves."""
 
 
 def _check_unit_range(values: np.ndarray, name: str, advice: str) -> None:
@@ -770,7 +775,7 @@ def _check_unit_range(values: np.ndarray, name: str, advice: str) -> None:
             f"{name}: holds {int((~finite).sum())} NaN or infinite value(s); allowed: finite "
             f"values in [0, 1]"
         )
-    if values.size and (values.min() < 0 or values.max() > 1):
+    if values.size and (values.min() < -_ROUNDING or values.max() > 1 + _ROUNDING):
         raise CamkitValueError(
             f"{name}: values must lie in [0, 1], got {values.min():.4g} to "
             f"{values.max():.4g}{advice}"

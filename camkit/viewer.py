@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from camkit._store.files import write_atomically
 from camkit.datasets import MapStore
 from camkit.errors import CamkitTypeError, CamkitValueError
+from camkit.plot import _ROUNDING
 
 __all__ = ["CELLS", "ImageSource", "MaskSource", "view"]
 
@@ -52,8 +53,9 @@ CELLS = 8
 """Thumbnails per side of a sprite sheet (a sheet holds ``CELLS * CELLS``)."""
 
 ImageSource = Callable[[int], Any]
-"""``images(i)``: dataset sample ``i``'s image, ``(C, H, W)`` or ``(H, W)`` in [0, 1]
-(a tensor or an array; ``C`` 1 or 3), at any size (it is fitted to the map's shape)."""
+"""``images(i)``: dataset sample ``i``'s image, a ``(C, H, W)`` tensor, an ``(H, W, C)`` array
+or PIL image, or ``(H, W)``, with ``C`` 1 or 3; floats in [0, 1] or ``uint8``; at any size
+(it is fitted to the map's shape). Other values are refused, not clipped."""
 
 OPACITY = 0.5
 """The map's opacity over the image in the grid's thumbnails (the detail view has a slider)."""
@@ -340,14 +342,35 @@ def _colored(maps: Tensor, cmap: str) -> Tensor:
 
 
 def _image(value: Any, size: tuple[int, int], index: int) -> Tensor:
-    """An image as ``(H, W, 3)`` float in [0, 1], fitted to ``size``."""
-    pixels = torch.as_tensor(np.asarray(value, dtype=np.float32))
+    """An image as ``(H, W, 3)`` float in [0, 1], fitted to ``size``: a tensor ``(C, H, W)``,
+    an array (or a PIL image) ``(H, W, C)`` (or ``(C, H, W)``), either ``(H, W)``; floats in
+    [0, 1] or ``uint8``."""
+    array = value.detach().cpu() if isinstance(value, Tensor) else np.asarray(value)
+    pixels = torch.as_tensor(np.asarray(array, dtype=np.float32))
+    if (isinstance(array, Tensor) and array.dtype == torch.uint8) or (
+        isinstance(array, np.ndarray) and array.dtype == np.uint8
+    ):
+        pixels = pixels / 255
+    elif not (  # in [0, 1] up to a float32 resize's rounding, as camkit.plot takes images
+        bool(pixels.isfinite().all())
+        and -_ROUNDING <= float(pixels.min()) <= float(pixels.max()) <= 1 + _ROUNDING
+    ):
+        raise CamkitValueError(
+            f"images: images({index}) holds values from {float(pixels.min()):.4g} to "
+            f"{float(pixels.max()):.4g}; expected floats in [0, 1] or uint8 (undo a "
+            f"standardization in images, and clamp an image that noise pushed out)"
+        )
+    channels_last = (
+        pixels.dim() == 3 and pixels.shape[2] in (1, 3) and pixels.shape[0] not in (1, 3)
+    )
+    if not isinstance(value, Tensor) and channels_last:  # an (H, W, C) array, as PIL gives
+        pixels = pixels.permute(2, 0, 1)
     if pixels.dim() == 2:
         pixels = pixels[None]
     if pixels.dim() != 3 or pixels.shape[0] not in (1, 3):
         raise CamkitValueError(
-            f"images: images({index}) has shape {tuple(pixels.shape)}; expected (C, H, W) "
-            f"or (H, W) with C 1 or 3"
+            f"images: images({index}) has shape {tuple(np.shape(array))}; expected a (C, H, W) "
+            f"tensor, an (H, W, C) array, or (H, W), with C 1 or 3"
         )
     fitted = F.interpolate(pixels[None], size=size, mode="bilinear", align_corners=False,
                            antialias=True)[0].clamp(0, 1)  # fmt: skip

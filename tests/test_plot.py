@@ -274,3 +274,10 @@ def test_tokens_shows_each_token_or_span_with_its_map() -> None:
         plot.tokens(torch.zeros(1, 6, 6), maps, ["a"])
     with pytest.raises(CamkitValueError, match=r"^spans:"):
         plot.tokens(torch.zeros(1, 6, 6), maps, ["a", "b", "c"], spans=[(2, 2)])
+
+
+def test_values_past_0_or_1_by_rounding_alone_are_clipped_not_refused() -> None:
+    """A float32 resize can leave a value a unit of rounding past 1; that is still [0, 1]."""
+    image, cam = torch.rand(3, 6, 5), torch.rand(6, 5)
+    cam[0, 0], image[0, 0, 0] = 1 + 2**-23, 1 + 2**-23  # float32's next value after 1
+    np.testing.assert_array_equal(blend(image, cam), blend(image.clamp(0, 1), cam.clamp(0, 1)))

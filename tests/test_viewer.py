@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import camkit
 from camkit.errors import CamkitValueError
-from camkit.viewer import CELLS, _off_centre
+from camkit.viewer import CELLS, _image, _off_centre
 from examples.mnist.data import load_split
 from examples.mnist.train import load
 
@@ -137,6 +137,24 @@ def test_off_centre_is_hand_derivable() -> None:
     assert offset[1] == pytest.approx((3.5 / 8) * 2**0.5 / (0.5 * 2**0.5), rel=1e-6)
     assert offset[2] == pytest.approx((3.5 / 8) / (0.5 * 2**0.5), rel=1e-6)
     assert offset[3] == 0  # an all-zero map
+
+
+def test_images_are_read_in_each_form_and_never_clipped_silently() -> None:
+    """A uint8 image (PIL's, OpenCV's) is 0 to 255; an (H, W, C) array is channels last, as
+    PIL gives it; a float image outside [0, 1] (standardized, say) is refused: clipped, its
+    thumbnail would be white or washed out."""
+    from PIL import Image
+
+    pixels = torch.randint(0, 256, (3, 12, 10), dtype=torch.uint8)
+    expected = _image(pixels.float() / 255, (12, 10), 0)
+    hwc = pixels.permute(1, 2, 0).numpy()
+    for value in (pixels, pixels.numpy(), hwc, Image.fromarray(hwc)):
+        torch.testing.assert_close(_image(value, (12, 10), 0), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(_image(hwc[..., :1], (12, 10), 0)[..., 0], expected[..., 0])
+    with pytest.raises(CamkitValueError, match=r"images\(7\) holds values from -1.* to 2"):
+        _image(torch.linspace(-1, 2, 120).view(1, 12, 10), (12, 10), 7)
+    with pytest.raises(CamkitValueError, match=r"images\(3\) has shape \(2, 12, 10\)"):
+        _image(torch.rand(2, 12, 10), (12, 10), 3)
 
 
 def test_a_rerun_writes_only_what_is_missing_or_out_of_date(
