@@ -228,6 +228,43 @@ def test_every_metric_gives_the_same_values_whatever_its_rows_per_pass(name: str
     assert check_batch(x, None) == (5, 256)
 
 
+@pytest.mark.parametrize("name", _metrics_with_passes())
+def test_every_metric_refuses_an_input_holding_nan(name: str) -> None:
+    """Scores of an input with a NaN pixel are NaN, or numbers that mean nothing (a
+    prediction-agreement share of 0, say): refused before any pass, the model untouched."""
+    import camkit.metrics
+
+    metric = partial(getattr(camkit.metrics, name), **_SMALL.get(name, {}))
+    model = conv_net(2, in_channels=1)
+    x = torch.rand(3, 1, 10, 10)
+    x[1, 0, 2, 3] = torch.nan
+    before = snapshot(model)
+    with pytest.raises(CamkitValueError, match=r"^x: contains 1 NaN or infinite value"):
+        metric(model, x, GradCAM(model, "4"))
+    assert_untouched(before, snapshot(model))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["pointing_game", "energy_pointing_game", "auc", "relevance_rank_accuracy",
+     "top_k_intersection", "focus", "sparseness", "complexity", "effective_complexity"],
+)  # fmt: skip
+def test_metrics_of_maps_alone_refuse_maps_holding_nan(name: str) -> None:
+    import camkit.metrics
+
+    maps = torch.rand(2, 8, 8)
+    maps[0, 1, 1] = torch.inf
+    maps[1, 2, 2] = torch.nan
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[:, 2:6, 2:6] = True
+    second = {"focus": torch.tensor([[True, False, False, False]] * 2)}.get(name, masks)
+    arguments = {"sparseness": (), "complexity": (), "effective_complexity": ()}.get(
+        name, (second,)
+    )
+    with pytest.raises(CamkitValueError, match=r"^maps: contain 2 NaN or infinite value"):
+        getattr(camkit.metrics, name)(maps, *arguments)
+
+
 def test_the_default_rows_per_pass_follow_the_input_size() -> None:
     from camkit._engine.option_checks import MOST_ROWS, ROW_VALUES
     from camkit.metrics._common import check_batch

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from camkit._engine import map_ops
-from camkit._engine.model import check_input, eval_mode, forward
+from camkit._engine.model import check_finite_input, check_input, eval_mode, forward
 from camkit._engine.model_outputs import logits_in
 from camkit._engine.option_checks import optional_batch_size, rows_per_pass
 from camkit._engine.targets import check_target
@@ -177,7 +177,19 @@ def maps_and_logits(
 
 def check_batch(x: object, batch_size: int | None) -> tuple[int, int]:
     """Validate the input batch and the batch size; return N and the rows per forward pass
-    (``batch_size``, or for None as many as :func:`rows_per_pass` picks)."""
+    (``batch_size``, or for None as many as :func:`rows_per_pass` picks). An input holding
+    NaN or infinite values is refused: every score of it would be NaN or meaningless."""
     n = check_input(x)
+    check_finite_input(x)  # type: ignore[arg-type]
     optional_batch_size(batch_size)
     return n, rows_per_pass(batch_size, x.shape[1:])  # type: ignore[attr-defined]
+
+
+def check_finite_maps(maps: Tensor) -> None:
+    """Refuse maps holding NaN or infinite values: a score of them would be NaN, or a number
+    that means nothing (a ranking with NaN in it)."""
+    bad = int((~torch.isfinite(maps.detach())).sum())
+    if bad:
+        raise CamkitValueError(
+            f"maps: contain {bad} NaN or infinite value(s); allowed: finite maps"
+        )

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from camkit.errors import CamkitTypeError, CamkitValueError
-from camkit.metrics._common import MetricResult, summarize
+from camkit.metrics._common import MetricResult, check_finite_maps, summarize
 from camkit.metrics._sorting import sorted_rows
 
 __all__ = ["complexity", "effective_complexity", "sparseness"]
@@ -43,6 +43,7 @@ def _magnitudes(maps: Tensor, batch_normalise: bool) -> Tensor:
             f"maps: expected a non-empty floating-point tensor (N, *spatial), got "
             f"{tuple(maps.shape)} {maps.dtype}"
         )
+    check_finite_maps(maps)
     values = maps.detach().double().flatten(1).abs()
     peak = values.amax() if batch_normalise else values.amax(dim=1, keepdim=True)
     return values / torch.where(peak > 0, peak, torch.ones_like(peak))

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from camkit.errors import CamkitTypeError, CamkitValueError
-from camkit.metrics._common import MetricResult, summarize
+from camkit.metrics._common import MetricResult, check_finite_maps, summarize
 from camkit.metrics._sorting import kth_largest, mann_whitney_u
 
 __all__ = [
@@ -51,6 +51,7 @@ def _check(maps: Tensor, masks: Tensor, convert: bool = True) -> tuple[Tensor, T
             f"masks: shape {tuple(masks.shape)} must equal the maps' {tuple(maps.shape)}, "
             f"(N, *spatial)"
         )
+    check_finite_maps(maps)
     if not convert:
         return maps.detach(), masks.detach().bool()
     return maps.detach().double(), masks.detach().bool()
@@ -386,6 +387,7 @@ def focus(maps: Tensor, quadrants: Tensor) -> MetricResult:
             f"quadrants: got {_shape(quadrants)}; allowed: ({len(maps)}, 4), one flag per "
             f"quadrant (top-left, top-right, bottom-left, bottom-right)"
         )
+    check_finite_maps(maps)
     height, width = maps.shape[1:]
     half_h, half_w = height // 2, width // 2
     flags = quadrants.detach().bool().cpu()
