@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from camkit import CamkitValueError, FullGrad
+from camkit import CamkitTypeError, CamkitValueError, FullGrad
 from tests.helpers import assert_untouched, snapshot
 
 
@@ -152,6 +152,8 @@ def test_fullgrad_layers_and_errors() -> None:
         FullGrad(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
     with pytest.raises(CamkitValueError, match="layers: got an empty list"):
         FullGrad(model, layers=[])
+    with pytest.raises(CamkitTypeError, match="layers: got int; allowed: a layer's name"):
+        FullGrad(model, layers=3)  # type: ignore[arg-type]
 
 
 def test_fullgrad_takes_one_layer_by_name_or_module() -> None:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camkit import CamkitValueError, LeGrad
+from camkit import CamkitTypeError, CamkitValueError, LeGrad
 from tests.helpers import assert_untouched, snapshot
 
 
@@ -148,6 +148,10 @@ def test_legrad_refusals() -> None:
     x = torch.randn(1, 1, 16, 16)
     with pytest.raises(CamkitValueError, match="attentions: got \\[\\]"):
         LeGrad(model, [])
+    with pytest.raises(CamkitValueError, match="attentions: got 3; allowed: a non-empty list"):
+        LeGrad(model, 3)  # type: ignore[arg-type]
+    with pytest.raises(CamkitTypeError, match="blocks: got int; allowed: a list of the blocks"):
+        LeGrad(model, ["blocks.0.attn.probs"], blocks=3, head=model.head)  # type: ignore[arg-type]
     with pytest.raises(CamkitValueError, match="blocks: blocks and head go together"):
         LeGrad(model, ["blocks.0.attn.probs"], blocks=["blocks.0"])
     with pytest.raises(CamkitValueError, match="blocks: got 2 for 1 attention"):

@@ -106,6 +106,11 @@ class FullGrad(Explainer):
         else:
             if isinstance(layers, (str, nn.Module)):  # one layer (a name is not a sequence here)
                 layers = [layers]
+            if not isinstance(layers, Sequence):
+                raise CamkitTypeError(
+                    f"layers: got {type(layers).__name__}; allowed: a layer's name or module, "
+                    f"a list of them, or None for every convolution and batch normalization"
+                )
             if not layers:
                 raise CamkitValueError(
                     "layers: got an empty list; allowed: one or more biased layers (names or "

@@ -111,7 +111,7 @@ class LeGrad(Explainer):
     ) -> None:
         if not isinstance(model, nn.Module):
             raise CamkitTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-        if isinstance(attentions, (str, nn.Module)) or not attentions:
+        if not isinstance(attentions, Sequence) or isinstance(attentions, str) or not attentions:
             raise CamkitValueError(
                 f"attentions: got {attentions!r}; allowed: a non-empty list of the modules "
                 f"whose outputs are attention probabilities"
@@ -120,6 +120,11 @@ class LeGrad(Explainer):
             raise CamkitValueError(
                 "blocks: blocks and head go together (each layer scored on its own tokens) "
                 "or not at all (every layer scored on the model's output)"
+            )
+        if blocks is not None and (not isinstance(blocks, Sequence) or isinstance(blocks, str)):
+            raise CamkitTypeError(
+                f"blocks: got {type(blocks).__name__}; allowed: a list of the blocks (names or "
+                f"modules), one per attention module"
             )
         if blocks is not None and len(blocks) != len(attentions):
             raise CamkitValueError(
