@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 import camkit
-from camkit import Explainer
+from camkit import CamkitError, Explainer
 from camkit.explainer import differentiable_methods, setting
 from camkit.testing import check_explainer
 from examples.mnist.vit import MnistViT
@@ -347,6 +347,39 @@ def _rebuilt(name: str, model: nn.Module, changed: dict[str, Any]) -> Explainer:
     layer: Any = ["1", "3"] if name == "RefineCAM" else "1"
     defaults = {"CAM": {"fc": "5"}}.get(name, {})
     return cls(model, layer, **{**defaults, **changed})  # type: ignore[no-any-return]
+
+
+WRONG: list[Any] = [-1, 0, 1.5, True, "bogus", float("nan"), float("inf"), None, [], object()]
+"""Values of the wrong kind or range for one option or another: each option given each
+(unless it is the option's default, or allowed there) must get camkit's error."""
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_constructor_option_refuses_values_of_the_wrong_kind(name: str) -> None:
+    """A wrong value gets camkit's error, on construction or on the first call, never a raw
+    TypeError from deep inside; a value taken must give finite maps."""
+    make_model, make, shape = CASES[name]
+    model = make_model()
+    options = _options(type(make(model)))
+    x = torch.randn(2, *shape)
+    raw = []
+    for option, parameter in options.items():
+        if option in ("head", "blocks", "fc"):  # callables and layers: other tests
+            continue
+        for wrong in WRONG:
+            if wrong is None and parameter.default is None:
+                continue
+            try:
+                explainer = _rebuilt(name, model, {option: wrong})
+                torch.manual_seed(0)
+                maps = explainer(x, [0, 2])
+            except CamkitError:
+                continue
+            except Exception as error:  # a raw error: what the test looks for
+                raw.append(f"{option}={wrong!r}: {type(error).__name__}: {error}"[:160])
+                continue
+            assert bool(maps.isfinite().all()), f"{name}: {option}={wrong!r} gave non-finite maps"
+    assert not raw, f"{name}: raw errors for " + "; ".join(raw)
 
 
 def test_the_wrapped_explainer_settings_are_part_of_sess_settings() -> None:

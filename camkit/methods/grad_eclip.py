@@ -234,6 +234,12 @@ class GradECLIP(Explainer):
         self.block = block
         self.layer_names = [attention]
         self.prefix_tokens = prefix_tokens
+        if grid is not None and not (
+            isinstance(grid, (tuple, list))
+            and len(grid) == 2
+            and all(isinstance(g, int) and not isinstance(g, bool) and g > 0 for g in grid)
+        ):
+            raise CamkitValueError(f"grid: got {grid!r}; allowed: (h, w), two positive ints")
         self.grid = None if grid is None else (int(grid[0]), int(grid[1]))
 
     def settings(self) -> dict[str, Any]:

@@ -9,10 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from camkit._engine import map_ops
-from camkit._engine.option_checks import non_negative, positive_int, seed_or_none
+from camkit._engine.option_checks import non_negative, positive_int, positive_number, seed_or_none
 from camkit.base import BaseCAM, LayerSpec
 from camkit.context import LayerContext
-from camkit.errors import CamkitTypeError, CamkitValueError
+from camkit.errors import CamkitTypeError
 from camkit.targets import FinerTarget, Target
 
 __all__ = [
@@ -207,8 +207,8 @@ class LayerCAM(BaseCAM):
         **options: object,
     ) -> None:
         super().__init__(model, layer, **options)  # type: ignore[arg-type]
-        if tanh_scale is not None and not tanh_scale > 0:
-            raise CamkitValueError(f"tanh_scale: got {tanh_scale}; allowed: a positive number")
+        if tanh_scale is not None:
+            positive_number(tanh_scale, "tanh_scale")
         self.tanh_scale = tanh_scale
 
     def settings(self) -> dict[str, Any]:

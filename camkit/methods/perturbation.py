@@ -97,7 +97,7 @@ class ScoreCAM(BaseCAM):
     ) -> None:
         super().__init__(model, layer, **options)  # type: ignore[arg-type]
         self.batch_size = positive_int(batch_size, "batch_size")
-        if rank_by not in _RANKINGS:
+        if not isinstance(rank_by, str) or rank_by not in _RANKINGS:
             raise CamkitValueError(f"rank_by: got {rank_by!r}; allowed: {sorted(_RANKINGS)}")
         self.top_channels = (
             None if top_channels is None else positive_int(top_channels, "top_channels")

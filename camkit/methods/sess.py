@@ -11,7 +11,7 @@ from torch import Tensor
 
 from camkit._engine import map_ops
 from camkit._engine.model_outputs import logits_in
-from camkit._engine.option_checks import positive_int, positive_number
+from camkit._engine.option_checks import finite_number, positive_int, positive_number
 from camkit._engine.pipeline import Explained, Request, bind_and_score, run_pass
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.explainer import Explainer
@@ -97,8 +97,15 @@ class SESS(Explainer):
             )
         if pool not in ("mean", "max"):
             raise CamkitValueError(f"pool: got {pool!r}; allowed: 'mean', 'max'")
-        if not 0.0 <= pre_filter < 1.0:
+        if not 0.0 <= finite_number(pre_filter, "pre_filter") < 1.0:
             raise CamkitValueError(f"pre_filter: got {pre_filter!r}; allowed: a number in [0, 1)")
+        if scales is not None and (
+            isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence) or not scales
+        ):
+            raise CamkitValueError(
+                f"scales: got {scales!r}; allowed: a non-empty list of sizes (positive ints), "
+                f"or None for num_scales sizes from the window up"
+            )
         self.explainer = explainer
         self.model = explainer.model
         self.layer_names = explainer.layer_names
@@ -108,7 +115,7 @@ class SESS(Explainer):
         self.window = None if window is None else positive_int(window, "window")
         self.step = None if step is None else positive_int(step, "step")
         self.pre_filter = float(pre_filter)
-        self.theta = float(theta)
+        self.theta = finite_number(theta, "theta")
         self.pool = pool
         self.smooth = smooth
         self.softmax_scores = softmax_scores
