@@ -22,6 +22,7 @@ from camkit._engine.layers import LayerRef, resolve_layer
 from camkit._engine.layout import Layout
 from camkit._engine.model import eager
 from camkit._engine.network_after import trace
+from camkit._engine.option_checks import flag
 from camkit._engine.pipeline import CallOptions, Explained, Request, run_pass
 from camkit.augment import Augmentation
 from camkit.context import LayerContext
@@ -312,14 +313,19 @@ class BaseCAM(Explainer):
             The maps with the model output, scores and classes of the same pass.
 
         Raises:
-            CamkitTypeError: For an input or target of the wrong type, or a layer
-                whose output is not a floating-point tensor.
+            CamkitTypeError: For an input or target of the wrong type, an on/off
+                option that is not a bool, ``forward_args`` that are not a tuple or
+                list, or a layer whose output is not a floating-point tensor.
             CamkitValueError: For an empty batch, classes out of range, a wrong
                 number of targets, a layer the forward pass never reaches, a
                 score that does not depend on the layer, or options that do
                 not fit the method (``differentiable=True`` for a method that
                 re-runs the model).
         """
+        for name, value in (("relu", relu), ("normalize", normalize),
+                            ("counterfactual", counterfactual), ("eigen_smooth", eigen_smooth),
+                            ("aug_smooth", aug_smooth)):  # fmt: skip
+            flag(value, name)
         if counterfactual and not self.needs_gradients:
             raise CamkitValueError(
                 f"counterfactual: {type(self).__name__} does not use gradients; "

@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from camkit._engine.option_checks import flag
 from camkit.errors import CamkitValueError
 from camkit.result import CAMResult
 from camkit.targets import Target
@@ -146,6 +147,8 @@ class Explainer(ABC):
                 only at the input's resolution.
         """
         name = type(self).__name__
+        flag(upsample, "upsample")
+        flag(differentiable, "differentiable")
         if differentiable and not self.differentiable:
             raise CamkitValueError(
                 f"differentiable: {name}'s maps cannot be differentiated: "

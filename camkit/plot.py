@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from camkit._engine import map_ops
+from camkit._engine.map_ops import UNIT_ROUNDING
 from camkit.errors import CamkitTypeError, CamkitValueError
 
 if TYPE_CHECKING:
@@ -763,11 +764,6 @@ def _as_map(value: Any, name: str) -> np.ndarray:
     return np.asarray(np.clip(m, 0.0, 1.0))  # past [0, 1] by rounding at most
 
 
-_ROUNDING = 1e-6
-"""How far past 0 or 1 an image's or a map's values may lie and still count as in [0, 1]
-(then clipped): a few float32 units, what a resize or a colour conversion in float32 leaves."""
-
-
 def _check_unit_range(values: np.ndarray, name: str, advice: str) -> None:
     finite = np.isfinite(values)
     if not finite.all():
@@ -775,7 +771,7 @@ def _check_unit_range(values: np.ndarray, name: str, advice: str) -> None:
             f"{name}: holds {int((~finite).sum())} NaN or infinite value(s); allowed: finite "
             f"values in [0, 1]"
         )
-    if values.size and (values.min() < -_ROUNDING or values.max() > 1 + _ROUNDING):
+    if values.size and (values.min() < -UNIT_ROUNDING or values.max() > 1 + UNIT_ROUNDING):
         raise CamkitValueError(
             f"{name}: values must lie in [0, 1], got {values.min():.4g} to "
             f"{values.max():.4g}{advice}"

@@ -42,10 +42,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from camkit._engine.map_ops import UNIT_ROUNDING
 from camkit._store.files import write_atomically
 from camkit.datasets import MapStore
 from camkit.errors import CamkitTypeError, CamkitValueError
-from camkit.plot import _ROUNDING
 
 __all__ = ["CELLS", "ImageSource", "MaskSource", "view"]
 
@@ -353,7 +353,7 @@ def _image(value: Any, size: tuple[int, int], index: int) -> Tensor:
         pixels = pixels / 255
     elif not (  # in [0, 1] up to a float32 resize's rounding, as camkit.plot takes images
         bool(pixels.isfinite().all())
-        and -_ROUNDING <= float(pixels.min()) <= float(pixels.max()) <= 1 + _ROUNDING
+        and -UNIT_ROUNDING <= float(pixels.min()) <= float(pixels.max()) <= 1 + UNIT_ROUNDING
     ):
         raise CamkitValueError(
             f"images: images({index}) holds values from {float(pixels.min()):.4g} to "

@@ -382,6 +382,35 @@ def test_every_constructor_option_refuses_values_of_the_wrong_kind(name: str) ->
     assert not raw, f"{name}: raw errors for " + "; ".join(raw)
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_call_option_refuses_values_of_the_wrong_kind(name: str) -> None:
+    """explain's options (the on/off flags, forward_args, ...) given a wrong value get
+    camkit's error, never a raw one; a flag is a bool, not read by its truthiness."""
+    make_model, make, shape = CASES[name]
+    explainer = make(make_model())
+    x = torch.randn(2, *shape)
+    raw, read = [], []
+    for option, parameter in inspect.signature(explainer.explain).parameters.items():
+        if option in ("x", "target") or parameter.kind is parameter.VAR_KEYWORD:
+            continue
+        for wrong in WRONG:
+            if (wrong is None and parameter.default is None) or (
+                wrong is True and isinstance(parameter.default, bool)  # a flag's right value
+            ):
+                continue
+            try:
+                explainer.explain(x, [0, 2], **{option: wrong})
+            except CamkitError:
+                continue
+            except Exception as error:  # a raw error: what the test looks for
+                raw.append(f"{option}={wrong!r}: {type(error).__name__}: {error}"[:160])
+                continue
+            if isinstance(parameter.default, bool):
+                read.append(f"{option}={wrong!r}")
+    assert not raw, f"{name}: raw errors for " + "; ".join(raw)
+    assert not read, f"{name}: flags read by truthiness: " + ", ".join(read)
+
+
 def test_the_wrapped_explainer_settings_are_part_of_sess_settings() -> None:
     model = smooth_net()
     plain = camkit.SESS(camkit.GradCAM(model, "1"))

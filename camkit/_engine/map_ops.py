@@ -62,6 +62,12 @@ def upsample(maps: Tensor, size: tuple[int, ...]) -> Tensor:
     return out.contiguous()
 
 
+UNIT_ROUNDING = 1e-6
+"""How far past 0 or 1 an image's or a map's values may lie and still count as in [0, 1]
+(then clipped), where camkit.plot and camkit.view take images and maps: a few float32
+units, what a resize or a colour conversion in float32 leaves."""
+
+
 ROUNDING_ULPS = 16
 """A map whose range is at most this many units of rounding of its magnitude
 (``ROUNDING_ULPS * eps * max |L|``) is constant up to rounding, and scales to all zeros."""

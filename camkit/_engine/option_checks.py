@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from camkit.errors import CamkitValueError
+from camkit.errors import CamkitTypeError, CamkitValueError
 
 
 def positive_int(value: int, name: str) -> int:
@@ -79,3 +79,11 @@ def finite_number(value: float, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise CamkitValueError(f"{name}: got {value!r}; allowed: a finite number")
     return float(value)
+
+
+def flag(value: object, name: str) -> bool:
+    """``value`` if it is a bool: an on/off option given 0, a string or None is refused, not
+    read by its truthiness."""
+    if not isinstance(value, bool):
+        raise CamkitTypeError(f"{name}: got {value!r}; allowed: True or False")
+    return bool(value)

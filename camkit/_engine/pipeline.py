@@ -34,7 +34,7 @@ from camkit._engine.model import (
     select_rows,
 )
 from camkit._engine.targets import BoundTarget, CheckedTarget, bind_target, check_target
-from camkit.errors import CamkitValueError
+from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.result import CAMResult
 from camkit.targets import Target
 
@@ -75,6 +75,16 @@ class Request:
         """Validate ``x`` and ``target`` before the forward pass."""
         batch_size = check_input(x)
         checked = check_target(target, batch_size)
+        if isinstance(forward_args, (str, bytes)) or not isinstance(forward_args, Sequence):
+            raise CamkitTypeError(
+                f"forward_args: got {type(forward_args).__name__}; allowed: a tuple or list of "
+                f"the model's further positional inputs"
+            )
+        if forward_kwargs is not None and not isinstance(forward_kwargs, Mapping):
+            raise CamkitTypeError(
+                f"forward_kwargs: got {type(forward_kwargs).__name__}; allowed: a dict of the "
+                f"model's keyword inputs, or None"
+            )
         return cls(x, checked, tuple(forward_args), forward_kwargs, Precision.of_caller())
 
     @property

@@ -32,7 +32,9 @@ class RandomCAM(BaseCAM):
         model: As for :class:`~camkit.BaseCAM`.
         layer: As for :class:`~camkit.BaseCAM`.
         seed: Seed of a generator made for each call (the same weights every call);
-            ``None`` draws from torch's global generator.
+            ``None`` draws from torch's global generator. The weights are drawn for
+            the whole batch, so a sample's map depends on the batch it is in: the
+            same batch gives the same maps, the sample alone another.
         **options: ``layout``, ``prefix_tokens``, ``grid`` as for :class:`~camkit.BaseCAM`.
 
     Example:

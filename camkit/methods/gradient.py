@@ -442,7 +442,10 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         samples: :math:`S`, noisy copies of the input.
         noise_std: :math:`\sigma`, in the units of ``x``.
         seed: Seed of a generator made for each call (reproducible maps); ``None``
-            draws from torch's global generator.
+            draws from torch's global generator. The noise is drawn for the whole
+            batch (in float32, whatever ``x``'s precision), so a sample's map depends
+            on the batch it is in: the same batch gives the same maps, the sample
+            alone another.
         **options: ``layout``, ``prefix_tokens``, ``grid`` as for :class:`~camkit.BaseCAM`.
 
     Example:

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from camkit._engine import map_ops
 from camkit._engine.model import eager
 from camkit._engine.model_outputs import logits_in
-from camkit._engine.option_checks import optional_batch_size, rows_per_pass
+from camkit._engine.option_checks import flag, optional_batch_size, rows_per_pass
 from camkit._engine.pipeline import Explained, Request, bind_and_score, run_pass
 from camkit._engine.targets import BoundTarget
 from camkit.errors import CamkitTypeError, CamkitValueError
@@ -271,6 +271,8 @@ class OcclusionSensitivity(Explainer):
                 larger than the input, an ``activation`` with a callable target,
                 a NaN or infinite score, ``upsample=False`` or ``differentiable=True``.
         """
+        for name, value in (("relu", relu), ("normalize", normalize), ("progress", progress)):
+            flag(value, name)
         return run_pass(
             self,
             x,

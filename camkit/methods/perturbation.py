@@ -209,7 +209,9 @@ class SSCAM(ScoreCAM):
         samples: :math:`S`, noisy copies of each mask.
         noise_std: :math:`\sigma`, in units of the [0, 1] mask.
         seed: Seed of a generator made for each call (reproducible maps); ``None``
-            draws from torch's global generator.
+            draws from torch's global generator. The noise is drawn for the whole
+            batch, so a sample's map depends on the batch it is in: the same batch
+            gives the same maps, the sample alone another.
         batch_size: Masked inputs per forward pass.
         top_channels: As for :class:`ScoreCAM`.
         rank_by: As for :class:`ScoreCAM`.
