@@ -125,7 +125,7 @@ def test_clear_errors() -> None:
         faithfulness_correlation(model, x, maps, 0, subsets=torch.rand(3, 2))
     with pytest.raises(CamkitValueError, match="pixel indices from 0 to 35"):
         faithfulness_correlation(model, x, maps, 0, subsets=torch.full((3, 2, 4), 36))
-    with pytest.raises(CamkitValueError, match="fills: got shape"):
+    with pytest.raises(CamkitValueError, match=r"fills: got torch\.float32 of shape"):
         monotonicity_correlation(model, x, maps, 0, samples=2, fills=torch.rand(3, 2, 2))
     with pytest.raises(CamkitValueError, match="samples: got 0"):
         monotonicity_correlation(model, x, maps, 0, samples=0)

@@ -507,3 +507,77 @@ def test_the_randomization_test_can_leave_out_ssim() -> None:
     quick = randomization_test(model, lambda m: GradCAM(m, "1"), x, structural=False)
     assert quick.ssim.isnan().all() and not full.ssim.isnan().all()
     torch.testing.assert_close(quick.spearman, full.spearman, equal_nan=True)
+
+
+_SHAPES = {  # the metrics' required arguments, by their names
+    ("model", "x", "maps"): "model",
+    ("model", "x", "maps", "layer"): "model",
+    ("model", "method", "x"): "method",
+    ("maps", "masks"): "masks",
+    ("maps",): "maps",
+}
+
+
+def _required(function: Any) -> tuple[str, ...]:
+    parameters = inspect.signature(function).parameters.values()
+    return tuple(p.name for p in parameters if p.default is p.empty)
+
+
+def _metric_calls() -> list[str]:
+    """Every metric function that scores a model's maps (or maps alone); the helpers
+    (blur, impute, ...) and the loops over loaders (evaluate, compare) have tests of their
+    own."""
+    import camkit.metrics
+
+    return [
+        n
+        for n in camkit.metrics.__all__
+        if inspect.isfunction(getattr(camkit.metrics, n))
+        and _required(getattr(camkit.metrics, n)) in _SHAPES
+    ]
+
+
+_FEW = {  # small work for each call: the test is about the checks, not the values
+    "samples": 3, "runs": 3, "subset_size": 16, "features_in_step": 16, "regions": 4,
+    "patch_size": 4, "steps": 4, "percentages": (20, 50), "layer": "4", "step": 16,
+    "patch_sizes": (4,), "iterations": 10,
+}  # fmt: skip
+_WRONG: list[Any] = [-1, 0, 1.5, True, "bogus", float("nan"), float("inf"), None, [], object()]
+
+
+@pytest.mark.parametrize("name", _metric_calls())
+def test_every_metric_option_refuses_values_of_the_wrong_kind(name: str) -> None:
+    """Each keyword option of each metric given ten wrong values (a string for a number, a
+    float for a seed, a number for a function, ...) gets camkit's error, never a raw one."""
+    import camkit.metrics
+
+    metric = getattr(camkit.metrics, name)
+    signature = inspect.signature(metric)
+    model = conv_net(2, in_channels=1, classes=3)
+    x = torch.rand(3, 1, 10, 10, generator=torch.Generator().manual_seed(0))
+    cam = GradCAM(model, "4")
+    masks = torch.zeros(3, 10, 10, dtype=torch.bool)
+    masks[:, 3:7, 3:7] = True
+    arguments = {
+        "model": (model, x, cam),
+        "method": (model, lambda m: GradCAM(m, "4"), x),
+        "masks": (cam(x), masks),
+        "maps": (cam(x),),
+    }[_SHAPES[_required(metric)]]
+    few = {k: v for k, v in _FEW.items() if k in signature.parameters}
+    raw = []
+    for option in signature.parameters.values():
+        if option.default is option.empty or option.name == "target":
+            continue
+        for wrong in _WRONG:
+            if (wrong is None and option.default is None) or (
+                wrong is True and isinstance(option.default, bool)
+            ):
+                continue
+            try:
+                metric(*arguments, **{**few, option.name: wrong})
+            except camkit.CamkitError:
+                continue
+            except Exception as error:  # a raw error: what the test looks for
+                raw.append(f"{option.name}={wrong!r}: {type(error).__name__}"[:100])
+    assert not raw, f"{name}: raw errors for " + "; ".join(raw)

@@ -87,3 +87,25 @@ def flag(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise CamkitTypeError(f"{name}: got {value!r}; allowed: True or False")
     return bool(value)
+
+
+def seed_value(value: object, name: str = "seed") -> int:
+    """``value`` if it is an int (not a bool): a seed."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CamkitValueError(f"{name}: got {value!r}; allowed: an int")
+    return value
+
+
+def tensor_or_number(value: object, name: str) -> None:
+    """Refuse anything but a tensor or a finite number (a baseline image or value)."""
+    from torch import Tensor
+
+    if isinstance(value, Tensor):
+        return
+    finite_number(value, name)  # type: ignore[arg-type]
+
+
+def callable_or_none(value: object, name: str, allowed: str) -> None:
+    """Refuse anything but a callable or ``None``; ``allowed`` says what the callable does."""
+    if value is not None and not callable(value):
+        raise CamkitTypeError(f"{name}: got {type(value).__name__}; allowed: {allowed}, or None")

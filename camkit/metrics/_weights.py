@@ -37,6 +37,12 @@ def chosen_layers(layers: str | list[str] | None, order: list[str]) -> list[str]
     ``order``."""
     if layers is None:
         return order
+    if not isinstance(layers, (str, list, tuple)) or not all(
+        isinstance(name, str) for name in ([layers] if isinstance(layers, str) else layers)
+    ):
+        raise CamkitValueError(
+            f"layers: got {layers!r}; allowed: a layer's name, a list of names, or None for all"
+        )
     chosen = [layers] if isinstance(layers, str) else list(layers)
     unknown = [name for name in chosen if name not in order]
     if unknown:

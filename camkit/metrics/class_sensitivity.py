@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from camkit._engine.option_checks import callable_or_none
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import (
     Maps,
@@ -54,8 +55,12 @@ def off_classes(classes: Tensor, num_classes: int, seed: int = 42) -> Tensor:
         >>> bool((others != torch.tensor([0, 1, 2])).all())
         True
     """
-    if num_classes < 2:
-        raise CamkitValueError(f"num_classes: got {num_classes}; another class needs at least 2")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise CamkitValueError(
+            f"num_classes: got {num_classes!r}; allowed: an int >= 2 (another class must exist)"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise CamkitValueError(f"seed: got {seed!r}; allowed: an int from 0 to 2**32 - 1")
     picks = torch.from_numpy(
         np.random.RandomState(seed).randint(0, num_classes - 1, len(classes))
     ).long()
@@ -112,6 +117,7 @@ def random_logit(
     """
     _, batch_size = check_batch(x, batch_size)
     explainer_of(maps, "random_logit")
+    callable_or_none(similarity, "similarity", "a function similarity(a, b) of two map batches")
     classes = classes_of(model, x, target, batch_size)
     if num_classes is None:
         num_classes = int(logits(model, x[:1], batch_size).shape[1])

@@ -21,6 +21,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from camkit._engine.option_checks import finite_number, non_negative, seed_value
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import Maps, MetricResult, check_batch, classes_of, maps_for, summarize
 from camkit.metrics._removal import (
@@ -110,19 +111,20 @@ def faithfulness_correlation(
             raise CamkitValueError(
                 f"subset_size: got {subset_size!r}; allowed: an int from 1 to the {pixels} pixels"
             )
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed_value(seed))
         # one draw for every run (the same numbers as a draw per run), one batched topk;
         # a subset is a set, so its order is left as the selection gives it (30 % faster)
         draws = torch.rand(runs, n, pixels, generator=generator)
         subsets = draws.topk(subset_size, dim=2, sorted=False).indices
     elif (
-        subsets.dim() != 3
+        not isinstance(subsets, Tensor)
+        or subsets.dim() != 3
         or subsets.shape[1] != n
         or subsets.dtype != torch.int64
         or not bool(((subsets >= 0) & (subsets < pixels)).all())
     ):
         raise CamkitValueError(
-            f"subsets: got {subsets.dtype} of shape {tuple(subsets.shape)}; allowed: int64 "
+            f"subsets: got {_described(subsets)}; allowed: int64 "
             f"pixel indices from 0 to {pixels - 1}, (runs, {n}, subset_size)"
         )
     fill = baseline_values(x, baseline)
@@ -199,19 +201,20 @@ def monotonicity_correlation(
     check_count("features_in_step", features_in_step)
     check_count("samples", samples)
     check_ties(ties)
+    non_negative(eps, "eps")
     classes = classes_of(model, x, target, batch_size)
     weights = maps_for(maps, x, classes).double().flatten(1)
     steps = math.ceil(weights.shape[1] / features_in_step)
     channels = x.shape[1]
     if fills is None:
         if baseline == "uniform":
-            generator = torch.Generator().manual_seed(seed)
+            generator = torch.Generator().manual_seed(seed_value(seed))
             fills = torch.rand(steps, samples, n, generator=generator, dtype=torch.float64)
         else:
             fills = baseline_values(x, baseline)[:, 0].cpu().double().expand(steps, samples, n)
-    elif tuple(fills.shape) != (steps, samples, n):
+    elif not isinstance(fills, Tensor) or tuple(fills.shape) != (steps, samples, n):
         raise CamkitValueError(
-            f"fills: got shape {tuple(fills.shape)}; allowed: (steps, samples, N) = "
+            f"fills: got {_described(fills)}; allowed: (steps, samples, N) = "
             f"({steps}, {samples}, {n})"
         )
     lowest_first = order(-weights, ties)
@@ -301,7 +304,7 @@ def sensitivity_n(
         )
     check_count("features_in_step", features_in_step)
     check_ties(ties)
-    if not 0 < largest <= 1:
+    if not 0 < finite_number(largest, "largest") <= 1:
         raise CamkitValueError(f"largest: got {largest!r}; allowed: a share in (0, 1]")
     if mass not in ("removed", "step"):
         raise CamkitValueError(f"mass: got {mass!r}; allowed: 'removed', 'step'")
@@ -329,3 +332,10 @@ def sensitivity_n(
     counts = torch.arange(1, steps + 1, dtype=torch.float64) * features_in_step
     correlations = pearson(masses.T, drops.T)
     return summarize("sensitivity_n", correlations, fractions=counts / pixels, unit="batch")
+
+
+def _described(value: object) -> str:
+    """A tensor's dtype and shape, or another value's type, for an error message."""
+    if isinstance(value, Tensor):
+        return f"{value.dtype} of shape {tuple(value.shape)}"
+    return type(value).__name__

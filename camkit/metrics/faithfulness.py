@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from camkit._engine.option_checks import tensor_or_number
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import (
     Maps,
@@ -35,6 +36,7 @@ def _masked_confidence(
     batch_size: int | None,
 ) -> tuple[Tensor, Tensor]:
     _, batch_size = check_batch(x, batch_size)
+    tensor_or_number(baseline, "baseline")
     classes = classes_of(model, x, target, batch_size)
     m = maps_for(maps, x, classes)[:, None]
     base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
@@ -192,6 +194,7 @@ def _baseline(x: Tensor, baseline: str | Tensor | float) -> Tensor:
         if baseline == "blur":
             return blur(x)
         raise CamkitValueError(f"baseline: got {baseline!r}; allowed: 'zeros', 'blur', a tensor")
+    tensor_or_number(baseline, "baseline")
     value = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
     try:
         return value.expand_as(x)

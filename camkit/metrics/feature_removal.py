@@ -29,7 +29,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from camkit.errors import CamkitValueError
+from camkit._engine.option_checks import positive_number
 from camkit.metrics._common import Maps, MetricResult, check_batch, classes_of, maps_for, summarize
 from camkit.metrics._removal import (
     baseline_image,
@@ -244,8 +244,7 @@ def non_sensitivity(
     """
     n, batch_size = check_batch(x, batch_size)
     check_count("features_in_step", features_in_step)
-    if not eps > 0:
-        raise CamkitValueError(f"eps: got {eps!r}; allowed: a number > 0")
+    positive_number(eps, "eps")
     classes = classes_of(model, x, target, batch_size)
     weights = maps_for(maps, x, classes).double().flatten(1).cpu()
     pixels = weights.shape[1]

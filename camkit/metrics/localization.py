@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from camkit._engine.option_checks import non_negative
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.metrics._common import MetricResult, check_finite_maps, summarize
 from camkit.metrics._sorting import kth_largest, mann_whitney_u
@@ -103,8 +104,7 @@ def pointing_game(
         (0.0, 1.0)
     """
     m, gt = _check(maps, masks)
-    if tolerance < 0:
-        raise CamkitValueError(f"tolerance: got {tolerance}; must be >= 0")
+    non_negative(tolerance, "tolerance")
     ties = _checked_ties(ties)
     flat, inside = m.flatten(1), gt.flatten(1)
     if ties == "first":

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from camkit._engine.option_checks import non_negative, seed_value
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import MetricResult, check_batch, classes_of, summarize
 from camkit.metrics._removal import check_count
@@ -110,6 +111,7 @@ def efficient_mprt(
     check_batch(x, 1)
     if reseed not in ("each", "quantus"):
         raise CamkitValueError(f"reseed: got {reseed!r}; allowed: 'each', 'quantus'")
+    seed_value(seed)
     classes = classes_of(model, x, target, 256)
     order = parameterized_layers(model, x)
     chosen = chosen_layers(layers, order)
@@ -180,12 +182,12 @@ def smooth_mprt(
     """
     n, _ = check_batch(x, 1)
     check_count("samples", samples)
-    if not noise >= 0:
-        raise CamkitValueError(f"noise: got {noise!r}; allowed: a number >= 0")
+    non_negative(noise, "noise")
     spread = (x.detach().flatten(1).amax(1) - x.detach().flatten(1).amin(1)) * noise
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed_value(seed))
     shape = (samples - 1, *x.shape)
-    draws = torch.randn(shape, generator=generator, dtype=x.dtype).to(x.device)
+    # drawn in float32 whatever x's precision: a seed gives the same noise
+    draws = torch.randn(shape, generator=generator).to(x.device, x.dtype)
     draws = draws * spread.view(1, n, *([1] * (x.dim() - 1)))
 
     def smoothed(m: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from camkit._engine.option_checks import finite_number
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import (
     Maps,
@@ -121,8 +122,9 @@ def sufficiency(
         torch.Size([6])
     """
     _, batch_size = check_batch(x, batch_size)
-    if not 0 <= threshold <= 1:
+    if not 0 <= finite_number(threshold, "threshold") <= 1:
         raise CamkitValueError(f"threshold: got {threshold!r}; allowed: a number in [0, 1]")
+    _check_alone(alone)
     predicted = logits(model, x, batch_size).argmax(dim=1).cpu()
     classes = predicted if target is None else classes_of(model, x, target, batch_size)
     flat = maps_for(maps, x, classes).double().flatten(1).cpu()
@@ -186,6 +188,7 @@ def consistency(
     """
     _, batch_size = check_batch(x, batch_size)
     check_count("top", top)
+    _check_alone(alone)
     if discretise not in ("top", "quantus"):
         raise CamkitValueError(f"discretise: got {discretise!r}; allowed: 'top', 'quantus'")
     predicted = logits(model, x, batch_size).argmax(dim=1).cpu()
@@ -197,3 +200,9 @@ def consistency(
         labels = flat[:, :top].sign()
     same = (labels[:, None] == labels[None]).all(dim=2)
     return summarize("consistency", _agreement(same, predicted, alone))
+
+
+def _check_alone(alone: object) -> None:
+    """``alone`` must be a number; NaN is one (a sample with no neighbour left out)."""
+    if isinstance(alone, bool) or not isinstance(alone, (int, float)):
+        raise CamkitValueError(f"alone: got {alone!r}; allowed: a number (NaN too)")

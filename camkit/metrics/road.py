@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from camkit._engine.option_checks import finite_number, non_negative, seed_value
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import (
     Maps,
@@ -87,6 +88,8 @@ def impute(
             f"removed: ROAD imputes 2-D images; got images {tuple(images.shape)} and mask "
             f"{tuple(removed.shape)}, expected (N, C, H, W) and (N, H, W)"
         )
+    if not isinstance(noise, Tensor):
+        non_negative(noise, "noise")
     n, c, h, w = images.shape
     x = images.double().reshape(n * c, h, w)
     hole = removed.to(images.device).repeat_interleave(c, dim=0)
@@ -226,8 +229,13 @@ def road(
     n, batch_size = check_batch(x, batch_size)
     if order not in ("morf", "lerf"):
         raise CamkitValueError(f"order: got {order!r}; allowed: 'morf', 'lerf'")
-    if not percentages or any(not 0 < float(p) < 100 for p in percentages):
-        raise CamkitValueError(f"percentages: got {list(percentages)}; each must be in (0, 100)")
+    if (
+        isinstance(percentages, (str, bytes))
+        or not isinstance(percentages, Sequence)
+        or not percentages
+        or any(not 0 < finite_number(p, "percentages") < 100 for p in percentages)
+    ):
+        raise CamkitValueError(f"percentages: got {percentages!r}; each must be in (0, 100)")
     if score not in ("probability", "accuracy"):
         raise CamkitValueError(f"score: got {score!r}; allowed: 'probability', 'accuracy'")
     check_ties(ties)
@@ -237,7 +245,8 @@ def road(
     order_index = ranked_pixels(m if order == "morf" else -m, ties).to(m.device)
     rank = torch.empty_like(order_index)
     rank.scatter_(1, order_index, torch.arange(pixels, device=m.device).expand(n, -1))
-    generator = torch.Generator().manual_seed(seed)
+    non_negative(noise, "noise")
+    generator = torch.Generator().manual_seed(seed_value(seed))
     values = torch.empty(n, len(percentages), dtype=torch.float64)
     for j, p in enumerate(percentages):
         count = round(pixels * float(p) / 100)

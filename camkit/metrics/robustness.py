@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from camkit._engine.model import Precision, eval_mode, forward
 from camkit._engine.model_outputs import logits_in
+from camkit._engine.option_checks import callable_or_none, non_negative, seed_value
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.metrics._common import (
     Maps,
@@ -160,7 +161,7 @@ def uniform_noise(low: float, high: float, seed: int) -> Noise:
     copies are drawn in order, so call it with steps 0, 1, 2, ... The noise is drawn in
     float32 whatever ``x``'s precision, so that a seed gives the same copies of a float64
     or half-precision input."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    generator = torch.Generator(device="cpu").manual_seed(seed_value(seed))
 
     def noise(x: Tensor, step: int) -> Tensor:
         delta = torch.rand(x.shape, generator=generator) * (high - low) + low
@@ -172,7 +173,7 @@ def uniform_noise(low: float, high: float, seed: int) -> Noise:
 def gaussian_noise(std: float, seed: int) -> Noise:
     """Noise ``N(0, std^2)`` on every value, seeded (and drawn in float32) as
     :func:`uniform_noise`."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
+    generator = torch.Generator(device="cpu").manual_seed(seed_value(seed))
 
     def noise(x: Tensor, step: int) -> Tensor:
         return x + (torch.randn(x.shape, generator=generator) * std).to(x.device, x.dtype)
@@ -392,8 +393,8 @@ def _relative_changes(
 ) -> Tensor:
     """``(N, samples)``: ``||e(x') - e(x)||_F / ||e(x)||_F`` per sample and copy (NaN for a
     copy left out)."""
-    if not radius >= 0:
-        raise CamkitValueError(f"radius: got {radius!r}; allowed: a number >= 0")
+    non_negative(radius, "radius")
+    callable_or_none(noise, "noise", "a function noise(x, step) returning a noisy copy")
 
     def relative(copy: Copy) -> Tensor:
         change: Tensor = torch.linalg.vector_norm(copy.noisy_maps - copy.maps, dim=1)

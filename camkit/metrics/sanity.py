@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from camkit._engine import map_ops
+from camkit._engine.option_checks import seed_value
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import check_batch, classes_of
 from camkit.metrics._sorting import average_ranks
@@ -195,6 +196,7 @@ def randomization_test(
         raise CamkitValueError(f"mode: got {mode!r}; allowed: 'cascading', 'independent'")
     if reseed not in ("each", "quantus"):
         raise CamkitValueError(f"reseed: got {reseed!r}; allowed: 'each', 'quantus'")
+    seed_value(seed)
     check_batch(x, 1)
     classes = classes_of(model, x, target, 256)
     order = parameterized_layers(model, x)

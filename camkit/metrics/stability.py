@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from camkit._engine.layers import find_layer
+from camkit._engine.option_checks import callable_or_none, non_negative, positive_number
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import (
     Maps,
@@ -103,8 +104,8 @@ def local_lipschitz_estimate(
         >>> result.values.shape
         torch.Size([2])
     """
-    if not std >= 0:
-        raise CamkitValueError(f"std: got {std!r}; allowed: a number >= 0")
+    non_negative(std, "std")
+    callable_or_none(noise, "noise", "a function noise(x, step) returning a noisy copy")
 
     def ratio(copy: Copy) -> Tensor:
         step = (copy.x.double() - copy.noisy.double()).flatten(1)
@@ -228,8 +229,8 @@ def _stability(
     wants_logits: bool = False,
     layer: tuple[str, nn.Module] | None = None,
 ) -> MetricResult:
-    if not eps > 0:
-        raise CamkitValueError(f"eps: got {eps!r}; allowed: a number > 0")
+    positive_number(eps, "eps")
+    callable_or_none(noise, "noise", "a function noise(x, step) returning a noisy copy")
 
     def ratio(copy: Copy) -> Tensor:
         below = denominator(copy)
