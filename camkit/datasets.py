@@ -75,6 +75,7 @@ from camkit._engine.distributed import (
     rank_share,
 )
 from camkit._engine.model_outputs import logits_in
+from camkit._engine.option_checks import callable_or_none, device_or_none
 from camkit._store import manifest as manifests
 from camkit._store.files import sha256_of, storage_error, sync_folder, write_atomically
 from camkit._store.fingerprints import dataset_fingerprint, model_fingerprint
@@ -183,6 +184,8 @@ def explain_dataset(
     explainer = _check_explainer(explainer)
     batches = Batches.of(loader)
     _check_options(dtype, shard_batches, upsample, explainer, target)
+    device_or_none(device)
+    callable_or_none(on_batch, "on_batch", "a function on_batch(indices, x, result)")
     source_list = _checked_sources(sources, batches.length)
     prepared = _json_options(dataset_options)
     config: dict[str, Any] = {}  # what decides the maps, read from the data only for a store
@@ -558,7 +561,7 @@ def _device_of(model: nn.Module) -> torch.device:
 def _check_options(
     dtype: str, shard_batches: int, upsample: bool, explainer: Explainer, target: DatasetTarget
 ) -> None:
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise CamkitValueError(f"dtype: got {dtype!r}; allowed: {', '.join(map(repr, DTYPES))}")
     if isinstance(shard_batches, bool) or not isinstance(shard_batches, int) or shard_batches < 1:
         raise CamkitValueError(f"shard_batches: got {shard_batches!r}; allowed: a positive int")
@@ -588,7 +591,11 @@ def _target_name(target: DatasetTarget) -> str:
 def _checked_sources(sources: Sequence[str] | None, length: int) -> list[str] | None:
     if sources is None:
         return None
-    if isinstance(sources, str) or not all(isinstance(s, str) for s in sources):
+    if (
+        isinstance(sources, str)
+        or not isinstance(sources, Sequence)
+        or not all(isinstance(s, str) for s in sources)
+    ):
         raise CamkitTypeError("sources: expected a sequence of strings, one per dataset item")
     if len(sources) != length:
         raise CamkitValueError(

@@ -89,8 +89,7 @@ def blend(
     """
     import matplotlib as mpl
 
-    if not 0.0 <= alpha <= 1.0:
-        raise CamkitValueError(f"alpha: got {alpha}; allowed: a number in [0, 1]")
+    _check_style(cmap, alpha, mean, std)
     rgb = _as_rgb(image, mean, std)
     m = _as_map(cam, "cam")
     if m.ndim != 2:
@@ -141,9 +140,11 @@ def overlay(
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
+    _check_axes(ax)
+    picture = blend(image, cam, cmap=cmap, alpha=alpha, mean=mean, std=std)  # checked first
     if ax is None:
         _, ax = plt.subplots(figsize=(3, 3))
-    ax.imshow(blend(image, cam, cmap=cmap, alpha=alpha, mean=mean, std=std))
+    ax.imshow(picture)
     ax.set_axis_off()
     if title is not None:
         ax.set_title(title, fontsize=9)
@@ -191,6 +192,13 @@ def grid(
     """
     import matplotlib.pyplot as plt
 
+    _check_style(cmap, alpha, mean, std, ncols, size)
+    if titles is not None and (
+        isinstance(titles, str)
+        or not isinstance(titles, Sequence)
+        or not all(isinstance(t, str) for t in titles)
+    ):
+        raise CamkitValueError(f"titles: got {titles!r}; allowed: a list of strings, or None")
     if len(images) != len(cams) or (titles is not None and len(titles) != len(images)):
         raise CamkitValueError(
             f"cams: got {len(images)} images, {len(cams)} maps and "
@@ -274,6 +282,8 @@ def compare(
         maps = list(cams)
         titles = [f"class {i}" for i in range(len(maps))]
     if scores is not None:
+        if isinstance(scores, (str, bytes)) or not isinstance(scores, (Sequence, Tensor)):
+            raise CamkitValueError(f"scores: got {scores!r}; allowed: one number per map, or None")
         values = [float(v) for v in scores]
         if len(values) != len(maps):
             raise CamkitValueError(
@@ -336,8 +346,7 @@ def concepts(
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    if not 0.0 <= alpha <= 1.0:
-        raise CamkitValueError(f"alpha: got {alpha}; allowed: a number in [0, 1]")
+    _check_style(cmap, alpha, mean, std)
     rgb = _as_rgb(image, mean, std)
     m = _as_map(maps, "maps")
     if m.ndim != 3 or m.shape[1:] != rgb.shape[:2]:
@@ -351,6 +360,7 @@ def concepts(
     strongest = m.argmax(axis=0)
     weight = alpha * m.max(axis=0)[..., None]
     blended = (1 - weight) * rgb + weight * colours[strongest]
+    _check_axes(ax)
     if ax is None:
         _, ax = plt.subplots(figsize=(3, 3))
     ax.imshow(np.clip(blended, 0.0, 1.0))
@@ -818,3 +828,53 @@ def _as_rgb(
     if mean is not None:
         img = img + np.asarray(mean, dtype=np.float64).reshape(1, 1, -1)
     return np.asarray(np.clip(np.broadcast_to(img, (*img.shape[:2], 3)), 0.0, 1.0))
+
+
+def _check_style(
+    cmap: object,
+    alpha: object,
+    mean: object = None,
+    std: object = None,
+    ncols: object = 1,
+    size: object = 1.0,
+) -> None:
+    """Refuse drawing options of the wrong kind, each by name, before anything is drawn."""
+    import matplotlib as mpl
+
+    if not isinstance(cmap, str) or cmap not in mpl.colormaps:
+        raise CamkitValueError(
+            f"cmap: got {cmap!r}; allowed: a matplotlib colormap's name, such as 'jet', "
+            f"'viridis' or 'magma'"
+        )
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise CamkitValueError(f"alpha: got {alpha!r}; allowed: a number in [0, 1]")
+    for name, value in (("mean", mean), ("std", std)):
+        values = [value] if isinstance(value, (int, float)) else value
+        if value is not None and (
+            isinstance(value, (bool, str, bytes))
+            or not isinstance(values, (Sequence, np.ndarray, Tensor))
+            or len(values) not in (1, 3)
+            or not all(
+                isinstance(v, (int, float, np.floating, Tensor)) and not isinstance(v, bool)
+                for v in values
+            )
+        ):
+            raise CamkitValueError(
+                f"{name}: got {value!r}; allowed: a number, or one per channel (1 or 3), or None"
+            )
+    if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
+        raise CamkitValueError(f"ncols: got {ncols!r}; allowed: a positive int")
+    if (
+        isinstance(size, bool)
+        or not isinstance(size, (int, float))
+        or not (size > 0 and np.isfinite(size))
+    ):
+        raise CamkitValueError(f"size: got {size!r}; allowed: a positive number of inches")
+
+
+def _check_axes(ax: object) -> None:
+    """Refuse an ``ax`` that is not matplotlib axes (or ``None``)."""
+    from matplotlib.axes import Axes
+
+    if ax is not None and not isinstance(ax, Axes):
+        raise CamkitTypeError(f"ax: got {type(ax).__name__}; allowed: matplotlib axes, or None")

@@ -130,6 +130,23 @@ def view(
         >>> page.name
         'index.html'
     """
+    for option, folder in (("store", store), ("compare", compare)):
+        if not isinstance(folder, (MapStore, str, os.PathLike)) and not (
+            option == "compare" and folder is None
+        ):
+            raise CamkitTypeError(
+                f"{option}: got {type(folder).__name__}; allowed: a MapStore or its folder"
+                + (", or None" if option == "compare" else "")
+            )
+    if classes is not None and (
+        isinstance(classes, str)
+        or not isinstance(classes, Sequence)
+        or not all(isinstance(c, str) for c in classes)
+    ):
+        raise CamkitTypeError(f"classes: got {classes!r}; allowed: a list of names, or None")
+    if title is not None and not isinstance(title, str):
+        raise CamkitTypeError(f"title: got {type(title).__name__}; allowed: a string, or None")
+    _check_colormap(cmap)
     main = store if isinstance(store, MapStore) else MapStore(store)
     other = None if compare is None else compare if isinstance(compare, MapStore) else (
         MapStore(compare)
@@ -487,3 +504,12 @@ def _describe(store: MapStore) -> dict[str, Any]:
         "layers": explainer.get("layers"),
         "complete": store.complete,
     }
+
+
+def _check_colormap(cmap: object) -> None:
+    import matplotlib as mpl
+
+    if not isinstance(cmap, str) or cmap not in mpl.colormaps:
+        raise CamkitValueError(
+            f"cmap: got {cmap!r}; allowed: a matplotlib colormap's name, such as 'jet' or 'viridis'"
+        )

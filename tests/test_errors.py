@@ -137,3 +137,77 @@ class Skipping(nn.Module):
 def test_unrelated_score_is_refused(net: MnistNet) -> None:
     with pytest.raises(CamkitValueError, match=r"score does not depend on layer 'features\.relu'"):
         GradCAM(net, "features.relu")(torch.randn(2, 1, 28, 28), lambda out: torch.ones(2))
+
+
+_WRONG: list[Any] = [-1, 0, 1.5, True, "bogus", float("nan"), float("inf"), None, [], object()]
+
+
+def _entry_points(folder: Any) -> dict[str, tuple[Any, Any, dict[str, Any]]]:
+    """The public functions beyond the explainers and metrics (which have their own such
+    tests), each with a way to make its required arguments, and options that keep it quiet."""
+    import tempfile
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import camkit
+    import camkit.metrics as metrics
+    import camkit.plot as plot
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 64, 3)).eval()  # fmt: skip
+    loader = DataLoader(TensorDataset(torch.rand(6, 1, 8, 8), torch.arange(6) % 3), batch_size=4)
+    cam = GradCAM(model, "1")
+    store = camkit.explain_dataset(cam, loader, folder / "store", progress=False)
+    image, one = torch.rand(3, 8, 8), torch.rand(8, 8)
+    quiet = {"progress": False}
+    return {
+        "explain_dataset": (camkit.explain_dataset,
+                            lambda: (cam, loader, tempfile.mkdtemp(dir=folder)), quiet),
+        "view": (camkit.view, lambda: (store, tempfile.mkdtemp(dir=folder)), quiet),
+        "evaluate": (metrics.evaluate,
+                     lambda: (model, cam, loader, {"deletion": metrics.deletion}), quiet),
+        "compare": (metrics.compare,
+                    lambda: (model, loader, {"gc": cam}, {"deletion": metrics.deletion}),
+                    {"resamples": 20, **quiet}),
+        "blend": (plot.blend, lambda: (image, one), {}),
+        "overlay": (plot.overlay, lambda: (image, one), {}),
+        "grid": (plot.grid, lambda: ([image, image], [one, None]), {}),
+        "plot.compare": (plot.compare, lambda: (image, torch.rand(3, 8, 8)), {}),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["explain_dataset", "view", "evaluate", "compare", "blend", "overlay", "grid", "plot.compare"],
+)
+def test_every_option_of_the_entry_points_refuses_values_of_the_wrong_kind(
+    name: str, tmp_path: Any
+) -> None:
+    """Each keyword option given ten wrong values (a string for a number, an int for a
+    function, a device this machine lacks, ...) gets camkit's error, never a raw one."""
+    import inspect
+
+    import matplotlib.pyplot as plt
+
+    function, arguments, quiet = _entry_points(tmp_path)[name]
+    raw = []
+    for option in inspect.signature(function).parameters.values():
+        if option.default is option.empty or option.kind is option.VAR_KEYWORD:
+            continue
+        for wrong in _WRONG:
+            if (
+                (wrong is None and option.default is None)
+                or (wrong is True and isinstance(option.default, bool))
+                or (option.name == "device" and wrong == 0 and torch.cuda.is_available())
+            ):  # a right value: a flag's True, or cuda:0 where there is one
+                continue
+            try:
+                function(*arguments(), **{**quiet, option.name: wrong})
+            except CamkitError:
+                continue
+            except Exception as error:  # a raw error: what the test looks for
+                raw.append(f"{option.name}={wrong!r}: {type(error).__name__}"[:100])
+            finally:
+                plt.close("all")
+    assert not raw, f"{name}: raw errors for " + "; ".join(raw)

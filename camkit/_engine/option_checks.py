@@ -109,3 +109,39 @@ def callable_or_none(value: object, name: str, allowed: str) -> None:
     """Refuse anything but a callable or ``None``; ``allowed`` says what the callable does."""
     if value is not None and not callable(value):
         raise CamkitTypeError(f"{name}: got {type(value).__name__}; allowed: {allowed}, or None")
+
+
+def device_or_none(value: object, name: str = "device") -> object:
+    """``value`` if it is ``None`` or names a device this machine has (a ``torch.device``
+    or a name torch reads as one, such as ``"cuda:0"``)."""
+    import torch
+
+    if value is None:
+        return None
+    try:
+        device = torch.device(value)  # type: ignore[call-overload]
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise CamkitValueError(
+            f"{name}: got {value!r}; allowed: a torch.device or its name, such as 'cpu' or "
+            f"'cuda:0', or None"
+        ) from error
+    missing = device_missing(device)
+    if missing:
+        raise CamkitValueError(f"{name}: got {value!r}, but {missing}; give a device it has")
+    return value
+
+
+def device_missing(device: object) -> str:
+    """What this machine lacks to run on ``device`` (a ``torch.device``), or ``""``."""
+    import torch
+
+    kind, index = device.type, device.index  # type: ignore[attr-defined]
+    if kind in ("cpu", "meta"):
+        return ""
+    module = getattr(torch, kind, None)
+    available = module is not None and bool(getattr(module, "is_available", lambda: False)())
+    count = int(getattr(module, "device_count", lambda: 1)()) if available else 0
+    if not available or (index is not None and index >= count):
+        have = f"{count} {kind} device(s)" if available else f"no {kind} device"
+        return f"this machine has {have}"
+    return ""

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from camkit.errors import CamkitValueError
+from camkit._engine.option_checks import device_or_none, finite_number, seed_value
+from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.metrics._common import Maps
 from camkit.metrics.evaluate import Metric, evaluate
 
@@ -295,8 +296,15 @@ def compare(
         raise CamkitValueError(f"candidates: {BASELINE!r} is the baseline's name; rename yours")
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 10:
         raise CamkitValueError(f"resamples: got {resamples!r}; allowed: an int >= 10")
-    if not 0 < confidence < 1:
+    if not 0 < finite_number(confidence, "confidence") < 1:
         raise CamkitValueError(f"confidence: got {confidence!r}; allowed: between 0 and 1")
+    if better is not None and not isinstance(better, Mapping):
+        raise CamkitTypeError(
+            f"better: got {type(better).__name__}; allowed: a dict of metric names to 'higher' "
+            f"or 'lower', or None"
+        )
+    seed_value(seed)
+    device_or_none(device)
     directions = {name: _direction(name, metric, better or {}) for name, metric in metrics.items()}
     scored: dict[str, Maps] = dict(candidates)
     if baseline:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from camkit._engine.distributed import Batches, Rank, gather, process_group, rank_share
+from camkit._engine.option_checks import device_or_none
 from camkit.errors import CamkitValueError
 from camkit.metrics._common import (
     Maps,
@@ -76,6 +77,7 @@ def evaluate(
         raise CamkitValueError(f"target: got {target!r}; allowed: 'predicted', 'label'")
     if not metrics:
         raise CamkitValueError("metrics: give at least one metric")
+    device_or_none(device)
     with process_group() as team:
         batches, numbers = loader, None
         if team.size > 1:
