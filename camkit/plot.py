@@ -353,6 +353,12 @@ def concepts(
         raise CamkitValueError(
             f"maps: expected (K, H, W) maps with (H, W) = {rgb.shape[:2]}, got shape {m.shape}"
         )
+    if labels is not None and (
+        isinstance(labels, str)
+        or not isinstance(labels, Sequence)
+        or not all(isinstance(label, str) for label in labels)
+    ):
+        raise CamkitValueError(f"labels: got {labels!r}; allowed: one name per concept, or None")
     if labels is not None and len(labels) != len(m):
         raise CamkitValueError(f"labels: got {len(labels)} for {len(m)} concepts")
     palette = mpl.colormaps[cmap]
@@ -424,7 +430,11 @@ def orthogonal_slices(
     if point is None:
         where = np.unravel_index(int(np.argmax(m)), m.shape)
         point = tuple(int(i) for i in where)
-    if len(point) != 3 or not all(0 <= int(p) < n for p, n in zip(point, m.shape, strict=True)):
+    if (
+        not _int_sequence(point)
+        or len(point) != 3
+        or not all(0 <= int(p) < n for p, n in zip(point, m.shape, strict=True))
+    ):
         raise CamkitValueError(f"point: got {point!r}; allowed: (d, h, w) inside {m.shape}")
     d, h, w = (int(p) for p in point)
     grey = _windowed(grey, window)
@@ -433,6 +443,7 @@ def orthogonal_slices(
         (grey[:, h], m[:, h], (w, d)),
         (grey[:, :, w], m[:, :, w], (h, d)),
     ]
+    _check_size(size)  # cmap and alpha are blend's to check
     fig, axes = plt.subplots(1, 3, figsize=(3 * size, size + (0.5 if suptitle else 0.3)))
     for ax, view, axis, value, (image, map_slice, (col, row)) in zip(
         axes, VIEWS, "dhw", (d, h, w), cuts, strict=True
@@ -542,6 +553,8 @@ def frame_strip(
         ['t=0', 't=1', 't=2', 't=3']
     """
     images, m = _frames_and_maps(clip, cams)
+    if frames is not None and not _int_sequence(frames):
+        raise CamkitValueError(f"frames: got {frames!r}; allowed: a list of frame indices")
     chosen = list(range(len(m))) if frames is None else [int(t) for t in frames]
     if not chosen or not all(0 <= t < len(m) for t in chosen):
         raise CamkitValueError(f"frames: got {frames!r}; allowed: indices below {len(m)}")
@@ -628,6 +641,7 @@ def animate(
             for f, c in zip(images, m, strict=True)
         ]
         label = "t"
+    _check_size(size)  # cmap and alpha were blend's to check
     fig, ax = plt.subplots(figsize=(size, size))
     fig.subplots_adjust(left=0, right=1, bottom=0, top=0.9)
     ax.set_axis_off()
@@ -697,6 +711,11 @@ def tokens(
             f"words: got {len(words)} words for maps of shape {m.shape}; give (k, H, W) maps "
             f"and one word per map"
         )
+    if spans is not None and (
+        not isinstance(spans, Sequence)
+        or not all(isinstance(span, Sequence) and _int_sequence(span) for span in spans)
+    ):
+        raise CamkitValueError(f"spans: got {spans!r}; allowed: (start, stop) pairs, or None")
     ranges = [(i, i + 1) for i in range(len(m))] if spans is None else list(spans)
     if not ranges or not all(0 <= a < b <= len(m) for a, b in ranges):
         raise CamkitValueError(
@@ -741,6 +760,15 @@ def _windowed(grey: np.ndarray, window: tuple[float, float] | None) -> np.ndarra
     if window is None:
         low, high = (float(v) for v in np.percentile(grey, [1, 99]))
     else:
+        if (
+            not isinstance(window, (tuple, list))
+            or len(window) != 2
+            or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+                for v in window
+            )
+        ):
+            raise CamkitValueError(f"window: got {window!r}; allowed: (low, high), two numbers")
         low, high = (float(v) for v in window)
         if not high > low:
             raise CamkitValueError(f"window: got {window!r}; allowed: (low, high) with low < high")
@@ -864,12 +892,7 @@ def _check_style(
             )
     if isinstance(ncols, bool) or not isinstance(ncols, int) or ncols < 1:
         raise CamkitValueError(f"ncols: got {ncols!r}; allowed: a positive int")
-    if (
-        isinstance(size, bool)
-        or not isinstance(size, (int, float))
-        or not (size > 0 and np.isfinite(size))
-    ):
-        raise CamkitValueError(f"size: got {size!r}; allowed: a positive number of inches")
+    _check_size(size)
 
 
 def _check_axes(ax: object) -> None:
@@ -878,3 +901,24 @@ def _check_axes(ax: object) -> None:
 
     if ax is not None and not isinstance(ax, Axes):
         raise CamkitTypeError(f"ax: got {type(ax).__name__}; allowed: matplotlib axes, or None")
+
+
+def _int_sequence(values: object) -> bool:
+    """Whether ``values`` is a sequence (or array, or tensor) of integers."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray, Tensor)):
+        return False
+    return all(
+        (isinstance(v, (int, np.integer)) and not isinstance(v, bool))
+        or (isinstance(v, Tensor) and v.dim() == 0 and not v.is_floating_point())
+        for v in values
+    )
+
+
+def _check_size(size: object) -> None:
+    """Refuse a panel or figure size that is not a positive number of inches."""
+    if (
+        isinstance(size, bool)
+        or not isinstance(size, (int, float))
+        or not (size > 0 and np.isfinite(size))
+    ):
+        raise CamkitValueError(f"size: got {size!r}; allowed: a positive number of inches")

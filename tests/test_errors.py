@@ -160,6 +160,8 @@ def _entry_points(folder: Any) -> dict[str, tuple[Any, Any, dict[str, Any]]]:
     cam = GradCAM(model, "1")
     store = camkit.explain_dataset(cam, loader, folder / "store", progress=False)
     image, one = torch.rand(3, 8, 8), torch.rand(8, 8)
+    volume, volume_map = torch.rand(6, 8, 8), torch.rand(6, 8, 8)
+    clip, clip_maps = torch.rand(3, 4, 8, 8), torch.rand(4, 8, 8)
     quiet = {"progress": False}
     return {
         "explain_dataset": (camkit.explain_dataset,
@@ -174,13 +176,21 @@ def _entry_points(folder: Any) -> dict[str, tuple[Any, Any, dict[str, Any]]]:
         "overlay": (plot.overlay, lambda: (image, one), {}),
         "grid": (plot.grid, lambda: ([image, image], [one, None]), {}),
         "plot.compare": (plot.compare, lambda: (image, torch.rand(3, 8, 8)), {}),
+        "concepts": (plot.concepts, lambda: (image, torch.rand(2, 8, 8)), {}),
+        "tokens": (plot.tokens, lambda: (image, torch.rand(2, 8, 8), ["a", "b"]), {}),
+        "orthogonal_slices": (plot.orthogonal_slices, lambda: (volume, volume_map), {}),
+        "slice_grid": (plot.slice_grid, lambda: (volume, volume_map), {}),
+        "frame_strip": (plot.frame_strip, lambda: (clip, clip_maps), {}),
+        "animate": (plot.animate,
+                    lambda: (clip, clip_maps, tempfile.mktemp(suffix=".gif", dir=folder)), {}),
     }  # fmt: skip
 
 
 @pytest.mark.parametrize(
     "name",
-    ["explain_dataset", "view", "evaluate", "compare", "blend", "overlay", "grid", "plot.compare"],
-)
+    ["explain_dataset", "view", "evaluate", "compare", "blend", "overlay", "grid", "plot.compare",
+     "concepts", "tokens", "orthogonal_slices", "slice_grid", "frame_strip", "animate"],
+)  # fmt: skip
 def test_every_option_of_the_entry_points_refuses_values_of_the_wrong_kind(
     name: str, tmp_path: Any
 ) -> None:
