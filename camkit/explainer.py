@@ -142,6 +142,7 @@ class Explainer(ABC):
         """Refuse, with a clear error, the call options this explainer does not offer.
 
         Raises:
+            CamkitTypeError: For ``upsample`` or ``differentiable`` not a bool.
             CamkitValueError: For ``differentiable=True`` where the maps cannot
                 be differentiated, or ``upsample=False`` where the maps are
                 only at the input's resolution.
