@@ -75,7 +75,7 @@ from camkit._engine.distributed import (
     rank_share,
 )
 from camkit._engine.model_outputs import logits_in
-from camkit._engine.option_checks import callable_or_none, device_or_none
+from camkit._engine.option_checks import callable_or_none, device_or_none, flag
 from camkit._store import manifest as manifests
 from camkit._store.files import sha256_of, storage_error, sync_folder, write_atomically
 from camkit._store.fingerprints import dataset_fingerprint, model_fingerprint
@@ -334,6 +334,11 @@ class MapStore:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, checksums: bool = True) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise CamkitTypeError(
+                f"path: got {type(path).__name__}; allowed: the store's folder, a str or a Path"
+            )
+        flag(checksums, "checksums")
         self.path = Path(path)
         manifest = manifests.read(self.path)
         if manifest is None:
@@ -409,6 +414,15 @@ class MapStore:
         checksums) of the shards that hold them. It changes whenever one of those shards is
         written again with other bytes, so that what was made from them (the viewer's
         thumbnails) can be made again only when needed."""
+        if isinstance(indices, Tensor) and indices.dim() == 1 and not indices.is_floating_point():
+            indices = indices.tolist()
+        if isinstance(indices, (str, bytes)) or not isinstance(indices, Sequence):
+            raise CamkitTypeError(
+                f"indices: got {type(indices).__name__}; allowed: a list of sample indices"
+            )
+        for i in indices:
+            if isinstance(i, bool) or not isinstance(i, int):
+                raise CamkitTypeError(f"indices: expected ints, got {type(i).__name__}")
         shards = sorted({self._shard_of(i) for i in indices})
         missing = [s for s in shards if s not in self._shards]
         if missing:

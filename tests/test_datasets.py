@@ -383,6 +383,23 @@ def test_a_folder_without_a_store_is_refused(tmp_path: Path) -> None:
         MapStore(tmp_path)
 
 
+def test_a_store_refuses_arguments_of_the_wrong_kind(tmp_path: Path) -> None:
+    loader = DataLoader(Digits(6), batch_size=4)
+    store = explain_dataset(camkit.GradCAM(model(), MNIST_LAYER), loader, tmp_path,
+                            shard_batches=1, progress=False)  # fmt: skip
+    assert store is not None
+    with pytest.raises(CamkitTypeError, match=r"^path: got int; allowed: the store's folder"):
+        MapStore(123)  # type: ignore[arg-type]
+    with pytest.raises(CamkitTypeError, match=r"^checksums: got 'no'; allowed: True or False"):
+        MapStore(tmp_path, checksums="no")  # type: ignore[arg-type]
+    with pytest.raises(CamkitTypeError, match=r"^indices: got int; allowed: a list"):
+        store.digest(5)  # type: ignore[arg-type]
+    with pytest.raises(CamkitTypeError, match=r"^indices: expected ints, got float"):
+        store.digest([1.5])  # type: ignore[list-item]
+    assert store.digest(torch.tensor([1, 5])) == store.digest([1, 5])  # type: ignore[arg-type]
+    assert store.digest([1]) != store.digest([5])  # samples of two shards
+
+
 def test_pseudo_masks() -> None:
     maps = torch.tensor([[[0.0, 0.2], [0.5, 1.0]], [[0.9, 0.1], [0.4, 0.6]]])
     masks = pseudo_masks(maps, torch.tensor([3, 0]), threshold=0.5, background_below=0.2)
