@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import camkit
 from camkit._engine.distributed import Rank, process_group
+from camkit._engine.option_checks import device_missing
 from camkit.errors import CamkitError, CamkitTypeError, CamkitValueError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -574,16 +575,11 @@ def _device(name: str) -> torch.device:
         raise CamkitValueError(
             f"--device: got {name!r}; allowed: cpu, cuda, cuda:N, mps, or auto"
         ) from error
-    if device.type == "cpu":
-        return device
-    module = getattr(torch, device.type, None)
-    available = module is not None and bool(getattr(module, "is_available", lambda: False)())
-    count = int(getattr(module, "device_count", lambda: 1)()) if available else 0
-    if not available or (device.index is not None and device.index >= count):
-        have = f"{count} {device.type} device(s)" if available else f"no {device.type} device"
+    missing = device_missing(device)
+    if missing:
         raise CamkitValueError(
-            f"--device: got {name!r}, but this machine has {have}; allowed: cpu, auto (a GPU "
-            f"if there is one), or a device it has"
+            f"--device: got {name!r}, but {missing}; allowed: cpu, auto (a GPU if there is "
+            f"one), or a device it has"
         )
     return device
 

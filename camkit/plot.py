@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from camkit._engine import map_ops
-from camkit._engine.map_ops import UNIT_ROUNDING
+from camkit._engine.option_checks import check_colormap, int_sequence
 from camkit.errors import CamkitTypeError, CamkitValueError
 
 if TYPE_CHECKING:
@@ -431,7 +431,7 @@ def orthogonal_slices(
         where = np.unravel_index(int(np.argmax(m)), m.shape)
         point = tuple(int(i) for i in where)
     if (
-        not _int_sequence(point)
+        not int_sequence(point)
         or len(point) != 3
         or not all(0 <= int(p) < n for p, n in zip(point, m.shape, strict=True))
     ):
@@ -553,7 +553,7 @@ def frame_strip(
         ['t=0', 't=1', 't=2', 't=3']
     """
     images, m = _frames_and_maps(clip, cams)
-    if frames is not None and not _int_sequence(frames):
+    if frames is not None and not int_sequence(frames):
         raise CamkitValueError(f"frames: got {frames!r}; allowed: a list of frame indices")
     chosen = list(range(len(m))) if frames is None else [int(t) for t in frames]
     if not chosen or not all(0 <= t < len(m) for t in chosen):
@@ -713,7 +713,7 @@ def tokens(
         )
     if spans is not None and (
         not isinstance(spans, Sequence)
-        or not all(isinstance(span, Sequence) and _int_sequence(span) for span in spans)
+        or not all(isinstance(span, Sequence) and int_sequence(span) for span in spans)
     ):
         raise CamkitValueError(f"spans: got {spans!r}; allowed: (start, stop) pairs, or None")
     ranges = [(i, i + 1) for i in range(len(m))] if spans is None else list(spans)
@@ -803,17 +803,9 @@ def _as_map(value: Any, name: str) -> np.ndarray:
 
 
 def _check_unit_range(values: np.ndarray, name: str, advice: str) -> None:
-    finite = np.isfinite(values)
-    if not finite.all():
-        raise CamkitValueError(
-            f"{name}: holds {int((~finite).sum())} NaN or infinite value(s); allowed: finite "
-            f"values in [0, 1]"
-        )
-    if values.size and (values.min() < -UNIT_ROUNDING or values.max() > 1 + UNIT_ROUNDING):
-        raise CamkitValueError(
-            f"{name}: values must lie in [0, 1], got {values.min():.4g} to "
-            f"{values.max():.4g}{advice}"
-        )
+    problem = map_ops.unit_range_problem(torch.from_numpy(values))
+    if problem:
+        raise CamkitValueError(f"{name}: {problem}{advice}")
 
 
 def _is_uint8(value: Any) -> bool:
@@ -867,13 +859,7 @@ def _check_style(
     size: object = 1.0,
 ) -> None:
     """Refuse drawing options of the wrong kind, each by name, before anything is drawn."""
-    import matplotlib as mpl
-
-    if not isinstance(cmap, str) or cmap not in mpl.colormaps:
-        raise CamkitValueError(
-            f"cmap: got {cmap!r}; allowed: a matplotlib colormap's name, such as 'jet', "
-            f"'viridis' or 'magma'"
-        )
+    check_colormap(cmap)
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
         raise CamkitValueError(f"alpha: got {alpha!r}; allowed: a number in [0, 1]")
     for name, value in (("mean", mean), ("std", std)):
@@ -901,17 +887,6 @@ def _check_axes(ax: object) -> None:
 
     if ax is not None and not isinstance(ax, Axes):
         raise CamkitTypeError(f"ax: got {type(ax).__name__}; allowed: matplotlib axes, or None")
-
-
-def _int_sequence(values: object) -> bool:
-    """Whether ``values`` is a sequence (or array, or tensor) of integers."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray, Tensor)):
-        return False
-    return all(
-        (isinstance(v, (int, np.integer)) and not isinstance(v, bool))
-        or (isinstance(v, Tensor) and v.dim() == 0 and not v.is_floating_point())
-        for v in values
-    )
 
 
 def _check_size(size: object) -> None:

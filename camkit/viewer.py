@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from camkit._engine.map_ops import UNIT_ROUNDING
+from camkit._engine import map_ops
+from camkit._engine.option_checks import check_colormap
 from camkit._store.files import write_atomically
 from camkit.datasets import MapStore
 from camkit.errors import CamkitTypeError, CamkitValueError
@@ -146,7 +147,7 @@ def view(
         raise CamkitTypeError(f"classes: got {classes!r}; allowed: a list of names, or None")
     if title is not None and not isinstance(title, str):
         raise CamkitTypeError(f"title: got {type(title).__name__}; allowed: a string, or None")
-    _check_colormap(cmap)
+    check_colormap(cmap)
     main = store if isinstance(store, MapStore) else MapStore(store)
     other = None if compare is None else compare if isinstance(compare, MapStore) else (
         MapStore(compare)
@@ -368,14 +369,10 @@ def _image(value: Any, size: tuple[int, int], index: int) -> Tensor:
         isinstance(array, np.ndarray) and array.dtype == np.uint8
     ):
         pixels = pixels / 255
-    elif not (  # in [0, 1] up to a float32 resize's rounding, as camkit.plot takes images
-        bool(pixels.isfinite().all())
-        and -UNIT_ROUNDING <= float(pixels.min()) <= float(pixels.max()) <= 1 + UNIT_ROUNDING
-    ):
+    elif problem := map_ops.unit_range_problem(pixels):  # as camkit.plot takes images
         raise CamkitValueError(
-            f"images: images({index}) holds values from {float(pixels.min()):.4g} to "
-            f"{float(pixels.max()):.4g}; expected floats in [0, 1] or uint8 (undo a "
-            f"standardization in images, and clamp an image that noise pushed out)"
+            f"images: images({index}): {problem}, or uint8 (undo a standardization in "
+            f"images, and clamp an image that noise pushed out)"
         )
     channels_last = (
         pixels.dim() == 3 and pixels.shape[2] in (1, 3) and pixels.shape[0] not in (1, 3)
@@ -504,12 +501,3 @@ def _describe(store: MapStore) -> dict[str, Any]:
         "layers": explainer.get("layers"),
         "complete": store.complete,
     }
-
-
-def _check_colormap(cmap: object) -> None:
-    import matplotlib as mpl
-
-    if not isinstance(cmap, str) or cmap not in mpl.colormaps:
-        raise CamkitValueError(
-            f"cmap: got {cmap!r}; allowed: a matplotlib colormap's name, such as 'jet' or 'viridis'"
-        )

@@ -194,3 +194,11 @@ def reference_gradcam_at(
     A, grad = arrange(activation.detach()).double(), arrange(grad)
     alpha = grad.double().mean(dim=tuple(range(2, A.dim())))
     return torch.einsum("nk,nk...->n...", alpha, A)
+
+
+WRONG_VALUES: list[Any] = [
+    -1, 0, 1.5, True, "bogus", float("nan"), float("inf"), None, [], object(),
+]  # fmt: skip
+"""Values of the wrong kind or range for one option or another (a negative count, a float
+for an int, a string for a number, NaN, None, an empty list, an object): the option tests give
+each option each of them, unless it is the option's default or allowed there."""

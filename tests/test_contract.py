@@ -22,6 +22,7 @@ from camkit import CamkitError, Explainer
 from camkit.explainer import differentiable_methods, setting
 from camkit.testing import check_explainer
 from examples.mnist.vit import MnistViT
+from tests.helpers import WRONG_VALUES
 
 
 def smooth_net() -> nn.Sequential:
@@ -349,11 +350,6 @@ def _rebuilt(name: str, model: nn.Module, changed: dict[str, Any]) -> Explainer:
     return cls(model, layer, **{**defaults, **changed})  # type: ignore[no-any-return]
 
 
-WRONG: list[Any] = [-1, 0, 1.5, True, "bogus", float("nan"), float("inf"), None, [], object()]
-"""Values of the wrong kind or range for one option or another: each option given each
-(unless it is the option's default, or allowed there) must get camkit's error."""
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_every_constructor_option_refuses_values_of_the_wrong_kind(name: str) -> None:
     """A wrong value gets camkit's error, on construction or on the first call, never a raw
@@ -366,7 +362,7 @@ def test_every_constructor_option_refuses_values_of_the_wrong_kind(name: str) ->
     for option, parameter in options.items():
         if option in ("head", "blocks", "fc"):  # callables and layers: other tests
             continue
-        for wrong in WRONG:
+        for wrong in WRONG_VALUES:
             if wrong is None and parameter.default is None:
                 continue
             try:
@@ -393,7 +389,7 @@ def test_every_call_option_refuses_values_of_the_wrong_kind(name: str) -> None:
     for option, parameter in inspect.signature(explainer.explain).parameters.items():
         if option in ("x", "target") or parameter.kind is parameter.VAR_KEYWORD:
             continue
-        for wrong in WRONG:
+        for wrong in WRONG_VALUES:
             if (wrong is None and parameter.default is None) or (
                 wrong is True and isinstance(parameter.default, bool)  # a flag's right value
             ):

@@ -11,6 +11,7 @@ from torch import nn
 
 from camkit import CamkitError, CamkitTypeError, CamkitValueError, GradCAM, find_layer
 from examples.mnist.model import MnistNet
+from tests.helpers import WRONG_VALUES
 
 
 @pytest.fixture
@@ -139,9 +140,6 @@ def test_unrelated_score_is_refused(net: MnistNet) -> None:
         GradCAM(net, "features.relu")(torch.randn(2, 1, 28, 28), lambda out: torch.ones(2))
 
 
-_WRONG: list[Any] = [-1, 0, 1.5, True, "bogus", float("nan"), float("inf"), None, [], object()]
-
-
 def _entry_points(folder: Any) -> dict[str, tuple[Any, Any, dict[str, Any]]]:
     """The public functions beyond the explainers and metrics (which have their own such
     tests), each with a way to make its required arguments, and options that keep it quiet."""
@@ -205,7 +203,7 @@ def test_every_option_of_the_entry_points_refuses_values_of_the_wrong_kind(
     for option in inspect.signature(function).parameters.values():
         if option.default is option.empty or option.kind is option.VAR_KEYWORD:
             continue
-        for wrong in _WRONG:
+        for wrong in WRONG_VALUES:
             if (
                 (wrong is None and option.default is None)
                 or (wrong is True and isinstance(option.default, bool))

@@ -29,7 +29,7 @@ from camkit.metrics import (
     spearman,
     ssim,
 )
-from tests.helpers import assert_untouched, snapshot
+from tests.helpers import WRONG_VALUES, assert_untouched, snapshot
 from tests.models import conv_net
 
 TOTAL = 100.0
@@ -542,7 +542,6 @@ _FEW = {  # small work for each call: the test is about the checks, not the valu
     "patch_size": 4, "steps": 4, "percentages": (20, 50), "layer": "4", "step": 16,
     "patch_sizes": (4,), "iterations": 10,
 }  # fmt: skip
-_WRONG: list[Any] = [-1, 0, 1.5, True, "bogus", float("nan"), float("inf"), None, [], object()]
 
 
 @pytest.mark.parametrize("name", _metric_calls())
@@ -569,7 +568,7 @@ def test_every_metric_option_refuses_values_of_the_wrong_kind(name: str) -> None
     for option in signature.parameters.values():
         if option.default is option.empty or option.name == "target":
             continue
-        for wrong in _WRONG:
+        for wrong in WRONG_VALUES:
             if (wrong is None and option.default is None) or (
                 wrong is True and isinstance(option.default, bool)
             ):

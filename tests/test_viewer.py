@@ -151,7 +151,8 @@ def test_images_are_read_in_each_form_and_never_clipped_silently() -> None:
     for value in (pixels, pixels.numpy(), hwc, Image.fromarray(hwc)):
         torch.testing.assert_close(_image(value, (12, 10), 0), expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(_image(hwc[..., :1], (12, 10), 0)[..., 0], expected[..., 0])
-    with pytest.raises(CamkitValueError, match=r"images\(7\) holds values from -1.* to 2"):
+    outside = r"images\(7\): values must lie in \[0, 1\], got -1 to 2"
+    with pytest.raises(CamkitValueError, match=outside):
         _image(torch.linspace(-1, 2, 120).view(1, 12, 10), (12, 10), 7)
     with pytest.raises(CamkitValueError, match=r"images\(3\) has shape \(2, 12, 10\)"):
         _image(torch.rand(2, 12, 10), (12, 10), 3)

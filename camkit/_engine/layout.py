@@ -4,13 +4,11 @@ and back."""
 from __future__ import annotations
 
 import math
-import operator
-from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from camkit._engine.option_checks import positive_int
+from camkit._engine.option_checks import int_sequence, is_int, positive_int
 from camkit.errors import CamkitValueError
 
 LAYOUTS = ("channels_first", "channels_last", "tokens", "merged_tokens")
@@ -53,13 +51,15 @@ class Layout:
     ):
         if kind not in LAYOUTS:
             raise CamkitValueError(f"layout: got {kind!r}; allowed: {', '.join(LAYOUTS)}")
-        if not _is_int(prefix_tokens) or prefix_tokens < 0:
+        if not is_int(prefix_tokens) or prefix_tokens < 0:
             raise CamkitValueError(f"prefix_tokens: got {prefix_tokens!r}; allowed: an int >= 0")
-        if grid is not None and (not _are_ints(grid) or not grid or any(int(g) < 1 for g in grid)):
+        if grid is not None and (
+            not int_sequence(grid) or not grid or any(int(g) < 1 for g in grid)
+        ):
             raise CamkitValueError(f"grid: got {grid!r}; give positive sizes such as (14, 14)")
         axes = len(grid) if grid is not None else 2
         if token_order is not None and (
-            not _are_ints(token_order) or sorted(token_order) != list(range(axes))
+            not int_sequence(token_order) or sorted(token_order) != list(range(axes))
         ):
             raise CamkitValueError(
                 f"token_order: got {token_order!r}; allowed: an order of the grid's axes "
@@ -235,24 +235,3 @@ class Layout:
                 f"prefix token(s), not a square number; pass grid=(h, w) or prefix_tokens"
             )
         return side, side
-
-
-def _is_int(value: object) -> bool:
-    """Whether ``value`` is an integer: an int, a NumPy integer or a 0-d integer tensor (a
-    bool is not)."""
-    if isinstance(value, bool):
-        return False
-    try:
-        operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        return False
-    return True
-
-
-def _are_ints(values: object) -> bool:
-    """Whether ``values`` is a sequence (or a 1-D tensor) of integers."""
-    if isinstance(values, Tensor):
-        return values.dim() == 1 and not values.is_floating_point() and not values.is_complex()
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
-        return False
-    return all(_is_int(v) for v in values)

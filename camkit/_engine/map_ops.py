@@ -68,6 +68,18 @@ UNIT_ROUNDING = 1e-6
 units, what a resize or a colour conversion in float32 leaves."""
 
 
+def unit_range_problem(values: Tensor) -> str:
+    """What keeps ``values`` from lying in [0, 1] (up to :data:`UNIT_ROUNDING`), or ``""``."""
+    bad = int((~torch.isfinite(values)).sum())
+    if bad:
+        return f"holds {bad} NaN or infinite value(s); allowed: finite values in [0, 1]"
+    if values.numel():
+        low, high = float(values.min()), float(values.max())
+        if low < -UNIT_ROUNDING or high > 1 + UNIT_ROUNDING:
+            return f"values must lie in [0, 1], got {low:.4g} to {high:.4g}"
+    return ""
+
+
 ROUNDING_ULPS = 16
 """A map whose range is at most this many units of rounding of its magnitude
 (``ROUNDING_ULPS * eps * max |L|``) is constant up to rounding, and scales to all zeros."""

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import operator
+from collections.abc import Collection, Mapping, Sequence
+
+import torch
+from torch import Tensor
 
 from camkit.errors import CamkitTypeError, CamkitValueError
 
@@ -98,8 +102,6 @@ def seed_value(value: object, name: str = "seed") -> int:
 
 def tensor_or_number(value: object, name: str) -> None:
     """Refuse anything but a tensor or a finite number (a baseline image or value)."""
-    from torch import Tensor
-
     if isinstance(value, Tensor):
         return
     finite_number(value, name)  # type: ignore[arg-type]
@@ -114,8 +116,6 @@ def callable_or_none(value: object, name: str, allowed: str) -> None:
 def device_or_none(value: object, name: str = "device") -> object:
     """``value`` if it is ``None`` or names a device this machine has (a ``torch.device``
     or a name torch reads as one, such as ``"cuda:0"``)."""
-    import torch
-
     if value is None:
         return None
     try:
@@ -131,11 +131,9 @@ def device_or_none(value: object, name: str = "device") -> object:
     return value
 
 
-def device_missing(device: object) -> str:
-    """What this machine lacks to run on ``device`` (a ``torch.device``), or ``""``."""
-    import torch
-
-    kind, index = device.type, device.index  # type: ignore[attr-defined]
+def device_missing(device: torch.device) -> str:
+    """What this machine lacks to run on ``device``, or ``""``."""
+    kind, index = device.type, device.index
     if kind in ("cpu", "meta"):
         return ""
     module = getattr(torch, kind, None)
@@ -145,3 +143,34 @@ def device_missing(device: object) -> str:
         have = f"{count} {kind} device(s)" if available else f"no {kind} device"
         return f"this machine has {have}"
     return ""
+
+
+def is_int(value: object) -> bool:
+    """Whether ``value`` is an integer: an int, a NumPy integer or a 0-d integer tensor (a
+    bool is not)."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return True
+
+
+def int_sequence(values: object) -> bool:
+    """Whether ``values`` is a sequence, array or 1-D tensor of integers (not a string or a
+    mapping)."""
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Collection):
+        return False
+    return all(is_int(v) for v in values)
+
+
+def check_colormap(cmap: object) -> None:
+    """Refuse a ``cmap`` that is not the name of a matplotlib colormap."""
+    import matplotlib as mpl
+
+    if not isinstance(cmap, str) or cmap not in mpl.colormaps:
+        raise CamkitValueError(
+            f"cmap: got {cmap!r}; allowed: a matplotlib colormap's name, such as 'jet', "
+            f"'viridis' or 'magma'"
+        )
