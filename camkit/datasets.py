@@ -65,6 +65,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from camkit._engine.batch_items import check_keys, split_batch
 from camkit._engine.distributed import (
     Batches,
     Rank,
@@ -115,6 +116,8 @@ def explain_dataset(
     on_batch: OnBatch | None = None,
     sources: Sequence[str] | None = None,
     dataset_options: Mapping[str, Any] | None = None,
+    input_key: str | None = None,
+    label_key: str | None = None,
 ) -> MapStore | None:
     """Explain every sample of ``loader`` and write the maps to ``out``, resumably.
 
@@ -130,7 +133,8 @@ def explain_dataset(
             :class:`~camkit.GradCAM`; its :meth:`~camkit.Explainer.settings` are
             recorded, and a run with other settings refuses to resume.
         loader: A :class:`~torch.utils.data.DataLoader` over a map-style dataset,
-            with a ``batch_size``, yielding ``x`` or ``(x, labels, ...)``.
+            with a ``batch_size``, yielding ``x``, ``(x, labels, ...)``, or dicts of
+            columns (a Hugging Face dataset ``with_format("torch")``; see ``input_key``).
         out: The folder to write (created if needed), or ``None`` to write
             nothing (for ``on_batch`` alone; nothing to resume then).
         target: ``None`` (each sample's predicted class), ``"label"`` (the
@@ -153,6 +157,11 @@ def explain_dataset(
         dataset_options: How the dataset was prepared (image size, standardization,
             a version: JSON values), recorded and part of what a resumed run must
             match.
+        input_key: For dict batches, the column to explain; by default
+            ``"pixel_values"``, ``"image"`` or ``"images"``, whichever the batches
+            have (a batch with none of them, or two, is refused).
+        label_key: For dict batches and ``target="label"``, the labels' column; by
+            default ``"labels"`` or ``"label"``.
 
     Returns:
         The :class:`MapStore` of ``out`` (``None`` when ``out`` is ``None``).
@@ -188,10 +197,12 @@ def explain_dataset(
     callable_or_none(on_batch, "on_batch", "a function on_batch(indices, x, result)")
     source_list = _checked_sources(sources, batches.length)
     prepared = _json_options(dataset_options)
+    check_keys(input_key, label_key)
     config: dict[str, Any] = {}  # what decides the maps, read from the data only for a store
     if out is not None:
         config = _config(explainer, batches, target, dtype, upsample, shard_batches, source_list)
         config["dataset_options"] = prepared
+        config["input_key"], config["label_key"] = input_key, label_key
     shards = -(-batches.count // shard_batches)
     device = device if device is not None else _device_of(explainer.model)
     folder = None if out is None else Path(out)
@@ -202,8 +213,8 @@ def explain_dataset(
         todo = rank_share([s for s in range(shards) if s not in done], team)
         writer = _ShardWriter(folder, team) if folder is not None else None
         with writer or nullcontext():
-            _explain_shards(explainer, batches, todo, shard_batches, writer, team, progress,
-                            (target, device, dtype, upsample, on_batch))  # fmt: skip
+            each = _PerBatch(target, device, dtype, upsample, on_batch, input_key, label_key)
+            _explain_shards(explainer, batches, todo, shard_batches, writer, team, progress, each)
         if folder is None:
             return None
         barrier(team)
@@ -219,7 +230,7 @@ def _explain_shards(
     writer: _ShardWriter | None,
     team: Rank,
     progress: bool,
-    options: tuple[DatasetTarget, torch.device | str, str, bool, OnBatch | None],
+    each: _PerBatch,
 ) -> None:
     """Explain the batches of ``shards`` in order, handing each finished shard to ``writer``."""
     per_shard = [
@@ -239,7 +250,7 @@ def _explain_shards(
             parts = []
             for number in numbers:
                 indices = torch.tensor(batches.indices([number]))
-                parts.append(_explain_batch(explainer, next(loaded), indices, *options))
+                parts.append(_explain_batch(explainer, next(loaded), indices, each))
                 bar.update(len(indices))
             if writer is not None:
                 writer.write(shard, parts)
@@ -661,49 +672,41 @@ def _config(
     }
 
 
+@dataclass(frozen=True)
+class _PerBatch:
+    """explain_dataset's options that each batch needs."""
+
+    target: DatasetTarget
+    device: torch.device | str
+    dtype: str
+    upsample: bool
+    on_batch: OnBatch | None
+    input_key: str | None
+    label_key: str | None
+
+
 def _explain_batch(
-    explainer: Explainer,
-    batch: Any,
-    indices: Tensor,
-    target: DatasetTarget,
-    device: torch.device | str,
-    dtype: str,
-    upsample: bool,
-    on_batch: OnBatch | None,
+    explainer: Explainer, batch: Any, indices: Tensor, each: _PerBatch
 ) -> tuple[np.ndarray, np.ndarray]:
     """One batch's maps (as stored) and records."""
-    if isinstance(batch, Tensor):
-        x, labels = batch, None
-    elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        x, labels = batch[0], (batch[1] if len(batch) > 1 else None)
-    else:
-        raise CamkitTypeError(
-            f"loader: yielded a {type(batch).__name__}; camkit needs batches that are x or "
-            f"(x, labels, ...) with x a tensor"
-        )
-    if target == "label":
-        if labels is None:
-            raise CamkitValueError("target: 'label' needs a loader that yields (x, labels)")
-        chosen: Any = labels
-    elif callable(target):
-        chosen = target(batch)
-    else:
-        chosen = target
-    x = x.to(device)
-    result = explainer.explain(x, chosen, upsample=upsample)
+    target, by_label = each.target, each.target == "label"
+    x, labels = split_batch(batch, each.input_key, each.label_key, labels=by_label)
+    chosen: Any = labels if by_label else (target(batch) if callable(target) else target)
+    x = x.to(each.device)
+    result = explainer.explain(x, chosen, upsample=each.upsample)
     if result.scores.dim() != 1:
         raise CamkitValueError(
             f"target: gave {tuple(result.scores.shape)} scores for {len(x)} samples; a "
             f"dataset run stores one map per sample, so give one target per sample"
         )
-    if on_batch is not None:
-        on_batch(indices, x, result)
+    if each.on_batch is not None:
+        each.on_batch(indices, x, result)
     records = np.empty(len(x), RECORD)
     records["index"] = indices.numpy()
     records["target"] = -1 if result.classes is None else result.classes.cpu().numpy()
     records["score"] = result.scores.float().cpu().numpy()
     records["prediction"] = _predictions(result.output, len(x))
-    return _stored(result.maps.detach(), dtype), records
+    return _stored(result.maps.detach(), each.dtype), records
 
 
 def _predictions(output: Any, n: int) -> np.ndarray:

@@ -336,6 +336,131 @@ def test_any_explainer_works(tmp_path: Path) -> None:
     assert store is not None and store.map(4).shape == (1, 28, 28)
 
 
+class _Columns(torch.utils.data.Dataset[dict[str, Any]]):
+    """``Digits`` as a Hugging Face dataset ``with_format("torch")`` gives it: a dict per
+    item, so the default collate function makes dict batches; ``names`` renames columns."""
+
+    def __init__(self, n: int, **names: str) -> None:
+        self.digits = Digits(n)
+        self.input = names.get("input", "pixel_values")
+        self.label = names.get("label", "labels")
+
+    def __len__(self) -> int:
+        return len(self.digits)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        x, y = self.digits[index]
+        return {self.input: x, self.label: y, "id": f"item-{index}"}
+
+
+@pytest.mark.parametrize(
+    ("names", "keys"),
+    [
+        ({}, {}),  # transformers' names, found without keys
+        ({"input": "image", "label": "label"}, {}),  # datasets' names
+        ({"input": "img", "label": "y"}, {"input_key": "img", "label_key": "y"}),
+    ],
+)
+def test_dict_batches_give_the_maps_of_tuple_batches(
+    reference: MapStore, tmp_path: Path, names: dict[str, str], keys: dict[str, str]
+) -> None:
+    loader = DataLoader(_Columns(LENGTH, **names), batch_size=BATCH_SIZE)
+    cam = camkit.GradCAM(model(), MNIST_LAYER)
+    store = explain_dataset(cam, loader, tmp_path, target="label", shard_batches=SHARD_BATCHES,
+                            progress=False, **keys)  # fmt: skip
+    assert store is not None
+    _assert_same(store, reference)
+
+
+def test_a_dict_batch_run_refuses_to_resume_with_another_input_key(tmp_path: Path) -> None:
+    loader = DataLoader(_Columns(6, input="img"), batch_size=4)
+    cam = camkit.GradCAM(model(), MNIST_LAYER)
+    explain_dataset(cam, loader, tmp_path, input_key="img", progress=False)
+    with pytest.raises(CamkitValueError, match=r"input_key: 'img' there, None now"):
+        explain_dataset(cam, loader, tmp_path, progress=False)
+
+
+def test_evaluate_and_compare_read_dict_batches_as_tuple_batches() -> None:
+    net = model()
+    cam = camkit.GradCAM(net, MNIST_LAYER)
+    metrics = {"drop": camkit.metrics.average_drop}
+    tuples = DataLoader(Digits(10), batch_size=4)
+    columns = DataLoader(_Columns(10, input="img"), batch_size=4)
+    for target in ("predicted", "label"):
+        expected = camkit.metrics.evaluate(net, cam, tuples, metrics, target=target,
+                                           progress=False)["drop"].values  # fmt: skip
+        got = camkit.metrics.evaluate(net, cam, columns, metrics, target=target, progress=False,
+                                      input_key="img")["drop"].values  # fmt: skip
+        assert torch.equal(got, expected)
+    compared = []
+    for loader, keys in ((tuples, {}), (columns, {"input_key": "img"})):
+        compared.append(camkit.metrics.compare(net, loader, {"Grad-CAM": cam}, metrics,
+                                               target="label", resamples=50, progress=False,
+                                               **keys))  # fmt: skip
+    assert compared[0].table() == compared[1].table()
+
+
+class _Rows(torch.utils.data.Dataset[Any]):
+    def __init__(self, row: Any) -> None:
+        self.row = row
+
+    def __len__(self) -> int:
+        return 5
+
+    def __getitem__(self, index: int) -> Any:
+        return self.row
+
+
+_IMAGE = torch.zeros(1, 28, 28)
+
+
+@pytest.mark.parametrize(
+    ("row", "options", "error", "message"),
+    [
+        ({"pixels": _IMAGE}, {}, CamkitValueError,
+         r"^input_key: the loader's dict batches have the keys \['pixels'\] and none of "
+         r"\['pixel_values', 'image', 'images'\]; give input_key="),
+        ({"image": _IMAGE, "pixel_values": _IMAGE}, {}, CamkitValueError,
+         r"^input_key: the loader's dict batches have both 'pixel_values' and 'image'"),
+        ({"image": _IMAGE}, {"input_key": "pixels"}, CamkitValueError,
+         r"^input_key: got 'pixels'; the loader's dict batches have the keys \['image'\]"),
+        ({"image": "a.png"}, {}, CamkitTypeError,
+         r"^input_key: the batches' 'image' is a list; camkit needs a tensor"),
+        ({"image": _IMAGE}, {"target": "label"}, CamkitValueError,
+         r"^target: 'label' needs labels, and the loader's batches \(dict\) have none"),
+        ({"image": _IMAGE, "label": 1, "labels": 1}, {"target": "label"}, CamkitValueError,
+         r"^label_key: the loader's dict batches have both 'labels' and 'label'"),
+        ({"image": _IMAGE, "label": 1}, {"target": "label", "label_key": "y"}, CamkitValueError,
+         r"^label_key: got 'y'; the loader's dict batches have the keys \['image', 'label'\]"),
+        ((_IMAGE,), {"target": "label"}, CamkitValueError,
+         r"^target: 'label' needs labels, and the loader's batches \(list\) have none"),
+        ("a.png", {}, CamkitTypeError, r"^loader: yielded a list; camkit needs batches"),
+        (_IMAGE, {"input_key": 3}, CamkitTypeError, r"^input_key: got 3; allowed: the name"),
+        (_IMAGE, {"input_key": "image"}, CamkitValueError,
+         r"^input_key: names a column of dict batches, and the loader's batches are Tensors"),
+        ((_IMAGE, 1), {"label_key": "y"}, CamkitValueError,
+         r"^label_key: names a column of dict batches, and the loader's batches are lists"),
+        (_IMAGE, {"label_key": ""}, CamkitTypeError, r"^label_key: got ''; allowed: the name"),
+    ],
+)  # fmt: skip
+def test_batches_camkit_cannot_read_get_clear_errors(
+    tmp_path: Path, row: Any, options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    net = model()
+    before = snapshot(net)
+    loader = DataLoader(_Rows(row), batch_size=4)
+    with pytest.raises(error, match=message):
+        explain_dataset(camkit.GradCAM(net, MNIST_LAYER), loader, tmp_path, progress=False,
+                        **options)  # fmt: skip
+    assert_untouched(before, snapshot(net))
+    # evaluate (and so compare) reads batches the same way, and refuses these alike
+    with pytest.raises(error, match=message):
+        camkit.metrics.evaluate(net, camkit.GradCAM(net, MNIST_LAYER), loader,
+                                {"drop": camkit.metrics.average_drop}, progress=False,
+                                **options)  # fmt: skip
+    assert_untouched(before, snapshot(net))
+
+
 class _Stream(IterableDataset[torch.Tensor]):
     def __iter__(self) -> Any:
         return iter([torch.zeros(1, 28, 28)])

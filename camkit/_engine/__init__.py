@@ -11,6 +11,7 @@ a layer, split off with torch.fx), :mod:`~camkit._engine.finishing` and
 :mod:`~camkit._engine.map_ops` (turning weights into finished maps),
 :mod:`~camkit._engine.augmenting`, :mod:`~camkit._engine.detection` (torchvision box
 heads), :mod:`~camkit._engine.layers` (layer names and layouts),
-:mod:`~camkit._engine.distributed` (torchrun), :mod:`~camkit._engine.option_checks`, and
+:mod:`~camkit._engine.distributed` (torchrun), :mod:`~camkit._engine.batch_items` (what
+a loader's batch holds), :mod:`~camkit._engine.option_checks`, and
 :mod:`~camkit._engine.state`: everything kept between calls, with its locks.
 """

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from camkit._engine.batch_items import check_keys
 from camkit._engine.option_checks import device_or_none, finite_number, seed_value
 from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.metrics._common import Maps
@@ -233,6 +234,8 @@ def compare(
     seed: int = 0,
     device: torch.device | str | None = None,
     progress: bool = True,
+    input_key: str | None = None,
+    label_key: str | None = None,
 ) -> Comparison:
     """Score several candidates (methods, layers) with several metrics on the same data, and
     rank them, saying which cannot be told apart.
@@ -251,8 +254,8 @@ def compare(
 
     Args:
         model: The classifier; left unchanged.
-        loader: Batches ``x`` or ``(x, labels, ...)``, in the same order on every pass
-            (a DataLoader that does not shuffle).
+        loader: Batches ``x``, ``(x, labels, ...)`` or dicts of columns, in the same
+            order on every pass (a DataLoader that does not shuffle).
         candidates: Name to explainer (or function ``maps(x, classes)``).
         metrics: Name to metric, as for :func:`~camkit.metrics.evaluate`.
         better: Per metric name, ``"higher"`` or ``"lower"``; camkit's own metrics
@@ -264,6 +267,9 @@ def compare(
         seed: Seeds the bootstrap and the baseline's maps.
         device: Where to move each batch.
         progress: Show progress bars.
+        input_key: For dict batches, the input's column (as for
+            :func:`~camkit.metrics.evaluate`).
+        label_key: For dict batches and ``target="label"``, the labels' column.
 
     Returns:
         The :class:`Comparison`.
@@ -305,6 +311,7 @@ def compare(
         )
     seed_value(seed)
     device_or_none(device)
+    check_keys(input_key, label_key)
     directions = {name: _direction(name, metric, better or {}) for name, metric in metrics.items()}
     scored: dict[str, Maps] = dict(candidates)
     if baseline:
@@ -313,7 +320,7 @@ def compare(
     units: dict[str, str] = {}
     for name, explainer in scored.items():
         results = evaluate(model, explainer, loader, metrics, target=target, device=device,
-                           progress=progress)  # fmt: skip
+                           progress=progress, input_key=input_key, label_key=label_key)  # fmt: skip
         for metric, result in results.items():
             per_unit = result.values.double()
             if per_unit.dim() > 1:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from camkit._engine.batch_items import check_keys, split_batch
 from camkit._engine.distributed import Batches, Rank, gather, process_group, rank_share
 from camkit._engine.option_checks import device_or_none
 from camkit.errors import CamkitValueError
@@ -35,10 +36,12 @@ def evaluate(
     target: str = "predicted",
     device: torch.device | str | None = None,
     progress: bool = True,
+    input_key: str | None = None,
+    label_key: str | None = None,
 ) -> dict[str, MetricResult]:
     """Score an explainer with several metrics over a dataset.
 
-    For each batch ``(x, labels, ...)`` of ``loader``: the classes to explain
+    For each batch of ``loader`` (``x``, ``(x, labels, ...)`` or a dict): the classes to explain
     (the model's prediction, or the label), the maps (once), then every metric
     as ``metric(model, x, maps, classes)``. Per-sample values are concatenated
     and summarized over the whole dataset; a metric of whole batches
@@ -49,14 +52,19 @@ def evaluate(
         model: The classifier; left unchanged.
         explainer: A camkit explainer, or a function ``maps(x, classes)``; its maps
             are checked (one per sample, in [0, 1]) once per batch.
-        loader: Yields ``x`` or tuples whose first two items are ``x`` and labels; under
-            torchrun, a :class:`~torch.utils.data.DataLoader` with a ``batch_size``.
+        loader: Yields ``x``, tuples whose first two items are ``x`` and labels, or
+            dicts of columns (see ``input_key``); under torchrun, a
+            :class:`~torch.utils.data.DataLoader` with a ``batch_size``.
         metrics: Name to metric function, e.g.
             ``{"deletion": camkit.metrics.deletion}``; use
             :func:`functools.partial` to set a metric's options.
         target: ``"predicted"`` or ``"label"``.
         device: Where to move each batch; by default where it is.
         progress: Show a progress bar over the batches.
+        input_key: For dict batches, the input's column; by default
+            ``"pixel_values"``, ``"image"`` or ``"images"``, whichever the batches have.
+        label_key: For dict batches and ``target="label"``, the labels' column; by
+            default ``"labels"`` or ``"label"``.
 
     Returns:
         One :class:`MetricResult` per metric, over the whole dataset.
@@ -78,13 +86,16 @@ def evaluate(
     if not metrics:
         raise CamkitValueError("metrics: give at least one metric")
     device_or_none(device)
+    check_keys(input_key, label_key)
+    keys = (input_key, label_key)
     with process_group() as team:
         batches, numbers = loader, None
         if team.size > 1:
             split = Batches.of(loader)
             numbers = rank_share(range(split.count), team)
             batches = split.loader_for(numbers)
-        collected = _collect(model, explainer, batches, metrics, target, device, progress, team)
+        collected = _collect(model, explainer, batches, metrics, target, device, keys, progress,
+                             team)  # fmt: skip
         if numbers is not None:
             collected = _in_order(team, numbers, collected)
     return {name: _concatenate(name, parts) for name, parts in collected.items()}
@@ -97,6 +108,7 @@ def _collect(
     metrics: Mapping[str, Metric],
     target: str,
     device: torch.device | str | None,
+    keys: tuple[str | None, str | None],
     progress: bool,
     team: Rank,
 ) -> dict[str, list[MetricResult]]:
@@ -109,12 +121,10 @@ def _collect(
         disable=not (progress and team.main),
         mininterval=0.5,
     ):
-        x, labels = (batch, None) if isinstance(batch, Tensor) else (batch[0], batch[1])
+        x, labels = split_batch(batch, *keys, labels=target == "label")
         if device is not None:
             x = x.to(device)
         if target == "label":
-            if labels is None:
-                raise CamkitValueError("target: 'label' needs a loader that yields (x, labels)")
             classes = torch.as_tensor(labels).cpu()
         else:
             classes = classes_of(model, x, None, len(x))
