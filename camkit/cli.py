@@ -23,6 +23,7 @@ import argparse
 import difflib
 import importlib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -37,7 +38,8 @@ from torch.utils.data import DataLoader, Dataset
 import camkit
 from camkit._engine.distributed import Rank, process_group
 from camkit._engine.option_checks import device_missing
-from camkit.errors import CamkitError, CamkitTypeError, CamkitValueError
+from camkit._store.files import output_folder
+from camkit.errors import CamkitError, CamkitStorageError, CamkitTypeError, CamkitValueError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 METHODS = (
@@ -99,8 +101,10 @@ class ImageFiles(Dataset[tuple[Tensor, int]]):
                 raise CamkitValueError(
                     f"{name}: got {len(values)} values; give 1 or {channels} (one per channel)"
                 )
-        if any(s <= 0 for s in std):
-            raise CamkitValueError(f"--std: got {list(std)}; allowed: positive numbers")
+        if not all(math.isfinite(m) for m in mean):
+            raise CamkitValueError(f"--mean: got {list(mean)}; allowed: finite numbers")
+        if not all(0 < s < math.inf for s in std):
+            raise CamkitValueError(f"--std: got {list(std)}; allowed: positive finite numbers")
         self.size, self.channels = size, channels
         if size is None:
             _check_one_size(self.files)
@@ -350,26 +354,44 @@ def _state_dict(path: str, model: nn.Module) -> dict[str, Tensor]:
     return state
 
 
+LARGEST_SIDE = 32768
+"""The largest ``--size`` side, in pixels."""
+
+LARGEST_COUNT = 2**31 - 1
+"""The largest ``--batch-size`` and class index."""
+
+
 def _size(text: str) -> tuple[int, int]:
     parts = text.lower().replace("x", ",").split(",")
     try:
         values = [int(p) for p in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected N or H,W, got {text!r}") from None
-    if len(values) not in (1, 2) or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected N or H,W of positive ints, got {text!r}")
+    if len(values) not in (1, 2) or not all(1 <= v <= LARGEST_SIDE for v in values):
+        raise argparse.ArgumentTypeError(
+            f"expected N or H,W of ints from 1 to {LARGEST_SIDE}, got {text!r}"
+        )
     return (values[0], values[-1])
+
+
+def _path(text: str) -> Path:
+    if not text.strip():  # Path("") is the current folder: a store written among its files
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(text)
 
 
 def _target(text: str) -> str | int:
     if text in ("predicted", "label"):
         return text
     try:
-        return int(text)
+        index = int(text)
     except ValueError:
+        index = -1
+    if not 0 <= index <= LARGEST_COUNT:
         raise argparse.ArgumentTypeError(
-            f"expected 'predicted', 'label' or a class index, got {text!r}"
-        ) from None
+            f"expected 'predicted', 'label' or a class index (an int from 0), got {text!r}"
+        )
+    return index
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -423,7 +445,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "channels, 0.5 for 1)",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="DataLoader worker processes (0 to the CPUs)"
+    )
     parser.add_argument(
         "--device", default="auto", help="cpu, cuda, cuda:N, or auto (the rank's GPU if any)"
     )
@@ -444,9 +468,9 @@ def parser() -> argparse.ArgumentParser:
         description="Explain every image and write a map store (--store) and/or overlays.",
     )
     _common(explain)
-    explain.add_argument("--store", type=Path, help="folder for the map store (resumable)")
+    explain.add_argument("--store", type=_path, help="folder for the map store (resumable)")
     explain.add_argument(
-        "--overlays", type=Path, help="folder for overlay PNGs, named after the inputs"
+        "--overlays", type=_path, help="folder for overlay PNGs, named after the inputs"
     )
     explain.add_argument(
         "--dtype", choices=("float32", "float16", "uint8"), default="float32", help="map storage"
@@ -467,7 +491,7 @@ def parser() -> argparse.ArgumentParser:
         "--metrics", nargs="+", choices=METRICS, default=["deletion", "insertion"],
         help="metrics to compute",
     )  # fmt: skip
-    evaluate.add_argument("--json", type=Path, help="also write the results as JSON here")
+    evaluate.add_argument("--json", type=_path, help="also write the results as JSON here")
     evaluate.add_argument(
         "--methods", nargs="+", choices=METHODS,
         help="compare several methods (with --layers, every method at every layer): a table "
@@ -476,9 +500,9 @@ def parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--layers", nargs="+", help="compare several layers (with --methods, every pair)"
     )
-    evaluate.add_argument("--csv", type=Path, help="with --methods/--layers: write the table")
+    evaluate.add_argument("--csv", type=_path, help="with --methods/--layers: write the table")
     evaluate.add_argument(
-        "--figure", type=Path, help="with --methods/--layers: draw the comparison (PNG)"
+        "--figure", type=_path, help="with --methods/--layers: draw the comparison (PNG)"
     )
     verify = commands.add_parser(
         "verify",
@@ -487,7 +511,7 @@ def parser() -> argparse.ArgumentParser:
         "camkit.explain_dataset. Exit status 0: intact (complete or not); 1: damaged shards "
         "(rerun the same command to compute them again); 2: no store, or a damaged manifest.",
     )
-    verify.add_argument("store", type=Path, help="the store's folder")
+    verify.add_argument("store", type=_path, help="the store's folder")
     view = commands.add_parser(
         "view",
         help="write a page to look through a map store (a static site: open its index.html)",
@@ -495,15 +519,15 @@ def parser() -> argparse.ArgumentParser:
         "no network) to look through a map store: sort and filter its samples, compare two "
         "stores, see each class's mean map. Rerunning it writes only what changed.",
     )
-    view.add_argument("store", type=Path, help="the store's folder")
-    view.add_argument("--out", type=Path, required=True, help="the folder to write the site to")
+    view.add_argument("store", type=_path, help="the store's folder")
+    view.add_argument("--out", type=_path, required=True, help="the folder to write the site to")
     view.add_argument(
         "inputs",
         nargs="*",
         help="the inputs the store was written from (as given to camkit explain), to show "
         "each map over its image; without them the page shows the maps alone",
     )
-    view.add_argument("--compare", type=Path, help="a second store of the same images")
+    view.add_argument("--compare", type=_path, help="a second store of the same images")
     view.add_argument("--thumb", type=int, default=80, help="thumbnail size in pixels")
     view.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return main
@@ -520,15 +544,56 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _check_output_file(option: str, path: Path | None) -> None:
+    """Refuse, before any work, a file the command could not write at the end."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise CamkitValueError(f"{option}: {str(path)!r} is a folder; give a file's path")
+    if not path.parent.is_dir():
+        raise CamkitValueError(
+            f"{option}: the folder of {str(path)!r} does not exist; create it first"
+        )
+
+
+def _written(option: str, path: Path, write: Callable[[Path], object]) -> None:
+    """``write(path)``, with camkit's error if the file cannot be written."""
+    try:
+        write(path)
+    except OSError as error:
+        raise CamkitStorageError(
+            f"{option}: cannot write {str(path)!r} ({type(error).__name__}: {error})"
+        ) from error
+
+
+def _cpus() -> int:
+    """The CPUs this process may use (its affinity where the system tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _run(arguments: argparse.Namespace, team: Rank) -> int:
     if arguments.command == "verify":
         return _verify(arguments.store) if team.main else 0
     if arguments.command == "view":
+        output_folder(arguments.out, "--out")
         return _view(arguments) if team.main else 0
-    for option in ("batch_size", "workers"):
-        value = getattr(arguments, option)
-        if value < (1 if option == "batch_size" else 0):
-            raise CamkitValueError(f"--{option.replace('_', '-')}: got {value}")
+    if not 1 <= arguments.batch_size <= LARGEST_COUNT:
+        raise CamkitValueError(
+            f"--batch-size: got {arguments.batch_size}; allowed: 1 to {LARGEST_COUNT}"
+        )
+    for option in ("json", "csv", "figure"):
+        _check_output_file(f"--{option}", getattr(arguments, option, None))
+    for option in ("store", "overlays"):
+        if getattr(arguments, option, None) is not None:
+            output_folder(getattr(arguments, option), f"--{option}")
+    cpus = _cpus()
+    if not 0 <= arguments.workers <= cpus:  # more only compete for the CPUs, and each holds memory
+        raise CamkitValueError(
+            f"--workers: got {arguments.workers}; allowed: 0 (load in this process) to {cpus} "
+            f"(the CPUs this process may use)"
+        )
     channels = arguments.channels
     mean = arguments.mean or (IMAGENET_MEAN if channels == 3 else (0.5,))
     std = arguments.std or (IMAGENET_STD if channels == 3 else (0.5,))
@@ -708,10 +773,10 @@ def _compare(
             for name in result.ranking(metric):
                 cell = result.cells[name, metric]
                 print(f"    {cell.rank}. {name}: {cell.mean:.4f} [{cell.low:.4f}, {cell.high:.4f}]")
-        for path, write in ((arguments.json, result.to_json), (arguments.csv, result.to_csv),
-                            (arguments.figure, result.plot)):  # fmt: skip
-            if path is not None:
-                write(path)
+        for option, write in (("json", result.to_json), ("csv", result.to_csv),
+                              ("figure", result.plot)):  # fmt: skip
+            if getattr(arguments, option) is not None:
+                _written(f"--{option}", getattr(arguments, option), write)
     return 0
 
 
@@ -806,7 +871,8 @@ def _evaluate(
             values = [summary] if isinstance(summary, float) else summary
             print(f"  {name:<{width}}  {', '.join(f'{v:.4f}' for v in values)}")
         if arguments.json is not None:
-            arguments.json.write_text(json.dumps({"images": count, "metrics": summaries}))
+            text = json.dumps({"images": count, "metrics": summaries})
+            _written("--json", arguments.json, lambda path: path.write_text(text))
     return 0
 
 

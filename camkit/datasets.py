@@ -78,7 +78,13 @@ from camkit._engine.distributed import (
 from camkit._engine.model_outputs import logits_in
 from camkit._engine.option_checks import callable_or_none, device_or_none, flag
 from camkit._store import manifest as manifests
-from camkit._store.files import sha256_of, storage_error, sync_folder, write_atomically
+from camkit._store.files import (
+    output_folder,
+    sha256_of,
+    storage_error,
+    sync_folder,
+    write_atomically,
+)
 from camkit._store.fingerprints import dataset_fingerprint, model_fingerprint
 from camkit._store.lock import WriterLock
 from camkit._store.manifest import FORMAT, MANIFEST, PARTS, VERSION, part_name
@@ -168,8 +174,8 @@ def explain_dataset(
 
     Raises:
         CamkitValueError: For options out of range, a loader camkit cannot
-            batch by index, or an ``out`` folder written with another
-            configuration (the message names the differences).
+            batch by index, an ``out`` that is a file, or an ``out`` folder written
+            with another configuration (the message names the differences).
         CamkitStorageError: If another run is writing the folder (the message
             names it), the folder's manifest is damaged (the message says how to
             repair it), or the folder cannot be written or the disk is full; the
@@ -193,6 +199,7 @@ def explain_dataset(
     explainer = _check_explainer(explainer)
     batches = Batches.of(loader)
     _check_options(dtype, shard_batches, upsample, explainer, target)
+    folder = None if out is None else output_folder(out)
     device_or_none(device)
     callable_or_none(on_batch, "on_batch", "a function on_batch(indices, x, result)")
     source_list = _checked_sources(sources, batches.length)
@@ -205,7 +212,6 @@ def explain_dataset(
         config["input_key"], config["label_key"] = input_key, label_key
     shards = -(-batches.count // shard_batches)
     device = device if device is not None else _device_of(explainer.model)
-    folder = None if out is None else Path(out)
     with process_group() as team, ExitStack() as held:
         if folder is not None:  # rank 0 holds the lock for the job; a refusal reaches all
             on_main(team, lambda: bool(held.enter_context(_locked(folder))))

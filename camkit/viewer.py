@@ -44,9 +44,9 @@ from tqdm.auto import tqdm
 
 from camkit._engine import map_ops
 from camkit._engine.option_checks import check_colormap
-from camkit._store.files import write_atomically
+from camkit._store.files import output_folder, write_atomically
 from camkit.datasets import MapStore
-from camkit.errors import CamkitTypeError, CamkitValueError
+from camkit.errors import CamkitStorageError, CamkitTypeError, CamkitValueError
 
 __all__ = ["CELLS", "ImageSource", "MaskSource", "view"]
 
@@ -111,9 +111,9 @@ def view(
 
     Raises:
         CamkitValueError: If ``compare`` holds another dataset (another length or
-            other stored samples), or an option is out of range.
+            other stored samples), ``out`` is a file, or an option is out of range.
         CamkitStorageError: If a shard of a store is damaged (see
-            :class:`~camkit.MapStore`).
+            :class:`~camkit.MapStore`), or ``out`` cannot be created.
 
     Example:
         >>> import tempfile
@@ -148,6 +148,7 @@ def view(
     if title is not None and not isinstance(title, str):
         raise CamkitTypeError(f"title: got {type(title).__name__}; allowed: a string, or None")
     check_colormap(cmap)
+    folder = output_folder(out)
     main = store if isinstance(store, MapStore) else MapStore(store)
     other = None if compare is None else compare if isinstance(compare, MapStore) else (
         MapStore(compare)
@@ -165,10 +166,13 @@ def view(
             f"compare: {str(other.path)!r} holds other samples than {str(main.path)!r} "
             f"({len(other)} against {len(main)}); compare two stores of the same dataset"
         )
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    for part in ("sheets", "cache"):
-        (folder / part).mkdir(exist_ok=True)
+    try:
+        for part in ("sheets", "cache"):
+            (folder / part).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CamkitStorageError(
+            f"out: cannot create {str(folder)!r} ({type(error).__name__}: {error})"
+        ) from error
     layout = _Layout(main, other, images is not None, masks is not None, thumb, cmap)
     records = main.records()
     stats: list[dict[str, Any]] = []

@@ -216,6 +216,70 @@ def test_clear_errors(
     assert not Path("unused").exists()
 
 
+@pytest.mark.parametrize(
+    ("command", "changes", "message"),
+    [
+        # refused by the option's type (argparse's usage line and error)
+        ("explain", ["--target", "99999999999999999999"],
+         "argument --target: expected 'predicted', 'label' or a class index (an int from 0)"),
+        ("explain", ["--target", "-1"], "argument --target: expected 'predicted'"),
+        ("explain", ["--size", "99999999999999999999"],
+         "argument --size: expected N or H,W of ints from 1 to 32768"),
+        ("explain", ["--store", ""], "argument --store: expected a path, got an empty string"),
+        ("explain", ["--overlays", " "], "argument --overlays: expected a path, got an empty"),
+        ("evaluate", ["--json", ""], "argument --json: expected a path, got an empty string"),
+        ("view", ["--out", ""], "argument --out: expected a path, got an empty string"),
+        # refused by camkit, before any work
+        ("explain", ["--batch-size", "99999999999999999999"],
+         "--batch-size: got 99999999999999999999; allowed: 1 to 2147483647"),
+        ("explain", ["--workers", "99999999999999999999"],  # spawned workers until out of memory
+         "--workers: got 99999999999999999999; allowed: 0 (load in this process) to"),
+        ("explain", ["--workers", "-1"], "--workers: got -1; allowed: 0"),
+        ("explain", ["--std", "inf"], "--std: got [inf]; allowed: positive finite numbers"),
+        ("explain", ["--mean", "inf"], "--mean: got [inf]; allowed: finite numbers"),
+        ("explain", ["--store", "{file}"], "--store: '{file}' is a file; give a folder"),
+        ("explain", ["--overlays", "{file}"], "--overlays: '{file}' is a file; give a folder"),
+        ("evaluate", ["--json", "{folder}"], "--json: '{folder}' is a folder; give a file's path"),
+        ("evaluate", ["--methods", "GradCAM", "--csv", "{folder}/missing/table.csv"],
+         "--csv: the folder of '{folder}/missing/table.csv' does not exist; create it first"),
+        ("view", ["--out", "{file}"], "--out: '{file}' is a file; give a folder"),
+    ],
+)  # fmt: skip
+def test_values_out_of_range_are_refused_before_any_work(
+    tree: Path,
+    tmp_path: Path,
+    command: str,
+    changes: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = tmp_path / "work"
+    folder.mkdir()
+    (folder / "a-file").write_text("not camkit's")
+    store = tmp_path / "store"
+    names = {"file": str(folder / "a-file"), "folder": str(folder)}
+    changes = [change.format(**names) for change in changes]
+    if command == "view":
+        assert main(["explain", str(tree), *MNIST, "--store", str(store)]) == 0
+        capsys.readouterr()
+        argv = ["view", str(store), "--out", str(folder / "site"), "--no-progress", *changes]
+    else:
+        argv = [command, str(tree), *MNIST]
+        argv += ["--store", str(folder / "store")] if command == "explain" else []
+        argv += ["--metrics", "average_drop"] if command == "evaluate" else []
+        argv += changes  # after the defaults: the last of an option's values counts
+    try:
+        status = main(argv)
+    except SystemExit as exit_:  # argparse's refusal
+        status = exit_.code
+    error = capsys.readouterr().err
+    assert status == 2, error
+    assert error.splitlines()[-1].startswith(f"camkit {command}: error: ")
+    assert message.format(**names) in error and "Traceback" not in error
+    assert sorted(p.name for p in folder.iterdir()) == ["a-file"]  # nothing written
+    assert (folder / "a-file").read_text() == "not camkit's"
+
+
 def test_weights_that_do_not_fit(tmp_path: Path) -> None:
     path = tmp_path / "other.pt"
     torch.save({"conv.weight": torch.zeros(1)}, path)

@@ -484,6 +484,9 @@ class _Stream(IterableDataset[torch.Tensor]):
         ({"target": lambda batch: torch.zeros(4, 2, dtype=torch.long)}, CamkitValueError,
          "one target per sample"),
         ({"explainer": "GradCAM"}, CamkitTypeError, "^explainer: expected a camkit"),
+        ({"out": ""}, CamkitTypeError, r"^out: got ''; allowed: a folder's path"),
+        ({"out": 3}, CamkitTypeError, r"^out: got 3; allowed: a folder's path"),
+        ({"out": ROOT / "README.md"}, CamkitValueError, r"^out: '.*README.md' is a file; give a"),
     ],
 )  # fmt: skip
 def test_bad_arguments_get_clear_errors(

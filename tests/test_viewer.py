@@ -211,6 +211,14 @@ def test_a_store_of_other_samples_is_refused(
         camkit.view(stores[0], tmp_path / "site", compare=small, progress=False)
     with pytest.raises(CamkitValueError, match="thumb: got 4"):
         camkit.view(stores[0], tmp_path / "site", thumb=4, progress=False)
+    (tmp_path / "a-file").write_text("kept")
+    with pytest.raises(CamkitValueError, match=r"^out: '.*a-file' is a file; give a folder"):
+        camkit.view(stores[0], tmp_path / "a-file", progress=False)
+    with pytest.raises(camkit.CamkitStorageError, match=r"^out: cannot create '.*a-file/site'"):
+        camkit.view(stores[0], tmp_path / "a-file" / "site", progress=False)
+    with pytest.raises(camkit.CamkitTypeError, match=r"^out: got ''; allowed: a folder's path"):
+        camkit.view(stores[0], "", progress=False)  # not the current folder
+    assert (tmp_path / "a-file").read_text() == "kept"
 
 
 # ----------------------------------------------------------------------------- in a browser

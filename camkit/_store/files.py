@@ -23,10 +23,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from camkit.errors import CamkitStorageError
+from camkit.errors import CamkitStorageError, CamkitTypeError, CamkitValueError
 
 CHUNK = 1 << 20
 """Bytes read at a time when a file's checksum is computed."""
+
+
+def output_folder(out: object, name: str = "out") -> Path:
+    """``out`` as a folder to write into: a non-empty str or path that is not a file
+    (created later if it does not exist). An empty string is refused: it would be the
+    current folder, and the files would land among the user's own."""
+    if isinstance(out, bool) or not isinstance(out, (str, os.PathLike)) or not str(out).strip():
+        raise CamkitTypeError(f"{name}: got {out!r}; allowed: a folder's path (a str or Path)")
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise CamkitValueError(
+            f"{name}: {str(folder)!r} is a file; give a folder (created if it does not exist)"
+        )
+    return folder
 
 
 class HashingWriter:
