@@ -196,3 +196,43 @@ def test_timm_models_match_plain_autograd(name: str) -> None:
     x = torch.randn(2, 3, size, size)
     info = _check(model, x, layer, 1, _classes)
     assert info.layout == layout
+
+
+def test_a_hugging_face_dataset_is_explained_from_its_dict_batches(tmp_path: Any) -> None:
+    """A ``datasets.Dataset`` of PIL images, turned into ``pixel_values`` by a transform
+    (as an image processor does), through a DataLoader: dict batches. Its stored maps are
+    those of the explainer called on the same batches; evaluate reads the batches alike."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(0)
+    model = _convnext().eval()
+    generator = np.random.default_rng(0)
+    images = [Image.fromarray(generator.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+              for _ in range(10)]  # fmt: skip
+    table = datasets.Dataset.from_dict({"image": images, "label": [i % 3 for i in range(10)]})
+    table = table.cast_column("image", datasets.Image())
+
+    def prepare(rows: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        pixels = [torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+                  for image in rows["image"]]  # fmt: skip
+        return {"pixel_values": pixels, "label": rows["label"]}
+
+    loader = DataLoader(table.with_transform(prepare), batch_size=4)
+    cam = GradCAM(model, "convnext.encoder.stages.1")
+    store = camkit.explain_dataset(cam, loader, tmp_path / "maps", target="label", progress=False)
+    assert store is not None and len(store) == 10
+    for start, batch in zip(range(0, 10, 4), loader, strict=True):
+        expected = cam(batch["pixel_values"], batch["label"])
+        for row in range(len(expected)):
+            assert torch.equal(store.map(start + row), expected[row])
+    assert store.records()["target"].tolist() == table["label"]
+    drops = camkit.metrics.evaluate(model, cam, loader, {"drop": camkit.metrics.average_drop},
+                                    target="label", progress=False)["drop"]  # fmt: skip
+    assert drops.values.shape == (10,)
+    # with_format("torch") alone gives the images as uint8: refused, with what to do
+    raw = DataLoader(table.with_format("torch"), batch_size=4)
+    with pytest.raises(camkit.CamkitTypeError, match="expected a floating-point tensor"):
+        camkit.explain_dataset(cam, raw, tmp_path / "raw", progress=False)
