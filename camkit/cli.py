@@ -769,7 +769,10 @@ def _compare(
         print(f"camkit evaluate: {len(candidates)} candidates and random maps")
         for metric in result.metrics:
             better = "higher" if result.higher_is_better[metric] else "lower"
-            print(f"  {metric} ({better} is better)")
+            total = len(result.cells[result.candidates[0], metric].values)
+            compared = result.compared[metric]
+            left = "" if compared == total else f"; compared on {compared} of {total}"
+            print(f"  {metric} ({better} is better{left})")
             for name in result.ranking(metric):
                 cell = result.cells[name, metric]
                 print(f"    {cell.rank}. {name}: {cell.mean:.4f} [{cell.low:.4f}, {cell.high:.4f}]")

@@ -195,3 +195,77 @@ def test_the_baseline_map_of_a_sample_depends_on_the_sample_and_the_seed_alone()
     torch.testing.assert_close(parts, whole[[4, 5, 0, 1, 2, 3]], rtol=0, atol=0)
     assert not torch.equal(RandomMaps(4)(x, classes), whole)
     assert not torch.equal(whole[0], whole[1])  # different samples, different maps
+
+
+def test_every_candidate_is_compared_on_the_samples_all_are_defined_on(tmp_path: Path) -> None:
+    """A candidate whose value is undefined (NaN) on the hard samples is not credited with
+    its easy ones alone: every candidate is compared where all are defined. Here "blank"
+    has NaN on the 10 samples where "steady" scores 0, and both score the same elsewhere:
+    compared on those 30, they tie (left out for "blank" alone, it would lead, 1.0 to 0.75)."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval()
+    x = torch.rand(40, 1, 2, 2)
+    noise = torch.randn(40, generator=torch.Generator().manual_seed(0)).double() * 0.1
+
+    def level(value: float) -> Callable[[Tensor, Tensor], Tensor]:
+        return lambda inputs, classes: torch.full((len(inputs), 2, 2), value)
+
+    def scored(model: nn.Module, inputs: Tensor, maps: Tensor, classes: Tensor) -> MetricResult:
+        hard = torch.arange(40) < 10
+        values = 1.0 + noise
+        if float(maps[0, 0, 0]) == 0.5:  # "blank": undefined on the hard samples
+            values = values.masked_fill(hard, float("nan"))
+        else:  # "steady": 0 on the hard samples
+            values = values.masked_fill(hard, 0.0)
+        return MetricResult("scored", values, 0.0)
+
+    out = compare(model, [x], {"blank": level(0.5), "steady": level(0.25)}, {"s": scored},
+                  better={"s": "higher"}, baseline=False, progress=False)  # fmt: skip
+    blank, steady = out.cells["blank", "s"], out.cells["steady", "s"]
+    assert out.compared == {"s": 30}
+    expected = float((1.0 + noise[10:]).mean())
+    assert blank.mean == pytest.approx(expected, rel=1e-12) and steady.mean == blank.mean
+    assert blank.rank == steady.rank == 1
+    assert int(blank.values.isnan().sum()) == 10 and not bool(steady.values.isnan().any())
+    rows = {row["candidate"]: row for row in out.table()}
+    assert (rows["blank"]["samples"], rows["steady"]["samples"]) == (30, 40)
+    assert rows["blank"]["compared"] == rows["steady"]["compared"] == 30
+    figure = out.plot()
+    assert "30 of 40 samples" in figure.axes[0].get_title()
+
+    # nothing defined everywhere: NaN means and intervals, and no candidate ranked above another
+    def nothing(model: nn.Module, inputs: Tensor, maps: Tensor, classes: Tensor) -> MetricResult:
+        values = torch.full((len(inputs),), float("nan"), dtype=torch.float64)
+        return MetricResult("nothing", values.masked_fill(maps[:, 0, 0] == 0.25, 1.0), 0.0)
+
+    out = compare(model, [x], {"blank": level(0.5), "steady": level(0.25)}, {"n": nothing},
+                  better={"n": "higher"}, baseline=False, progress=False)  # fmt: skip
+    assert out.compared == {"n": 0}
+    for name in ("blank", "steady"):
+        cell = out.cells[name, "n"]
+        assert cell.rank == 1 and all(v != v for v in (cell.mean, cell.low, cell.high))
+
+
+def test_a_real_metric_undefined_for_blank_maps_leaves_those_samples_out_for_all(
+    mnist: tuple[nn.Module, DataLoader[tuple[Tensor, ...]]],
+) -> None:
+    """Faithfulness correlation is undefined (NaN) for a constant map: a candidate whose maps
+    are blank on some images is compared with the others on the rest only."""
+    from camkit.metrics import faithfulness_correlation
+
+    model, loader = mnist
+    cam = camkit.GradCAM(model, "features.relu")
+
+    def blank_on_odd_rows(x: Tensor, classes: Tensor) -> Tensor:
+        maps = cam(x, classes)
+        maps[1::2] = 0.0
+        return maps
+
+    metric = {"correlation": partial(faithfulness_correlation, runs=20, seed=0)}
+    out = compare(model, loader, {"Grad-CAM": cam, "half blank": blank_on_odd_rows}, metric,
+                  progress=False, resamples=100)  # fmt: skip
+    assert out.compared["correlation"] == 48  # of 96: the odd rows of each batch of 32
+    whole = out.cells["Grad-CAM", "correlation"].values
+    assert not bool(whole.isnan().any())
+    assert out.cells["Grad-CAM", "correlation"].mean == pytest.approx(
+        float(whole[0::2].mean()), rel=1e-12
+    )

@@ -9,6 +9,14 @@ drawn with replacement, the same draws for every candidate, so that the
 comparison is paired), the candidates ranked per metric, a table (CSV, JSON)
 and a figure. A metric of whole batches (Sensitivity-n, a correlation over a
 batch's samples) is bootstrapped over the batches instead.
+
+Every candidate is scored on the same samples: a sample where some candidate's
+value is undefined (``NaN``: a correlation with a constant map, a relative
+change of an all-zero map) is left out for all of them, on that metric. Left
+out for that candidate alone, it would compare one candidate's easy samples
+with another's whole set: a method whose maps go blank on hard images would
+look better for it. The table says, per metric, on how many samples the
+candidates were compared and, per candidate, on how many its value is defined.
 """
 
 from __future__ import annotations
@@ -104,14 +112,16 @@ class Cell:
     """One candidate's score on one metric.
 
     Attributes:
-        mean: The mean over samples (``NaN`` samples left out).
+        mean: The mean over the samples compared: those where every candidate's
+            value is defined (see :attr:`Comparison.compared`).
         low: The lower end of the bootstrap confidence interval.
         high: The upper end.
         rank: 1 for the best; candidates that cannot be told apart from the one
             ranked above them share its rank.
-        values: The per-sample values (a metric with several values per sample,
-            such as ROAD's percentages, is averaged per sample); per batch for a
-            metric of whole batches (``unit="batch"``, Sensitivity-n).
+        values: Every sample's value, ``NaN`` where undefined (a metric with
+            several values per sample, such as ROAD's percentages, is averaged per
+            sample); per batch for a metric of whole batches (``unit="batch"``,
+            Sensitivity-n).
     """
 
     mean: float
@@ -134,6 +144,8 @@ class Comparison:
         resamples: How many bootstrap resamples made them.
         units: Per metric, what its values and their resamples are of:
             ``"sample"``, or ``"batch"`` for a metric of whole batches.
+        compared: Per metric, on how many samples (or batches) the candidates were
+            compared: those where every candidate's value is defined.
     """
 
     candidates: list[str]
@@ -143,19 +155,26 @@ class Comparison:
     confidence: float
     resamples: int
     units: dict[str, str] = field(default_factory=dict)
+    compared: dict[str, int] = field(default_factory=dict)
 
     def ranking(self, metric: str) -> list[str]:
         """The candidates from best to worst on ``metric``."""
         return sorted(self.candidates, key=lambda c: (self.cells[c, metric].rank,
                                                       self._signed(c, metric)))  # fmt: skip
 
+    def _compared(self, metric: str) -> tuple[int, int]:
+        """On how many samples the candidates were compared, and how many were scored."""
+        total = len(self.cells[self.candidates[0], metric].values)
+        return self.compared.get(metric, total), total
+
     def _signed(self, candidate: str, metric: str) -> float:
         mean = self.cells[candidate, metric].mean
         return -mean if self.higher_is_better[metric] else mean
 
     def table(self) -> list[dict[str, Any]]:
-        """One row per candidate and metric: mean, interval, rank, direction, and how many
-        samples (or batches, for a metric of whole batches: see ``unit``) were scored."""
+        """One row per candidate and metric: mean, interval, rank, direction, on how many
+        samples (or batches, for a metric of whole batches: see ``unit``) the candidate's
+        value is defined, and on how many the candidates were compared."""
         return [
             {
                 "candidate": candidate,
@@ -166,6 +185,7 @@ class Comparison:
                 "rank": cell.rank,
                 "better": "higher" if self.higher_is_better[metric] else "lower",
                 "samples": int((~cell.values.isnan()).sum()),
+                "compared": self.compared.get(metric, len(cell.values)),
                 "unit": self.units.get(metric, "sample"),
             }
             for metric in self.metrics
@@ -210,6 +230,9 @@ class Comparison:
             axis.set_yticks(range(len(order)))
             axis.set_yticklabels([f"{self.cells[c, metric].rank}. {c}" for c in order])
             arrow = "higher is better" if self.higher_is_better[metric] else "lower is better"
+            compared, total = self._compared(metric)
+            if compared < total:  # say that undefined values left samples out
+                arrow += f"; {compared} of {total} {self.units.get(metric, 'sample')}s"
             axis.set_title(f"{metric}\n({arrow})", fontsize=10)
             axis.grid(axis="x", alpha=0.3)
         figure.suptitle(f"means with {100 * self.confidence:.0f} % bootstrap intervals",
@@ -328,19 +351,26 @@ def compare(
             values[name, metric] = per_unit
             units[metric] = result.unit
     names = list(scored)
-    counts = _unit_counts(names, metrics, values, units)
+    _unit_counts(names, metrics, values, units)
+    kept = {  # the samples every candidate's value is defined on
+        metric: torch.stack([~values[name, metric].isnan() for name in names]).all(dim=0)
+        for metric in metrics
+    }
+    compared = {metric: int(kept[metric].sum()) for metric in metrics}
     generator = torch.Generator().manual_seed(seed)
     draws_of: dict[int, Tensor] = {}  # the same draws for every metric with as many units
-    for count in counts.values():
-        if count not in draws_of:
-            draws_of[count] = torch.randint(0, count, (resamples, count), generator=generator)
+    for count in compared.values():
+        if count not in draws_of:  # none compared: no draws, and NaN means and intervals
+            draws_of[count] = torch.randint(0, max(count, 1), (resamples, count),
+                                            generator=generator)  # fmt: skip
     tail = (1 - confidence) / 2
     cells: dict[tuple[str, str], Cell] = {}
     for metric in metrics:
-        draws = draws_of[counts[metric]]
+        draws = draws_of[compared[metric]]
         sign = -1.0 if directions[metric] else 1.0  # sort ascending: best first
-        boot = {name: values[name, metric][draws].nanmean(dim=1) for name in names}
-        means = {name: float(values[name, metric].nanmean()) for name in names}
+        shared = {name: values[name, metric][kept[metric]] for name in names}
+        boot = {name: shared[name][draws].mean(dim=1) for name in names}
+        means = {name: float(shared[name].mean()) for name in names}
         order = sorted(names, key=lambda n: (_key(sign * means[n]), names.index(n)))
         ranks: dict[str, int] = {}
         leader = order[0]  # the best of the current group of candidates that share a rank
@@ -364,7 +394,8 @@ def compare(
             else:
                 low = high = math.nan
             cells[name, metric] = Cell(means[name], low, high, ranks[name], values[name, metric])
-    return Comparison(names, list(metrics), directions, cells, confidence, resamples, units)
+    return Comparison(names, list(metrics), directions, cells, confidence, resamples, units,
+                      compared)  # fmt: skip
 
 
 def _unit_counts(
