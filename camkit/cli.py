@@ -872,7 +872,11 @@ def _evaluate(
         width = max(len(name) for name in summaries)
         for name, summary in summaries.items():
             values = [summary] if isinstance(summary, float) else summary
-            print(f"  {name:<{width}}  {', '.join(f'{v:.4f}' for v in values)}")
+            rows = results[name].values.flatten(1) if results[name].values.dim() > 1 else (
+                results[name].values[:, None])  # fmt: skip
+            defined = int((~rows.isnan()).all(dim=1).sum())
+            left = "" if defined == len(rows) else f"  (defined on {defined} of {len(rows)})"
+            print(f"  {name:<{width}}  {', '.join(f'{v:.4f}' for v in values)}{left}")
         if arguments.json is not None:
             text = json.dumps({"images": count, "metrics": summaries})
             _written("--json", arguments.json, lambda path: path.write_text(text))

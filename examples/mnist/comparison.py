@@ -310,4 +310,12 @@ def table_markdown(table: Table) -> str:
                 text += f" ({comparison.cells[key, m].rank})"
             cells.append(text)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {table.seconds[name]:.2f} |")
+    if comparison is not None:  # say where undefined values left images out, for every method
+        total = len(comparison.cells[comparison.candidates[0], metrics[0]].values)
+        fewer = [f"{m}: {comparison.compared[m]:,} of {total:,}" for m in metrics
+                 if comparison.compared.get(m, total) < total]  # fmt: skip
+        if fewer:
+            lines += ["", "Scored on the images where every method's value is defined ("
+                      + "; ".join(fewer) + "): on the others some method's map is blank, "
+                      "and the metric is undefined for it."]  # fmt: skip
     return "\n".join(lines)
