@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -151,6 +152,33 @@ def test_evaluate_reports_what_camkit_metrics_compute(tree: Path, tmp_path: Path
     )
     assert reported["images"] == 23
     assert reported["metrics"] == {name: r.summary for name, r in expected.items()}
+
+
+def test_evaluate_says_on_how_many_images_a_metric_was_defined(
+    tree: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A metric undefined (NaN) on some images: evaluate says on how many it was defined,
+    and a comparison on how many the candidates were compared."""
+    original = camkit.metrics.average_drop
+
+    @functools.wraps(original)  # its name: compare knows lower is better
+    def undefined_on_even_rows(*args: Any, **kwargs: Any) -> camkit.metrics.MetricResult:
+        result = original(*args, **kwargs)
+        values = result.values.clone()
+        values[::2] = float("nan")  # 12 of the 23 images, in one batch of 32
+        return camkit.metrics.MetricResult(result.name, values, float(values.nanmean()))
+
+    monkeypatch.setattr(camkit.metrics, "average_drop", undefined_on_even_rows)
+    argv = ["evaluate", str(tree), *MNIST, "--metrics", "average_drop", "deletion"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    drop, deletion = (next(line for line in lines if name in line)
+                      for name in ("average_drop", "deletion"))  # fmt: skip
+    assert drop.endswith("(defined on 11 of 23)") and "defined" not in deletion
+    assert main([*argv, "--methods", "GradCAM", "LayerCAM"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  average_drop (lower is better; compared on 11 of 23)" in lines
+    assert "  deletion (lower is better)" in lines
 
 
 def test_a_torchvision_model_with_random_weights(tmp_path: Path) -> None:
