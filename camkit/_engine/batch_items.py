@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..errors import CamkitTypeError, CamkitValueError
+from camkit.errors import CamkitTypeError, CamkitValueError
 
 INPUT_KEYS = ("pixel_values", "image", "images")
 """A dict batch's input when no ``input_key`` is given: transformers' name, then datasets'."""
