@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from camkit.errors import CamkitValueError
+from camkit.errors import CamkitTypeError, CamkitValueError
 from camkit.explainer import Explainer
 from camkit.result import CAMResult
 from camkit.targets import Target
@@ -67,6 +67,10 @@ class ModelState:
 
 def model_state(model: nn.Module, x: Tensor | None = None) -> ModelState:
     """Record ``model``'s hooks, gradients, flags and buffers (and its output on ``x``)."""
+    if not isinstance(model, nn.Module):
+        raise CamkitTypeError(f"model: got {type(model).__name__}; allowed: a torch.nn.Module")
+    if x is not None and not isinstance(x, Tensor):
+        raise CamkitTypeError(f"x: got {type(x).__name__}; allowed: a tensor, or None")
     hooks = [
         (f"{name}.{attr}", len(getattr(m, attr)))
         for name, m in model.named_modules()

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from camkit.errors import CamkitValueError
+from camkit._engine.option_checks import is_int, positive_int
+from camkit.errors import CamkitTypeError, CamkitValueError
 
 __all__ = ["image_grid", "patchify"]
 
@@ -41,8 +42,10 @@ def patchify(
     ``image_grid_thw`` (images) or ``video_grid_thw`` (videos).
 
     Raises:
+        CamkitTypeError: If ``images`` is not a floating-point tensor.
         CamkitValueError: If the input is not ``(N, C, H, W)`` or ``(N, C, T, H, W)``
-            with ``H`` and ``W`` whole numbers of ``patch_size * merge_size``.
+            with ``H`` and ``W`` whole numbers of ``patch_size * merge_size``, or a size
+            is not a positive int.
 
     Example:
         >>> import torch
@@ -52,6 +55,15 @@ def patchify(
         >>> patchify(torch.rand(1, 3, 4, 56, 84), patch_size=14)[1].tolist()  # a clip
         [[2, 4, 6]]
     """
+    if not isinstance(images, Tensor) or not images.is_floating_point():
+        what = f"dtype {images.dtype}" if isinstance(images, Tensor) else type(images).__name__
+        raise CamkitTypeError(
+            f"images: got {what}; allowed: a floating-point tensor (N, C, H, W) or "
+            f"(N, C, T, H, W), resized and normalised"
+        )
+    for value, name in ((patch_size, "patch_size"), (merge_size, "merge_size"),
+                        (temporal_patch_size, "temporal_patch_size")):  # fmt: skip
+        positive_int(value, name)
     side = patch_size * merge_size
     if images.dim() not in (4, 5) or images.shape[-2] % side or images.shape[-1] % side:
         raise CamkitValueError(
@@ -81,6 +93,11 @@ def image_grid(config: Any, inputs: Mapping[str, Any], index: int = 0) -> tuple[
       ``(h / m, w / m)`` for an image, ``(t, h / m, w / m)`` for a video.
     - LLaVA and other fixed-size towers: ``image_size / patch_size`` on each side.
 
+    Raises:
+        CamkitTypeError: If ``inputs`` is not a mapping or ``index`` not an int.
+        CamkitValueError: If ``index`` is not a row of the grids, or neither the inputs
+            nor the config give a grid.
+
     Example:
         >>> import torch
         >>> from types import SimpleNamespace
@@ -89,12 +106,24 @@ def image_grid(config: Any, inputs: Mapping[str, Any], index: int = 0) -> tuple[
         ...            {"image_grid_thw": torch.tensor([[1, 16, 22]])})
         (8, 11)
     """
+    if not isinstance(inputs, Mapping):
+        raise CamkitTypeError(
+            f"inputs: got {type(inputs).__name__}; allowed: the processor's output, a mapping "
+            f"such as {{'image_grid_thw': ...}}"
+        )
+    if not is_int(index):
+        raise CamkitTypeError(f"index: got {index!r}; allowed: an int (the image's row)")
     vision = getattr(config, "vision_config", None)
     for key in ("image_grid_thw", "video_grid_thw"):
         thw = inputs.get(key)
         if isinstance(thw, Tensor):
+            if thw.dim() != 2 or thw.shape[1] != 3 or not 0 <= index < len(thw):
+                raise CamkitValueError(
+                    f"index: got {index} for {key} of shape {tuple(thw.shape)}; allowed: a row "
+                    f"of its (images, 3) grids, from 0 to {len(thw) - 1}"
+                )
             merge = int(getattr(vision, "spatial_merge_size", 1) or 1)
-            t, h, w = (int(v) for v in thw[index])
+            t, h, w = (int(v) for v in thw[int(index)])
             grid = (h // merge, w // merge)
             return (t, *grid) if key == "video_grid_thw" else grid
     size = getattr(vision, "image_size", None)

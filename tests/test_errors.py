@@ -219,3 +219,13 @@ def test_every_option_of_the_entry_points_refuses_values_of_the_wrong_kind(
             finally:
                 plt.close("all")
     assert not raw, f"{name}: raw errors for " + "; ".join(raw)
+
+
+def test_the_testing_helpers_refuse_what_is_not_a_model_or_an_input() -> None:
+    from camkit.testing import model_state
+
+    with pytest.raises(CamkitTypeError, match=r"^model: got str; allowed: a torch.nn.Module"):
+        model_state("resnet18")  # type: ignore[arg-type]
+    with pytest.raises(CamkitTypeError, match=r"^x: got list; allowed: a tensor, or None"):
+        model_state(nn.Linear(2, 2), [1.0, 2.0])  # type: ignore[arg-type]
+    assert model_state(nn.Linear(2, 2), torch.ones(1, 2)).output is not None

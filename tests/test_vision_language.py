@@ -656,3 +656,36 @@ def test_methods_that_rerun_the_model_need_the_text_to_follow_the_batch() -> Non
         alone = cam(images[i : i + 1], TokenTarget(said[i : i + 1]),
                     forward_kwargs={"input_ids": sequences[i : i + 1]})  # fmt: skip
         torch.testing.assert_close(both[i], alone[0], rtol=0, atol=1e-5)
+
+
+def test_the_helpers_refuse_arguments_of_the_wrong_kind_with_camkits_error() -> None:
+    """patchify and image_grid, given each argument ten wrong values: camkit's error naming
+    it, never a raw ZeroDivisionError, AttributeError or IndexError."""
+    from types import SimpleNamespace
+
+    from camkit.errors import CamkitError
+    from camkit.vision_language import image_grid, patchify
+    from tests.helpers import WRONG_VALUES
+
+    image = torch.rand(1, 3, 28, 28)
+    grids = {"image_grid_thw": torch.tensor([[1, 4, 6], [1, 2, 2]])}
+    config = SimpleNamespace(vision_config=SimpleNamespace(spatial_merge_size=2))
+    calls = {
+        "images": lambda v: patchify(v, 14),
+        "patch_size": lambda v: patchify(image, v),
+        "merge_size": lambda v: patchify(image, 14, merge_size=v),
+        "temporal_patch_size": lambda v: patchify(image, 14, temporal_patch_size=v),
+        "inputs": lambda v: image_grid(config, v),
+        "index": lambda v: image_grid(config, grids, index=v),
+    }
+    wrong = [*WRONG_VALUES, 2, torch.ones(2), torch.ones(1, 3, 28, 28, dtype=torch.long)]
+    right = {"index": (0, 1), "patch_size": (1, 2), "merge_size": (1, 2),
+             "temporal_patch_size": (1, 2)}  # fmt: skip
+    for name, call in calls.items():
+        for value in wrong:
+            if type(value) is int and value in right.get(name, ()):
+                continue
+            with pytest.raises(CamkitError, match=f"^{name}: "):
+                call(value)
+    assert image_grid(config, grids, index=1) == (1, 1)
+    assert image_grid(config, grids, index=torch.tensor(0)) == (2, 3)
