@@ -65,7 +65,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from camkit._engine.batch_items import check_keys, split_batch
+from camkit._engine.batch_items import check_keys, forward_inputs, split_batch
 from camkit._engine.distributed import (
     Batches,
     Rank,
@@ -124,6 +124,7 @@ def explain_dataset(
     dataset_options: Mapping[str, Any] | None = None,
     input_key: str | None = None,
     label_key: str | None = None,
+    forward_keys: Sequence[str] = (),
 ) -> MapStore | None:
     """Explain every sample of ``loader`` and write the maps to ``out``, resumably.
 
@@ -168,6 +169,9 @@ def explain_dataset(
             have (a batch with none of them, or two, is refused).
         label_key: For dict batches and ``target="label"``, the labels' column; by
             default ``"labels"`` or ``"label"``.
+        forward_keys: For dict batches, the columns the model takes besides the input,
+            passed to it as keyword inputs (a text model's ``"input_ids"`` and
+            ``"attention_mask"``, say); recorded, and part of what a resumed run must match.
 
     Returns:
         The :class:`MapStore` of ``out`` (``None`` when ``out`` is ``None``).
@@ -204,12 +208,14 @@ def explain_dataset(
     callable_or_none(on_batch, "on_batch", "a function on_batch(indices, x, result)")
     source_list = _checked_sources(sources, batches.length)
     prepared = _json_options(dataset_options)
-    check_keys(input_key, label_key)
+    check_keys(input_key, label_key, forward_keys)
     config: dict[str, Any] = {}  # what decides the maps, read from the data only for a store
     if out is not None:
         config = _config(explainer, batches, target, dtype, upsample, shard_batches, source_list)
         config["dataset_options"] = prepared
         config["input_key"], config["label_key"] = input_key, label_key
+        if forward_keys:  # recorded only when given: stores written before it still resume
+            config["forward_keys"] = list(forward_keys)
     shards = -(-batches.count // shard_batches)
     device = device if device is not None else _device_of(explainer.model)
     with process_group() as team, ExitStack() as held:
@@ -219,7 +225,8 @@ def explain_dataset(
         todo = rank_share([s for s in range(shards) if s not in done], team)
         writer = _ShardWriter(folder, team) if folder is not None else None
         with writer or nullcontext():
-            each = _PerBatch(target, device, dtype, upsample, on_batch, input_key, label_key)
+            each = _PerBatch(target, device, dtype, upsample, on_batch,
+                             (input_key, label_key, tuple(forward_keys)))  # fmt: skip
             _explain_shards(explainer, batches, todo, shard_batches, writer, team, progress, each)
         if folder is None:
             return None
@@ -687,8 +694,7 @@ class _PerBatch:
     dtype: str
     upsample: bool
     on_batch: OnBatch | None
-    input_key: str | None
-    label_key: str | None
+    keys: tuple[str | None, str | None, tuple[str, ...]]  # input_key, label_key, forward_keys
 
 
 def _explain_batch(
@@ -696,10 +702,12 @@ def _explain_batch(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One batch's maps (as stored) and records."""
     target, by_label = each.target, each.target == "label"
-    x, labels = split_batch(batch, each.input_key, each.label_key, labels=by_label)
+    input_key, label_key, forward_keys = each.keys
+    x, labels = split_batch(batch, input_key, label_key, labels=by_label)
+    inputs = forward_inputs(batch, forward_keys, each.device)
     chosen: Any = labels if by_label else (target(batch) if callable(target) else target)
     x = x.to(each.device)
-    result = explainer.explain(x, chosen, upsample=each.upsample)
+    result = explainer.explain(x, chosen, upsample=each.upsample, forward_kwargs=inputs)
     if result.scores.dim() != 1:
         raise CamkitValueError(
             f"target: gave {tuple(result.scores.shape)} scores for {len(x)} samples; a "

@@ -380,6 +380,77 @@ def test_a_dict_batch_run_refuses_to_resume_with_another_input_key(tmp_path: Pat
         explain_dataset(cam, loader, tmp_path, progress=False)
 
 
+class _Scaled(torch.nn.Module):
+    """The MNIST net, its logits scaled per sample by a keyword input ``scale`` ``(N,)``: a
+    model that takes a column of the batch besides the image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = model()
+
+    def forward(self, pixel_values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return self.net(pixel_values) * scale[:, None]
+
+
+class _WithScale(torch.utils.data.Dataset[dict[str, Any]]):
+    def __init__(self, n: int) -> None:
+        self.columns = _Columns(n)
+        self.scale = torch.linspace(-1.0, 2.0, n)  # negative scales flip the scores' signs
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.columns[index], "scale": self.scale[index]}
+
+
+def test_forward_keys_pass_dict_columns_to_the_model(tmp_path: Path) -> None:
+    data = _WithScale(10)
+    loader = DataLoader(data, batch_size=4)
+    net = _Scaled().eval()
+    cams = {"GradCAM": camkit.GradCAM(net, "net.features.relu"),
+            "ScoreCAM": camkit.ScoreCAM(net, "net.features.relu")}  # fmt: skip
+    for name, cam in cams.items():
+        store = explain_dataset(cam, loader, tmp_path / name, target="label",
+                                forward_keys=["scale"], progress=False)  # fmt: skip
+        assert store is not None
+        for start, batch in zip(range(0, 10, 4), loader, strict=True):
+            expected = cam.explain(batch["pixel_values"], batch["labels"],
+                                   forward_kwargs={"scale": batch["scale"]})  # fmt: skip
+            for row in range(len(expected.maps)):
+                assert torch.equal(store.map(start + row), expected.maps[row]), (name, row)
+                assert store[start + row].score == pytest.approx(
+                    float(expected.scores[row]), rel=1e-6
+                )
+    with pytest.raises(CamkitValueError, match=r"forward_keys: \['scale'\] there, None now"):
+        explain_dataset(cams["GradCAM"], loader, tmp_path / "GradCAM", target="label",
+                        progress=False)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("keys", "loader", "error", "message"),
+    [
+        ("scale", "dicts", CamkitTypeError, r"^forward_keys: got 'scale'; allowed: a tuple"),
+        ([3], "dicts", CamkitTypeError, r"^forward_keys: got \[3\]; allowed: a tuple"),
+        (["scales"], "dicts", CamkitValueError,
+         r"^forward_keys: \['scales'\] not among the loader's dict batches' keys \['id', "),
+        (["pixel_values"], "dicts", CamkitValueError,
+         r"^forward_keys: 'pixel_values' is the input_key"),
+        (["scale"], "tuples", CamkitValueError,
+         r"^forward_keys: names columns of dict batches, and the loader's batches are lists"),
+    ],
+)  # fmt: skip
+def test_forward_keys_that_cannot_be_passed_are_refused(
+    tmp_path: Path, keys: Any, loader: str, error: type[Exception], message: str
+) -> None:
+    data = _WithScale(6) if loader == "dicts" else Digits(6)
+    options = {"input_key": "pixel_values"} if keys == ["pixel_values"] else {}
+    with pytest.raises(error, match=message):
+        explain_dataset(camkit.GradCAM(_Scaled().eval(), "net.features.relu"),
+                        DataLoader(data, batch_size=4), tmp_path, forward_keys=keys,
+                        progress=False, **options)  # fmt: skip
+
+
 def test_evaluate_and_compare_read_dict_batches_as_tuple_batches() -> None:
     net = model()
     cam = camkit.GradCAM(net, MNIST_LAYER)

@@ -5,11 +5,13 @@ or a dict of named columns (Hugging Face ``datasets`` with ``with_format("torch"
 any collate function that returns one). For a dict, the input is ``input_key`` and the
 labels ``label_key``; left ``None``, they are read from the names transformers and
 datasets use, and a dict with none of them, or with two, is refused rather than guessed.
+Other columns the model takes (a text model's ``input_ids``, say) are named by
+``forward_keys`` and passed to it as keyword inputs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import Tensor
@@ -23,14 +25,49 @@ LABEL_KEYS = ("labels", "label")
 """A dict batch's labels when no ``label_key`` is given."""
 
 
-def check_keys(input_key: object, label_key: object) -> None:
-    """Refuse keys that are not strings (or ``None``)."""
+def check_keys(input_key: object, label_key: object, forward_keys: object = ()) -> None:
+    """Refuse keys that are not strings (or ``None``), and ``forward_keys`` that are not a
+    sequence of them."""
     for value, name in ((input_key, "input_key"), (label_key, "label_key")):
         if value is not None and (not isinstance(value, str) or not value):
             raise CamkitTypeError(
                 f"{name}: got {value!r}; allowed: the name of a column of the loader's dict "
                 f"batches (a non-empty str), or None"
             )
+    if (
+        isinstance(forward_keys, (str, bytes))
+        or not isinstance(forward_keys, (tuple, list))
+        or not all(isinstance(key, str) and key for key in forward_keys)
+    ):
+        raise CamkitTypeError(
+            f"forward_keys: got {forward_keys!r}; allowed: a tuple or list of the dict "
+            f"batches' column names, passed to the model as keyword inputs"
+        )
+    if input_key is not None and input_key in forward_keys:
+        raise CamkitValueError(
+            f"forward_keys: {input_key!r} is the input_key; the input is the model's first "
+            f"positional input, not a keyword one"
+        )
+
+
+def forward_inputs(batch: Any, forward_keys: Sequence[str], device: Any) -> dict[str, Any]:
+    """The columns ``forward_keys`` of a dict batch, moved to ``device`` where tensors."""
+    if not forward_keys:
+        return {}
+    if not isinstance(batch, Mapping):
+        raise CamkitValueError(
+            f"forward_keys: names columns of dict batches, and the loader's batches are "
+            f"{type(batch).__name__}s; leave it out"
+        )
+    missing = [key for key in forward_keys if key not in batch]
+    if missing:
+        raise CamkitValueError(
+            f"forward_keys: {missing} not among the loader's dict batches' keys {_keys(batch)}"
+        )
+    return {
+        key: batch[key].to(device) if isinstance(batch[key], Tensor) else batch[key]
+        for key in forward_keys
+    }
 
 
 def split_batch(
