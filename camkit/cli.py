@@ -769,8 +769,7 @@ def _compare(
         print(f"camkit evaluate: {len(candidates)} candidates and random maps")
         for metric in result.metrics:
             better = "higher" if result.higher_is_better[metric] else "lower"
-            total = len(result.cells[result.candidates[0], metric].values)
-            compared = result.compared[metric]
+            compared, total = result.coverage(metric)
             left = "" if compared == total else f"; compared on {compared} of {total}"
             print(f"  {metric} ({better} is better{left})")
             for name in result.ranking(metric):

@@ -221,7 +221,7 @@ def test_every_candidate_is_compared_on_the_samples_all_are_defined_on(tmp_path:
     out = compare(model, [x], {"blank": level(0.5), "steady": level(0.25)}, {"s": scored},
                   better={"s": "higher"}, baseline=False, progress=False)  # fmt: skip
     blank, steady = out.cells["blank", "s"], out.cells["steady", "s"]
-    assert out.compared == {"s": 30}
+    assert out.compared == {"s": 30} and out.coverage("s") == (30, 40)
     expected = float((1.0 + noise[10:]).mean())
     assert blank.mean == pytest.approx(expected, rel=1e-12) and steady.mean == blank.mean
     assert blank.rank == steady.rank == 1

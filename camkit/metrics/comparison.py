@@ -162,8 +162,9 @@ class Comparison:
         return sorted(self.candidates, key=lambda c: (self.cells[c, metric].rank,
                                                       self._signed(c, metric)))  # fmt: skip
 
-    def _compared(self, metric: str) -> tuple[int, int]:
-        """On how many samples the candidates were compared, and how many were scored."""
+    def coverage(self, metric: str) -> tuple[int, int]:
+        """On how many samples (or batches) the candidates were compared on ``metric``, and
+        how many were scored: fewer compared where some candidate's value is undefined."""
         total = len(self.cells[self.candidates[0], metric].values)
         return self.compared.get(metric, total), total
 
@@ -185,7 +186,7 @@ class Comparison:
                 "rank": cell.rank,
                 "better": "higher" if self.higher_is_better[metric] else "lower",
                 "samples": int((~cell.values.isnan()).sum()),
-                "compared": self.compared.get(metric, len(cell.values)),
+                "compared": self.coverage(metric)[0],
                 "unit": self.units.get(metric, "sample"),
             }
             for metric in self.metrics
@@ -230,7 +231,7 @@ class Comparison:
             axis.set_yticks(range(len(order)))
             axis.set_yticklabels([f"{self.cells[c, metric].rank}. {c}" for c in order])
             arrow = "higher is better" if self.higher_is_better[metric] else "lower is better"
-            compared, total = self._compared(metric)
+            compared, total = self.coverage(metric)
             if compared < total:  # say that undefined values left samples out
                 arrow += f"; {compared} of {total} {self.units.get(metric, 'sample')}s"
             axis.set_title(f"{metric}\n({arrow})", fontsize=10)
