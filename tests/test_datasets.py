@@ -508,9 +508,9 @@ _IMAGE = torch.zeros(1, 28, 28)
         ("a.png", {}, CamkitTypeError, r"^loader: yielded a list; camkit needs batches"),
         (_IMAGE, {"input_key": 3}, CamkitTypeError, r"^input_key: got 3; allowed: the name"),
         (_IMAGE, {"input_key": "image"}, CamkitValueError,
-         r"^input_key: names a column of dict batches, and the loader's batches are Tensors"),
+         r"^input_key: names columns of dict batches, and the loader's batches are Tensors"),
         ((_IMAGE, 1), {"label_key": "y"}, CamkitValueError,
-         r"^label_key: names a column of dict batches, and the loader's batches are lists"),
+         r"^label_key: names columns of dict batches, and the loader's batches are lists"),
         (_IMAGE, {"label_key": ""}, CamkitTypeError, r"^label_key: got ''; allowed: the name"),
     ],
 )  # fmt: skip

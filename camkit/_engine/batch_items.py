@@ -54,11 +54,7 @@ def forward_inputs(batch: Any, forward_keys: Sequence[str], device: Any) -> dict
     """The columns ``forward_keys`` of a dict batch, moved to ``device`` where tensors."""
     if not forward_keys:
         return {}
-    if not isinstance(batch, Mapping):
-        raise CamkitValueError(
-            f"forward_keys: names columns of dict batches, and the loader's batches are "
-            f"{type(batch).__name__}s; leave it out"
-        )
+    _dicts_only(batch, "forward_keys")
     missing = [key for key in forward_keys if key not in batch]
     if missing:
         raise CamkitValueError(
@@ -80,12 +76,8 @@ def split_batch(
     """``(x, labels)`` of one batch; with ``labels=False`` the labels are not looked for
     (``None``), and with ``labels=True`` a batch without them is refused."""
     found: Any = None
-    if not isinstance(batch, Mapping) and (input_key, label_key) != (None, None):
-        option = "input_key" if input_key is not None else "label_key"
-        raise CamkitValueError(
-            f"{option}: names a column of dict batches, and the loader's batches are "
-            f"{type(batch).__name__}s; leave it out"
-        )
+    if (input_key, label_key) != (None, None):
+        _dicts_only(batch, "input_key" if input_key is not None else "label_key")
     if isinstance(batch, Tensor):
         x = batch
     elif isinstance(batch, Mapping):
@@ -106,6 +98,15 @@ def split_batch(
             f"the column with label_key=)"
         )
     return x, (found if labels else None)
+
+
+def _dicts_only(batch: Any, option: str) -> None:
+    """Refuse ``option``, which names dict columns, for a batch that is not a dict."""
+    if not isinstance(batch, Mapping):
+        raise CamkitValueError(
+            f"{option}: names columns of dict batches, and the loader's batches are "
+            f"{type(batch).__name__}s; leave it out"
+        )
 
 
 def _input_of(batch: Mapping[Any, Any], input_key: str | None) -> Tensor:
